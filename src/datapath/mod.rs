@@ -1,0 +1,2 @@
+//! Writes compiled tables into the pinned maps, flips the active generation, attaches programs.
+pub mod skel;

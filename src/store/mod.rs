@@ -1,0 +1,1 @@
+//! The ruleset of this network namespace, kept in pinned BPF maps.
