@@ -1,1 +1,69 @@
 //! The ruleset of this network namespace, kept in pinned BPF maps.
+//!
+//! Owns: finding (and if needed mounting) the bpffs that outlives `ip netns exec`, the pin
+//! directory of the current network namespace (keyed by its netns cookie, which the kernel
+//! never reuses), the layout-version check, the xtables lock, the serialized model (two
+//! generations, flipped atomically) and the per-rule counters. The CLI keeps nothing between
+//! calls: every invocation opens the store, loads, changes, commits.
+
+mod lock;
+mod pins;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::model::{Counters, Ruleset};
+
+pub use lock::LockWait;
+
+/// An open store: the lock is held until it is dropped.
+pub struct Store {
+    pins: pins::Pins,
+    _lock: lock::XtablesLock,
+}
+
+impl Store {
+    /// Takes the xtables lock as iptables does (`wait`: `-w [secs]`), then opens (creating on
+    /// first use) the pinned state of the current network namespace.
+    pub fn open(wait: LockWait) -> Result<Store> {
+        let lock = lock::XtablesLock::acquire(wait)?;
+        let pins = pins::Pins::open_or_create()?;
+        Ok(Store { pins, _lock: lock })
+    }
+
+    /// The stored ruleset (counters not filled in; see `load_counters`).
+    pub fn load(&self) -> Result<Ruleset> {
+        self.pins.load_ruleset()
+    }
+
+    /// Fills `Rule::counters` and built-in chains' `Chain::counters` with the live counts.
+    pub fn load_counters(&self, rs: &mut Ruleset) -> Result<()> {
+        self.pins.load_counters(rs)
+    }
+
+    /// Makes `rs` the live ruleset, atomically: assigns ids to new rules
+    /// (`Rule::UNASSIGNED`) and sets their counters to `Rule::counters` (what `-c` gave, or 0),
+    /// compiles, writes the datapath tables and the serialized model. On error nothing changed.
+    pub fn commit(&mut self, rs: &mut Ruleset) -> Result<()> {
+        self.pins.commit(rs)
+    }
+
+    /// Sets the counters of existing rules (by id), e.g. to zero for `-Z`.
+    pub fn set_rule_counters(&mut self, ids: &[(u32, Counters)]) -> Result<()> {
+        self.pins.set_rule_counters(ids)
+    }
+
+    /// Sets a built-in chain's policy counters (`-Z`, restore `--counters`).
+    pub fn set_policy_counters(&mut self, chain: &str, c: Counters) -> Result<()> {
+        self.pins.set_policy_counters(chain, c)
+    }
+
+    /// The pin directory of this namespace (for the datapath and diagnostics).
+    pub fn pin_dir(&self) -> &PathBuf {
+        &self.pins.dir
+    }
+}
+
+/// How long `-w` waited by default when given without a number: forever.
+pub const WAIT_FOREVER: Option<Duration> = None;
