@@ -7,18 +7,21 @@
 #ifndef BPF_IPTABLES_H
 #define BPF_IPTABLES_H
 
-/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins of
- * another version. */
-#define BPFIPT_LAYOUT_VERSION 1
-#define BPFIPT_MAGIC 0x62706974 /* "bpit" */
-
-/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of the one
- * being written must both fit, so this is twice the largest ruleset we accept. */
-#define BPFIPT_MAX_RULE_IDS 262144
-
-/* The serialized ruleset model lives in chunks of this size (key = generation << 20 | index). */
-#define BPFIPT_BLOB_CHUNK 65536
-#define BPFIPT_BLOB_MAX_CHUNKS 4096
+/* Constants the Rust side reads from the skeleton's BTF (an enum, not #defines, so that they
+ * survive into BTF). */
+enum bpfipt_const {
+	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
+	 * of another version. */
+	BPFIPT_LAYOUT_VERSION = 1,
+	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
+	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
+	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
+	BPFIPT_MAX_RULE_IDS = 262144,
+	/* The serialized ruleset model lives in chunks (key = generation << 20 | index). */
+	BPFIPT_BLOB_CHUNK = 65536,
+	BPFIPT_BLOB_MAX_CHUNKS = 4096,
+	BPFIPT_BLOB_GEN_SHIFT = 20,
+};
 
 /* Built-in filter chains (hooks), index into policy counters. */
 enum bpfipt_hook {

@@ -38,6 +38,8 @@ struct {
 /* Keeps the struct types in BTF so the skeleton exports them to Rust. */
 struct bpfipt_meta _bpfipt_meta_type = {};
 struct bpfipt_counter _bpfipt_counter_type = {};
+enum bpfipt_const _bpfipt_const_type = BPFIPT_LAYOUT_VERSION;
+enum bpfipt_hook _bpfipt_hook_type = BPFIPT_HOOK_INPUT;
 
 SEC("xdp")
 int bpfipt_xdp_ingress(struct xdp_md *ctx)
