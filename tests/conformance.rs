@@ -27,7 +27,6 @@ mod common;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use common::{in_fresh_netns, Outcome, Session, Tools};
 
@@ -505,28 +504,9 @@ fn iptables_t_specs() {
         return;
     }
     let tools = Tools::from_env("BPFIPT_CONFORMANCE_BIN");
-    let files = selected_files();
-    let queue = Mutex::new(files.iter().enumerate());
-    let results: Mutex<Vec<(usize, FileResult)>> = Mutex::new(Vec::new());
-    // The commands mostly wait on process start-up, so more workers than cores pays off.
-    let workers = std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).min(files.len());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                let Some((i, name)) = next else { break };
-                let r = run_file(&tools, name);
-                if let Ok(mut all) = results.lock() {
-                    all.push((i, r));
-                }
-            });
-        }
-    });
-    let mut results = results.into_inner().unwrap_or_default();
-    results.sort_by_key(|(i, _)| *i);
-    let results: Vec<FileResult> = results.into_iter().map(|(_, r)| r).collect();
+    let results = common::par_map(&selected_files(), |name| run_file(&tools, name));
     let (_, failed, fast_failed) = report(&tools, &results);
-    if std::env::var("BPFIPT_CONFORMANCE_REPORT_ONLY").is_ok_and(|v| v == "1") {
+    if common::report_only() {
         return;
     }
     assert!(

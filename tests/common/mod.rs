@@ -358,3 +358,36 @@ impl Drop for PinCleanup {
 pub fn strip_save_comments(save: &str) -> String {
     save.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
 }
+
+/// `f` over `items` on a few worker threads, results in input order. The tests' work is mostly
+/// waiting for short-lived processes, so more workers than cores pays off.
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).clamp(1, items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<(usize, R)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        mine.push((i, f(item)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// `BPFIPT_CONFORMANCE_REPORT_ONLY=1`: write reports but do not fail (while features land).
+pub fn report_only() -> bool {
+    std::env::var("BPFIPT_CONFORMANCE_REPORT_ONLY").is_ok_and(|v| v == "1")
+}
