@@ -26,7 +26,7 @@ mod common;
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{in_fresh_netns, Outcome, Session, Tools};
 
@@ -61,7 +61,7 @@ const IN_SCOPE: &[&str] = &[
 const FAST_CHAIN_ORDER: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
 fn spec_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/iptables-t")
+    common::data_dir().join("iptables-t")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,47 +18,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use common::{in_fresh_netns, strip_save_comments, Outcome, Tools};
-
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
-}
-
-/// All dump-like files under `dir` (recursively), sorted.
-fn inputs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            inputs(&p, out);
-        } else if !p.extension().is_some_and(|e| e == "md") {
-            out.push(p);
-        }
-    }
-}
-
-/// The `*filter` ... `COMMIT` part of a dump, without comment lines, or None if it has none.
-fn filter_part(dump: &str) -> Option<String> {
-    let mut out = String::new();
-    let mut inside = false;
-    for line in dump.lines() {
-        let t = line.trim();
-        if !inside && t == "*filter" {
-            inside = true;
-        }
-        if inside && !t.starts_with('#') {
-            out.push_str(line);
-            out.push('\n');
-        }
-        if inside && t == "COMMIT" {
-            return Some(out);
-        }
-    }
-    None
-}
+use common::{filter_part, in_fresh_netns, strip_save_comments, Outcome, Tools};
 
 /// What one implementation made of one input.
 struct Loaded {
@@ -169,16 +130,13 @@ fn filter_dumps_round_trip_like_iptables_legacy() {
     let oracle = Tools::legacy();
     let ours = Tools::from_env("BPFIPT_DUMPS_BIN");
 
-    let mut files = Vec::new();
-    inputs(&data_dir().join("save-dumps"), &mut files);
-    inputs(&data_dir().join("docker"), &mut files);
-    inputs(&data_dir().join("kube-proxy"), &mut files);
+    let files = common::dump_files();
 
     // Many Docker goldens share a filter table: run each distinct one once.
     let mut by_input: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut without_filter = Vec::new();
     for f in &files {
-        let name = f.strip_prefix(data_dir()).unwrap_or(f).display().to_string();
+        let name = f.strip_prefix(common::data_dir()).unwrap_or(f).display().to_string();
         let text = fs::read_to_string(f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
         match filter_part(&text) {
             Some(part) => by_input.entry(part).or_default().push(name),

@@ -8,8 +8,8 @@
 //!
 //! `BPFIPT_FUZZ_BIN` selects another implementation (see `common::Tools::from_env`).
 //! Longer runs: `BPFIPT_FUZZ_CASES=20000 cargo test --test parser_fuzz -- --nocapture`
-//! (default 300 argv cases and 150 restore inputs). A failing case is printed minimised by
-//! proptest, ready to paste into a shell.
+//! (default 300 argv cases, 150 random restore inputs, 150 mutated real dumps). A failing case
+//! is printed minimised by proptest, ready to paste into a shell.
 
 mod common;
 
@@ -137,6 +137,55 @@ fn restore_input() -> impl Strategy<Value = (Vec<String>, String)> {
     (flags, body)
 }
 
+/// One edit applied to a real dump: (line selector, word selector, kind, replacement word).
+type Mutation = (usize, usize, u8, String);
+
+/// Real filter tables (Docker, kube-proxy, iptables' own dumps), each with a few random edits:
+/// a word dropped, duplicated or replaced, or a line dropped or duplicated. These stay close to
+/// valid input, where parser corner cases live.
+fn mutated_dump() -> impl Strategy<Value = String> {
+    let mut dumps: Vec<String> = common::dump_files()
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|t| common::filter_part(&t))
+        .collect();
+    dumps.sort();
+    dumps.dedup();
+    assert!(!dumps.is_empty(), "no dumps under {}", common::data_dir().display());
+    let edit = (any::<usize>(), any::<usize>(), 0u8..5, word());
+    (proptest::sample::select(dumps), proptest::collection::vec(edit, 1..6)).prop_map(|(dump, edits)| mutate(&dump, &edits))
+}
+
+fn mutate(dump: &str, edits: &[Mutation]) -> String {
+    let mut lines: Vec<Vec<String>> = dump.lines().map(|l| l.split(' ').map(str::to_string).collect()).collect();
+    for (li, wi, kind, new) in edits {
+        if lines.is_empty() {
+            break;
+        }
+        let l = li % lines.len();
+        let line = &mut lines[l];
+        let w = wi % line.len().max(1);
+        match kind {
+            0 if !line.is_empty() => {
+                line.remove(w);
+            }
+            1 if !line.is_empty() => {
+                let dup = line[w].clone();
+                line.insert(w, dup);
+            }
+            2 if !line.is_empty() => line[w] = new.clone(),
+            3 => {
+                lines.remove(l);
+            }
+            _ => {
+                let dup = line.clone();
+                lines.insert(l, dup);
+            }
+        }
+    }
+    lines.iter().map(|l| l.join(" ") + "\n").collect()
+}
+
 fn cases(default: u32) -> u32 {
     std::env::var("BPFIPT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -175,4 +224,19 @@ fn random_restore_inputs_never_crash() {
     fuzz("restore fuzzing", 150, restore_input(), |s, (flags, body)| {
         check(&format!("iptables-restore {flags:?} <<EOF\n{body}EOF"), &s.run("iptables-restore", flags, Some(body)))
     });
+}
+
+#[test]
+fn mutated_real_dumps_never_crash() {
+    fuzz("dump mutation fuzzing", 150, mutated_dump(), |s, body| {
+        check(&format!("iptables-restore <<EOF\n{body}EOF"), &s.run("iptables-restore", &[] as &[&str], Some(body)))
+    });
+}
+
+#[test]
+fn mutations_edit_words_and_lines() {
+    let dump = "*filter\n-A INPUT -j DROP\nCOMMIT\n";
+    assert_eq!(mutate(dump, &[(0, 0, 3, String::new())]), "-A INPUT -j DROP\nCOMMIT\n");
+    assert_eq!(mutate(dump, &[(1, 3, 0, String::new())]), "*filter\n-A INPUT -j\nCOMMIT\n");
+    assert_eq!(mutate(dump, &[(4, 1, 2, "!".into())]), "*filter\n-A ! -j DROP\nCOMMIT\n");
 }

@@ -391,3 +391,49 @@ pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
 pub fn report_only() -> bool {
     std::env::var("BPFIPT_CONFORMANCE_REPORT_ONLY").is_ok_and(|v| v == "1")
 }
+
+/// The `*filter` ... `COMMIT` part of a dump, without comment lines, or None if it has none.
+pub fn filter_part(dump: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in dump.lines() {
+        let t = line.trim();
+        if !inside && t == "*filter" {
+            inside = true;
+        }
+        if inside && !t.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if inside && t == "COMMIT" {
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// The vendored test data (`tests/data/`, see its README).
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// Every saved dump and restore input (iptables' own, Docker's, kube-proxy's), sorted.
+pub fn dump_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for sub in ["save-dumps", "docker", "kube-proxy"] {
+        walk(&data_dir().join(sub), &mut files);
+    }
+    files
+}
