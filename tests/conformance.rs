@@ -57,6 +57,10 @@ const IN_SCOPE: &[&str] = &[
     "libxt_statistic",
 ];
 
+/// A file whose commands hung this often is not worth waiting for: its remaining lines fail at
+/// once.
+const MAX_TIMEOUTS_PER_FILE: usize = 3;
+
 /// Chains in the order fast mode writes them into the restore input.
 const FAST_CHAIN_ORDER: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
@@ -166,7 +170,7 @@ fn expectations(t: &TestLine, tools: &Tools) -> Vec<String> {
 // Running
 
 /// Why one (line, chain) failed, with everything needed to fix it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Failure {
     reason: String,
     command: String,
@@ -314,18 +318,11 @@ fn run_slow(s: &Session, items: &[Item]) -> Vec<LineVerdict> {
                 s.sh(cmd, None);
             }
             Item::Test(t) => {
+                let broken = |reason: &str| Some((String::new(), Failure { reason: reason.into(), ..Failure::default() }));
                 let failure = if chains.is_empty() {
-                    Some((
-                        String::new(),
-                        Failure {
-                            reason: "broken test, missing chain".into(),
-                            command: String::new(),
-                            outcome: String::new(),
-                            expected: String::new(),
-                            got: String::new(),
-                            stderr: String::new(),
-                        },
-                    ))
+                    broken("broken test, missing chain")
+                } else if s.timeouts() >= MAX_TIMEOUTS_PER_FILE {
+                    broken("not run: earlier commands in this file hung")
                 } else {
                     run_line(s, t, &chains, table.as_deref()).err()
                 };

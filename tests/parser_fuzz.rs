@@ -207,7 +207,9 @@ fn fuzz<T: std::fmt::Debug>(
     }
     let tools = Tools::from_env("BPFIPT_FUZZ_BIN");
     in_fresh_netns(&tools, move |s| {
-        let mut runner = TestRunner::new(Config { cases: cases(n), failure_persistence: None, ..Config::default() });
+        // Shrinking re-runs the binary; bound it so a hanging binary cannot stall the suite.
+        let config = Config { cases: cases(n), failure_persistence: None, max_shrink_time: 120_000, ..Config::default() };
+        let mut runner = TestRunner::new(config);
         if let Err(e) = runner.run(&strategy, |input| run(s, &input)) {
             panic!("{test}: {e}");
         }

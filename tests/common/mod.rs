@@ -24,7 +24,7 @@ pub const PERSONALITIES: [&str; 3] = ["iptables", "iptables-save", "iptables-res
 
 /// A single command longer than this is a hang (a lock never released, a read on a closed
 /// stdin); it is killed and reported instead of stalling the whole suite.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
@@ -202,11 +202,18 @@ impl Outcome {
 pub struct Session<'a> {
     tools: &'a Tools,
     lockfile: PathBuf,
+    timeouts: AtomicUsize,
 }
 
 impl Session<'_> {
     pub fn tools(&self) -> &Tools {
         self.tools
+    }
+
+    /// How many commands of this session hung and were killed: callers give up on a namespace
+    /// whose implementation keeps hanging rather than wait out every remaining command.
+    pub fn timeouts(&self) -> usize {
+        self.timeouts.load(Ordering::Relaxed)
     }
 
     /// Runs personality `name` (`iptables`, ...) with `args`, feeding `stdin` if given.
@@ -249,7 +256,11 @@ impl Session<'_> {
                 return Outcome { status: Status::Exited(127), stdout: String::new(), stderr: format!("spawn {cmd:?}: {e}") }
             }
         };
-        wait_with_timeout(&mut child, stdin)
+        let out = wait_with_timeout(&mut child, stdin);
+        if out.status == Status::TimedOut {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        out
     }
 }
 
@@ -313,7 +324,7 @@ fn wait_with_timeout(child: &mut Child, stdin: Option<&str>) -> Outcome {
 /// afterwards, also when `f` panics.
 pub fn in_fresh_netns<T: Send>(tools: &Tools, f: impl FnOnce(&Session) -> T + Send) -> T {
     let scratch = ScratchDir::new("netns");
-    let session = Session { tools, lockfile: scratch.path().join("xtables.lock") };
+    let session = Session { tools, lockfile: scratch.path().join("xtables.lock"), timeouts: AtomicUsize::new(0) };
     let result = std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: unshare only changes this thread's network namespace.
