@@ -210,7 +210,7 @@ fn delete_command(rule: &str) -> String {
 
 /// Upstream's `run_test` for one chain. `rule` already starts with the chain (and `-t T`);
 /// `rule_save` is `CHAIN EXPECTED`.
-fn run_test(s: &Session, rule: &str, rule_save: &str, chain: &str, result: &str) -> Result<(), Failure> {
+fn run_test(s: &Session, rule: &str, rule_save: &str, chain: &str, result: &str) -> Result<(), Box<Failure>> {
     let cmd = format!("iptables -A {rule}");
     let add = s.sh(&cmd, None);
     let fail = |reason: &str, out: &Outcome, got: String| Failure {
@@ -227,35 +227,35 @@ fn run_test(s: &Session, rule: &str, rule_save: &str, chain: &str, result: &str)
     if add.crashed() {
         let f = fail("command crashed", &add, add.stdout.clone());
         cleanup(s);
-        return Err(f);
+        return Err(f.into());
     }
     if !add.success() {
-        return if result == "FAIL" { Ok(()) } else { Err(fail("cannot load", &add, String::new())) };
+        return if result == "FAIL" { Ok(()) } else { Err(fail("cannot load", &add, String::new()).into()) };
     }
     if result == "FAIL" {
         let got = s.save(&[]).map(|o| chain_lines(&o, chain)).unwrap_or_else(|e| e);
         cleanup(s);
-        return Err(fail("should fail", &add, got));
+        return Err(fail("should fail", &add, got).into());
     }
     let save = s.run("iptables-save", &[] as &[&str], None);
     if save.crashed() {
         let f = Failure { reason: "iptables-save crashed".into(), stderr: save.stderr.clone(), ..fail("", &add, save.describe()) };
         cleanup(s);
-        return Err(f);
+        return Err(f.into());
     }
     let found = save.stdout.contains(&format!("\n-A {rule_save}\n"));
     match (found, result == "OK") {
         (false, true) => {
             let f = Failure { stderr: format!("{}{}", add.stderr, save.stderr).trim_end().into(), ..fail("cannot find", &add, chain_lines(&save.stdout, chain)) };
             cleanup(s);
-            Err(f)
+            Err(f.into())
         }
         // NOMATCH and not found: pass, and (as upstream) the rule is left in place.
         (false, false) => Ok(()),
         (true, false) => {
             let f = fail("should not match", &add, chain_lines(&save.stdout, chain));
             cleanup(s);
-            Err(f)
+            Err(f.into())
         }
         (true, true) => {
             let del_cmd = delete_command(rule);
@@ -263,21 +263,21 @@ fn run_test(s: &Session, rule: &str, rule_save: &str, chain: &str, result: &str)
             if del.success() {
                 Ok(())
             } else {
-                Err(Failure {
+                Err(Box::new(Failure {
                     reason: "cannot delete".into(),
                     command: del_cmd,
                     outcome: del.describe(),
                     expected: "(the rule just added is deleted by the same spec)".into(),
                     got: chain_lines(&save.stdout, chain),
                     stderr: del.stderr.trim_end().into(),
-                })
+                }))
             }
         }
     }
 }
 
 /// Runs one line on every chain until one fails (upstream stops at the first failing chain).
-fn run_line(s: &Session, t: &TestLine, chains: &[String], table: Option<&str>) -> Result<(), (String, Failure)> {
+fn run_line(s: &Session, t: &TestLine, chains: &[String], table: Option<&str>) -> Result<(), (String, Box<Failure>)> {
     for chain in chains {
         let rule = match table {
             None => format!("{chain} {}", t.rule),
@@ -303,7 +303,7 @@ fn run_line(s: &Session, t: &TestLine, chains: &[String], table: Option<&str>) -
 
 struct LineVerdict {
     line: TestLine,
-    failure: Option<(String, Failure)>,
+    failure: Option<(String, Box<Failure>)>,
 }
 
 fn run_slow(s: &Session, items: &[Item]) -> Vec<LineVerdict> {
@@ -318,7 +318,7 @@ fn run_slow(s: &Session, items: &[Item]) -> Vec<LineVerdict> {
                 s.sh(cmd, None);
             }
             Item::Test(t) => {
-                let broken = |reason: &str| Some((String::new(), Failure { reason: reason.into(), ..Failure::default() }));
+                let broken = |reason: &str| Some((String::new(), Box::new(Failure { reason: reason.into(), ..Failure::default() })));
                 let failure = if chains.is_empty() {
                     broken("broken test, missing chain")
                 } else if s.timeouts() >= MAX_TIMEOUTS_PER_FILE {
@@ -333,8 +333,11 @@ fn run_slow(s: &Session, items: &[Item]) -> Vec<LineVerdict> {
     verdicts
 }
 
+/// A fast-mode failure carries the line that failed, when it was one line's slow-mode check.
+type FastResult = Result<(), (Option<usize>, Box<Failure>)>;
+
 /// Upstream's `run_test_file_fast`. Returns the failure (with the failing line, if one).
-fn run_fast(s: &Session, items: &[Item]) -> Result<(), (Option<usize>, Failure)> {
+fn run_fast(s: &Session, items: &[Item]) -> FastResult {
     let mut table = "filter".to_string();
     let mut chains: Vec<String> = Vec::new();
     // (chain, rule, expected), in file order.
@@ -378,16 +381,16 @@ fn run_fast(s: &Session, items: &[Item]) -> Result<(), (Option<usize>, Failure)>
     };
     let restore = s.run("iptables-restore", &[] as &[&str], Some(&input));
     if !restore.success() {
-        return Err((None, failure("iptables-restore failed", &restore, String::new())));
+        return Err((None, Box::new(failure("iptables-restore failed", &restore, String::new()))));
     }
     let save = s.run("iptables-save", &[] as &[&str], None);
     s.sh(&format!("iptables -F -t {table}"), None);
     if save.crashed() {
-        return Err((None, failure("iptables-save crashed", &save, String::new())));
+        return Err((None, Box::new(failure("iptables-save crashed", &save, String::new()))));
     }
     if !save.stdout.trim_end().contains(&expect) {
         let got: Vec<&str> = save.stdout.lines().filter(|l| l.starts_with("-A ")).collect();
-        return Err((None, failure("expected lines not found as one block in iptables-save", &restore, got.join("\n"))));
+        return Err((None, Box::new(failure("expected lines not found as one block in iptables-save", &restore, got.join("\n")))));
     }
     Ok(())
 }
@@ -396,7 +399,7 @@ struct FileResult {
     name: String,
     lines: Vec<LineVerdict>,
     /// None: fast mode not possible for this file.
-    fast: Option<Result<(), (Option<usize>, Failure)>>,
+    fast: Option<FastResult>,
 }
 
 fn run_file(tools: &Tools, name: &str) -> FileResult {
