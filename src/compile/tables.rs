@@ -55,9 +55,10 @@ pub enum Field {
     Sport = 3,
     /// Transport destination port, as `Sport`.
     Dport = 4,
-    /// Input interface name (LPM over the name bytes; see `IfacePattern`). Absent at OUTPUT.
+    /// Input interface name (LPM over the name bytes; see `IfacePattern`). Absent at OUTPUT,
+    /// where netfilter's input name is empty: the compiler resolves such constraints itself.
     InIface = 5,
-    /// Output interface name. Absent at INPUT.
+    /// Output interface name. Absent at INPUT (empty name there, resolved by the compiler).
     OutIface = 6,
     /// TCP flags byte (0..=255; 0 for non-TCP).
     TcpFlags = 7,
@@ -159,8 +160,21 @@ pub enum Check {
     StatisticNth { state: u32, every: u32, packet: u32, invert: bool },
     /// Address type of source/destination (`model::addr_type` bits); `None` = not checked.
     Addrtype { src: Option<(u16, bool)>, dst: Option<(u16, bool)>, limit_iface_in: bool, limit_iface_out: bool },
-    /// Any conntrack condition beyond the plain state (which is the `CtState` field).
+    /// A `-m conntrack`/`-m state` match that LBVS does not cover (options beyond a plain
+    /// `--ctstate`, SNAT/DNAT states, or after a stateful match). Every option present is
+    /// evaluated, `state` included, exactly as `conntrack_mt` does (untracked/invalid packets
+    /// match iff `state` is present and passes).
     Conntrack(Box<crate::model::ConntrackMatch>),
+    /// The packet's value of `field` (as defined on `Field`; addresses as host-order `u32`) is
+    /// in one of `ranges` (sorted, disjoint, inclusive). Used for field matches that follow a
+    /// stateful match in their rule, which must be evaluated after it, in order.
+    FieldIn { field: Field, ranges: Vec<(u32, u32)> },
+    /// The source or the destination port is in `ranges` (sorted, disjoint, inclusive):
+    /// `-m multiport --ports` after a stateful match.
+    PortEither { ranges: Vec<(u32, u32)> },
+    /// `(addr & mask) == value`, inverted if `invert`, on `field` (`Src` or `Dst`): a
+    /// non-contiguous mask too costly to expand into prefixes.
+    AddrMask { field: Field, value: u32, mask: u32, invert: bool },
 }
 
 /// What happens when a compiled rule is taken.
@@ -179,6 +193,13 @@ pub enum ActionKind {
     /// Continue at compiled rule `to` (> this rule): RETURN, or the end of a `-g` block.
     /// When `to == n_rules` the hook's policy applies.
     SkipTo(u32),
+    /// A jump into an inlined user chain by a rule that has residual checks: when taken, count
+    /// and continue with the next rule (as `Continue`); when one of its residual checks fails,
+    /// continue at compiled rule `end` (> this rule) instead of the next bit, skipping the
+    /// chain's block. (The block's rules carry only the jump rule's field constraints, not its
+    /// checks: a check must not be evaluated twice — limits consume tokens, MARK may change the
+    /// mark in between.)
+    Enter { end: u32 },
 }
 
 /// One compiled rule.
@@ -200,6 +221,7 @@ pub struct HookTable {
     /// Vectors referenced by the field tables.
     pub vectors: Vec<Vector>,
     /// Only fields some compiled rule constrains; the others are skipped by the datapath.
+    /// When empty, every compiled rule is a candidate.
     pub fields: Vec<FieldTable>,
     /// Verdict when no rule decides: `true` = ACCEPT, `false` = DROP.
     pub policy_accept: bool,
