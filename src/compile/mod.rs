@@ -1,2 +1,507 @@
 //! Pure compilation of the ruleset model into per-hook LBVS classifier tables and an action table.
+//!
+//! `compile` flattens each filter hook (INPUT, FORWARD, OUTPUT) into an ordered list of compiled
+//! rules, inlining user chains, then builds the LBVS field tables (`build`). Flattening:
+//!
+//! * A rule's conditions become, per field, one exact value `Set` (`sets`); everything LBVS
+//!   does not classify becomes a residual `Check`, in match order.
+//! * `-j X`: the jump rule (action `Continue`, or `Enter` when it has residual checks, so that a
+//!   failed check skips the block) is followed by X's rules with the jump rule's *field*
+//!   constraints ANDed in. RETURN in X skips to the end of X's block; RETURN in a built-in chain
+//!   skips to the policy.
+//! * `-g X`: as `-j X`, then a synthetic rule (the goto rule's field constraints, no counter)
+//!   that skips to the end of the calling chain's block: where X's end returns to.
+//! * `multiport --ports` is a disjunction: it splits its rule into mutually exclusive copies
+//!   (sport in S; sport not in S and dport in S), same rule id and action; for a jump rule the
+//!   inlined block is repeated under each copy.
+//! * A stateful match (`limit`, `statistic --mode nth`) changes state only when every match
+//!   before it passed; field matches after it are therefore kept as residual checks after it.
+//!   Its state slot is per model rule, shared by every place the rule is inlined.
+//! * A compiled rule whose conditions can never hold (an empty field set, `-o eth0` at INPUT
+//!   where netfilter's output name is empty) is left out, with the block it would enter.
+//!
+//! `reference` is the linear classifier over the model and `lbvs` the software LBVS over the
+//! compiled tables; the property tests check they agree.
+
+mod build;
+pub mod lbvs;
+pub mod reference;
+mod sets;
 pub mod tables;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    ConntrackMatch, Iface, Inv, Ipv4Mask, LogTarget, Match, MultiportDir, PortRange, Rule, StatisticMode, Table,
+    TableKind, Target,
+};
+use crate::model::{ct_state, Chain, Policy, Ruleset};
+use sets::Set;
+use tables::{ActionKind, Check, Compiled, Field, Hook, NR_FIELDS};
+
+/// Most compiled rules one hook may have (inlining can multiply rules).
+pub const MAX_RULES_PER_HOOK: usize = 262_144;
+
+/// A non-contiguous address mask expanding to more intervals than this stays a residual check.
+const MAX_MASK_INTERVALS: u32 = 256;
+
+/// Largest value of each field's domain (interfaces are not interval fields).
+fn field_max(f: Field) -> u32 {
+    match f {
+        Field::Src | Field::Dst => u32::MAX,
+        Field::Proto | Field::TcpFlags => 255,
+        Field::Sport | Field::Dport | Field::Icmp => 65535,
+        Field::CtState => 15,
+        Field::InIface | Field::OutIface => 0,
+    }
+}
+
+/// The field constraints of a compiled rule: a conjunction, one exact set per field plus the
+/// interface literals.
+#[derive(Debug, Clone, Default)]
+struct Cond {
+    /// Indexed by `Field as usize`; `None` = unconstrained. Unused for the interface fields.
+    sets: [Option<Set>; NR_FIELDS],
+    /// `(pattern, inverted)` literals on the input (`[0]`) and output (`[1]`) interface.
+    ifaces: [Vec<(Iface, bool)>; 2],
+    /// Known to match nothing.
+    never: bool,
+}
+
+impl Cond {
+    fn and_set(&mut self, f: Field, s: Set) {
+        let new = match self.sets[f as usize].take() {
+            Some(old) => old.intersect(&s),
+            None => s,
+        };
+        self.never |= new.is_empty();
+        self.sets[f as usize] = Some(new);
+    }
+
+    fn and(&self, other: &Cond) -> Cond {
+        let mut c = self.clone();
+        c.never |= other.never;
+        for (i, s) in other.sets.iter().enumerate() {
+            if let Some(s) = s {
+                c.and_set(Field::ALL[i], s.clone());
+            }
+        }
+        for k in 0..2 {
+            c.ifaces[k].extend(other.ifaces[k].iter().cloned());
+            c.never |= build::iface_assignments(&c.ifaces[k]).is_none();
+        }
+        c
+    }
+}
+
+/// Where a compiled rule goes when taken, with block ends still symbolic.
+#[derive(Debug, Clone)]
+enum PreKind {
+    Final(ActionKind),
+    /// `SkipTo` the end of a block.
+    SkipToEnd(usize),
+    /// `Enter`, skipping to the end of a block when a check fails.
+    EnterEnd(usize),
+}
+
+/// A compiled rule before block ends are known.
+#[derive(Debug, Clone)]
+struct PreRule {
+    cond: Cond,
+    checks: Vec<Check>,
+    rule_id: Option<u32>,
+    kind: PreKind,
+}
+
+/// State shared by the hooks of one compilation: LOG targets and stateful-match slots.
+#[derive(Default)]
+struct Shared {
+    logs: Vec<LogTarget>,
+    log_ids: HashMap<LogTarget, u32>,
+    /// Keyed by the rule's address in the model and the match's index: one slot per model rule.
+    states: HashMap<(usize, usize), u32>,
+}
+
+impl Shared {
+    fn state_slot(&mut self, rule: &Rule, k: usize) -> u32 {
+        let n = self.states.len() as u32;
+        *self.states.entry((rule as *const Rule as usize, k)).or_insert(n)
+    }
+
+    fn log(&mut self, l: &LogTarget) -> u32 {
+        if let Some(&i) = self.log_ids.get(l) {
+            return i;
+        }
+        let i = self.logs.len() as u32;
+        self.logs.push(l.clone());
+        self.log_ids.insert(l.clone(), i);
+        i
+    }
+}
+
+/// Compiles the filter table of `rs` (IPv4). Pure: no syscalls, no I/O.
+pub fn compile(rs: &Ruleset) -> Result<Compiled> {
+    let empty;
+    let table = match rs.table(TableKind::Filter) {
+        Some(t) => t,
+        None => {
+            empty = Table::new(TableKind::Filter);
+            &empty
+        }
+    };
+    check_loops(table)?;
+    let mut shared = Shared::default();
+    let mut hooks = Vec::with_capacity(Hook::ALL.len());
+    for hook in Hook::ALL {
+        let chain = find_chain(table, hook.chain_name())?;
+        let mut f = Flattener { table, hook, out: Vec::new(), block_end: vec![None], shared: &mut shared };
+        f.emit(chain, &Cond::default(), 0)?;
+        let n = f.out.len() as u32;
+        f.block_end[0] = Some(n);
+        let Flattener { out, block_end, .. } = f;
+        let policy_accept = chain.policy != Some(Policy::Drop);
+        hooks.push(build::hook_table(hook, out, &block_end, policy_accept));
+    }
+    Ok(Compiled { hooks, logs: shared.logs, n_states: shared.states.len() as u32 })
+}
+
+fn find_chain<'a>(table: &'a Table, name: &str) -> Result<&'a Chain> {
+    table.chain(name).ok_or_else(|| Error::Other(anyhow::anyhow!("chain `{name}' is referenced but does not exist")))
+}
+
+/// Refuses jump/goto cycles reachable from a built-in chain, whatever the rules' conditions, as
+/// the kernel's `mark_source_chains` does when the table is loaded.
+fn check_loops(table: &Table) -> Result<()> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let index: HashMap<&str, usize> = table.chains.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    let targets = |c: &Chain| -> Vec<usize> {
+        c.rules
+            .iter()
+            .filter_map(|r| match &r.target {
+                Target::Jump(x) | Target::Goto(x) => index.get(x.as_str()).copied(),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut mark = vec![Mark::New; table.chains.len()];
+    for root in (0..table.chains.len()).filter(|&i| table.chains[i].is_builtin()) {
+        // Iterative DFS: (chain, its successors, next successor).
+        let mut stack = vec![(root, targets(&table.chains[root]), 0usize)];
+        mark[root] = Mark::OnPath;
+        while let Some(top) = stack.last_mut() {
+            let Some(&next) = top.1.get(top.2) else {
+                mark[top.0] = Mark::Done;
+                stack.pop();
+                continue;
+            };
+            top.2 += 1;
+            match mark[next] {
+                Mark::OnPath => return Err(Error::State("Too many levels of symbolic links.".into())),
+                Mark::Done => {}
+                Mark::New => {
+                    mark[next] = Mark::OnPath;
+                    stack.push((next, targets(&table.chains[next]), 0));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Flattener<'a, 's> {
+    table: &'a Table,
+    hook: Hook,
+    out: Vec<PreRule>,
+    /// End (compiled index) of each block once closed; block 0 is the built-in chain.
+    block_end: Vec<Option<u32>>,
+    shared: &'s mut Shared,
+}
+
+impl Flattener<'_, '_> {
+    fn new_block(&mut self) -> usize {
+        self.block_end.push(None);
+        self.block_end.len() - 1
+    }
+
+    fn close_block(&mut self, b: usize) {
+        self.block_end[b] = Some(self.out.len() as u32);
+    }
+
+    fn push(&mut self, r: PreRule) -> Result<()> {
+        if self.out.len() >= MAX_RULES_PER_HOOK {
+            return Err(Error::State(format!(
+                "Ruleset too large: chain {} needs more than {MAX_RULES_PER_HOOK} rules once user chains are inlined.",
+                self.hook.chain_name()
+            )));
+        }
+        self.out.push(r);
+        Ok(())
+    }
+
+    /// Emits `chain`'s rules under the conditions `outer`, as block `block` (whose end is
+    /// where RETURN goes, and where the end of a chain it goes to with `-g` returns).
+    fn emit(&mut self, chain: &Chain, outer: &Cond, block: usize) -> Result<()> {
+        for rule in &chain.rules {
+            let (alts, checks) = self.rule_conds(rule)?;
+            for alt in alts {
+                let cond = outer.and(&alt);
+                if cond.never {
+                    continue;
+                }
+                let id = Some(rule.id);
+                let fin = |k| PreKind::Final(k);
+                let kind = match &rule.target {
+                    Target::None => fin(ActionKind::Continue),
+                    Target::Accept => fin(ActionKind::Accept),
+                    Target::Drop => fin(ActionKind::Drop),
+                    Target::Reject(w) => fin(ActionKind::Reject(*w)),
+                    Target::Log(l) => fin(ActionKind::Log(self.shared.log(l))),
+                    Target::Mark(m) => fin(ActionKind::Mark { value: m.value, mask: m.mask }),
+                    Target::Return => PreKind::SkipToEnd(block),
+                    Target::Jump(x) | Target::Goto(x) => {
+                        let goto = matches!(rule.target, Target::Goto(_));
+                        let inner = find_chain(self.table, x)?;
+                        // A goto's block includes the synthetic rule after the chain.
+                        let outer_block = self.new_block();
+                        let x_block = if goto { self.new_block() } else { outer_block };
+                        let kind = if checks.is_empty() { fin(ActionKind::Continue) } else { PreKind::EnterEnd(outer_block) };
+                        self.push(PreRule { cond: cond.clone(), checks: checks.clone(), rule_id: id, kind })?;
+                        self.emit(inner, &cond, x_block)?;
+                        if goto {
+                            self.close_block(x_block);
+                            self.push(PreRule { cond, checks: Vec::new(), rule_id: None, kind: PreKind::SkipToEnd(block) })?;
+                        }
+                        self.close_block(outer_block);
+                        continue;
+                    }
+                };
+                self.push(PreRule { cond, checks: checks.clone(), rule_id: id, kind })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A rule's conditions: mutually exclusive conjunctions (more than one only with
+    /// `multiport --ports`) and the residual checks, in match order.
+    fn rule_conds(&mut self, rule: &Rule) -> Result<(Vec<Cond>, Vec<Check>)> {
+        let mut base = Cond::default();
+        let mut checks = Vec::new();
+        let ip = &rule.ip;
+        for (f, a) in [(Field::Src, ip.src), (Field::Dst, ip.dst)] {
+            if let Some(a) = a {
+                match mask_set(a.value) {
+                    Some(s) => base.and_set(f, if a.invert { s.complement(u32::MAX) } else { s }),
+                    None => checks.push(Check::AddrMask { field: f, value: a.value.addr, mask: a.value.mask, invert: a.invert }),
+                }
+            }
+        }
+        for (k, lit) in [&ip.in_iface, &ip.out_iface].into_iter().enumerate() {
+            let Some(lit) = lit else { continue };
+            // Netfilter compares an empty name where the hook has no such device.
+            let absent = matches!((k, self.hook), (0, Hook::Output) | (1, Hook::Input));
+            if absent {
+                base.never |= !(lit.value.matches("") ^ lit.invert);
+            } else {
+                base.ifaces[k].push((lit.value.clone(), lit.invert));
+                base.never |= build::iface_assignments(&base.ifaces[k]).is_none();
+            }
+        }
+        if let Some(p) = ip.proto.filter(|p| p.value != 0) {
+            base.and_set(Field::Proto, inv_set(Set::range(p.value as u32, p.value as u32), p.invert, 255));
+        }
+        if let Some(f) = ip.fragment {
+            checks.push(Check::Fragment(f));
+        }
+
+        let mut c = Conds { alts: vec![base], checks, stateful: false, l4: false };
+        for (k, m) in rule.matches.iter().enumerate() {
+            match m {
+                Match::Tcp(t) => {
+                    c.l4();
+                    c.field(Field::Sport, t.sport.map(port_set));
+                    c.field(Field::Dport, t.dport.map(port_set));
+                    c.field(
+                        Field::TcpFlags,
+                        t.flags.map(|f| {
+                            let (comp, mask) = (f.value.comp as u32, f.value.mask as u32);
+                            let s = if comp & !mask != 0 {
+                                Set::empty()
+                            } else {
+                                Set::masked(comp, mask | 0xffff_ff00, 256).expect("a byte mask has at most 128 intervals")
+                            };
+                            inv_set(s, f.invert, 255)
+                        }),
+                    );
+                    if let Some(o) = t.option {
+                        c.checks.push(Check::TcpOption { kind: o.value, invert: o.invert });
+                    }
+                }
+                Match::Udp(u) => {
+                    c.l4();
+                    c.field(Field::Sport, u.sport.map(port_set));
+                    c.field(Field::Dport, u.dport.map(port_set));
+                }
+                Match::Icmp(i) => {
+                    c.l4();
+                    let s = if i.icmp_type == crate::model::IcmpMatch::ANY_TYPE {
+                        Set::full(65535)
+                    } else {
+                        let t = (i.icmp_type as u32) << 8;
+                        Set::range(t | i.code_lo as u32, t | i.code_hi as u32)
+                    };
+                    c.field(Field::Icmp, Some(inv_set(s, i.invert, 65535)));
+                }
+                Match::Multiport(mp) => {
+                    c.l4();
+                    let s = Set::from_ranges(mp.ports.iter().map(|r| (r.lo as u32, r.hi as u32)).collect());
+                    let out = s.complement(65535);
+                    match (mp.dir, mp.invert) {
+                        (MultiportDir::Source, inv) => c.field(Field::Sport, Some(inv_set(s, inv, 65535))),
+                        (MultiportDir::Destination, inv) => c.field(Field::Dport, Some(inv_set(s, inv, 65535))),
+                        (MultiportDir::Either, true) => {
+                            c.field(Field::Sport, Some(out.clone()));
+                            c.field(Field::Dport, Some(out));
+                        }
+                        (MultiportDir::Either, false) if c.stateful => {
+                            c.checks.push(Check::PortEither { ranges: s.ranges().to_vec() })
+                        }
+                        (MultiportDir::Either, false) => c.split_either(s, out),
+                    }
+                }
+                Match::Iprange(r) => {
+                    for (f, o) in [(Field::Src, r.src), (Field::Dst, r.dst)] {
+                        c.field(f, o.map(|i| inv_set(Set::range(i.value.0, i.value.1), i.invert, u32::MAX)));
+                    }
+                }
+                Match::State(s) => c.ct_state(&ConntrackMatch { state: Some(Inv::new(s.state, s.invert)), ..Default::default() }),
+                Match::Conntrack(ct) => c.ct_state(ct),
+                Match::Comment(_) => {}
+                Match::Mark(mm) => c.checks.push(Check::Mark { value: mm.mark, mask: mm.mask, invert: mm.invert }),
+                Match::Addrtype(a) => {
+                    let (src, dst) = reference::addrtype_parts(a);
+                    c.checks.push(Check::Addrtype {
+                        src,
+                        dst,
+                        limit_iface_in: a.limit_iface_in,
+                        limit_iface_out: a.limit_iface_out,
+                    })
+                }
+                Match::Length(l) => c.checks.push(Check::Length { lo: l.lo, hi: l.hi, invert: l.invert }),
+                Match::Ttl(t) => c.checks.push(Check::Ttl { op: t.op, value: t.value }),
+                Match::Mac(mm) => c.checks.push(Check::MacSource { addr: mm.addr, invert: mm.invert }),
+                Match::Pkttype(t) => c.checks.push(Check::Pkttype { pkttype: t.pkttype, invert: t.invert }),
+                Match::Tos(t) => c.checks.push(Check::Tos { value: t.value, mask: t.mask, invert: t.invert }),
+                Match::Dscp(d) => c.checks.push(Check::Dscp { value: d.dscp, invert: d.invert }),
+                Match::Limit(l) => {
+                    let state = self.shared.state_slot(rule, k);
+                    c.checks.push(Check::Limit { state, avg: l.avg, burst: l.burst });
+                    c.stateful = true;
+                }
+                Match::Statistic(s) => match s.mode {
+                    StatisticMode::Random { probability } => {
+                        c.checks.push(Check::StatisticRandom { probability, invert: s.invert })
+                    }
+                    StatisticMode::Nth { every, packet } => {
+                        let state = self.shared.state_slot(rule, k);
+                        c.checks.push(Check::StatisticNth { state, every, packet, invert: s.invert });
+                        c.stateful = true;
+                    }
+                },
+            }
+        }
+        c.alts.retain(|a| !a.never);
+        Ok((c.alts, c.checks))
+    }
+}
+
+/// A rule's conditions while its matches are read.
+struct Conds {
+    alts: Vec<Cond>,
+    checks: Vec<Check>,
+    /// A stateful match was seen: later field matches become checks after it.
+    stateful: bool,
+    /// `Check::L4Header` is already in `checks`.
+    l4: bool,
+}
+
+impl Conds {
+    fn l4(&mut self) {
+        if !self.l4 {
+            self.checks.push(Check::L4Header);
+            self.l4 = true;
+        }
+    }
+
+    fn field(&mut self, f: Field, s: Option<Set>) {
+        let Some(s) = s else { return };
+        if self.stateful {
+            self.checks.push(Check::FieldIn { field: f, ranges: s.ranges().to_vec() });
+        } else {
+            for a in &mut self.alts {
+                a.and_set(f, s.clone());
+            }
+        }
+    }
+
+    /// `--ports S`: sport in S, or (exclusively) sport not in S and dport in S.
+    fn split_either(&mut self, s: Set, out: Set) {
+        let mut next = Vec::with_capacity(self.alts.len() * 2);
+        for a in self.alts.drain(..) {
+            let mut first = a.clone();
+            first.and_set(Field::Sport, s.clone());
+            let mut second = a;
+            second.and_set(Field::Sport, out.clone());
+            second.and_set(Field::Dport, s.clone());
+            next.extend([first, second].into_iter().filter(|c| !c.never));
+        }
+        if next.is_empty() {
+            // Keep one impossible alternative so the rule is known to match nothing.
+            let mut never = Cond::default();
+            never.never = true;
+            next.push(never);
+        }
+        self.alts = next;
+    }
+
+    /// A plain `--ctstate` without NAT states is the `CtState` field; anything else is checked
+    /// as a whole (`conntrack_mt` treats untracked packets differently when other options are
+    /// present, so the state cannot be split off).
+    fn ct_state(&mut self, ct: &ConntrackMatch) {
+        let plain = ConntrackMatch { state: ct.state, ..Default::default() };
+        match ct.state {
+            Some(s) if *ct == plain && s.value & (ct_state::SNAT | ct_state::DNAT) == 0 => {
+                let bits = Set::from_ranges((0..16u32).filter(|i| s.value & (1 << i) != 0).map(|i| (i, i)).collect());
+                self.field(Field::CtState, Some(inv_set(bits, s.invert, 15)));
+            }
+            _ => self.checks.push(Check::Conntrack(Box::new(ct.clone()))),
+        }
+    }
+}
+
+fn inv_set(s: Set, invert: bool, max: u32) -> Set {
+    if invert {
+        s.complement(max)
+    } else {
+        s
+    }
+}
+
+fn port_set(r: Inv<PortRange>) -> Set {
+    inv_set(Set::range(r.value.lo as u32, r.value.hi as u32), r.invert, 65535)
+}
+
+/// The addresses an `-s`/`-d` value accepts, if it expands to few enough intervals.
+fn mask_set(m: Ipv4Mask) -> Option<Set> {
+    Set::masked(m.addr & m.mask, m.mask, MAX_MASK_INTERVALS as usize)
+}

@@ -1,0 +1,326 @@
+//! Builds one hook's LBVS tables from its flattened compiled rules: the action table, and per
+//! used field the value-to-vector map and the wildcard vector.
+//!
+//! Everything is sorting and sweeping, so cost follows the size of the output:
+//! * interval fields: the rules' interval ends become +rule/-rule events swept in order; each
+//!   elementary interval gets a snapshot of the active set.
+//! * LPM fields (addresses, interface names): each rule's set is a few `(key, in/out)`
+//!   assignments; keys sorted in preorder are swept with a stack, applying a key's assignments
+//!   on the way down and undoing them on the way up, so each entry's vector is "the rules whose
+//!   longest assigned key covering this entry says in" — exactly the rules accepting every
+//!   value whose longest entry it is.
+//!
+//! Vectors are sparse and deduplicated within the hook.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::tables::{
+    Action, ActionKind, FieldMap, FieldTable, Hook, HookTable, IfacePattern, Prefix, VecId, Vector,
+};
+use super::{field_max, Field, PreKind, PreRule};
+use crate::model::Iface;
+
+/// The interface pattern iptables' name/mask pair amounts to.
+fn pattern(i: &Iface) -> IfacePattern {
+    IfacePattern { name: i.name.as_bytes().to_vec(), exact: !i.wildcard }
+}
+
+/// The LPM key bytes: the name, plus its terminating NUL when exact.
+pub(super) fn iface_key(p: &IfacePattern) -> Vec<u8> {
+    let mut k = p.name.clone();
+    if p.exact {
+        k.push(0);
+    }
+    k
+}
+
+fn iface_covers(a: &IfacePattern, b: &IfacePattern) -> bool {
+    iface_key(b).starts_with(&iface_key(a))
+}
+
+fn prefix_covers(a: &Prefix, b: &Prefix) -> bool {
+    a.len <= b.len && (a.len == 0 || (a.addr ^ b.addr) >> (32 - a.len as u32) == 0)
+}
+
+const IFACE_ROOT: IfacePattern = IfacePattern { name: Vec::new(), exact: false };
+
+/// A conjunction of interface literals as LPM assignments (see `Set::prefix_assignments`):
+/// `None` if it can never hold, `Some(empty)` if it always holds.
+pub(super) fn iface_assignments(lits: &[(Iface, bool)]) -> Option<Vec<(IfacePattern, bool)>> {
+    // The positive literals must form a chain; the longest decides.
+    let mut longest = IFACE_ROOT;
+    for (i, _) in lits.iter().filter(|(_, inv)| !inv) {
+        let p = pattern(i);
+        if iface_covers(&longest, &p) {
+            longest = p;
+        } else if !iface_covers(&p, &longest) {
+            return None;
+        }
+    }
+    let mut out = Vec::new();
+    for (i, _) in lits.iter().filter(|(_, inv)| *inv) {
+        let n = pattern(i);
+        if iface_covers(&n, &longest) {
+            return None;
+        }
+        if iface_covers(&longest, &n) && !out.iter().any(|(o, _)| *o == n) {
+            out.push((n, false));
+        }
+    }
+    if longest != IFACE_ROOT || !out.is_empty() {
+        out.insert(0, (longest, true));
+    }
+    Some(out)
+}
+
+/// Deduplicated vectors of one hook.
+#[derive(Default)]
+struct Vectors {
+    list: Vec<Vector>,
+    ids: HashMap<Vector, VecId>,
+}
+
+impl Vectors {
+    fn intern(&mut self, v: Vector) -> VecId {
+        if let Some(&id) = self.ids.get(&v) {
+            return id;
+        }
+        let id = self.list.len() as VecId;
+        self.list.push(v.clone());
+        self.ids.insert(v, id);
+        id
+    }
+
+    fn of_rules(&mut self, rules: impl Iterator<Item = u32>) -> VecId {
+        let mut bits = Bits::default();
+        for r in rules {
+            bits.set(r, true);
+        }
+        self.intern(bits.snapshot())
+    }
+}
+
+/// A mutable rule set kept as non-zero words.
+#[derive(Default)]
+struct Bits {
+    words: BTreeMap<u32, u64>,
+}
+
+impl Bits {
+    /// Sets rule `r` to `on`, returning its previous state.
+    fn set(&mut self, r: u32, on: bool) -> bool {
+        let bit = 1u64 << (r % 64);
+        let w = self.words.entry(r / 64).or_insert(0);
+        let prev = *w & bit != 0;
+        if on {
+            *w |= bit;
+        } else {
+            *w &= !bit;
+            if *w == 0 {
+                self.words.remove(&(r / 64));
+            }
+        }
+        prev
+    }
+
+    fn snapshot(&self) -> Vector {
+        Vector { words: self.words.iter().map(|(&w, &b)| (w, b)).collect() }
+    }
+}
+
+/// LPM entries with their vectors, from per-key rule assignments. `root` is always present.
+fn lpm<K: Clone + Eq + std::hash::Hash>(
+    mut assigned: HashMap<K, Vec<(u32, bool)>>,
+    root: K,
+    order: impl Fn(&K, &K) -> std::cmp::Ordering,
+    covers: impl Fn(&K, &K) -> bool,
+    vectors: &mut Vectors,
+) -> Vec<(K, VecId)> {
+    assigned.entry(root).or_default();
+    let mut keys: Vec<(K, Vec<(u32, bool)>)> = assigned.into_iter().collect();
+    keys.sort_by(|a, b| order(&a.0, &b.0));
+    let mut bits = Bits::default();
+    // (key, undo log of (rule, previous state)).
+    let mut stack: Vec<(K, Vec<(u32, bool)>)> = Vec::new();
+    let mut out = Vec::with_capacity(keys.len());
+    for (key, assigns) in keys {
+        while stack.last().is_some_and(|(top, _)| !covers(top, &key)) {
+            if let Some((_, undo)) = stack.pop() {
+                for &(r, prev) in undo.iter().rev() {
+                    bits.set(r, prev);
+                }
+            }
+        }
+        let undo: Vec<(u32, bool)> = assigns.iter().map(|&(r, on)| (r, bits.set(r, on))).collect();
+        out.push((key.clone(), vectors.intern(bits.snapshot())));
+        stack.push((key, undo));
+    }
+    out
+}
+
+/// Sorted disjoint intervals covering `0..=max`, each with the vector of the rules whose set
+/// contains it.
+fn intervals(sets: &[(u32, &[(u32, u32)])], max: u32, vectors: &mut Vectors) -> Vec<(u32, u32, VecId)> {
+    let mut events: Vec<(u32, u32, bool)> = Vec::new();
+    for &(r, ranges) in sets {
+        for &(lo, hi) in ranges {
+            events.push((lo, r, true));
+            if hi < max {
+                events.push((hi + 1, r, false));
+            }
+        }
+    }
+    events.sort_unstable();
+    let mut bits = Bits::default();
+    let mut out: Vec<(u32, u32, VecId)> = Vec::new();
+    let mut emit = |lo: u32, hi: u32, v: VecId| match out.last_mut() {
+        Some(last) if last.2 == v => last.1 = hi,
+        _ => out.push((lo, hi, v)),
+    };
+    let mut start = 0u32;
+    let mut i = 0;
+    while i < events.len() {
+        let pos = events[i].0;
+        if pos > start {
+            emit(start, pos - 1, vectors.intern(bits.snapshot()));
+        }
+        while i < events.len() && events[i].0 == pos {
+            bits.set(events[i].1, events[i].2);
+            i += 1;
+        }
+        start = pos;
+    }
+    emit(start, max, vectors.intern(bits.snapshot()));
+    out
+}
+
+/// The tables of one hook from its flattened rules; `block_end` resolves block references.
+pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>], policy_accept: bool) -> HookTable {
+    let end = |b: usize| block_end[b].expect("every block is closed once its chain is emitted");
+    let mut vectors = Vectors::default();
+    let mut fields = Vec::new();
+    for f in Field::ALL {
+        let mut constrained = Vec::new();
+        let map = match f {
+            Field::Src | Field::Dst => {
+                let mut assigned: HashMap<Prefix, Vec<(u32, bool)>> = HashMap::new();
+                for (r, p) in pre.iter().enumerate() {
+                    let Some(s) = p.cond.sets[f as usize].as_ref().filter(|s| !s.is_full(u32::MAX)) else { continue };
+                    constrained.push(r as u32);
+                    for (k, on) in s.prefix_assignments() {
+                        assigned.entry(k).or_default().push((r as u32, on));
+                    }
+                }
+                FieldMap::Prefixes(lpm(assigned, Prefix { addr: 0, len: 0 }, Ord::cmp, prefix_covers, &mut vectors))
+            }
+            Field::InIface | Field::OutIface => {
+                let k = (f == Field::OutIface) as usize;
+                let mut assigned: HashMap<IfacePattern, Vec<(u32, bool)>> = HashMap::new();
+                for (r, p) in pre.iter().enumerate() {
+                    let assigns = iface_assignments(&p.cond.ifaces[k]).unwrap_or_default();
+                    if assigns.is_empty() {
+                        continue;
+                    }
+                    constrained.push(r as u32);
+                    for (key, on) in assigns {
+                        assigned.entry(key).or_default().push((r as u32, on));
+                    }
+                }
+                let order = |a: &IfacePattern, b: &IfacePattern| iface_key(a).cmp(&iface_key(b));
+                FieldMap::Ifaces(lpm(assigned, IFACE_ROOT, order, iface_covers, &mut vectors))
+            }
+            _ => {
+                let max = field_max(f);
+                let mut sets = Vec::new();
+                for (r, p) in pre.iter().enumerate() {
+                    if let Some(s) = p.cond.sets[f as usize].as_ref().filter(|s| !s.is_full(max)) {
+                        constrained.push(r as u32);
+                        sets.push((r as u32, s.ranges()));
+                    }
+                }
+                FieldMap::Intervals(intervals(&sets, max, &mut vectors))
+            }
+        };
+        if constrained.is_empty() {
+            continue;
+        }
+        let mut c = constrained.into_iter().peekable();
+        let wild = (0..pre.len() as u32).filter(|&r| {
+            let hit = c.peek() == Some(&r);
+            if hit {
+                c.next();
+            }
+            !hit
+        });
+        let wildcard = vectors.of_rules(wild);
+        fields.push(FieldTable { field: f, map, wildcard });
+    }
+    let actions = pre
+        .into_iter()
+        .map(|p| Action {
+            rule_id: p.rule_id,
+            kind: match p.kind {
+                PreKind::Final(k) => k,
+                PreKind::SkipToEnd(b) => ActionKind::SkipTo(end(b)),
+                PreKind::EnterEnd(b) => ActionKind::Enter { end: end(b) },
+            },
+            checks: p.checks,
+        })
+        .collect();
+    HookTable { hook, actions, vectors: vectors.list, fields, policy_accept }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, wildcard: bool) -> Iface {
+        Iface { name: name.into(), wildcard }
+    }
+
+    #[test]
+    fn iface_literals() {
+        let eth = IfacePattern { name: b"eth".to_vec(), exact: false };
+        let eth0 = IfacePattern { name: b"eth0".to_vec(), exact: true };
+        assert_eq!(iface_assignments(&[]), Some(vec![]));
+        assert_eq!(iface_assignments(&[(iface("", true), false)]), Some(vec![]));
+        assert_eq!(iface_assignments(&[(iface("", true), true)]), None);
+        assert_eq!(
+            iface_assignments(&[(iface("eth", true), false), (iface("eth0", false), true)]),
+            Some(vec![(eth.clone(), true), (eth0.clone(), false)])
+        );
+        assert_eq!(iface_assignments(&[(iface("eth0", false), false), (iface("eth", true), true)]), None);
+        assert_eq!(iface_assignments(&[(iface("eth0", false), false), (iface("eth1", false), false)]), None);
+        assert_eq!(
+            iface_assignments(&[(iface("eth0", false), false), (iface("eth", true), false)]),
+            Some(vec![(eth0.clone(), true)])
+        );
+        assert_eq!(
+            iface_assignments(&[(iface("eth0", false), true)]),
+            Some(vec![(IFACE_ROOT, true), (eth0, false)])
+        );
+        // `eth0+` covers the exact name `eth0`, not the other way round.
+        assert!(iface_covers(&IfacePattern { name: b"eth0".to_vec(), exact: false }, &IfacePattern { name: b"eth0".to_vec(), exact: true }));
+        assert!(!iface_covers(&IfacePattern { name: b"eth0".to_vec(), exact: true }, &IfacePattern { name: b"eth0".to_vec(), exact: false }));
+    }
+
+    #[test]
+    fn interval_sweep() {
+        let mut v = Vectors::default();
+        let a = [(2u32, 5u32)];
+        let b = [(4u32, 9u32), (20, 255)];
+        let out = intervals(&[(0, &a), (1, &b)], 255, &mut v);
+        let spans: Vec<(u32, u32, Vec<(u32, u64)>)> = out.iter().map(|&(lo, hi, id)| (lo, hi, v.list[id as usize].words.clone())).collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0, 1, vec![]),
+                (2, 3, vec![(0, 1)]),
+                (4, 5, vec![(0, 3)]),
+                (6, 9, vec![(0, 2)]),
+                (10, 19, vec![]),
+                (20, 255, vec![(0, 2)]),
+            ]
+        );
+    }
+}
