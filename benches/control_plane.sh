@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Control-plane benchmark: how long rule changes and listings take, side by side for
+# bpf-iptables, iptables-legacy, iptables-nft and native nft, in one run on this machine.
+#
+#   benches/control_plane.sh [N ...]        (as root; default N = 0 100 1000 10000;
+#                                            IMPLS="bpf legacy nft-compat nft" selects columns)
+#
+# For each N, each implementation gets a fresh network namespace holding N filter INPUT rules
+# that do not match (distinct source/destination /32s and ports) plus a last rule that does, and
+# we time, as whole processes (median of REPS runs, in ms):
+#   restore  replacing the whole ruleset from a file (iptables-restore / nft -f)
+#   append   one -A with N rules present (nft: add rule)
+#   delete   deleting that rule again by spec (nft: delete rule by handle)
+#   save     iptables-save (nft list ruleset)
+#   list     -L -n (nft list table)
+# and for bpf-iptables the bytes of pinned BPF maps (bpftool's memlock) per N.
+# Each point checks itself: the listing must contain N+1 rules, else the run aborts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+REPS=${REPS:-7}
+sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(0 100 1000 10000)
+cargo build --release --quiet
+bin=$PWD/target/release/bpf-iptables
+work=$(mktemp -d)
+ns=bpfipt-bench-$$
+for n in iptables iptables-save iptables-restore; do ln -s "$bin" "$work/$n"; done
+cleanup() { ip netns del "$ns" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+gen_rules() { # N -> iptables-restore input
+  local n=$1
+  python3 - "$n" <<'PY'
+import sys
+n = int(sys.argv[1])
+print("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]")
+for i in range(n):
+    a, b = divmod(i, 250)
+    print(f"-A INPUT -s 10.{a // 250}.{a % 250}.{b + 1}/32 -d 172.16.{a % 250}.{b + 1}/32 "
+          f"-p tcp -m tcp --dport {1 + i % 60000} -j DROP")
+print("-A INPUT -s 198.18.0.2/32 -p udp -m udp --dport 9 -j ACCEPT")
+print("COMMIT")
+PY
+}
+gen_nft() { # N -> nft -f input
+  local n=$1
+  python3 - "$n" <<'PY'
+import sys
+n = int(sys.argv[1])
+print("flush ruleset\ntable ip filter {\n chain INPUT { type filter hook input priority 0; policy accept;")
+for i in range(n):
+    a, b = divmod(i, 250)
+    print(f"  ip saddr 10.{a // 250}.{a % 250}.{b + 1} ip daddr 172.16.{a % 250}.{b + 1} tcp dport {1 + i % 60000} drop")
+print("  ip saddr 198.18.0.2 udp dport 9 accept\n }\n}")
+PY
+}
+
+# Timing runs inside the namespace, so `ip netns exec` (a few ms of its own) is not measured.
+# median_pair_ms DO UNDO: median wall-clock ms over REPS runs of the shell command DO, each
+# followed by the untimed UNDO (empty: nothing).
+median_pair_ms() {
+  ip netns exec "$ns" bash -c '
+    do_cmd=$1 undo_cmd=$2 reps=$3 times=()
+    for _ in $(seq "$reps"); do
+      t0=$(date +%s%N); eval "$do_cmd" >/dev/null; t1=$(date +%s%N)
+      [ -n "$undo_cmd" ] && eval "$undo_cmd" >/dev/null
+      times+=($(( (t1 - t0) / 1000 )))
+    done
+    printf "%s\n" "${times[@]}" | sort -n | awk "{a[NR]=\$1} END {printf \"%.2f\", a[int((NR+1)/2)]/1000}"
+  ' _ "$1" "$2" "$REPS"
+}
+median_ms() { median_pair_ms "$*" ""; }
+check_count() { # impl expected-rules
+  local got
+  case $1 in
+    nft) got=$(ip netns exec "$ns" nft list chain ip filter INPUT | grep -cE ' (drop|accept)$') ;;
+    *) got=$(ip netns exec "$ns" "$2" -S INPUT | grep -c '^-A INPUT') ;;
+  esac
+  [ "$got" = "$3" ] || { echo "self-check failed: $1 holds $got rules, expected $3" >&2; exit 1; }
+}
+
+rule='-A INPUT -s 203.0.113.7/32 -p tcp -m tcp --dport 4242 -j DROP'
+printf '| impl | N | restore ms | append ms | delete ms | save ms | list ms | pinned maps |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
+for n in "${sizes[@]}"; do
+  gen_rules "$n" > "$work/rules.$n"
+  gen_nft "$n" > "$work/rules.$n.nft"
+  for impl in ${IMPLS:-bpf legacy nft-compat nft}; do
+    ip netns del "$ns" 2>/dev/null || true
+    ip netns add "$ns"
+    case $impl in
+      bpf) ipt=$work/iptables; save=$work/iptables-save; restore=$work/iptables-restore ;;
+      legacy) ipt=iptables-legacy; save=iptables-legacy-save; restore=iptables-legacy-restore ;;
+      nft-compat) ipt=iptables-nft; save=iptables-nft-save; restore=iptables-nft-restore ;;
+      nft) ;;
+    esac
+    mem=-
+    if [ "$impl" = nft ]; then
+      r=$(median_ms nft -f "$work/rules.$n.nft")
+      check_count nft nft $((n + 1))
+      a=$(median_pair_ms "nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop" \
+        "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}")
+      d=$(median_pair_ms "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}" \
+        "nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop")
+      s=$(median_ms nft list ruleset)
+      l=$(median_ms nft list table ip filter)
+    else
+      r=$(median_ms sh -c "$restore < $work/rules.$n")
+      check_count "$impl" "$ipt" $((n + 1))
+      a=$(median_pair_ms "$ipt $rule" "$ipt ${rule/-A/-D}")
+      ip netns exec "$ns" $ipt $rule
+      d=$(median_pair_ms "$ipt ${rule/-A/-D}" "$ipt $rule")
+      ip netns exec "$ns" $ipt ${rule/-A/-D}
+      s=$(median_ms "$save")
+      l=$(median_ms "$ipt" -L -n)
+      if [ "$impl" = bpf ]; then
+        dir=$(ip netns exec "$ns" "$bin" --pin-dir 2>/dev/null || true)
+        if [ -n "$dir" ]; then
+          mem=$(for p in "$dir"/*; do bpftool -j map show pinned "$p" 2>/dev/null; done |
+            python3 -c 'import sys, json; print(sum(json.loads(l).get("bytes_memlock", 0) for l in sys.stdin if l.strip()))')
+        fi
+      fi
+    fi
+    printf '| %s | %d | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$d" "$s" "$l" "$mem"
+  done
+done
