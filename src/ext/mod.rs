@@ -6,6 +6,8 @@
 //! Printing has two forms: `save` (the text `-S` and `iptables-save` print after `-m NAME`, or
 //! after `-j NAME` for targets) and `list` (the text in the last column of `-L`).
 
+pub mod util;
+
 use crate::error::Result;
 use crate::model::{IpHeader, Match, Target};
 
