@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Test harness for conntrack.h (tests/conntrack*.rs): an XDP program that parses an
+ * Ethernet/IPv4 frame into a struct bpfipt_ct_pkt, calls bpfipt_ct_lookup() and, unless the
+ * test asked for a drop, bpfipt_ct_update() -- what the datapath does around its filter.
+ * Its maps are its own (not pinned), so every test starts from an empty table.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "bpf_iptables.h"
+#include "conntrack.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define CT_TEST_ETH_P_IP 0x0800
+
+/* Set by the test before a run: non-zero = the filter drops the packet (no update). */
+__u32 ct_test_drop;
+/* Set by the test: the packet is locally generated (egress). */
+__u8 ct_test_from_local;
+/* What the last run computed. */
+struct bpfipt_ct_pkt ct_test_pkt;
+struct bpfipt_ct_result ct_test_result;
+
+/* Ports (or the ICMP fields) of a transport header at `l4`; returns 0 when truncated. */
+static __always_inline int ct_test_l4(void *l4, void *end, __u8 proto, __u16 *sport, __u16 *dport,
+				      __u8 *type, __u8 *code)
+{
+	if (proto == IPPROTO_ICMP) {
+		struct icmphdr *ih = l4;
+
+		if ((void *)(ih + 1) > end)
+			return 0;
+		*type = ih->type;
+		*code = ih->code;
+		*sport = bpf_ntohs(ih->un.echo.id);
+		return 1;
+	}
+	if (ct_port_proto(proto)) {
+		__be16 *ports = l4;
+
+		if ((void *)(ports + 2) > end)
+			return 0;
+		*sport = bpf_ntohs(ports[0]);
+		*dport = bpf_ntohs(ports[1]);
+	}
+	return 1;
+}
+
+SEC("xdp")
+int bpfipt_ct_test(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct bpfipt_ct_pkt p = {};
+	struct bpfipt_ct_result r;
+	struct iphdr *ip;
+	__u32 ihl;
+	void *l4;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(CT_TEST_ETH_P_IP))
+		return XDP_ABORTED;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return XDP_ABORTED;
+	ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip) || ihl > 60)
+		return XDP_ABORTED;
+	l4 = (void *)ip + ihl;
+
+	p.saddr = bpf_ntohl(ip->saddr);
+	p.daddr = bpf_ntohl(ip->daddr);
+	p.proto = ip->protocol;
+	p.ip_len = bpf_ntohs(ip->tot_len);
+	p.ifindex = ctx->ingress_ifindex;
+	p.from_local = ct_test_from_local;
+	if (bpf_ntohs(ip->frag_off) & 0x1fff) {
+		p.frag = 1;
+	} else if (p.proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		__u32 doff;
+
+		if ((void *)(th + 1) <= end) {
+			doff = th->doff * 4;
+			p.sport = bpf_ntohs(th->source);
+			p.dport = bpf_ntohs(th->dest);
+			p.seq = bpf_ntohl(th->seq);
+			p.ack_seq = bpf_ntohl(th->ack_seq);
+			p.window = bpf_ntohs(th->window);
+			p.tcp_flags = ((__u8 *)th)[13];
+			p.payload_len = p.ip_len - ihl - doff;
+			p.l4_ok = doff >= sizeof(*th) && l4 + doff <= end && ihl + doff <= p.ip_len;
+		}
+	} else {
+		p.l4_ok = ct_test_l4(l4, end, p.proto, &p.sport, &p.dport, &p.icmp_type,
+				     &p.icmp_code);
+		if (p.l4_ok && p.proto == IPPROTO_ICMP && ct_icmp_is_error(p.icmp_type)) {
+			/* the quoted packet: its IP header and first 8 transport bytes */
+			struct iphdr *in = l4 + sizeof(struct icmphdr);
+			__u32 in_ihl;
+
+			p.l4_ok = 0;
+			if ((void *)(in + 1) <= end) {
+				in_ihl = in->ihl * 4;
+				if (in_ihl >= sizeof(*in) && in_ihl <= 60) {
+					p.inner_saddr = bpf_ntohl(in->saddr);
+					p.inner_daddr = bpf_ntohl(in->daddr);
+					p.inner_proto = in->protocol;
+					p.l4_ok = ct_test_l4((void *)in + in_ihl, end, in->protocol,
+							     &p.inner_sport, &p.inner_dport,
+							     &p.inner_icmp_type, &p.inner_icmp_code);
+				}
+			}
+		}
+	}
+
+	bpfipt_ct_lookup(&p, &r);
+	ct_test_pkt = p;
+	ct_test_result = r;
+	if (ct_test_drop)
+		return XDP_DROP;
+	bpfipt_ct_update(&p, &r);
+	return XDP_PASS;
+}
