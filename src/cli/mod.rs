@@ -1,8 +1,285 @@
 //! Runs one invocation: picks the personality from argv[0], parses, applies the command to the
 //! ruleset loaded from the store, commits, prints, and maps errors to iptables' exit codes.
+//!
+//! Only the filter table is enforced. The other tables iptables knows are listed (empty) and may
+//! be flushed, zeroed or have chains deleted (no-ops on an empty table), but anything that would
+//! give them rules, user chains or a DROP policy is refused with exit 2 rather than accepted and
+//! ignored.
+
+pub mod exec;
+pub mod help;
+pub mod restore;
 
 use std::ffi::OsString;
+use std::io::Write;
 
-pub fn main(_args: Vec<OsString>) -> i32 {
-    0
+use crate::error::{param, Error, Result, VARIANT, VERSION};
+use crate::model::{Policy, Ruleset, Table, TableKind};
+use crate::output::save;
+use crate::parse::cmdline::{self, Parsed};
+use crate::parse::options::{self, OptDef, Value};
+use crate::parse::{Command, Invocation};
+use crate::store::{LockWait, Store};
+
+/// Which program we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Personality {
+    Iptables,
+    Save,
+    Restore,
+}
+
+impl Personality {
+    /// The program name iptables prints in messages.
+    pub fn prog(self) -> &'static str {
+        match self {
+            Personality::Iptables => "iptables",
+            Personality::Save => "iptables-save",
+            Personality::Restore => "iptables-restore",
+        }
+    }
+
+    /// From the basename of argv[0]: `*-save`, `*-restore`, anything else is iptables.
+    pub fn from_argv0(argv0: &str) -> Personality {
+        let base = argv0.rsplit('/').next().unwrap_or(argv0);
+        if base.ends_with("-save") {
+            Personality::Save
+        } else if base.ends_with("-restore") {
+            Personality::Restore
+        } else {
+            Personality::Iptables
+        }
+    }
+}
+
+/// `PROG v1.8.9 (bpf)`.
+pub fn version_line(prog: &str) -> String {
+    format!("{prog} v{VERSION} ({VARIANT})")
+}
+
+/// Writes to stdout, ignoring a closed pipe (`iptables -L | head`).
+pub fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+pub fn main(args: Vec<OsString>) -> i32 {
+    let mut args: Vec<String> = args.into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    if args.is_empty() {
+        args.push("iptables".into());
+    }
+    let mut who = Personality::from_argv0(&args[0]);
+    // `bpf-iptables save ...` / `bpf-iptables restore ...`: iptables itself would reject a
+    // first word that is not an option, so these forms cannot clash with its syntax.
+    if who == Personality::Iptables && args[0].rsplit('/').next() == Some("bpf-iptables") {
+        match args.get(1).map(String::as_str) {
+            Some("save") => who = Personality::Save,
+            Some("restore") => who = Personality::Restore,
+            _ => {}
+        }
+        if who != Personality::Iptables {
+            args.remove(1);
+        }
+    }
+    let rest = &args[1..];
+    let result = match who {
+        Personality::Iptables => iptables_main(rest),
+        Personality::Save => save_main(rest),
+        Personality::Restore => restore::main(rest),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprint!("{}", e.render(who.prog()));
+            e.exit_code()
+        }
+    }
+}
+
+/// The table `name`, or iptables' "can't initialize" error (exit 3).
+fn table_kind(name: &str) -> Result<TableKind> {
+    TableKind::from_name(name).ok_or_else(|| {
+        Error::Table(format!("can't initialize iptables table `{name}': Table does not exist (do you need to insmod?)"))
+    })
+}
+
+/// Refusal for a table whose rules the datapath cannot enforce.
+pub fn unsupported_table(kind: TableKind) -> Error {
+    param(format!(
+        "table `{}' is not supported by bpf-iptables: only the filter table is enforced",
+        kind.name()
+    ))
+}
+
+/// A table with nothing in it that would filter or need enforcing.
+pub fn is_pristine(t: &Table) -> bool {
+    t.chains.iter().all(|c| c.is_builtin() && c.rules.is_empty() && c.policy == Some(Policy::Accept))
+}
+
+/// Takes the tables we do not enforce out of `rs` before it is stored; they must be pristine.
+pub fn drop_unenforced(rs: &mut Ruleset) -> Result<()> {
+    if let Some(t) = rs.tables.iter().find(|t| !t.kind.supported() && !is_pristine(t)) {
+        return Err(unsupported_table(t.kind));
+    }
+    rs.tables.retain(|t| t.kind.supported());
+    Ok(())
+}
+
+/// Sends counter requests to the store (only the filter table has counters there).
+pub fn apply_counters(store: &mut Store, kind: TableKind, fx: &exec::Effects) -> Result<()> {
+    if !kind.supported() {
+        return Ok(());
+    }
+    if !fx.zero_rules.is_empty() {
+        let zeros: Vec<_> = fx.zero_rules.iter().map(|&id| (id, Default::default())).collect();
+        store.set_rule_counters(&zeros)?;
+    }
+    for (chain, c) in &fx.policy_counters {
+        store.set_policy_counters(chain, *c)?;
+    }
+    Ok(())
+}
+
+/// The table named by `-t`/`--table` in `args`, when it is one we know but do not enforce.
+fn unenforced_table_arg(args: &[String]) -> Option<TableKind> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let name = match a.as_str() {
+            "-t" | "--table" => it.next().map(String::as_str),
+            _ => a.strip_prefix("--table=").or_else(|| a.strip_prefix("-t").filter(|s| !s.is_empty())),
+        };
+        if let Some(k) = name.and_then(TableKind::from_name) {
+            return (!k.supported()).then_some(k);
+        }
+    }
+    None
+}
+
+fn iptables_main(args: &[String]) -> Result<i32> {
+    // A rule for a table we do not enforce often uses that table's targets (`-j MASQUERADE`,
+    // `-j DNAT --to-destination`); say what is really wrong rather than "unknown option".
+    let parsed = cmdline::parse(args, false).map_err(|e| match unenforced_table_arg(args) {
+        Some(k) if matches!(e, Error::Param(_) | Error::ParamBare(_)) => unsupported_table(k),
+        _ => e,
+    })?;
+    let inv = match parsed {
+        Parsed::Run(inv) => inv,
+        Parsed::Help => {
+            print(&format!("{}\n{}", version_line("iptables"), help::IPTABLES_HELP));
+            return Ok(0);
+        }
+        Parsed::Version { inverted } => {
+            if inverted {
+                print(&format!("Not {} ;-)\n", version_line("iptables")));
+            } else {
+                print(&format!("{}\n", version_line("iptables")));
+            }
+            return Ok(0);
+        }
+        Parsed::Ignored => return Ok(0),
+    };
+    run(&inv)?;
+    Ok(0)
+}
+
+fn run(inv: &Invocation) -> Result<()> {
+    let kind = table_kind(&inv.table)?;
+    if !kind.supported()
+        && matches!(inv.command, Command::Append { .. } | Command::Insert { .. } | Command::Replace { .. })
+    {
+        return Err(unsupported_table(kind));
+    }
+    let mut store = Store::open(inv.wait)?;
+    let mut rs = store.load()?;
+    if matches!(inv.command, Command::List { .. }) {
+        store.load_counters(&mut rs)?;
+    }
+    let fx = exec::apply(rs.table_mut(kind), inv)?;
+    // Listing output first: `-L -Z` prints, then zeroes.
+    if fx.changed {
+        exec::validate(rs.table_mut(kind))?;
+        drop_unenforced(&mut rs)?;
+        store.commit(&mut rs)?;
+    }
+    print(&fx.stdout);
+    apply_counters(&mut store, kind, &fx)?;
+    Ok(())
+}
+
+/// `iptables-save [-c] [-t table] [-f file]`.
+fn save_main(args: &[String]) -> Result<i32> {
+    const DEFS: &[OptDef] = &[
+        OptDef { id: 'b', short: true, long: "binary", value: Value::None },
+        OptDef { id: 'c', short: true, long: "counters", value: Value::None },
+        OptDef { id: 'd', short: true, long: "dump", value: Value::None },
+        OptDef { id: 't', short: true, long: "table", value: Value::Required },
+        OptDef { id: 'M', short: true, long: "modprobe", value: Value::Required },
+        OptDef { id: 'f', short: true, long: "file", value: Value::Required },
+        OptDef { id: 'V', short: true, long: "version", value: Value::None },
+    ];
+    let parsed = match options::getopt(args, DEFS) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("iptables-save: {msg}\nLook at manual page `iptables-save.8' for more information.");
+            return Ok(1);
+        }
+    };
+    let (mut counters, mut table, mut file) = (false, None, None);
+    for (id, v) in parsed.opts {
+        match id {
+            'b' => eprintln!("-b/--binary option is not implemented"),
+            'c' => counters = true,
+            't' => table = v,
+            'f' => file = v,
+            'V' => {
+                print(&format!("{}\n", version_line("iptables-save")));
+                return Ok(0);
+            }
+            _ => {}
+        }
+    }
+    if !parsed.words.is_empty() {
+        eprintln!("Unknown arguments found on commandline");
+        return Ok(1);
+    }
+
+    let kinds = match &table {
+        Some(t) => match TableKind::from_name(t) {
+            Some(k) => vec![k],
+            None => {
+                return Err(Error::StateBare(format!(
+                    "{}: Cannot initialize: Table does not exist (do you need to insmod?)",
+                    version_line("iptables-save")
+                )))
+            }
+        },
+        None => Vec::new(),
+    };
+    let mut store = Store::open(LockWait::Block)?;
+    let mut rs = store.load()?;
+    store.load_counters(&mut rs)?;
+    drop(store);
+    let date = save::ctime_now();
+    let mut text = String::new();
+    if kinds.is_empty() {
+        for t in &rs.tables {
+            text.push_str(&save::save_table(t, counters, &date));
+        }
+    } else {
+        for k in kinds {
+            let empty = Table::new(k);
+            text.push_str(&save::save_table(rs.table(k).unwrap_or(&empty), counters, &date));
+        }
+    }
+    match file {
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, text) {
+                eprintln!("Failed to open file, error: {e}");
+                return Ok(1);
+            }
+        }
+        None => print(&text),
+    }
+    Ok(0)
 }

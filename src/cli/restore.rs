@@ -1,0 +1,331 @@
+//! `iptables-restore`: reads the whole input, then applies it line by line to the ruleset loaded
+//! from the store, exactly as iptables-restore 1.8.9 interprets each line (table sections,
+//! flushing unless `--noflush`, `:CHAIN` declarations, rule lines through the same walker as
+//! argv), and commits once at the end: any error leaves the stored ruleset untouched (iptables
+//! commits per `COMMIT`; all-or-nothing is strictly safer and indistinguishable for valid input).
+
+use std::io::Read;
+
+use crate::error::{param, Error, Result};
+use crate::model::{Chain, Counters, Policy, Table, TableKind, MAX_CHAIN_NAME_LEN};
+use crate::parse::cmdline::{self, Parsed};
+use crate::parse::{Command, Invocation};
+use crate::parse::options::{self, OptDef, Value};
+use crate::parse::restore::{classify, parse_counters, split_args, Line};
+use crate::store::{LockWait, Store};
+
+use super::{exec, help, is_pristine, print, unsupported_table, version_line};
+
+const PROG: &str = "iptables-restore";
+
+struct Flags {
+    counters: bool,
+    verbose: u32,
+    test: bool,
+    noflush: bool,
+    wait: LockWait,
+    table: Option<String>,
+}
+
+/// `PROG v1.8.9 (bpf): MSG` + `Error occurred at line: N` + the Try line, for parameter errors
+/// inside the input; other errors render as usual.
+fn render_at(e: &Error, line: usize) -> String {
+    let text = e.render(PROG);
+    match e {
+        Error::Param(_) | Error::ParamBare(_) => {
+            let try_at = text.rfind("Try `").unwrap_or(text.len());
+            format!("{}Error occurred at line: {line}\n{}", &text[..try_at], &text[try_at..])
+        }
+        _ => text,
+    }
+}
+
+/// An error already rendered (restore decides the text itself), with its exit code.
+struct Failure {
+    text: String,
+    code: i32,
+}
+
+impl Failure {
+    fn at(e: Error, line: usize) -> Failure {
+        Failure { text: render_at(&e, line), code: e.exit_code() }
+    }
+
+    fn line_failed(line: usize) -> Failure {
+        Failure { text: format!("{PROG}: line {line} failed\n"), code: 1 }
+    }
+}
+
+pub fn main(args: &[String]) -> Result<i32> {
+    const DEFS: &[OptDef] = &[
+        OptDef { id: 'b', short: true, long: "binary", value: Value::None },
+        OptDef { id: 'c', short: true, long: "counters", value: Value::None },
+        OptDef { id: 'v', short: true, long: "verbose", value: Value::None },
+        OptDef { id: 'V', short: true, long: "version", value: Value::None },
+        OptDef { id: 't', short: true, long: "test", value: Value::None },
+        OptDef { id: 'h', short: true, long: "help", value: Value::None },
+        OptDef { id: 'n', short: true, long: "noflush", value: Value::None },
+        OptDef { id: 'M', short: true, long: "modprobe", value: Value::Required },
+        OptDef { id: 'T', short: true, long: "table", value: Value::Required },
+        OptDef { id: 'w', short: true, long: "wait", value: Value::NextWord },
+        OptDef { id: 'W', short: true, long: "wait-interval", value: Value::NextWord },
+    ];
+    let parsed = match options::getopt(args, DEFS) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("{PROG}: {msg}\nTry `{PROG} -h' for more information.");
+            return Ok(1);
+        }
+    };
+    let mut flags = Flags { counters: false, verbose: 0, test: false, noflush: false, wait: LockWait::Block, table: None };
+    let mut wait_set = false;
+    let mut interval_set = false;
+    for (id, v) in parsed.opts {
+        match id {
+            'b' => eprintln!("-b/--binary option is not implemented"),
+            'c' => flags.counters = true,
+            'v' => flags.verbose += 1,
+            'V' => {
+                print(&format!("{}\n", version_line(PROG)));
+                return Ok(0);
+            }
+            't' => flags.test = true,
+            'h' => {
+                eprint!("{}", help::RESTORE_USAGE);
+                return Ok(0);
+            }
+            'n' => flags.noflush = true,
+            'T' => flags.table = v,
+            'w' => {
+                // The same parser as `iptables -w`, so the forms and messages agree.
+                let mut a = vec!["-L".to_string(), "-w".to_string()];
+                a.extend(v);
+                if let Parsed::Run(inv) = cmdline::parse(&a, false)? {
+                    flags.wait = inv.wait;
+                }
+                wait_set = true;
+            }
+            'W' => {
+                let mut a = vec!["-L".to_string(), "-w".to_string(), "-W".to_string()];
+                a.extend(v);
+                cmdline::parse(&a, false)?;
+                interval_set = true;
+            }
+            _ => {}
+        }
+    }
+    let input = match parsed.words.as_slice() {
+        [] => {
+            let mut s = Vec::new();
+            std::io::stdin().read_to_end(&mut s).map_err(|e| Error::Other(anyhow::anyhow!("reading stdin: {e}")))?;
+            s
+        }
+        [file] => match std::fs::read(file) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = e.to_string();
+                let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
+                eprintln!("Can't open {file}: {msg}");
+                return Ok(1);
+            }
+        },
+        _ => {
+            eprintln!("Unknown arguments found on commandline");
+            return Ok(1);
+        }
+    };
+    if interval_set && !wait_set {
+        eprintln!("Option --wait-interval requires option --wait");
+        return Ok(1);
+    }
+    let input = String::from_utf8_lossy(&input);
+    match restore(&input, &flags) {
+        Ok(()) => Ok(0),
+        Err(f) => {
+            eprint!("{}", f.text);
+            Ok(f.code)
+        }
+    }
+}
+
+/// State of the table section being read.
+struct Section {
+    kind: TableKind,
+    /// Lines of a table other than `-T`'s are read but ignored.
+    skipped: bool,
+}
+
+fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
+    let mut store = Store::open(flags.wait).map_err(|e| Failure::at(e, 0))?;
+    let mut rs = store.load().map_err(|e| Failure::at(e, 0))?;
+    let mut policy_counters: Vec<(String, Counters)> = Vec::new();
+    let mut section: Option<Section> = None;
+    // The table named by the last `*` line (iptables' `curtable`), for `-T` filtering.
+    let mut curtable = String::new();
+    let mut lineno = 0;
+    let filtered = |cur: &str| flags.table.as_deref().is_some_and(|t| t != cur);
+
+    for raw in input.split_inclusive('\n') {
+        lineno += 1;
+        let line = raw.strip_suffix('\n').unwrap_or(raw);
+        let in_table = section.as_ref().is_some_and(|s| !s.skipped);
+        let kind = classify(line, in_table, lineno).map_err(|e| Failure::at(e, lineno))?;
+        match kind {
+            Line::Skip(text) => {
+                if flags.verbose > 0 && text.starts_with('#') {
+                    print(&format!("{text}\n"));
+                }
+            }
+            Line::Table(name) => {
+                let name = name.ok_or_else(|| Failure::at(param(format!("{PROG}: line {lineno} table name invalid")), lineno))?;
+                curtable = name.to_string();
+                if filtered(name) {
+                    section = Some(Section { kind: TableKind::Filter, skipped: true });
+                    continue;
+                }
+                let kind = TableKind::from_name(name).ok_or_else(|| {
+                    Failure::at(param(format!("{PROG}: unable to initialize table '{name}'")), lineno)
+                })?;
+                if !flags.noflush {
+                    let t = rs.table_mut(kind);
+                    t.chains.retain(|c| c.is_builtin());
+                    for c in &mut t.chains {
+                        c.rules.clear();
+                    }
+                }
+                section = Some(Section { kind, skipped: false });
+            }
+            Line::Chain { name, policy, counters } => {
+                let Some(sec) = &section else { continue };
+                let table = rs.table_mut(sec.kind);
+                declare_chain(table, flags, lineno, name, policy, counters, &mut policy_counters)
+                    .map_err(|e| Failure::at(e, lineno))?;
+            }
+            Line::Commit => {
+                let Some(sec) = section.take() else { continue };
+                let table = rs.table_mut(sec.kind);
+                exec::validate(table).map_err(|_| Failure::line_failed(lineno))?;
+                if !sec.kind.supported() && !is_pristine(table) {
+                    return Err(Failure::at(unsupported_table(sec.kind), lineno));
+                }
+            }
+            Line::Rule { counters, rest } => {
+                let Some(sec) = &section else { continue };
+                let mut argv = vec!["-t".to_string(), curtable.clone()];
+                if !flags.noflush {
+                    argv.extend((0..flags.verbose).map(|_| "-v".to_string()));
+                }
+                if let (true, Some((p, b))) = (flags.counters, counters) {
+                    argv.extend(["--set-counters".to_string(), p.to_string(), b.to_string()]);
+                }
+                argv.extend(split_args(rest).map_err(|e| Failure::at(e, lineno))?);
+                // Rules for a table we do not enforce: refused whatever their targets are.
+                let refuse = || Failure::at(unsupported_table(sec.kind), lineno);
+                let parsed = cmdline::parse(&argv, true);
+                if !sec.kind.supported() {
+                    match &parsed {
+                        Err(Error::Param(_) | Error::ParamBare(_)) => return Err(refuse()),
+                        Ok(Parsed::Run(Invocation {
+                            command: Command::Append { .. } | Command::Insert { .. } | Command::Replace { .. },
+                            ..
+                        })) => return Err(refuse()),
+                        _ => {}
+                    }
+                }
+                let inv = match parsed.map_err(|e| Failure::at(e, lineno))? {
+                    Parsed::Run(inv) => inv,
+                    Parsed::Help => {
+                        print(&format!("{}\n{}", version_line("iptables"), help::IPTABLES_HELP));
+                        std::process::exit(0);
+                    }
+                    Parsed::Version { .. } => {
+                        print(&format!("{}\n", version_line(PROG)));
+                        std::process::exit(0);
+                    }
+                    Parsed::Ignored => continue,
+                };
+                let table = rs.table_mut(sec.kind);
+                let fx = exec::apply(table, &inv).map_err(|e| match e {
+                    Error::Param(_) | Error::ParamBare(_) | Error::Table(_) => Failure::at(e, lineno),
+                    _ => Failure::line_failed(lineno),
+                })?;
+                print(&fx.stdout);
+                if sec.kind.supported() {
+                    policy_counters.extend(fx.policy_counters);
+                }
+            }
+            Line::Stray => {
+                if filtered(&curtable) {
+                    continue;
+                }
+                return Err(Failure::line_failed(lineno));
+            }
+        }
+    }
+    if section.is_some_and(|s| !s.skipped) {
+        return Err(Failure { text: format!("{PROG}: COMMIT expected at line {}\n", lineno + 1), code: 1 });
+    }
+    if flags.test {
+        return Ok(());
+    }
+    rs.tables.retain(|t| t.kind.supported());
+    store.commit(&mut rs).map_err(|e| Failure::at(e, lineno))?;
+    for (chain, c) in policy_counters {
+        store.set_policy_counters(&chain, c).map_err(|e| Failure::at(e, lineno))?;
+    }
+    Ok(())
+}
+
+/// `:CHAIN POLICY [p:b]`.
+fn declare_chain(
+    table: &mut Table,
+    flags: &Flags,
+    lineno: usize,
+    name: Option<&str>,
+    policy: Option<&str>,
+    counters: Option<&str>,
+    policy_counters: &mut Vec<(String, Counters)>,
+) -> Result<()> {
+    let name = name.ok_or_else(|| param(format!("{PROG}: line {lineno} chain name invalid")))?;
+    if name.len() > MAX_CHAIN_NAME_LEN {
+        return Err(param(format!("Invalid chain name `{name}' ({MAX_CHAIN_NAME_LEN} chars max)")));
+    }
+    let existing = exec::find_chain(table, name);
+    let builtin = existing.is_some_and(|i| table.chains[i].is_builtin());
+    if !builtin {
+        match existing {
+            Some(i) if flags.noflush => table.chains[i].rules.clear(),
+            Some(_) => return Err(param(format!("error creating chain '{name}':File exists"))),
+            None => table.add_user_chain(Chain::user(name)),
+        }
+    }
+    let policy = policy.ok_or_else(|| param(format!("{PROG}: line {lineno} policy invalid")))?;
+    if policy == "-" {
+        return Ok(());
+    }
+    let count = if flags.counters {
+        counters
+            .and_then(parse_counters)
+            .ok_or_else(|| param(format!("invalid policy counters for chain '{name}'")))?
+    } else {
+        Counters::default()
+    };
+    let fail = |why: &str| {
+        Error::StateBare(format!("{}: Can't set policy `{policy}' on `{name}' line {lineno}: {why}", version_line(PROG)))
+    };
+    if !builtin {
+        return Err(fail("Bad built-in chain name"));
+    }
+    let p = match policy {
+        "ACCEPT" => Policy::Accept,
+        "DROP" => Policy::Drop,
+        _ => return Err(fail("Bad policy name")),
+    };
+    if let Some(i) = existing {
+        table.chains[i].policy = Some(p);
+    }
+    if table.kind.supported() {
+        policy_counters.push((name.to_string(), count));
+    }
+    Ok(())
+}
