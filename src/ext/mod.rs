@@ -6,7 +6,13 @@
 //! Printing has two forms: `save` (the text `-S` and `iptables-save` print after `-m NAME`, or
 //! after `-j NAME` for targets) and `list` (the text in the last column of `-L`).
 
+pub mod tcp;
+pub mod udp;
 pub mod util;
+pub mod xtopt;
+
+#[cfg(test)]
+mod conformance_tests;
 
 use crate::error::Result;
 use crate::model::{IpHeader, Match, Target};
@@ -19,6 +25,10 @@ pub enum Arg {
     /// Takes the next word only if it does not start with `-` or `!` (e.g. `--log-level`? no:
     /// used by a few options such as `-w`-like ones; most extensions use `Required`).
     Optional,
+    /// Takes an argument and also consumes the word after it (`--tcp-flags mask comp`): the walker
+    /// passes the first as `arg` and the following word, if any, as `ParseCtx::next`, and skips
+    /// that word whether or not it exists (the extension rejects a missing or `-`/`!` word).
+    Two,
 }
 
 /// One long option of an extension (`--dport`), with its argument kind.
@@ -33,6 +43,15 @@ pub struct Opt {
 pub struct ParseCtx<'a> {
     pub ip: &'a IpHeader,
     pub restore: bool,
+    /// Options (names as listed in `options`) already applied to this match/target instance;
+    /// in `check`, all of them. libxtables' generic checks ("can only be used once", "must be
+    /// specified", "cannot be used together") are made from this.
+    pub seen: &'a [&'static str],
+    /// For an `Arg::Two` option, the word after its argument (`None` at the end of the line).
+    pub next: Option<&'a str>,
+    /// The chain the rule goes into: some kernel checks depend on the hook (`addrtype
+    /// --limit-iface-in` only in PREROUTING/INPUT/FORWARD). Only built-in names are checked.
+    pub chain: &'a str,
 }
 
 /// A match extension.
@@ -70,7 +89,7 @@ pub struct TargetDef {
 }
 
 /// All match extensions we support, by name.
-pub static MATCHES: &[&MatchDef] = &[];
+pub static MATCHES: &[&MatchDef] = &[&tcp::DEF, &udp::DEF];
 
 /// All target extensions we support, by name.
 pub static TARGETS: &[&TargetDef] = &[];

@@ -221,6 +221,46 @@ pub fn port_to_service(port: u16, proto: &str) -> Option<&'static str> {
 // Ports
 // ---------------------------------------------------------------------------------------------
 
+/// A port as `-L` prints it: the service name for `proto` unless `numeric` or unnamed.
+pub fn fmt_port_list(port: u16, proto: &str, numeric: bool) -> String {
+    match (numeric, port_to_service(port, proto)) {
+        (false, Some(name)) => name.to_string(),
+        _ => port.to_string(),
+    }
+}
+
+/// tcp/udp `print_ports`: ` spt:[!]P` or ` spts:[!]A:B`; nothing for 0:65535 not inverted.
+pub fn list_ports(out: &mut String, name: &str, r: Option<&crate::model::Inv<PortRange>>, proto: &str, numeric: bool) {
+    let Some(r) = r else { return };
+    if r.value == PortRange::ALL && !r.invert {
+        return;
+    }
+    let inv = if r.invert { "!" } else { "" };
+    let p = |x| fmt_port_list(x, proto, numeric);
+    if r.value.lo == r.value.hi {
+        out.push_str(&format!(" {name}:{inv}{}", p(r.value.lo)));
+    } else {
+        out.push_str(&format!(" {name}s:{inv}{}:{}", p(r.value.lo), p(r.value.hi)));
+    }
+}
+
+/// tcp/udp save of a port option: `[ !] --NAME P[:Q]`; iptables 1.8.9 prints nothing for
+/// 0:65535 even when inverted.
+pub fn save_ports(out: &mut String, name: &str, r: Option<&crate::model::Inv<PortRange>>) {
+    let Some(r) = r else { return };
+    if r.value == PortRange::ALL {
+        return;
+    }
+    if r.invert {
+        out.push_str(" !");
+    }
+    if r.value.lo == r.value.hi {
+        out.push_str(&format!(" --{name} {}", r.value.lo));
+    } else {
+        out.push_str(&format!(" --{name} {}:{}", r.value.lo, r.value.hi));
+    }
+}
+
 /// `xtables_parse_port`: a number `0..=65535` (any base) or a service name for `proto`.
 /// Error: ``invalid port/service `X' specified``.
 pub fn parse_port(s: &str, proto: &str) -> Result<u16> {
@@ -257,24 +297,18 @@ pub fn getportbyname(s: &str) -> Option<u16> {
 
 /// `xtopt_parse_mport` (`XTTYPE_PORTRC`, e.g. conntrack's `--ctorigsrcport`): `p` or `a:b`
 /// with either side optional, ports resolved by [`getportbyname`]. `ext`/`opt` name the
-/// extension and option in error messages.
+/// extension and option in error messages. Like iptables 1.8.9, `hi < lo` is accepted.
 pub fn parse_port_range_rc(s: &str, ext: &str, opt: &str) -> Result<PortRange> {
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() > 2 {
         return Err(param(format!("{ext}: Too many components for option \"--{opt}\" (max: 2)\n")));
     }
     let mut range = [0u16, u16::MAX];
-    let mut prev = 0u16;
     for (i, p) in parts.iter().enumerate() {
         if p.is_empty() {
             continue;
         }
-        let v = getportbyname(p).ok_or_else(|| param(format!("Port \"{p}\" does not resolve to anything.\n")))?;
-        if v < prev {
-            return Err(param(format!("Port range {prev}-{v} is negative.\n")));
-        }
-        prev = v;
-        range[i] = v;
+        range[i] = getportbyname(p).ok_or_else(|| param(format!("Port \"{p}\" does not resolve to anything.\n")))?;
     }
     if parts.len() == 1 {
         range[1] = range[0];
@@ -619,7 +653,7 @@ mod tests {
         assert_eq!(p("http:").ok(), Some(PortRange { lo: 80, hi: 65535 }));
         assert_eq!(p(":80").ok(), Some(PortRange { lo: 0, hi: 80 }));
         assert_eq!(p("bogus").unwrap_err().to_string(), "Port \"bogus\" does not resolve to anything.\n");
-        assert_eq!(p("80:22").unwrap_err().to_string(), "Port range 80-22 is negative.\n");
+        assert_eq!(p("80:22").ok(), Some(PortRange { lo: 80, hi: 22 }));
         assert_eq!(
             p("1:2:3").unwrap_err().to_string(),
             "conntrack: Too many components for option \"--ctorigsrcport\" (max: 2)\n"
