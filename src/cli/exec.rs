@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::error::{param, Error, Result};
-use crate::model::{Chain, Counters, Inv, Ipv4Mask, Policy, Rule, Table, Target, MAX_CHAIN_NAME_LEN};
+use crate::model::{Chain, Counters, Inv, IpHeader, Ipv4Mask, Policy, Rule, Table, Target, MAX_CHAIN_NAME_LEN};
 use crate::output::list::{self, Format};
 use crate::output::save;
 use crate::parse::{Command, Invocation, RuleSpec, TargetSpec};
@@ -339,12 +339,23 @@ pub fn validate(table: &Table) -> Result<()> {
     let index: HashMap<&str, usize> = table.chains.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); table.chains.len()];
     for (i, c) in table.chains.iter().enumerate() {
+        let mut reachable = true;
         for r in &c.rules {
             if let Target::Jump(n) | Target::Goto(n) = &r.target {
                 match index.get(n.as_str()) {
-                    Some(&j) if !table.chains[j].is_builtin() => edges[i].push(j),
+                    Some(&j) if !table.chains[j].is_builtin() => {
+                        if reachable {
+                            edges[i].push(j);
+                        }
+                    }
                     _ => return Err(state(EINVAL)),
                 }
+            }
+            // The kernel's walk (mark_source_chains) stops at an unconditional ACCEPT, DROP or
+            // RETURN: jumps after it are never followed, so loops there are accepted.
+            let verdict = matches!(r.target, Target::Accept | Target::Drop | Target::Return);
+            if verdict && r.matches.is_empty() && r.ip == IpHeader::default() {
+                reachable = false;
             }
         }
     }
@@ -444,6 +455,12 @@ mod tests {
         let mut t2 = t.clone();
         assert_eq!(msg(run(&mut t2, "-A INPUT -j a")), "iptables: Too many levels of symbolic links.\n");
         assert_eq!(msg(run(&mut t, "-A INPUT -j INPUT")), format!("iptables: {EINVAL}\n"));
+        // Like the kernel, jumps behind an unconditional verdict are not followed.
+        let mut t = Table::new(TableKind::Filter);
+        for l in ["-N x", "-A x -j ACCEPT", "-A x -j x", "-A INPUT -j x"] {
+            assert_eq!(msg(run(&mut t, l)), "ok", "{l}");
+        }
+        assert_eq!(msg(run(&mut t, "-I x -s 1.1.1.1 -j x")), "iptables: Too many levels of symbolic links.\n");
     }
 
     #[test]
