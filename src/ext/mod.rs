@@ -6,6 +6,11 @@
 //! Printing has two forms: `save` (the text `-S` and `iptables-save` print after `-m NAME`, or
 //! after `-j NAME` for targets) and `list` (the text in the last column of `-L`).
 
+pub mod comment;
+pub mod log;
+pub mod mark;
+pub mod mark_target;
+pub mod reject;
 pub mod tcp;
 pub mod udp;
 pub mod util;
@@ -89,10 +94,10 @@ pub struct TargetDef {
 }
 
 /// All match extensions we support, by name.
-pub static MATCHES: &[&MatchDef] = &[&tcp::DEF, &udp::DEF];
+pub static MATCHES: &[&MatchDef] = &[&tcp::DEF, &udp::DEF, &comment::DEF, &mark::DEF];
 
 /// All target extensions we support, by name.
-pub static TARGETS: &[&TargetDef] = &[];
+pub static TARGETS: &[&TargetDef] = &[&reject::DEF, &log::DEF, &mark_target::DEF];
 
 pub fn find_match(name: &str) -> Option<&'static MatchDef> {
     MATCHES.iter().copied().find(|m| m.name == name)
