@@ -171,7 +171,7 @@ fn iptables_main(args: &[String]) -> Result<i32> {
         }
         Parsed::Version { inverted } => {
             if inverted {
-                print(&format!("Not {} ;-)\n", version_line("iptables")));
+                print(&format!("Not {VERSION} ({VARIANT}) ;-)\n"));
             } else {
                 print(&format!("{}\n", version_line("iptables")));
             }

@@ -153,10 +153,11 @@ pub fn rule_line(out: &mut String, rule: &Rule, num: usize, f: &Format) {
     if f.notable {
         out.push_str("opt ");
     }
+    // `! -f` keeps the fragment flag and adds the inversion flag: "!f".
     let (finv, frag) = match rule.ip.fragment {
         None => (false, false),
         Some(true) => (false, true),
-        Some(false) => (true, false),
+        Some(false) => (true, true),
     };
     out.push(if finv { '!' } else { '-' });
     out.push(if frag { 'f' } else { '-' });

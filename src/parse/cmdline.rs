@@ -163,6 +163,8 @@ fn ext_arg(a: Arg) -> HasArg {
         Arg::None => HasArg::No,
         Arg::Required => HasArg::Required,
         Arg::Optional => HasArg::Optional,
+        // the second word is taken in the dispatch below (`ParseCtx::next`)
+        Arg::Two => HasArg::Required,
     }
 }
 
@@ -195,7 +197,10 @@ struct Walker<'a> {
     protocol: Option<String>,
     proto_used: bool,
     matches: Vec<(&'static MatchDef, Match)>,
+    /// Options already given to each entry of `matches` (same index), for `ParseCtx::seen`.
+    match_seen: Vec<Vec<&'static str>>,
     target: Option<(&'static TargetDef, Target)>,
+    target_seen: Vec<&'static str>,
     jump: Option<TargetSpec>,
     counters: Option<Counters>,
 }
@@ -226,7 +231,9 @@ pub fn parse(args: &[String], restore: bool) -> Result<Parsed> {
         protocol: None,
         proto_used: false,
         matches: Vec::new(),
+        match_seen: Vec::new(),
         target: None,
+        target_seen: Vec::new(),
         jump: None,
         counters: None,
     };
@@ -246,10 +253,6 @@ impl<'a> Walker<'a> {
         } else {
             None
         }
-    }
-
-    fn ctx(&self) -> ParseCtx<'_> {
-        ParseCtx { ip: &self.ip, restore: self.restore }
     }
 
     /// getopt_long's long-option lookup over the base options and every loaded extension's:
@@ -333,6 +336,20 @@ impl<'a> Walker<'a> {
                         (Owner::Base(_), None) => None,
                     },
                 };
+                // `Arg::Two` options (`--tcp-flags mask comp`) also consume the following word.
+                let ext_opt = match found.owner {
+                    Owner::Match(i) => self.matches[i].0.options.iter().find(|o| o.name == found.name),
+                    Owner::Target => self.target.as_ref().and_then(|(d, _)| d.options.iter().find(|o| o.name == found.name)),
+                    Owner::Base(_) => None,
+                };
+                let next = if ext_opt.is_some_and(|o| o.arg == Arg::Two) {
+                    let n = self.args.get(self.optind).cloned();
+                    self.optind += 1;
+                    n
+                } else {
+                    None
+                };
+                let chain = self.chain.clone().unwrap_or_default();
                 match found.owner {
                     Owner::Base(c) => {
                         if let Some(p) = self.base_option(c, optarg, invert)? {
@@ -340,15 +357,29 @@ impl<'a> Walker<'a> {
                         }
                     }
                     Owner::Match(i) => {
-                        let ctx = ParseCtx { ip: &self.ip, restore: self.restore };
+                        let ctx = ParseCtx {
+                            ip: &self.ip,
+                            restore: self.restore,
+                            seen: &self.match_seen[i],
+                            next: next.as_deref(),
+                            chain: &chain,
+                        };
                         let (def, m) = &mut self.matches[i];
                         (def.parse)(m, found.name, optarg.as_deref(), invert, &ctx)?;
+                        self.match_seen[i].push(found.name);
                     }
                     Owner::Target => {
-                        let ctx = ParseCtx { ip: &self.ip, restore: self.restore };
+                        let ctx = ParseCtx {
+                            ip: &self.ip,
+                            restore: self.restore,
+                            seen: &self.target_seen,
+                            next: next.as_deref(),
+                            chain: &chain,
+                        };
                         if let Some((def, t)) = &mut self.target {
                             (def.parse)(t, found.name, optarg.as_deref(), invert, &ctx)?;
                         }
+                        self.target_seen.push(found.name);
                     }
                 }
                 invert = false;
@@ -419,6 +450,7 @@ impl<'a> Walker<'a> {
         }
         self.proto_used = true;
         self.matches.push((def, (def.new)()));
+        self.match_seen.push(Vec::new());
         true
     }
 
@@ -471,6 +503,9 @@ impl<'a> Walker<'a> {
     /// parsing (`-h`, `-V`, `-6` in restore).
     fn base_option(&mut self, c: char, optarg: Option<String>, invert: bool) -> Result<Option<Parsed>> {
         let arg = || optarg.clone().unwrap_or_default();
+        // iptables reads `-p -s -d -i -o -j` values as `argv[optind - 1]`, not getopt's optarg,
+        // so the attached forms (`-s1.2.3.4`, `--source=1.2.3.4`) pass the whole word on.
+        let word = self.args.get(self.optind.wrapping_sub(1)).cloned().unwrap_or_default();
         match c {
             'A' => {
                 self.add_command(CMD_APPEND, 0, invert)?;
@@ -548,7 +583,7 @@ impl<'a> Walker<'a> {
             'V' => return Ok(Some(Parsed::Version { inverted: invert })),
             'p' => {
                 self.set_option(OPT_PROTOCOL, invert)?;
-                let text = arg().to_lowercase();
+                let text = word.to_lowercase();
                 let proto = parse_protocol(&text)?;
                 if proto == 0 && invert {
                     return Err(param("rule would never match protocol"));
@@ -558,12 +593,12 @@ impl<'a> Walker<'a> {
             }
             's' => {
                 self.set_option(OPT_SOURCE, invert)?;
-                self.src_text = optarg;
+                self.src_text = Some(word);
                 self.src_invert = invert;
             }
             'd' => {
                 self.set_option(OPT_DESTINATION, invert)?;
-                self.dst_text = optarg;
+                self.dst_text = Some(word);
                 self.dst_invert = invert;
             }
             'g' => {
@@ -574,7 +609,7 @@ impl<'a> Walker<'a> {
             }
             'j' => {
                 self.set_option(OPT_JUMP, invert)?;
-                let name = arg();
+                let name = word;
                 check_target_name(&name)?;
                 self.jump = Some(match name.as_str() {
                     "ACCEPT" => TargetSpec::Final(Target::Accept),
@@ -585,6 +620,7 @@ impl<'a> Walker<'a> {
                         Some(def) => {
                             let t = (def.new)();
                             self.target = Some((def, t.clone()));
+                            self.target_seen.clear();
                             TargetSpec::Final(t)
                         }
                         None => TargetSpec::Chain(name),
@@ -598,7 +634,7 @@ impl<'a> Walker<'a> {
                 }
                 let opt = if c == 'i' { OPT_VIANAMEIN } else { OPT_VIANAMEOUT };
                 self.set_option(opt, invert)?;
-                let iface = Some(Inv::new(parse_iface(&a)?, invert));
+                let iface = Some(Inv::new(parse_iface(&word)?, invert));
                 if c == 'i' {
                     self.ip.in_iface = iface;
                 } else {
@@ -623,6 +659,7 @@ impl<'a> Walker<'a> {
                 let def = ext::find_match(&name)
                     .ok_or_else(|| param(format!("Couldn't load match `{name}':No such file or directory\n")))?;
                 self.matches.push((def, (def.new)()));
+                self.match_seen.push(Vec::new());
             }
             'n' => self.set_option(OPT_NUMERIC, invert)?,
             't' => {
@@ -691,12 +728,13 @@ impl<'a> Walker<'a> {
             return Err(param("--wait-interval only makes sense with --wait\n"));
         }
         {
-            let ctx = self.ctx();
-            for (def, m) in &self.matches {
-                (def.check)(m, &ctx)?;
+            let chain = self.chain.clone().unwrap_or_default();
+            let ctx = |seen| ParseCtx { ip: &self.ip, restore: self.restore, seen, next: None, chain: &chain };
+            for ((def, m), seen) in self.matches.iter().zip(&self.match_seen) {
+                (def.check)(m, &ctx(seen))?;
             }
             if let Some((def, t)) = &self.target {
-                (def.check)(t, &ctx)?;
+                (def.check)(t, &ctx(&self.target_seen))?;
             }
         }
         if leftover {
@@ -991,6 +1029,14 @@ mod tests {
         assert_eq!(err("-A INPUT -i eth+ -o + ! -i x"), format!("{p}multiple -i flags not allowed\n{t}"));
         assert_eq!(err("-A INPUT -i abcdefghijklmnopq"), format!("{p}interface name `abcdefghijklmnopq' must be shorter than IFNAMSIZ (15)\n{t}"));
         assert_eq!(err("-A INPUT -s 1.2.3.4 !"), format!("{p}nothing appropriate following !\n{t}"));
+    }
+
+    #[test]
+    fn attached_values_are_the_whole_word() {
+        let p = "iptables v1.8.9 (bpf): ";
+        let t = "Try `iptables -h' or 'iptables --help' for more information.\n";
+        assert_eq!(err("-A INPUT --source=1.2.3.4"), format!("{p}host/network `--source=1.2.3.4' not found\n{t}"));
+        assert!(matches!(inv("-AINPUT -jDROP").command, Command::Append { ref rule, .. } if rule.target == TargetSpec::Chain("-jDROP".into())));
     }
 
     #[test]
