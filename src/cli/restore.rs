@@ -188,6 +188,16 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                 })?;
                 if !flags.noflush {
                     let t = rs.table_mut(kind);
+                    if flags.verbose > 0 {
+                        let mut text = String::new();
+                        for c in &t.chains {
+                            text.push_str(&format!("Flushing chain `{}'\n", c.name));
+                        }
+                        for c in t.user_chains() {
+                            text.push_str(&format!("Deleting chain `{}'\n", c.name));
+                        }
+                        print(&text);
+                    }
                     t.chains.retain(|c| c.is_builtin());
                     for c in &mut t.chains {
                         c.rules.clear();
