@@ -201,6 +201,8 @@ struct Walker<'a> {
     match_seen: Vec<Vec<&'static str>>,
     target: Option<(&'static TargetDef, Target)>,
     target_seen: Vec<&'static str>,
+    /// Extensions in the order they were loaded (`-m`, implicit `-p`, `-j`).
+    loaded: Vec<Owner>,
     jump: Option<TargetSpec>,
     counters: Option<Counters>,
 }
@@ -234,6 +236,7 @@ pub fn parse(args: &[String], restore: bool) -> Result<Parsed> {
         match_seen: Vec::new(),
         target: None,
         target_seen: Vec::new(),
+        loaded: Vec::new(),
         jump: None,
         counters: None,
     };
@@ -259,11 +262,25 @@ impl<'a> Walker<'a> {
     /// an exact name wins, else a prefix naming exactly one option.
     fn lookup_long(&self, name: &str) -> Option<Found> {
         let mut all: Vec<Found> = LONG_OPTS.iter().map(|&(n, a, c)| Found { owner: Owner::Base(c), name: n, arg: a }).collect();
-        for (i, (def, _)) in self.matches.iter().enumerate() {
-            all.extend(def.options.iter().map(|o| Found { owner: Owner::Match(i), name: o.name, arg: ext_arg(o.arg) }));
-        }
-        if let Some((def, _)) = &self.target {
-            all.extend(def.options.iter().map(|o| Found { owner: Owner::Target, name: o.name, arg: ext_arg(o.arg) }));
+        // libxtables puts each newly loaded extension's options right after the base ones, so
+        // the newest extension wins a name clash; an older instance of a match loaded again is
+        // "completed" and gets no more options.
+        for &owner in self.loaded.iter().rev() {
+            let options = match owner {
+                Owner::Match(i) => {
+                    let name = self.matches[i].0.name;
+                    if self.matches[i + 1..].iter().any(|(d, _)| d.name == name) {
+                        continue;
+                    }
+                    self.matches[i].0.options
+                }
+                Owner::Target => match &self.target {
+                    Some((def, _)) => def.options,
+                    None => continue,
+                },
+                Owner::Base(_) => continue,
+            };
+            all.extend(options.iter().map(|o| Found { owner, name: o.name, arg: ext_arg(o.arg) }));
         }
         if let Some(i) = all.iter().position(|f| f.name == name) {
             return Some(all.swap_remove(i));
@@ -449,9 +466,14 @@ impl<'a> Walker<'a> {
             return false;
         }
         self.proto_used = true;
+        self.push_match(def);
+        true
+    }
+
+    fn push_match(&mut self, def: &'static MatchDef) {
+        self.loaded.push(Owner::Match(self.matches.len()));
         self.matches.push((def, (def.new)()));
         self.match_seen.push(Vec::new());
-        true
     }
 
     fn add_command(&mut self, new: u32, others: u32, invert: bool) -> Result<()> {
@@ -621,6 +643,7 @@ impl<'a> Walker<'a> {
                             let t = (def.new)();
                             self.target = Some((def, t.clone()));
                             self.target_seen.clear();
+                            self.loaded.push(Owner::Target);
                             TargetSpec::Final(t)
                         }
                         None => TargetSpec::Chain(name),
@@ -658,8 +681,7 @@ impl<'a> Walker<'a> {
                 let name = arg();
                 let def = ext::find_match(&name)
                     .ok_or_else(|| param(format!("Couldn't load match `{name}':No such file or directory\n")))?;
-                self.matches.push((def, (def.new)()));
-                self.match_seen.push(Vec::new());
+                self.push_match(def);
             }
             'n' => self.set_option(OPT_NUMERIC, invert)?,
             't' => {
