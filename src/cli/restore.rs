@@ -7,7 +7,7 @@
 use std::io::Read;
 
 use crate::error::{param, Error, Result};
-use crate::model::{Chain, Counters, Policy, Table, TableKind, MAX_CHAIN_NAME_LEN};
+use crate::model::{Chain, Counters, Policy, Ruleset, Table, TableKind, MAX_CHAIN_NAME_LEN};
 use crate::parse::cmdline::{self, Parsed};
 use crate::parse::{Command, Invocation};
 use crate::parse::options::{self, OptDef, Value};
@@ -156,8 +156,10 @@ struct Section {
 }
 
 fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
-    let mut store = Store::open(flags.wait).map_err(|e| Failure::at(e, 0))?;
-    let mut rs = store.load().map_err(|e| Failure::at(e, 0))?;
+    // Like iptables-restore, take the lock (and load) at the first table: input without one
+    // (firewalld's `-w` probe feeds a lone comment) neither waits nor touches the store.
+    let mut store: Option<Store> = None;
+    let mut rs = Ruleset::default();
     let mut policy_counters: Vec<(String, Counters)> = Vec::new();
     let mut section: Option<Section> = None;
     // The table named by the last `*` line (iptables' `curtable`), for `-T` filtering.
@@ -182,6 +184,11 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                 if filtered(name) {
                     section = Some(Section { kind: TableKind::Filter, skipped: true });
                     continue;
+                }
+                if store.is_none() {
+                    let mut s = Store::open(flags.wait).map_err(|e| Failure::at(e, lineno))?;
+                    rs = s.load().map_err(|e| Failure::at(e, lineno))?;
+                    store = Some(s);
                 }
                 let kind = TableKind::from_name(name).ok_or_else(|| {
                     Failure::at(param(format!("{PROG}: unable to initialize table '{name}'")), lineno)
@@ -275,9 +282,9 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
     if section.is_some_and(|s| !s.skipped) {
         return Err(Failure { text: format!("{PROG}: COMMIT expected at line {}\n", lineno + 1), code: 1 });
     }
-    if flags.test {
+    let Some(mut store) = store.filter(|_| !flags.test) else {
         return Ok(());
-    }
+    };
     rs.tables.retain(|t| t.kind.supported());
     store.commit(&mut rs).map_err(|e| Failure::at(e, lineno))?;
     for (chain, c) in policy_counters {
