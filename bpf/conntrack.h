@@ -813,14 +813,6 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 		bpf_map_delete_elem(&bpfipt_ct, &r->key);
 }
 
-/* Placeholder the datapath (bpf/datapath.bpf.c) calls until it is wired to bpfipt_ct_lookup()
- * and bpfipt_ct_update(): it does nothing, and userspace refuses rulesets that look at
- * conntrack state until then. Goes away with those calls. */
-struct pkt;
-static __always_inline void ct_lookup(struct pkt *p)
-{
-}
-
 #undef sNO
 #undef sSS
 #undef sSR

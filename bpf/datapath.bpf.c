@@ -3,6 +3,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "bpf_iptables.h"
+#include "conntrack.h"
 
 char LICENSE[] SEC("license") = "GPL";
 

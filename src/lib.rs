@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod compile;
+pub mod conntrack;
 pub mod datapath;
 pub mod error;
 pub mod ext;

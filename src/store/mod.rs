@@ -9,7 +9,7 @@
 mod counters;
 mod lock;
 mod pins;
-mod pod;
+pub(crate) mod pod;
 
 use std::path::PathBuf;
 
