@@ -1,8 +1,9 @@
-//! `-m comment --comment TEXT` (libxt_comment): up to 255 characters, not invertible.
+//! `-m comment --comment TEXT` (libxt_comment): up to 255 bytes (longer is cut), not
+//! invertible.
 
 use super::xtopt::{self, XtOpt, MAND};
 use super::{Arg, MatchDef, Opt, ParseCtx};
-use crate::error::{param, Result};
+use crate::error::Result;
 use crate::model::Match;
 
 /// `XT_MAX_COMMENT_LEN - 1`.
@@ -19,16 +20,19 @@ pub static DEF: MatchDef = MatchDef {
     check,
     save,
     list,
+    list_ip: None,
 };
 
 fn parse(m: &mut Match, opt: &str, arg: Option<&str>, invert: bool, ctx: &ParseCtx) -> Result<()> {
     let Match::Comment(c) = m else { unreachable!("comment parse on a comment match") };
     xtopt::parse_pre("comment", &TABLE, opt, invert, ctx)?;
     let arg = arg.unwrap_or("");
-    if arg.len() > MAX_LEN {
-        return Err(param(format!("Argument must have a maximum length of {MAX_LEN} characters\n")));
+    // iptables 1.8.9 silently keeps the first 255 bytes of a longer comment.
+    let mut end = arg.len().min(MAX_LEN);
+    while !arg.is_char_boundary(end) {
+        end -= 1;
     }
-    *c = arg.to_string();
+    *c = arg[..end].to_string();
     Ok(())
 }
 

@@ -183,8 +183,8 @@ fn run(chain: &str, args: &[String]) -> Result<Outcome, Error> {
     for m in &matches {
         save.push_str(&format!(" -m {}", m.def.name));
         (m.def.save)(&m.value, &mut save);
-        (m.def.list)(&m.value, true, &mut list_n);
-        (m.def.list)(&m.value, false, &mut list);
+        super::list_match(&m.value, &ip, true, &mut list_n);
+        super::list_match(&m.value, &ip, false, &mut list);
     }
     if let Some(t) = &target {
         save.push_str(&format!(" -j {}", t.def.name));

@@ -17,6 +17,7 @@ pub static DEF: MatchDef = MatchDef {
     check,
     save,
     list,
+    list_ip: None,
 };
 
 fn parse(m: &mut Match, opt: &str, arg: Option<&str>, invert: bool, ctx: &ParseCtx) -> Result<()> {

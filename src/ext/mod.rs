@@ -7,10 +7,14 @@
 //! after `-j NAME` for targets) and `list` (the text in the last column of `-L`).
 
 pub mod comment;
+pub mod conntrack;
+pub mod iprange;
 pub mod log;
 pub mod mark;
 pub mod mark_target;
+pub mod multiport;
 pub mod reject;
+pub mod state;
 pub mod tcp;
 pub mod udp;
 pub mod util;
@@ -78,6 +82,9 @@ pub struct MatchDef {
     pub save: fn(m: &Match, out: &mut String),
     /// Text for `-L`'s last column (e.g. `tcp dpt:22`); `numeric` is `-n`.
     pub list: fn(m: &Match, numeric: bool, out: &mut String),
+    /// For the few matches whose `-L` text depends on the rule (multiport names ports with the
+    /// rule's `-p`): used instead of `list` by [`list_match`].
+    pub list_ip: Option<fn(m: &Match, ip: &IpHeader, numeric: bool, out: &mut String)>,
 }
 
 /// A target extension (the standard verdicts and user chains are handled by the walker).
@@ -94,7 +101,7 @@ pub struct TargetDef {
 }
 
 /// All match extensions we support, by name.
-pub static MATCHES: &[&MatchDef] = &[&tcp::DEF, &udp::DEF, &comment::DEF, &mark::DEF];
+pub static MATCHES: &[&MatchDef] = &[&tcp::DEF, &udp::DEF, &comment::DEF, &mark::DEF, &multiport::DEF, &conntrack::DEF, &state::DEF, &iprange::DEF];
 
 /// All target extensions we support, by name.
 pub static TARGETS: &[&TargetDef] = &[&reject::DEF, &log::DEF, &mark_target::DEF];
@@ -110,4 +117,13 @@ pub fn find_target(name: &str) -> Option<&'static TargetDef> {
 /// The definition that prints/parses a given match value.
 pub fn def_of_match(m: &Match) -> &'static MatchDef {
     find_match(m.name()).expect("every Match variant has a registered extension")
+}
+
+/// A match's `-L` text in the context of its rule (what `-L` prints must use).
+pub fn list_match(m: &Match, ip: &IpHeader, numeric: bool, out: &mut String) {
+    let def = def_of_match(m);
+    match def.list_ip {
+        Some(f) => f(m, ip, numeric, out),
+        None => (def.list)(m, numeric, out),
+    }
 }

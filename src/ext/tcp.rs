@@ -25,6 +25,7 @@ pub static DEF: MatchDef = MatchDef {
     check,
     save,
     list,
+    list_ip: None,
 };
 
 /// Flag names in bit order, as `print_tcpf` walks them; `ALL` and `NONE` only parse.

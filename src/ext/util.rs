@@ -426,15 +426,22 @@ pub fn prefix_to_mask(bits: u8) -> u32 {
 /// Resolves a host name to its IPv4 addresses with `getaddrinfo(AF_INET, SOCK_RAW)`, in the
 /// order the resolver returns them.
 fn host_to_ipaddrs(name: &str) -> Option<Vec<u32>> {
-    let cname = CString::new(name).ok()?;
+    getaddrinfo_v4(name).ok()
+}
+
+/// `getaddrinfo(name, AF_INET, SOCK_RAW)` (numeric forms as `inet_aton` reads them, e.g. `1.2.3`
+/// is 1.2.0.3); the error is `gai_strerror`'s text.
+pub fn getaddrinfo_v4(name: &str) -> Result<Vec<u32>, String> {
+    let cname = CString::new(name).map_err(|_| "Name or service not known".to_string())?;
     // SAFETY: plain libc call with a zeroed hints struct and an out-pointer we free below.
     unsafe {
         let mut hints: libc::addrinfo = std::mem::zeroed();
         hints.ai_family = libc::AF_INET;
         hints.ai_socktype = libc::SOCK_RAW;
         let mut res: *mut libc::addrinfo = std::ptr::null_mut();
-        if libc::getaddrinfo(cname.as_ptr(), std::ptr::null(), &hints, &mut res) != 0 {
-            return None;
+        let rc = libc::getaddrinfo(cname.as_ptr(), std::ptr::null(), &hints, &mut res);
+        if rc != 0 {
+            return Err(CStr::from_ptr(libc::gai_strerror(rc)).to_string_lossy().into_owned());
         }
         let mut out = Vec::new();
         let mut p = res;
@@ -447,7 +454,7 @@ fn host_to_ipaddrs(name: &str) -> Option<Vec<u32>> {
             p = ai.ai_next;
         }
         libc::freeaddrinfo(res);
-        Some(out)
+        Ok(out)
     }
 }
 
