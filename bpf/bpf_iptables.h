@@ -3,6 +3,42 @@
  * The one header shared by the BPF programs and the Rust side: map names, struct layouts and
  * constants. Rust never copies these by hand: it takes them from the skeleton libbpf-cargo
  * generates from this file's BTF (the `types` module of the skeleton).
+ *
+ * # The classifier image (`bpfipt_tables`)
+ *
+ * A compiled ruleset (all three hooks) is one flat array of u64 *slots*, the image: an inner
+ * BPF_MAP_TYPE_ARRAY (BPF_F_INNER_MAP | BPF_F_MMAPABLE, value = one u64) created by userspace
+ * at the exact size of the ruleset, filled through mmap, and then installed with one update of
+ * slot 0 of the ARRAY_OF_MAPS `bpfipt_tables`. That update is the generation flip: a packet
+ * looks the image up once and uses only it (the old image stays alive, RCU, until every
+ * packet using it is done); a failed or killed update leaves the old image installed. Memory is
+ * proportional to the ruleset (no fixed worst-case arrays), and writing it is a memcpy.
+ * Stateful checks (limit, nth) keep their state in the image: like iptables-legacy, which
+ * re-creates every match's private state on each table replace, a new ruleset starts fresh.
+ *
+ * Slot layout (offsets are slot indexes; "a | b << 32" packs two u32 in one slot):
+ *   0                      IMG_MAGIC | IMG_VERSION << 32
+ *   IMG_SLOT_VECTAB        vectab_off | n_vectors << 32
+ *   IMG_SLOT_LOGS          logs_off | n_logs << 32
+ *   IMG_SLOT_STATES        states_off | n_states << 32
+ *   IMG_SLOT_HOOK0 + 4*h   per hook h: [0] n_rules | policy_accept << 32
+ *                                      [1] actions_off
+ *                                      [2] fields_off | n_fields << 32
+ *   vector table           one slot per vector: words_off | n_words << 32; a vector's words
+ *                          are pairs of slots (word index, 64 bits), word index increasing
+ *   field descriptor       IMG_FIELD_SLOTS slots: [0] field | n_intervals << 32
+ *                          [1] intervals_off  [2] wildcard vector id
+ *   intervals              one slot each: lo << 32 | vector id; sorted, covering the field's
+ *                          whole domain (the first has lo 0). Addresses (host order) come
+ *                          from the LPM prefixes; interface fields are keyed by ifindex,
+ *                          resolved against the names by userspace (see `bpfipt_ifaces`).
+ *   action                 IMG_ACTION_SLOTS slots: [0] kind | rule_id << 32 (NO_RULE: none)
+ *                          [1] arg0 | arg1 << 32  [2] checks_off | n_checks << 32
+ *   check                  IMG_CHECK_SLOTS slots: [0] kind | invert << 8 | field << 16 |
+ *                          op << 24 | a << 32  [1] b  [2] c
+ *   log target             IMG_LOG_SLOTS slots: [0] level | flags << 8, [1..] prefix (NUL
+ *                          terminated, BPFIPT_LOG_PREFIX bytes)
+ *   state                  one slot per limit/nth state, written by the programs
  */
 #ifndef BPF_IPTABLES_H
 #define BPF_IPTABLES_H
@@ -21,6 +57,38 @@ enum bpfipt_const {
 	BPFIPT_BLOB_CHUNK = 65536,
 	BPFIPT_BLOB_MAX_CHUNKS = 4096,
 	BPFIPT_BLOB_GEN_SHIFT = 20,
+
+	/* Classifier image (see the top of this file). */
+	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
+	BPFIPT_IMG_VERSION = 1,
+	BPFIPT_IMG_SLOT_VECTAB = 1,
+	BPFIPT_IMG_SLOT_LOGS = 2,
+	BPFIPT_IMG_SLOT_STATES = 3,
+	BPFIPT_IMG_SLOT_HOOK0 = 4,
+	BPFIPT_IMG_HOOK_SLOTS = 4,
+	BPFIPT_IMG_HEADER_SLOTS = 16,
+	BPFIPT_IMG_FIELD_SLOTS = 3,
+	BPFIPT_IMG_ACTION_SLOTS = 3,
+	BPFIPT_IMG_CHECK_SLOTS = 3,
+	BPFIPT_IMG_LOG_SLOTS = 5,
+	BPFIPT_LOG_PREFIX = 32,
+	BPFIPT_NO_RULE = 0xffffffff,
+	/* Largest compiled ruleset per hook the programs walk: 4096 words of 64 rules. */
+	BPFIPT_MAX_RULES = 262144,
+	BPFIPT_MAX_WORDS = 4096,
+	BPFIPT_MAX_FIELDS = 10,
+	BPFIPT_MAX_CHECKS = 32,
+	/* Classification steps (bpf_loop iterations): every rule once, every word of the
+	 * pivot's two vectors once, plus one step per empty word. */
+	BPFIPT_MAX_STEPS = 262144 + 4 * 4096 + 16,
+	/* LOG hits recorded per packet (events are emitted after classification). */
+	BPFIPT_MAX_LOGS_PER_PKT = 16,
+	/* Packet bytes (from the IP header) copied into a LOG event. */
+	BPFIPT_LOG_DATA = 192,
+	BPFIPT_LOG_RINGBUF = 1 << 20,
+	BPFIPT_MAX_IFACES = 4096,
+	/* Reject code for a TCP reset (ICMP codes are 0..15). */
+	BPFIPT_REJECT_TCP_RESET = 255,
 };
 
 /* Built-in filter chains (hooks), index into policy counters. */
@@ -29,6 +97,52 @@ enum bpfipt_hook {
 	BPFIPT_HOOK_FORWARD = 1,
 	BPFIPT_HOOK_OUTPUT = 2,
 	BPFIPT_NR_HOOKS = 3,
+};
+
+/* Fields, numbered as `compile::tables::Field`. */
+enum bpfipt_field {
+	BPFIPT_F_SRC = 0,
+	BPFIPT_F_DST = 1,
+	BPFIPT_F_PROTO = 2,
+	BPFIPT_F_SPORT = 3,
+	BPFIPT_F_DPORT = 4,
+	BPFIPT_F_IN_IFACE = 5,
+	BPFIPT_F_OUT_IFACE = 6,
+	BPFIPT_F_TCP_FLAGS = 7,
+	BPFIPT_F_ICMP = 8,
+	BPFIPT_F_CT_STATE = 9,
+};
+
+/* Action kinds in the image. */
+enum bpfipt_action {
+	BPFIPT_A_ACCEPT = 0,
+	BPFIPT_A_DROP = 1,
+	BPFIPT_A_REJECT = 2,   /* arg0: ICMP code or BPFIPT_REJECT_TCP_RESET */
+	BPFIPT_A_LOG = 3,      /* arg0: log target index */
+	BPFIPT_A_MARK = 4,     /* arg0: value, arg1: mask */
+	BPFIPT_A_CONTINUE = 5,
+	BPFIPT_A_SKIP_TO = 6,  /* arg0: next rule */
+	BPFIPT_A_ENTER = 7,    /* arg0: where a failed check continues */
+};
+
+/* Residual check kinds in the image (`compile::tables::Check`). */
+enum bpfipt_check {
+	BPFIPT_C_L4HDR = 0,
+	BPFIPT_C_FRAGMENT = 1,  /* invert: wanted "non-first fragment" */
+	BPFIPT_C_MARK = 2,      /* a: value, b: mask */
+	BPFIPT_C_LENGTH = 3,    /* a: lo, b: hi */
+	BPFIPT_C_TTL = 4,       /* op: 0 eq, 1 ne, 2 lt, 3 gt; a: value */
+	BPFIPT_C_TOS = 5,       /* a: value, b: mask */
+	BPFIPT_C_DSCP = 6,      /* a: value */
+	BPFIPT_C_PKTTYPE = 7,   /* a: pkttype */
+	BPFIPT_C_MAC = 8,       /* b: the 6 address bytes, first byte lowest */
+	BPFIPT_C_TCPOPT = 9,    /* a: option kind */
+	BPFIPT_C_LIMIT = 10,    /* a: state, b: avg | burst << 32 */
+	BPFIPT_C_RANDOM = 11,   /* a: probability (2^31 = 1) */
+	BPFIPT_C_NTH = 12,      /* a: state, b: every | packet << 32 */
+	BPFIPT_C_FIELD_IN = 13, /* field; a: ranges_off, b: n (slots lo << 32 | hi) */
+	BPFIPT_C_PORT_EITHER = 14, /* as FIELD_IN on sport or dport */
+	BPFIPT_C_ADDR_MASK = 15,   /* field; a: value, b: mask */
 };
 
 struct bpfipt_counter {
@@ -203,5 +317,47 @@ struct bpfipt_ct_result {
 	__u8 tcp_state; /* after this packet */
 };
 /* ---- end of connection tracking ---- */
+
+/* `bpfipt_ifaces`, keyed by ifindex, kept by userspace: what the programs need to know about
+ * an interface of this namespace. */
+struct bpfipt_iface {
+	__u32 ipv4;      /* primary IPv4 address (network order), source of ICMP errors we send
+			  * for forwarded packets; 0 if none */
+	__u32 flags;     /* BPFIPT_IFACE_* */
+	__u8 name[16];
+};
+
+enum bpfipt_iface_flags {
+	BPFIPT_IFACE_NO_L2 = 1, /* no Ethernet header (e.g. tun, wireguard) */
+};
+
+/* One LOG event on the ring buffer `bpfipt_log_events`; formatted by `bpf-iptables
+ * --log-follow` like the kernel's nf_log_ipv4. */
+struct bpfipt_log_event {
+	__u32 hook;
+	__u32 in_ifindex;   /* 0: none (OUTPUT) */
+	__u32 out_ifindex;  /* 0: none (INPUT) */
+	__u32 mark;
+	__u32 uid;          /* socket owner at OUTPUT when has_uid */
+	__u32 gid;
+	__u16 data_len;     /* bytes of data[] valid */
+	__u16 skb_len;      /* packet length from the IP header on */
+	__u8 level;
+	__u8 flags;
+	__u8 mac_len;       /* bytes of mac[] valid (0: no link-layer header) */
+	__u8 has_uid;
+	__u8 prefix[BPFIPT_LOG_PREFIX];
+	__u8 mac[16];
+	__u8 data[BPFIPT_LOG_DATA];
+};
+
+/* Per-CPU datapath statistics (`bpfipt_stats`), for diagnostics. */
+struct bpfipt_stats {
+	__u64 no_image;        /* packets seen with no ruleset installed */
+	__u64 parse_pass;      /* non-IPv4 or unparsable packets passed unjudged */
+	__u64 log_lost;        /* LOG events lost (ring buffer full, or too many per packet) */
+	__u64 reject_failed;   /* REJECT replies that could not be built (packet dropped) */
+	__u64 steps_exhausted; /* classification ran out of steps (policy applied) */
+};
 
 #endif

@@ -1,9 +1,36 @@
 // SPDX-License-Identifier: GPL-2.0
-/* The fixed datapath programs and every pinned map. */
+/*
+ * The fixed datapath programs and every pinned map. Rule changes never reload these: they
+ * only install a new classifier image (see bpf_iptables.h).
+ *
+ * Programs: `bpfipt_xdp_ingress` (default at ingress), `bpfipt_tc_ingress` (TC ingress: where
+ * XDP is taken or cannot be used, on lo, and for rulesets that MARK at INPUT/FORWARD, since
+ * XDP has no skb to carry a mark), `bpfipt_tc_egress` (OUTPUT).
+ *
+ * Chain selection at ingress: multicast and limited broadcast, a local address of this
+ * namespace or a broadcast address of one of its subnets (`bpfipt_local`, kept by userspace),
+ * or 127/8 -> INPUT; else a FIB lookup: a route out -> FORWARD with its output interface;
+ * forwarding disabled on the input device -> INPUT (the stack delivers locally or drops: it
+ * never forwards; judging it at INPUT keeps an address added since the map was refreshed
+ * filtered); no route, blackhole, unreachable -> not judged (netfilter would never see
+ * FORWARD).
+ * At egress: a packet that came in on an interface (`ingress_ifindex != 0`) was forwarded and
+ * judged in FORWARD at ingress; anything else is locally generated -> OUTPUT.
+ *
+ * Conntrack hook point: between parsing and chain selection, where bpf/conntrack.h's
+ * bpfipt_ct_lookup() will set the packet's state (and bpfipt_ct_update() after an ACCEPT).
+ * Until it is wired in, `datapath::apply` refuses every ruleset that looks at conntrack
+ * state, so no packet is classified on a state it does not have.
+ */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "bpf_iptables.h"
 #include "conntrack.h"
+#include "consts.h"
+#include "parse.h"
+#include "lbvs.h"
+#include "actions.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -22,28 +49,190 @@ struct {
 	__type(value, struct bpfipt_blob_chunk);
 } bpfipt_blob SEC(".maps");
 
+/* Local IPv4 addresses of this namespace (network order) -> ifindex, kept by userspace. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BPFIPT_MAX_RULE_IDS);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFIPT_MAX_IFACES);
 	__type(key, __u32);
-	__type(value, struct bpfipt_counter);
-} bpfipt_rule_counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BPFIPT_NR_HOOKS);
-	__type(key, __u32);
-	__type(value, struct bpfipt_counter);
-} bpfipt_policy_counters SEC(".maps");
+	__type(value, __u32);
+} bpfipt_local SEC(".maps");
 
 /* Keeps the struct types in BTF so the skeleton exports them to Rust. */
 struct bpfipt_meta _bpfipt_meta_type = {};
 struct bpfipt_counter _bpfipt_counter_type = {};
+struct bpfipt_iface _bpfipt_iface_type = {};
+struct bpfipt_log_event _bpfipt_log_event_type = {};
+struct bpfipt_stats _bpfipt_stats_type = {};
 enum bpfipt_const _bpfipt_const_type = BPFIPT_LAYOUT_VERSION;
 enum bpfipt_hook _bpfipt_hook_type = BPFIPT_HOOK_INPUT;
+enum bpfipt_field _bpfipt_field_type = BPFIPT_F_SRC;
+enum bpfipt_action _bpfipt_action_type = BPFIPT_A_ACCEPT;
+enum bpfipt_check _bpfipt_check_type = BPFIPT_C_L4HDR;
+enum bpfipt_iface_flags _bpfipt_iface_flags_type = BPFIPT_IFACE_NO_L2;
+
+static __always_inline struct cls *scratch(__u32 kind)
+{
+	return bpf_map_lookup_elem(&bpfipt_scratch, &kind);
+}
+
+static __always_inline void stat_parse_pass(void)
+{
+	struct bpfipt_stats *s = stats();
+	if (s)
+		s->parse_pass++;
+}
+
+/* The hook an arriving packet goes through, or -1 when netfilter would not filter it. */
+static __always_inline int ingress_hook(void *ctx, struct pkt *p)
+{
+	__u32 dst = bpf_htonl(p->dst);
+	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || (p->dst >> 24) == 127)
+		return BPFIPT_HOOK_INPUT;
+	if (bpf_map_lookup_elem(&bpfipt_local, &dst))
+		return BPFIPT_HOOK_INPUT;
+	struct bpf_fib_lookup f = {};
+	f.family = AF_INET;
+	f.tos = p->tos;
+	f.l4_protocol = p->proto;
+	f.sport = bpf_htons(p->sport);
+	f.dport = bpf_htons(p->dport);
+	f.ipv4_src = bpf_htonl(p->src);
+	f.ipv4_dst = dst;
+	f.ifindex = p->in_ifindex;
+	long rc = bpf_fib_lookup(ctx, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		p->out_ifindex = f.ifindex;
+		return BPFIPT_HOOK_FORWARD;
+	case BPF_FIB_LKUP_RET_FWD_DISABLED:
+		return BPFIPT_HOOK_INPUT;
+	default:
+		/* NOT_FWDED also means "no route" (local destinations were caught above). */
+		return -1;
+	}
+}
 
 SEC("xdp")
 int bpfipt_xdp_ingress(struct xdp_md *ctx)
 {
-	return XDP_PASS;
+	struct cls *c = scratch(PROG_XDP);
+	if (!c)
+		return XDP_PASS;
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	if (parse_packet(&c->p, data, data_end, 1)) {
+		stat_parse_pass();
+		return XDP_PASS;
+	}
+	c->p.in_ifindex = ctx->ingress_ifindex;
+	load_tcp_options(ctx, PROG_XDP, &c->p);
+	int hook = ingress_hook(ctx, &c->p);
+	if (hook < 0)
+		return XDP_PASS;
+	c->p.hook = hook;
+	__u32 v = classify(c);
+	if (c->n_logs)
+		emit_logs(ctx, PROG_XDP, c);
+	if (v == V_ACCEPT)
+		return XDP_PASS;
+	if (v == V_REJECT) {
+		__u32 len = build_reject(ctx, PROG_XDP, c);
+		if (len && !write_reply(ctx, PROG_XDP, c, len))
+			return XDP_TX;
+		if (len) {
+			struct bpfipt_stats *s = stats();
+			if (s)
+				s->reject_failed++;
+		}
+	}
+	return XDP_DROP;
+}
+
+/* Makes the headers parse_packet looks at linear. */
+static __always_inline void pull_headers(struct __sk_buff *skb)
+{
+	__u32 want = 18 + 60 + 60;
+	if (want > skb->len)
+		want = skb->len;
+	/* cheap when the head is linear already */
+	bpf_skb_pull_data(skb, want);
+}
+
+/* Common TC part once the hook is known. */
+static __always_inline int tc_judge(struct __sk_buff *skb, struct cls *c, int kind)
+{
+	__u32 v = classify(c);
+	if (c->n_logs)
+		emit_logs(skb, kind, c);
+	if (v == V_ACCEPT) {
+		if (c->p.mark != skb->mark)
+			skb->mark = c->p.mark;
+		return TC_ACT_OK;
+	}
+	if (v == V_REJECT) {
+		__u32 len = build_reject(skb, kind, c);
+		if (len && !write_reply(skb, kind, c, len))
+			return bpf_redirect(skb->ifindex, kind == PROG_TC_EG ? BPF_F_INGRESS : 0);
+		if (len) {
+			struct bpfipt_stats *s = stats();
+			if (s)
+				s->reject_failed++;
+		}
+	}
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int has_l2(struct __sk_buff *skb)
+{
+	/* An Ethernet-like device has its link-layer header in front of the network header. */
+	__u32 ifi = skb->ifindex;
+	struct bpfipt_iface *ifc = bpf_map_lookup_elem(&bpfipt_ifaces, &ifi);
+	return !(ifc && (ifc->flags & BPFIPT_IFACE_NO_L2));
+}
+
+SEC("tc")
+int bpfipt_tc_ingress(struct __sk_buff *skb)
+{
+	struct cls *c = scratch(PROG_TC_IN);
+	if (!c || skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	pull_headers(skb);
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	if (parse_packet(&c->p, data, data_end, has_l2(skb))) {
+		stat_parse_pass();
+		return TC_ACT_OK;
+	}
+	c->p.in_ifindex = skb->ifindex;
+	c->p.mark = skb->mark;
+	c->p.pkttype = skb->pkt_type;
+	load_tcp_options(skb, PROG_TC_IN, &c->p);
+	int hook = ingress_hook(skb, &c->p);
+	if (hook < 0)
+		return TC_ACT_OK;
+	c->p.hook = hook;
+	return tc_judge(skb, c, PROG_TC_IN);
+}
+
+SEC("tc")
+int bpfipt_tc_egress(struct __sk_buff *skb)
+{
+	/* Forwarded: judged in FORWARD at ingress already. */
+	if (skb->ingress_ifindex)
+		return TC_ACT_OK;
+	struct cls *c = scratch(PROG_TC_EG);
+	if (!c || skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	pull_headers(skb);
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	if (parse_packet(&c->p, data, data_end, has_l2(skb))) {
+		stat_parse_pass();
+		return TC_ACT_OK;
+	}
+	c->p.out_ifindex = skb->ifindex;
+	c->p.mark = skb->mark;
+	c->p.pkttype = PACKET_HOST;
+	load_tcp_options(skb, PROG_TC_EG, &c->p);
+	c->p.hook = BPFIPT_HOOK_OUTPUT;
+	return tc_judge(skb, c, PROG_TC_EG);
 }

@@ -1,2 +1,448 @@
-//! Writes compiled tables into the pinned maps, flips the active generation, attaches programs.
+//! The datapath's userspace side: loads the fixed BPF programs (once, pinned), installs a
+//! compiled ruleset as a classifier image (`image`), keeps the interface and local-address maps
+//! of the namespace current, and attaches the programs to every interface with pinned links so
+//! they keep filtering after the CLI exits.
+//!
+//! Pin directory layout (beside the store's maps, which the programs share):
+//! * `progs-<object hash>/{xdp,tc_in,tc_eg}`: the loaded programs. A build with another BPF
+//!   object loads and pins its own and moves every link over (`bpf_link_update`, no gap).
+//! * `links/{xdp,tci,tce}-<ifindex>`: one link per hook per interface.
+//!
+//! Ingress mode per interface: XDP by default; TC ingress on loopback (XDP there is generic
+//! only and gains nothing), where another XDP program is attached (reported on stderr), when
+//! `BPF_IPTABLES_INGRESS=tc`, and for rulesets with a MARK target in INPUT or FORWARD (XDP has
+//! no skb, so a mark set there could not reach the stack). TC egress everywhere.
+//!
+//! Updates are map writes only: a new image map (sized to the ruleset, filled through mmap)
+//! replaces the old one with a single map update, which is the atomic generation flip.
+
+pub mod image;
+pub mod log;
+pub mod netdev;
 pub mod skel;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use libbpf_rs::libbpf_sys;
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+
+use crate::compile::tables::{ActionKind, Compiled, Hook};
+use skel::types::bpfipt_iface;
+use skel::DatapathSkelBuilder;
+
+/// Environment switch: `tc` attaches TC ingress instead of XDP on every interface.
+pub const INGRESS_ENV: &str = "BPF_IPTABLES_INGRESS";
+
+const OBJ_HASH: &str = env!("BPFIPT_OBJ_HASH");
+const IFACE_NO_L2: u32 = skel::types::bpfipt_iface_flags::BPFIPT_IFACE_NO_L2.0;
+
+/// The three programs and where they attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Prog {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+impl Prog {
+    const ALL: [Prog; 3] = [Prog::Xdp, Prog::TcIngress, Prog::TcEgress];
+
+    fn pin_name(self) -> &'static str {
+        match self {
+            Prog::Xdp => "xdp",
+            Prog::TcIngress => "tc_in",
+            Prog::TcEgress => "tc_eg",
+        }
+    }
+
+    fn link_prefix(self) -> &'static str {
+        match self {
+            Prog::Xdp => "xdp",
+            Prog::TcIngress => "tci",
+            Prog::TcEgress => "tce",
+        }
+    }
+
+    fn attach_type(self) -> libbpf_sys::bpf_attach_type {
+        match self {
+            Prog::Xdp => libbpf_sys::BPF_XDP,
+            Prog::TcIngress => libbpf_sys::BPF_TCX_INGRESS,
+            Prog::TcEgress => libbpf_sys::BPF_TCX_EGRESS,
+        }
+    }
+}
+
+/// Makes `compiled` the live ruleset of the namespace whose pins are in `pin_dir`, and makes
+/// sure every interface is filtered; with `pass_all` (no rules, ACCEPT policies) detaches
+/// everything instead, so an empty ruleset costs nothing.
+pub fn apply(pin_dir: &Path, compiled: &Compiled, pass_all: bool) -> Result<()> {
+    if pass_all {
+        return detach(pin_dir);
+    }
+    let devs = netdev::list().context("listing the interfaces of this namespace")?;
+    let names: Vec<image::IfaceName> =
+        devs.iter().map(|d| image::IfaceName { ifindex: d.ifindex, name: d.name.clone() }).collect();
+    let img = image::build(compiled, &names)?;
+    let progs = load_programs(pin_dir)?;
+    refresh_netdev_maps(pin_dir, &devs)?;
+    install_image(pin_dir, &img)?;
+    attach_all(pin_dir, &progs, &devs, needs_skb_at_ingress(compiled))
+}
+
+/// For interfaces created (or addresses changed) since the last `apply`: refreshes the
+/// interface maps, rewrites the image (interface patterns resolve per interface) and attaches
+/// the programs where they are missing. `compiled` is the live ruleset.
+pub fn attach_new_interfaces(pin_dir: &Path, compiled: &Compiled) -> Result<()> {
+    apply(pin_dir, compiled, false)
+}
+
+/// Detaches every program of this namespace (links and pinned programs removed); the maps,
+/// and so the ruleset and its counters, stay.
+pub fn detach(pin_dir: &Path) -> Result<()> {
+    let links = pin_dir.join("links");
+    if let Ok(rd) = fs::read_dir(&links) {
+        for e in rd.flatten() {
+            fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    remove_prog_dirs(pin_dir, None)
+}
+
+/// A MARK in INPUT or FORWARD must reach the skb: TC ingress.
+fn needs_skb_at_ingress(c: &Compiled) -> bool {
+    c.hooks
+        .iter()
+        .filter(|h| h.hook != Hook::Output)
+        .any(|h| h.actions.iter().any(|a| matches!(a.kind, ActionKind::Mark { .. })))
+}
+
+fn cpath(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| anyhow!("path {} contains a NUL", p.display()))
+}
+
+fn obj_get(p: &Path) -> io::Result<OwnedFd> {
+    let c = cpath(p).map_err(io::Error::other)?;
+    // SAFETY: c is a valid NUL-terminated path.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn obj_pin(fd: RawFd, p: &Path) -> Result<()> {
+    let c = cpath(p)?;
+    // SAFETY: valid fd and NUL-terminated path.
+    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd, c.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(-rc)).with_context(|| format!("pinning {}", p.display()));
+    }
+    Ok(())
+}
+
+fn prog_id(fd: RawFd) -> Result<u32> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info/len describe a properly sized bpf_prog_info.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(-rc)).context("bpf_prog_get_info_by_fd");
+    }
+    Ok(info.id)
+}
+
+/// (program id, ifindex) of a link; ifindex 0 once its interface is gone.
+fn link_info(fd: RawFd) -> Result<(u32, u32)> {
+    let mut info = libbpf_sys::bpf_link_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: info/len describe a properly sized bpf_link_info.
+    let rc = unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd, &mut info, &mut len) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(-rc)).context("bpf_link_get_info_by_fd");
+    }
+    // For XDP and tcx links the union starts with the ifindex.
+    // SAFETY: the union is plain data at least 4 bytes long.
+    let ifindex = unsafe { *(std::ptr::addr_of!(info.__bindgen_anon_1) as *const u32) };
+    Ok((info.prog_id, ifindex))
+}
+
+/// The loaded programs (fds of the pinned programs of this build).
+pub struct Programs {
+    fds: BTreeMap<Prog, OwnedFd>,
+}
+
+impl Programs {
+    fn fd(&self, p: Prog) -> RawFd {
+        self.fds[&p].as_raw_fd()
+    }
+}
+
+/// Loads the programs of this build once per namespace (pinned under `progs-<hash>`), reusing
+/// the pinned maps; later calls just open the pins.
+pub fn load_programs(pin_dir: &Path) -> Result<Programs> {
+    let dir = pin_dir.join(format!("progs-{OBJ_HASH}"));
+    let open_pinned = || -> io::Result<Programs> {
+        let mut fds = BTreeMap::new();
+        for p in Prog::ALL {
+            fds.insert(p, obj_get(&dir.join(p.pin_name()))?);
+        }
+        Ok(Programs { fds })
+    };
+    if let Ok(p) = open_pinned() {
+        return Ok(p);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    let mut storage = MaybeUninit::uninit();
+    let mut open = DatapathSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
+    for mut map in open.open_object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        // Internal maps (.rodata, .bss, ...) belong to the programs, not to the pinned state.
+        if !name.contains('.') {
+            map.set_pin_path(pin_dir.join(&name))?;
+        }
+    }
+    let skel = open.load().context("loading the datapath programs (verifier)")?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let progs = &skel.progs;
+    let fds = [
+        (Prog::Xdp, progs.bpfipt_xdp_ingress.as_fd()),
+        (Prog::TcIngress, progs.bpfipt_tc_ingress.as_fd()),
+        (Prog::TcEgress, progs.bpfipt_tc_egress.as_fd()),
+    ];
+    for (p, fd) in fds {
+        obj_pin(fd.as_raw_fd(), &dir.join(p.pin_name()))?;
+    }
+    drop(skel);
+    let programs = open_pinned().context("opening the programs just pinned")?;
+    // Links made by an older build move to these programs now.
+    update_links(pin_dir, &programs)?;
+    remove_prog_dirs(pin_dir, Some(&dir))?;
+    Ok(programs)
+}
+
+fn remove_prog_dirs(pin_dir: &Path, keep: Option<&Path>) -> Result<()> {
+    let Ok(rd) = fs::read_dir(pin_dir) else { return Ok(()) };
+    for e in rd.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with("progs-") && Some(p.as_path()) != keep {
+            fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Pinned links: (program, ifindex) -> pin path.
+fn pinned_links(pin_dir: &Path) -> BTreeMap<(Prog, u32), PathBuf> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = fs::read_dir(pin_dir.join("links")) else { return out };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((prefix, idx)) = name.split_once('-') else { continue };
+        let (Some(p), Ok(idx)) = (Prog::ALL.into_iter().find(|p| p.link_prefix() == prefix), idx.parse()) else {
+            continue;
+        };
+        out.insert((p, idx), e.path());
+    }
+    out
+}
+
+fn update_links(pin_dir: &Path, progs: &Programs) -> Result<()> {
+    for ((p, _), path) in pinned_links(pin_dir) {
+        let Ok(link) = obj_get(&path) else { continue };
+        let want = prog_id(progs.fd(p))?;
+        let (have, _) = link_info(link.as_raw_fd())?;
+        if have != want {
+            // SAFETY: valid link and program fds; no options.
+            let rc = unsafe { libbpf_sys::bpf_link_update(link.as_raw_fd(), progs.fd(p), std::ptr::null()) };
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(-rc)).with_context(|| format!("updating {}", path.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn link_create(prog_fd: RawFd, ifindex: u32, p: Prog) -> io::Result<OwnedFd> {
+    let opts = libbpf_sys::bpf_link_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: valid program fd, ifindex as target, zeroed options of the right size.
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, p.attach_type(), &opts) };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches what is missing on every interface and removes links of interfaces that are gone
+/// or of the other ingress mode.
+fn attach_all(pin_dir: &Path, progs: &Programs, devs: &[netdev::Netdev], tc_everywhere: bool) -> Result<()> {
+    let links_dir = pin_dir.join("links");
+    fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
+    let mut have = pinned_links(pin_dir);
+    // Links whose interface is gone are defunct: drop their pins.
+    have.retain(|_, path| {
+        let alive = obj_get(path).ok().and_then(|l| link_info(l.as_raw_fd()).ok()).is_some_and(|(_, ifx)| ifx != 0);
+        if !alive {
+            let _ = fs::remove_file(&*path);
+        }
+        alive
+    });
+    let tc_env = std::env::var(INGRESS_ENV).is_ok_and(|v| v == "tc");
+    let present: BTreeSet<u32> = devs.iter().map(|d| d.ifindex).collect();
+    for d in devs {
+        let mut ingress = if tc_everywhere || tc_env || d.loopback { Prog::TcIngress } else { Prog::Xdp };
+        if ingress == Prog::Xdp && !have.contains_key(&(Prog::Xdp, d.ifindex)) {
+            match link_create(progs.fd(Prog::Xdp), d.ifindex, Prog::Xdp) {
+                Ok(fd) => {
+                    let path = links_dir.join(format!("xdp-{}", d.ifindex));
+                    obj_pin(fd.as_raw_fd(), &path)?;
+                    have.insert((Prog::Xdp, d.ifindex), path);
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST)) => {
+                    eprintln!(
+                        "bpf-iptables: {} already has an XDP program; filtering its ingress with TC instead",
+                        d.name
+                    );
+                    ingress = Prog::TcIngress;
+                }
+                Err(e) => return Err(e).with_context(|| format!("attaching XDP to {}", d.name)),
+            }
+        }
+        for p in [ingress, Prog::TcEgress] {
+            if have.contains_key(&(p, d.ifindex)) {
+                continue;
+            }
+            let fd = link_create(progs.fd(p), d.ifindex, p)
+                .with_context(|| format!("attaching the {} program to {}", p.pin_name(), d.name))?;
+            let path = links_dir.join(format!("{}-{}", p.link_prefix(), d.ifindex));
+            obj_pin(fd.as_raw_fd(), &path)?;
+            have.insert((p, d.ifindex), path);
+        }
+        // Only now drop the other ingress mode's link: never a moment without a filter.
+        let other = if ingress == Prog::Xdp { Prog::TcIngress } else { Prog::Xdp };
+        if let Some(path) = have.remove(&(other, d.ifindex)) {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    for ((_, ifx), path) in have {
+        if !present.contains(&ifx) {
+            let _ = fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
+fn open_map(pin_dir: &Path, name: &str) -> Result<MapHandle> {
+    MapHandle::from_pinned_path(pin_dir.join(name)).with_context(|| format!("opening pinned map {name}"))
+}
+
+/// Writes `img` into a new image map and installs it (the generation flip).
+fn install_image(pin_dir: &Path, img: &[u64]) -> Result<()> {
+    let tables = open_map(pin_dir, "bpfipt_tables")?;
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: libbpf_sys::BPF_F_INNER_MAP | libbpf_sys::BPF_F_MMAPABLE,
+        ..Default::default()
+    };
+    let n = img.len().max(1);
+    let map = MapHandle::create(MapType::Array, Some("bpfipt_image"), 4, 8, n as u32, &opts)
+        .context("creating the classifier image map")?;
+    let bytes = n * 8;
+    // SAFETY: an mmapable array map of n u64 values: its fd maps `bytes` bytes, shared.
+    let mem = unsafe {
+        libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.as_fd().as_raw_fd(), 0)
+    };
+    if mem == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error()).context("mapping the classifier image");
+    }
+    // SAFETY: mem maps at least img.len() u64 values; unmapped right after the copy.
+    unsafe {
+        std::ptr::copy_nonoverlapping(img.as_ptr(), mem.cast::<u64>(), img.len());
+        libc::munmap(mem, bytes);
+    }
+    let fd = map.as_fd().as_raw_fd() as u32;
+    tables
+        .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+        .context("installing the classifier image")?;
+    Ok(())
+}
+
+/// Makes `bpfipt_ifaces` and `bpfipt_local` describe `devs`.
+fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
+    let ifaces = open_map(pin_dir, "bpfipt_ifaces")?;
+    let local = open_map(pin_dir, "bpfipt_local")?;
+    let mut want_if: BTreeMap<u32, bpfipt_iface> = BTreeMap::new();
+    let mut want_local: BTreeMap<[u8; 4], u32> = BTreeMap::new();
+    for d in devs {
+        let mut v = bpfipt_iface {
+            ipv4: d.addrs.first().map_or(0, |a| u32::from_ne_bytes(a.octets())),
+            flags: if d.l2 { 0 } else { IFACE_NO_L2 },
+            ..Default::default()
+        };
+        let n = d.name.len().min(15);
+        v.name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
+        want_if.insert(d.ifindex, v);
+        for a in d.addrs.iter().chain(&d.broadcasts) {
+            want_local.insert(a.octets(), d.ifindex);
+        }
+    }
+    sync_map(&ifaces, want_if.iter().map(|(k, v)| (k.to_ne_bytes().to_vec(), pod_bytes(v).to_vec())))
+        .context("updating bpfipt_ifaces")?;
+    sync_map(&local, want_local.iter().map(|(k, v)| (k.to_vec(), v.to_ne_bytes().to_vec())))
+        .context("updating bpfipt_local")?;
+    Ok(())
+}
+
+/// Sets a hash map to exactly `want`: stale keys deleted, the rest written.
+fn sync_map(map: &MapHandle, want: impl Iterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<()> {
+    let want: BTreeMap<Vec<u8>, Vec<u8>> = want.collect();
+    let stale: Vec<Vec<u8>> = map.keys().filter(|k| !want.contains_key(k)).collect();
+    for k in stale {
+        let _ = map.delete(&k);
+    }
+    for (k, v) in &want {
+        map.update(k, v, MapFlags::ANY)?;
+    }
+    Ok(())
+}
+
+fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a plain #[repr(C)] skeleton struct; reading its bytes is always valid.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// Datapath statistics summed over CPUs (diagnostics).
+pub fn stats(pin_dir: &Path) -> Result<skel::types::bpfipt_stats> {
+    let m = open_map(pin_dir, "bpfipt_stats")?;
+    let vals = m.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)?.ok_or_else(|| anyhow!("bpfipt_stats is empty"))?;
+    let mut sum = [0u64; 5];
+    for v in vals {
+        for (i, c) in v.chunks_exact(8).take(5).enumerate() {
+            sum[i] += u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+        }
+    }
+    if std::mem::size_of::<skel::types::bpfipt_stats>() != 40 {
+        bail!("bpfipt_stats layout changed");
+    }
+    Ok(skel::types::bpfipt_stats {
+        no_image: sum[0],
+        parse_pass: sum[1],
+        log_lost: sum[2],
+        reject_failed: sum[3],
+        steps_exhausted: sum[4],
+    })
+}

@@ -1,0 +1,550 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Linear Bit Vector Search over the classifier image (layout: bpf_iptables.h), step by step
+ * as `src/compile/lbvs.rs` describes it:
+ *   1. per used field, the packet's value -> interval -> vector V_f, plus the wildcard W_f;
+ *   2. pivot = the field with the fewest words in V_f + W_f;
+ *   3. walk the pivot's word indices >= pos/64 in increasing order, AND over fields of
+ *      (V_f[w] | W_f[w]), lowest bit >= pos is the candidate;
+ *   4. residual checks, then the action (terminal verdict, or continue at pos);
+ *   5. nothing left: the hook's policy.
+ * One bpf_loop iteration is one step of 3/4, so a hook of BPFIPT_MAX_RULES rules verifies
+ * whatever its size. Each field keeps two cursors (into V_f and W_f) that only move forward,
+ * because the words visited only increase; a cursor that lags seeks forward by binary search.
+ */
+#ifndef BPFIPT_LBVS_H
+#define BPFIPT_LBVS_H
+
+#include "parse.h"
+
+#define NONE32 0xffffffffu
+#define MAXF BPFIPT_MAX_FIELDS
+
+enum verdict {
+	V_ACCEPT = 0,
+	V_DROP = 1,
+	V_REJECT = 2,
+};
+
+/* Per-CPU scratch of one classification (too big for the 512-byte stack). */
+struct cls {
+	struct pkt p;
+	__u32 nf, pivot, pos, n_rules, actions_off, states_off;
+	__u32 verdict, verdict_arg, by_policy;
+	/* per used field (indexed & 15: the verifier needs the bound on every access) */
+	__u32 vs[16], vn[16], vc[16]; /* value vector: words offset, words, cursor */
+	__u32 ws[16], wn[16], wc[16]; /* wildcard vector */
+	__u32 n_logs;
+	__u32 log_idx[BPFIPT_MAX_LOGS_PER_PKT];
+	__u32 log_mark[BPFIPT_MAX_LOGS_PER_PKT];
+	__u8 reply[384]; /* room for any header length the verifier can see */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 3); /* one per program: XDP, TC ingress, TC egress */
+	__type(key, __u32);
+	__type(value, struct cls);
+} bpfipt_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFIPT_MAX_RULE_IDS);
+	__type(key, __u32);
+	__type(value, struct bpfipt_counter);
+} bpfipt_rule_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFIPT_NR_HOOKS);
+	__type(key, __u32);
+	__type(value, struct bpfipt_counter);
+} bpfipt_policy_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfipt_stats);
+} bpfipt_stats SEC(".maps");
+
+/* The image template; real images are created by userspace at the ruleset's size. */
+struct bpfipt_image {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct bpfipt_image);
+} bpfipt_tables SEC(".maps");
+
+/* Context of the bpf_loop callbacks: the image (looked up once per packet), the scratch,
+ * and per-loop values. Loops run through bpf_loop so that the verifier checks each body
+ * once, whatever the iteration count. */
+struct lctx {
+	void *img;
+	struct cls *c;
+	__u64 bits;
+	__u32 a, b;
+	__u32 w;
+	__u32 ok;
+};
+
+static __always_inline struct bpfipt_stats *stats(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&bpfipt_stats, &zero);
+}
+
+static __always_inline __u64 slot(void *img, __u32 i)
+{
+	__u64 *v = bpf_map_lookup_elem(img, &i);
+	return v ? *v : 0;
+}
+
+static __always_inline void count(void *map, __u32 key, __u32 bytes)
+{
+	struct bpfipt_counter *ctr = bpf_map_lookup_elem(map, &key);
+	if (ctr) {
+		ctr->packets++;
+		ctr->bytes += bytes;
+	}
+}
+
+/* The packet's value of a field, as `compile::reference::Packet::field_value` defines it. */
+static __always_inline __u32 field_value(const struct pkt *p, __u32 f)
+{
+	int l4 = p->frag_off == 0 && p->l4_ok;
+	switch (f) {
+	case BPFIPT_F_SRC:
+		return p->src;
+	case BPFIPT_F_DST:
+		return p->dst;
+	case BPFIPT_F_PROTO:
+		return p->proto;
+	case BPFIPT_F_SPORT:
+		return l4 && is_port_proto(p->proto) ? p->sport : 0;
+	case BPFIPT_F_DPORT:
+		return l4 && is_port_proto(p->proto) ? p->dport : 0;
+	case BPFIPT_F_IN_IFACE:
+		return p->in_ifindex;
+	case BPFIPT_F_OUT_IFACE:
+		return p->out_ifindex;
+	case BPFIPT_F_TCP_FLAGS:
+		return l4 && p->proto == IPPROTO_TCP ? p->tcp_flags : 0;
+	case BPFIPT_F_ICMP:
+		return l4 && p->proto == IPPROTO_ICMP ? p->icmp : 0;
+	default:
+		return 0; /* CtState: apply refuses rulesets using it until conntrack lands */
+	}
+}
+
+/* Moves a vector cursor to the first word whose index is >= w; returns that index, or NONE32
+ * when the vector has no such word. */
+static __noinline __u32 seek(void *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
+{
+	__u32 c = *cur;
+	if (c >= n)
+		return NONE32;
+	__u32 idx = (__u32)slot(img, off + 2 * c);
+	if (idx >= w)
+		return idx;
+	__u32 lo = c + 1, hi = n;
+	for (int k = 0; k < 14; k++) {
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo) / 2;
+		if ((__u32)slot(img, off + 2 * mid) < w)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*cur = lo;
+	if (lo >= n)
+		return NONE32;
+	return (__u32)slot(img, off + 2 * lo);
+}
+
+/* Word w of a vector (0 when absent), moving its cursor forward. */
+static __always_inline __u64 word_at(void *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
+{
+	if (seek(img, off, n, cur, w) != w)
+		return 0;
+	return slot(img, off + 2 * *cur + 1);
+}
+
+/* Step 1 for one field: binary search of the interval holding the packet's value. */
+static long setup_field(__u64 i, struct lctx *x)
+{
+	void *img = x->img;
+	struct cls *c = x->c;
+	__u32 k = i & 15;
+	__u32 desc = x->a + k * BPFIPT_IMG_FIELD_SLOTS, vectab = x->b;
+	if (k >= MAXF)
+		return 1;
+	__u64 d0 = slot(img, desc);
+	__u32 field = d0 & 0xff, n = d0 >> 32;
+	__u32 ivs = (__u32)slot(img, desc + 1);
+	__u32 wild = (__u32)slot(img, desc + 2);
+	__u32 v = field_value(&c->p, field);
+	/* last interval with lo <= v (the first interval starts at 0) */
+	__u32 lo = 0, hi = n;
+	for (int i = 0; i < 21; i++) {
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = lo + (hi - lo) / 2;
+		if ((__u32)(slot(img, ivs + mid) >> 32) <= v)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	__u32 vec = (__u32)slot(img, ivs + lo);
+	__u64 e = slot(img, vectab + vec);
+	__u64 we = slot(img, vectab + wild);
+	c->vs[k] = (__u32)e;
+	c->vn[k] = e >> 32;
+	c->vc[k] = 0;
+	c->ws[k] = (__u32)we;
+	c->wn[k] = we >> 32;
+	c->wc[k] = 0;
+	__u32 cost = c->vn[k] + c->wn[k];
+	if (cost < x->w) {
+		x->w = cost;
+		c->pivot = k;
+	}
+	c->nf = k + 1;
+	return 0;
+}
+
+static __always_inline __u32 ctz64(__u64 x)
+{
+	__u32 n = 0;
+	x &= -x;
+	if (!(x & 0x00000000ffffffffULL)) n += 32;
+	if (!(x & 0x0000ffff0000ffffULL)) n += 16;
+	if (!(x & 0x00ff00ff00ff00ffULL)) n += 8;
+	if (!(x & 0x0f0f0f0f0f0f0f0fULL)) n += 4;
+	if (!(x & 0x3333333333333333ULL)) n += 2;
+	if (!(x & 0x5555555555555555ULL)) n += 1;
+	return n;
+}
+
+/* `ranges` slots are lo << 32 | hi, sorted and disjoint. */
+static __noinline int in_ranges(void *img, __u32 off, __u32 n, __u32 v)
+{
+	__u32 lo = 0, hi = n;
+	for (int i = 0; i < 21; i++) {
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo) / 2;
+		if ((__u32)slot(img, off + mid) < v)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo >= n)
+		return 0;
+	return (__u32)(slot(img, off + lo) >> 32) <= v;
+}
+
+/* xt_limit's credit algorithm with HZ = 1000 (time in ms): user2credit(x) = x * HZ *
+ * CREDITS_PER_JIFFY / XT_LIMIT_SCALE with CREDITS_PER_JIFFY = 32. State slot: credit in bits
+ * 0..31, time of the last update (ms, 31 bits) in 32..62, bit 63 = initialised (a new bucket
+ * is full). Updated with compare-and-swap, as several CPUs share it. */
+static __noinline int limit_pass(void *img, __u32 idx, __u32 avg, __u32 burst)
+{
+	__u64 *st = bpf_map_lookup_elem(img, &idx);
+	if (!st)
+		return 0;
+	__u64 cap = (__u64)avg * burst * 1000 * 32 / 10000;
+	__u64 cost = (__u64)avg * 1000 * 32 / 10000;
+	__u32 now = (bpf_ktime_get_ns() / 1000000) & 0x7fffffff;
+	__u64 old = *st;
+	__u64 credit;
+	if (old >> 63) {
+		__u32 prev = (old >> 32) & 0x7fffffff;
+		__u32 elapsed = (now - prev) & 0x7fffffff;
+		credit = (old & 0xffffffff) + (__u64)elapsed * 32;
+	} else {
+		credit = cap;
+	}
+	if (credit > cap)
+		credit = cap;
+	int ok = credit >= cost;
+	if (ok)
+		credit -= cost;
+	__u64 nv = (credit & 0xffffffff) | ((__u64)now << 32) | (1ULL << 63);
+	/* Another CPU updated the bucket meanwhile: it spent the credit we saw. */
+	if (__sync_val_compare_and_swap(st, old, nv) != old)
+		return 0;
+	return ok;
+}
+
+/* `-m statistic --mode nth` on its shared counter (as `compile::reference::nth_pass`). */
+static __noinline int nth_pass(void *img, __u32 idx, __u32 every, __u32 packet)
+{
+	__u64 *st = bpf_map_lookup_elem(img, &idx);
+	if (!st)
+		return 0;
+	/* Counting is an atomic increment modulo every + 1, as xt_statistic's cmpxchg loop. */
+	__u64 n = __sync_fetch_and_add(st, 1) + 1;
+	return n % ((__u64)every + 1) == packet;
+}
+
+static long tcpopt_cb(__u64 n, struct lctx *x)
+{
+	const struct pkt *p = &x->c->p;
+	__u32 i = x->a;
+	if (i >= p->tcp_opt_len)
+		return 1;
+	__u8 k = p->tcp_opt[i & 63];
+	if (k == x->b) {
+		x->ok = 1;
+		return 1;
+	}
+	if (k < 2) {
+		x->a = i + 1;
+	} else {
+		__u8 l = i + 1 < 40 ? p->tcp_opt[(i + 1) & 63] : 0;
+		x->a = i + (l ? l : 1);
+	}
+	return 0;
+}
+
+/* tcp_find_option of xt_tcpudp: walks every option, EOL included. */
+static __always_inline int has_tcp_option(void *img, struct cls *c, __u32 kind)
+{
+	struct lctx y = { .img = img, .c = c, .a = 0, .b = kind, .ok = 0 };
+	bpf_loop(40, tcpopt_cb, &y, 0);
+	return y.ok;
+}
+
+/* One residual check; 1 = passes. */
+static __noinline int check_one(void *img, struct cls *c, __u32 off)
+{
+	struct pkt *p = &c->p;
+	__u64 s0 = slot(img, off), b = slot(img, off + 1);
+	__u32 kind = s0 & 0xff, inv = (s0 >> 8) & 1, field = (s0 >> 16) & 0xff, op = (s0 >> 24) & 0xff;
+	__u32 a = s0 >> 32;
+	int r;
+
+	switch (kind) {
+	case BPFIPT_C_L4HDR:
+		return p->frag_off == 0 && p->l4_ok;
+	case BPFIPT_C_FRAGMENT:
+		return (p->frag_off != 0) == inv;
+	case BPFIPT_C_MARK:
+		return ((p->mark & (__u32)b) == a) ^ inv;
+	case BPFIPT_C_LENGTH:
+		return (a <= p->len && p->len <= b) ^ inv;
+	case BPFIPT_C_TTL:
+		switch (op) {
+		case 0: return p->ttl == a;
+		case 1: return p->ttl != a;
+		case 2: return p->ttl < a;
+		default: return p->ttl > a;
+		}
+	case BPFIPT_C_TOS:
+		return ((p->tos & (__u8)b) == a) ^ inv;
+	case BPFIPT_C_DSCP:
+		return ((__u32)(p->tos >> 2) == a) ^ inv;
+	case BPFIPT_C_PKTTYPE:
+		return (p->pkttype == a) ^ inv;
+	case BPFIPT_C_MAC: {
+		if (!p->has_mac)
+			return 0;
+		__u64 m = 0;
+		for (int i = 5; i >= 0; i--)
+			m = m << 8 | p->mac_src[i];
+		return (m == b) ^ inv;
+	}
+	case BPFIPT_C_TCPOPT:
+		return has_tcp_option(img, c, a) ^ inv;
+	case BPFIPT_C_LIMIT:
+		return limit_pass(img, c->states_off + a, (__u32)b, b >> 32);
+	case BPFIPT_C_RANDOM:
+		return ((bpf_get_prandom_u32() & 0x7fffffff) < a) ^ inv;
+	case BPFIPT_C_NTH:
+		return nth_pass(img, c->states_off + a, (__u32)b, b >> 32) ^ inv;
+	case BPFIPT_C_FIELD_IN:
+		return in_ranges(img, a, (__u32)b, field_value(p, field));
+	case BPFIPT_C_PORT_EITHER:
+		r = in_ranges(img, a, (__u32)b, field_value(p, BPFIPT_F_SPORT));
+		return r || in_ranges(img, a, (__u32)b, field_value(p, BPFIPT_F_DPORT));
+	case BPFIPT_C_ADDR_MASK:
+		return ((field_value(p, field) & (__u32)b) == a) ^ inv;
+	default:
+		return 0;
+	}
+}
+
+static long check_cb(__u64 i, struct lctx *x)
+{
+	if (!check_one(x->img, x->c, x->a + (__u32)i * BPFIPT_IMG_CHECK_SLOTS)) {
+		x->ok = 0;
+		return 1;
+	}
+	return 0;
+}
+
+/* Step 4: compiled rule r is a candidate. Returns 1 when the search is over. */
+static __noinline int take_rule(void *img, struct cls *c, __u32 r)
+{
+	__u32 a = c->actions_off + r * BPFIPT_IMG_ACTION_SLOTS;
+	__u64 a0 = slot(img, a), a1 = slot(img, a + 1), a2 = slot(img, a + 2);
+	__u32 kind = a0 & 0xff, rule_id = a0 >> 32, arg0 = (__u32)a1, arg1 = a1 >> 32;
+	__u32 coff = (__u32)a2, nck = a2 >> 32;
+
+	if (nck) {
+		struct lctx y = { .img = img, .c = c, .a = coff, .ok = 1 };
+		bpf_loop(nck < BPFIPT_MAX_CHECKS ? nck : BPFIPT_MAX_CHECKS, check_cb, &y, 0);
+		if (!y.ok) {
+			c->pos = kind == BPFIPT_A_ENTER ? arg0 : r + 1;
+			return 0;
+		}
+	}
+	if (rule_id != BPFIPT_NO_RULE)
+		count(&bpfipt_rule_counters, rule_id, c->p.len);
+	c->pos = r + 1;
+	switch (kind) {
+	case BPFIPT_A_ACCEPT:
+		c->verdict = V_ACCEPT;
+		return 1;
+	case BPFIPT_A_DROP:
+		c->verdict = V_DROP;
+		return 1;
+	case BPFIPT_A_REJECT:
+		c->verdict = V_REJECT;
+		c->verdict_arg = arg0;
+		return 1;
+	case BPFIPT_A_LOG: {
+		__u32 n = c->n_logs;
+		if (n < BPFIPT_MAX_LOGS_PER_PKT) {
+			c->log_idx[n] = arg0;
+			c->log_mark[n] = c->p.mark;
+			c->n_logs = n + 1;
+		} else {
+			struct bpfipt_stats *s = stats();
+			if (s)
+				s->log_lost++;
+		}
+		return 0;
+	}
+	case BPFIPT_A_MARK:
+		c->p.mark = (c->p.mark & ~arg1) ^ arg0;
+		return 0;
+	case BPFIPT_A_SKIP_TO:
+		c->pos = arg0;
+		return 0;
+	default: /* CONTINUE, ENTER */
+		return 0;
+	}
+}
+
+static long and_cb(__u64 i, struct lctx *x)
+{
+	struct cls *c = x->c;
+	__u32 f = i & 15;
+	x->bits &= word_at(x->img, c->vs[f], c->vn[f], &c->vc[f], x->w) |
+		   word_at(x->img, c->ws[f], c->wn[f], &c->wc[f], x->w);
+	return x->bits == 0;
+}
+
+/* One step of 3/4. Returns 1 to stop the loop. */
+static long lbvs_step(__u64 i, struct lctx *x)
+{
+	struct cls *c = x->c;
+	void *img = x->img;
+	__u32 pv = c->pivot & 15;
+	__u32 first = c->pos >> 6;
+	__u32 a = seek(img, c->vs[pv], c->vn[pv], &c->vc[pv], first);
+	__u32 b = seek(img, c->ws[pv], c->wn[pv], &c->wc[pv], first);
+	__u32 w = a < b ? a : b;
+	if (w == NONE32)
+		return 1;
+	struct lctx y = { .img = img, .c = c, .bits = ~0ULL, .w = w };
+	bpf_loop(c->nf < MAXF ? c->nf : MAXF, and_cb, &y, 0);
+	__u64 bits = y.bits;
+	if (w == first)
+		bits &= ~0ULL << (c->pos & 63);
+	if (!bits) {
+		c->pos = (w + 1) << 6;
+		return 0;
+	}
+	__u32 r = (w << 6) + ctz64(bits);
+	if (r >= c->n_rules)
+		return 1;
+	return take_rule(img, c, r);
+}
+
+/* Without used fields every rule is a candidate: walk them in order. */
+static long linear_step(__u64 i, struct lctx *x)
+{
+	struct cls *c = x->c;
+	if (c->pos >= c->n_rules)
+		return 1;
+	return take_rule(x->img, c, c->pos);
+}
+
+/* Classifies c->p (c->p.hook set) against the installed image. Counts rules and policy.
+ * Returns the verdict (c->verdict_arg for REJECT); c->log_* lists the LOG hits. */
+static __always_inline __u32 classify(struct cls *c)
+{
+	__u32 zero = 0;
+	__u32 hook = c->p.hook;
+	c->n_logs = 0;
+	c->verdict_arg = 0;
+	c->by_policy = 0;
+	if (hook >= BPFIPT_NR_HOOKS)
+		return V_ACCEPT;
+	void *img = bpf_map_lookup_elem(&bpfipt_tables, &zero);
+	if (!img) {
+		struct bpfipt_stats *s = stats();
+		if (s)
+			s->no_image++;
+		return V_ACCEPT;
+	}
+	__u32 h = BPFIPT_IMG_SLOT_HOOK0 + hook * BPFIPT_IMG_HOOK_SLOTS;
+	__u64 h0 = slot(img, h), h2 = slot(img, h + 2);
+	__u32 policy_accept = h0 >> 32;
+	c->n_rules = (__u32)h0;
+	c->actions_off = (__u32)slot(img, h + 1);
+	c->states_off = (__u32)slot(img, BPFIPT_IMG_SLOT_STATES);
+	__u32 fields = (__u32)h2, nf = h2 >> 32;
+	__u32 vectab = (__u32)slot(img, BPFIPT_IMG_SLOT_VECTAB);
+	c->pos = 0;
+	c->nf = 0;
+	c->pivot = 0;
+	c->verdict = NONE32;
+
+	if (c->n_rules > BPFIPT_MAX_RULES)
+		c->n_rules = BPFIPT_MAX_RULES;
+	struct lctx x = { .img = img, .c = c, .a = fields, .b = vectab, .w = NONE32 };
+	if (nf)
+		bpf_loop(nf < MAXF ? nf : MAXF, setup_field, &x, 0);
+	if (c->n_rules) {
+		long n;
+		if (c->nf)
+			n = bpf_loop(BPFIPT_MAX_STEPS, lbvs_step, &x, 0);
+		else
+			n = bpf_loop(BPFIPT_MAX_STEPS, linear_step, &x, 0);
+		if (n >= BPFIPT_MAX_STEPS && c->verdict == NONE32) {
+			struct bpfipt_stats *s = stats();
+			if (s)
+				s->steps_exhausted++;
+		}
+	}
+	if (c->verdict != NONE32)
+		return c->verdict;
+	c->by_policy = 1;
+	count(&bpfipt_policy_counters, hook, c->p.len);
+	return policy_accept ? V_ACCEPT : V_DROP;
+}
+
+#endif

@@ -1,0 +1,338 @@
+//! The classifier image: a `Compiled` ruleset laid out as the flat array of u64 slots the BPF
+//! programs walk (layout documented at the top of `bpf/bpf_iptables.h`). Pure: no syscalls.
+//!
+//! Two resolutions happen here rather than in the programs: LPM prefixes become the disjoint
+//! intervals they partition the address space into (each with the longest prefix's vector),
+//! and interface-name patterns are resolved once per interface of the namespace, so the
+//! programs look both up by binary search over (value -> vector) intervals, the interface
+//! fields keyed by ifindex. An ifindex the image does not know (an interface created after
+//! it was written, until `attach_new_interfaces` rewrites it) gets the vector of the
+//! wildcard pattern only.
+
+use anyhow::{anyhow, bail, Result};
+
+use super::skel::types::{bpfipt_action, bpfipt_check, bpfipt_const};
+use crate::compile::tables::{ActionKind, Check, Compiled, Field, FieldMap, IfacePattern, Prefix, Vector};
+use crate::error::Error;
+use crate::model::TtlOp;
+
+const fn k(c: bpfipt_const) -> usize {
+    c.0 as usize
+}
+
+const HEADER: usize = k(bpfipt_const::BPFIPT_IMG_HEADER_SLOTS);
+const HOOK0: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_HOOK0);
+const HOOK_SLOTS: usize = k(bpfipt_const::BPFIPT_IMG_HOOK_SLOTS);
+const FIELD_SLOTS: usize = k(bpfipt_const::BPFIPT_IMG_FIELD_SLOTS);
+const ACTION_SLOTS: usize = k(bpfipt_const::BPFIPT_IMG_ACTION_SLOTS);
+const CHECK_SLOTS: usize = k(bpfipt_const::BPFIPT_IMG_CHECK_SLOTS);
+const LOG_SLOTS: usize = k(bpfipt_const::BPFIPT_IMG_LOG_SLOTS);
+const LOG_PREFIX: usize = k(bpfipt_const::BPFIPT_LOG_PREFIX);
+const MAX_RULES: usize = k(bpfipt_const::BPFIPT_MAX_RULES);
+const MAX_CHECKS: usize = k(bpfipt_const::BPFIPT_MAX_CHECKS);
+const NO_RULE: u32 = bpfipt_const::BPFIPT_NO_RULE.0;
+const TCP_RESET: u32 = bpfipt_const::BPFIPT_REJECT_TCP_RESET.0;
+
+/// An interface of the namespace, as the image resolves `-i`/`-o` patterns against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfaceName {
+    pub ifindex: u32,
+    pub name: String,
+}
+
+fn pack(lo: u32, hi: u32) -> u64 {
+    lo as u64 | (hi as u64) << 32
+}
+
+/// Refuses what the programs cannot do yet, with the error iptables users get for an
+/// unsupported feature (exit 2).
+fn unsupported(what: &str) -> anyhow::Error {
+    anyhow::Error::new(Error::Param(format!("{what} is not supported by the eBPF datapath yet")))
+}
+
+/// Builds the image of `c` for the interfaces `ifaces`.
+pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
+    let mut img = vec![0u64; HEADER];
+    img[0] = pack(bpfipt_const::BPFIPT_IMG_MAGIC.0, bpfipt_const::BPFIPT_IMG_VERSION.0);
+
+    // Vectors of every hook in one table; a hook's local VecId v is global id base + v.
+    let mut bases = Vec::new();
+    let mut all: Vec<&Vector> = Vec::new();
+    for h in &c.hooks {
+        bases.push(all.len() as u32);
+        all.extend(h.vectors.iter());
+    }
+    let vectab = img.len();
+    img.resize(vectab + all.len(), 0);
+    for (i, v) in all.iter().enumerate() {
+        img[vectab + i] = pack(img.len() as u32, v.words.len() as u32);
+        for &(w, bits) in &v.words {
+            img.push(w as u64);
+            img.push(bits);
+        }
+    }
+    img[k(bpfipt_const::BPFIPT_IMG_SLOT_VECTAB)] = pack(vectab as u32, all.len() as u32);
+
+    let logs = img.len();
+    for l in &c.logs {
+        let mut prefix = [0u8; LOG_PREFIX];
+        let n = l.prefix.len().min(LOG_PREFIX - 1);
+        prefix[..n].copy_from_slice(&l.prefix.as_bytes()[..n]);
+        img.push(l.level as u64 | (l.flags as u64) << 8);
+        for chunk in prefix.chunks(8) {
+            img.push(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")));
+        }
+    }
+    debug_assert_eq!(img.len() - logs, c.logs.len() * LOG_SLOTS);
+    img[k(bpfipt_const::BPFIPT_IMG_SLOT_LOGS)] = pack(logs as u32, c.logs.len() as u32);
+
+    let states = img.len();
+    img.resize(states + c.n_states as usize, 0);
+    img[k(bpfipt_const::BPFIPT_IMG_SLOT_STATES)] = pack(states as u32, c.n_states);
+
+    for (h, base) in c.hooks.iter().zip(&bases) {
+        let hook = h.hook as usize;
+        if h.actions.len() > MAX_RULES {
+            bail!("{} has {} compiled rules; the datapath walks at most {MAX_RULES}", h.hook.chain_name(), h.actions.len());
+        }
+        let fields = img.len();
+        img.resize(fields + h.fields.len() * FIELD_SLOTS, 0);
+        for (i, f) in h.fields.iter().enumerate() {
+            if f.field == Field::CtState {
+                return Err(unsupported("connection tracking state (-m conntrack/-m state)"));
+            }
+            let intervals = match &f.map {
+                FieldMap::Prefixes(p) => prefix_intervals(p),
+                FieldMap::Intervals(iv) => iv.iter().map(|&(lo, _, v)| (lo, v)).collect(),
+                FieldMap::Ifaces(p) => iface_intervals(p, ifaces)?,
+            };
+            if intervals.first().map(|iv| iv.0) != Some(0) {
+                bail!("field {:?} of {} does not cover its domain", f.field, h.hook.chain_name());
+            }
+            let off = img.len();
+            img.extend(intervals.iter().map(|&(lo, v)| (lo as u64) << 32 | (base + v) as u64));
+            let d = fields + i * FIELD_SLOTS;
+            img[d] = pack(f.field as u32, intervals.len() as u32);
+            img[d + 1] = off as u64;
+            img[d + 2] = (base + f.wildcard) as u64;
+        }
+
+        let actions = img.len();
+        img.resize(actions + h.actions.len() * ACTION_SLOTS, 0);
+        for (r, a) in h.actions.iter().enumerate() {
+            if a.checks.len() > MAX_CHECKS {
+                bail!("a rule of {} has {} residual checks; at most {MAX_CHECKS}", h.hook.chain_name(), a.checks.len());
+            }
+            let checks = img.len();
+            img.resize(checks + a.checks.len() * CHECK_SLOTS, 0);
+            for (i, ch) in a.checks.iter().enumerate() {
+                let s = encode_check(ch, &mut img)?;
+                img[checks + i * CHECK_SLOTS..checks + (i + 1) * CHECK_SLOTS].copy_from_slice(&s);
+            }
+            let (kind, arg0, arg1) = match a.kind {
+                ActionKind::Accept => (bpfipt_action::BPFIPT_A_ACCEPT, 0, 0),
+                ActionKind::Drop => (bpfipt_action::BPFIPT_A_DROP, 0, 0),
+                ActionKind::Reject(w) => (bpfipt_action::BPFIPT_A_REJECT, w.icmp_code().map_or(TCP_RESET, u32::from), 0),
+                ActionKind::Log(i) => (bpfipt_action::BPFIPT_A_LOG, i, 0),
+                ActionKind::Mark { value, mask } => (bpfipt_action::BPFIPT_A_MARK, value, mask),
+                ActionKind::Continue => (bpfipt_action::BPFIPT_A_CONTINUE, 0, 0),
+                ActionKind::SkipTo(to) => (bpfipt_action::BPFIPT_A_SKIP_TO, to, 0),
+                ActionKind::Enter { end } => (bpfipt_action::BPFIPT_A_ENTER, end, 0),
+            };
+            let s = actions + r * ACTION_SLOTS;
+            img[s] = pack(kind.0, a.rule_id.unwrap_or(NO_RULE));
+            img[s + 1] = pack(arg0, arg1);
+            img[s + 2] = pack(checks as u32, a.checks.len() as u32);
+        }
+
+        let hs = HOOK0 + hook * HOOK_SLOTS;
+        img[hs] = pack(h.actions.len() as u32, h.policy_accept as u32);
+        img[hs + 1] = actions as u64;
+        img[hs + 2] = pack(fields as u32, h.fields.len() as u32);
+    }
+    if img.len() > u32::MAX as usize / 2 {
+        bail!("ruleset too large for the datapath ({} slots)", img.len());
+    }
+    Ok(img)
+}
+
+/// The three slots of one check; lists (ranges) are appended to `img`.
+fn encode_check(c: &Check, img: &mut Vec<u64>) -> Result<[u64; CHECK_SLOTS]> {
+    let s0 = |kind: bpfipt_check, invert: bool, field: u32, op: u32, a: u32| {
+        kind.0 as u64 | (invert as u64) << 8 | (field as u64 & 0xff) << 16 | (op as u64 & 0xff) << 24 | (a as u64) << 32
+    };
+    let mut ranges = |rs: &[(u32, u32)]| {
+        let off = img.len() as u32;
+        img.extend(rs.iter().map(|&(lo, hi)| (lo as u64) << 32 | hi as u64));
+        (off, rs.len() as u64)
+    };
+    use bpfipt_check as C;
+    Ok(match c {
+        Check::L4Header => [s0(C::BPFIPT_C_L4HDR, false, 0, 0, 0), 0, 0],
+        Check::Fragment(f) => [s0(C::BPFIPT_C_FRAGMENT, *f, 0, 0, 0), 0, 0],
+        Check::Mark { value, mask, invert } => [s0(C::BPFIPT_C_MARK, *invert, 0, 0, *value), *mask as u64, 0],
+        Check::Length { lo, hi, invert } => [s0(C::BPFIPT_C_LENGTH, *invert, 0, 0, *lo as u32), *hi as u64, 0],
+        Check::Ttl { op, value } => {
+            let op = match op {
+                TtlOp::Eq => 0,
+                TtlOp::Ne => 1,
+                TtlOp::Lt => 2,
+                TtlOp::Gt => 3,
+            };
+            [s0(C::BPFIPT_C_TTL, false, 0, op, *value as u32), 0, 0]
+        }
+        Check::Tos { value, mask, invert } => [s0(C::BPFIPT_C_TOS, *invert, 0, 0, *value as u32), *mask as u64, 0],
+        Check::Dscp { value, invert } => [s0(C::BPFIPT_C_DSCP, *invert, 0, 0, *value as u32), 0, 0],
+        Check::Pkttype { pkttype, invert } => [s0(C::BPFIPT_C_PKTTYPE, *invert, 0, 0, *pkttype as u32), 0, 0],
+        Check::MacSource { addr, invert } => {
+            let b = addr.iter().rev().fold(0u64, |m, &x| m << 8 | x as u64);
+            [s0(C::BPFIPT_C_MAC, *invert, 0, 0, 0), b, 0]
+        }
+        Check::TcpOption { kind, invert } => [s0(C::BPFIPT_C_TCPOPT, *invert, 0, 0, *kind as u32), 0, 0],
+        Check::Limit { state, avg, burst } => [s0(C::BPFIPT_C_LIMIT, false, 0, 0, *state), pack(*avg, *burst), 0],
+        Check::StatisticRandom { probability, invert } => {
+            [s0(C::BPFIPT_C_RANDOM, *invert, 0, 0, *probability), 0, 0]
+        }
+        Check::StatisticNth { state, every, packet, invert } => {
+            [s0(C::BPFIPT_C_NTH, *invert, 0, 0, *state), pack(*every, *packet), 0]
+        }
+        Check::FieldIn { field, ranges: rs } => {
+            if *field == Field::CtState {
+                return Err(unsupported("connection tracking state (-m conntrack/-m state)"));
+            }
+            let (off, n) = ranges(rs);
+            [s0(C::BPFIPT_C_FIELD_IN, false, *field as u32, 0, off), n, 0]
+        }
+        Check::PortEither { ranges: rs } => {
+            let (off, n) = ranges(rs);
+            [s0(C::BPFIPT_C_PORT_EITHER, false, 0, 0, off), n, 0]
+        }
+        Check::AddrMask { field, value, mask, invert } => {
+            [s0(C::BPFIPT_C_ADDR_MASK, *invert, *field as u32, 0, *value), *mask as u64, 0]
+        }
+        Check::Addrtype { .. } => return Err(unsupported("-m addrtype")),
+        Check::Conntrack(_) => return Err(unsupported("connection tracking (-m conntrack/-m state)")),
+    })
+}
+
+/// The partition of the address space by longest matching prefix: sorted `(lo, vector)`
+/// intervals, adjacent equal vectors merged. `prefixes` contains 0.0.0.0/0.
+fn prefix_intervals(prefixes: &[(Prefix, u32)]) -> Vec<(u32, u32)> {
+    let end = |p: &Prefix| p.addr as u64 + (1u64 << (32 - p.len as u32)) - 1;
+    let mut sorted: Vec<&(Prefix, u32)> = prefixes.iter().collect();
+    sorted.sort_by_key(|(p, _)| (p.addr, p.len));
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut emit = |lo: u64, v: u32| {
+        if out.last().map(|l| l.1) != Some(v) {
+            out.push((lo as u32, v));
+        }
+    };
+    // Prefixes are nested or disjoint: a stack of the ones covering the sweep position.
+    let mut stack: Vec<(u64, u32)> = Vec::new();
+    let mut cur = 0u64;
+    for (p, v) in sorted {
+        let start = p.addr as u64;
+        while let Some(&(top_end, top_v)) = stack.last() {
+            if top_end >= start {
+                break;
+            }
+            if cur <= top_end {
+                emit(cur, top_v);
+                cur = top_end + 1;
+            }
+            stack.pop();
+        }
+        if let Some(&(_, top_v)) = stack.last() {
+            if cur < start {
+                emit(cur, top_v);
+            }
+        }
+        cur = start;
+        stack.push((end(p), *v));
+    }
+    while let Some((top_end, top_v)) = stack.pop() {
+        if cur <= top_end {
+            emit(cur, top_v);
+            cur = top_end + 1;
+        }
+    }
+    out
+}
+
+/// The bytes a pattern matches as a prefix of `name` + NUL (see `IfacePattern`).
+fn pattern_key(p: &IfacePattern) -> Vec<u8> {
+    let mut k = p.name.clone();
+    if p.exact {
+        k.push(0);
+    }
+    k
+}
+
+/// Interface fields keyed by ifindex: each interface gets the vector of the longest pattern
+/// its name matches; unknown ifindexes the wildcard (empty) pattern's.
+fn iface_intervals(patterns: &[(IfacePattern, u32)], ifaces: &[IfaceName]) -> Result<Vec<(u32, u32)>> {
+    let resolve = |name: &[u8]| {
+        patterns
+            .iter()
+            .filter(|(p, _)| name.starts_with(&pattern_key(p)))
+            .max_by_key(|(p, _)| pattern_key(p).len())
+            .map(|e| e.1)
+    };
+    let default = resolve(b"").ok_or_else(|| anyhow!("interface patterns lack the wildcard default"))?;
+    let mut sorted: Vec<&IfaceName> = ifaces.iter().collect();
+    sorted.sort_by_key(|i| i.ifindex);
+    // Each interface's own interval, then the default up to the next one; an interface at
+    // the previous one's ifindex + 1 replaces that default.
+    let mut out: Vec<(u32, u32)> = vec![(0, default)];
+    let mut put = |lo: u32, v: u32| match out.last_mut() {
+        Some(l) if l.0 == lo => l.1 = v,
+        _ => out.push((lo, v)),
+    };
+    for i in sorted {
+        let mut key = i.name.as_bytes().to_vec();
+        key.push(0);
+        put(i.ifindex, resolve(&key).unwrap_or(default));
+        if let Some(next) = i.ifindex.checked_add(1) {
+            put(next, default);
+        }
+    }
+    out.dedup_by(|b, a| a.1 == b.1);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pfx(a: [u8; 4], len: u8) -> Prefix {
+        Prefix { addr: u32::from_be_bytes(a), len }
+    }
+
+    #[test]
+    fn prefixes_partition_by_longest_match() {
+        let p = vec![(pfx([0, 0, 0, 0], 0), 0), (pfx([10, 0, 0, 0], 8), 1), (pfx([10, 1, 0, 0], 16), 2), (pfx([11, 0, 0, 0], 8), 3)];
+        let iv = prefix_intervals(&p);
+        let ip = |a: [u8; 4]| u32::from_be_bytes(a);
+        assert_eq!(
+            iv,
+            vec![(0, 0), (ip([10, 0, 0, 0]), 1), (ip([10, 1, 0, 0]), 2), (ip([10, 2, 0, 0]), 1), (ip([11, 0, 0, 0]), 3), (ip([12, 0, 0, 0]), 0)]
+        );
+        let host = vec![(pfx([0, 0, 0, 0], 0), 0), (pfx([255, 255, 255, 255], 32), 1)];
+        assert_eq!(prefix_intervals(&host), vec![(0, 0), (u32::MAX, 1)]);
+        let all = vec![(pfx([0, 0, 0, 0], 0), 7)];
+        assert_eq!(prefix_intervals(&all), vec![(0, 7)]);
+    }
+
+    #[test]
+    fn interfaces_resolve_by_longest_pattern() {
+        let pat = |n: &str, exact| IfacePattern { name: n.as_bytes().to_vec(), exact };
+        let p = vec![(pat("", false), 0), (pat("eth", false), 1), (pat("eth0", true), 2)];
+        let ifs = vec![
+            IfaceName { ifindex: 1, name: "lo".into() },
+            IfaceName { ifindex: 2, name: "eth0".into() },
+            IfaceName { ifindex: 3, name: "eth01".into() },
+            IfaceName { ifindex: 7, name: "eth1".into() },
+        ];
+        assert_eq!(iface_intervals(&p, &ifs).expect("resolves"), vec![(0, 0), (2, 2), (3, 1), (4, 0), (7, 1), (8, 0)]);
+    }
+}

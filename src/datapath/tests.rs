@@ -1,0 +1,460 @@
+//! Root tests of the real programs with BPF_PROG_TEST_RUN: crafted packets through the XDP,
+//! TC ingress and TC egress programs, verdicts, replies, counters and LOG events. Each test
+//! runs in a network namespace of its own (unshare on the test thread; commands it spawns
+//! inherit it) with two veth pairs, and pins under a directory of its own on
+//! /sys/fs/bpf; without root they skip.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use libbpf_rs::libbpf_sys;
+use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+
+use super::*;
+use crate::compile::compile;
+use crate::model::*;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+fn is_root() -> bool {
+    // SAFETY: plain getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0]).args(&args[1..]).status().expect("run command");
+    assert!(st.success(), "{args:?} failed");
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = CString::new(name).expect("name");
+    // SAFETY: NUL-terminated name.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// A namespace with lo, veths d0 (198.18.1.1/24) and d1 (198.18.2.1/24) (peers p0, p1),
+/// forwarding on, and a
+/// pin directory; removed on drop (the namespace dies with the test thread).
+struct Env {
+    dir: PathBuf,
+    progs: Programs,
+    d0: u32,
+    d1: u32,
+}
+
+impl Env {
+    fn new(name: &str) -> Option<Env> {
+        if !is_root() {
+            eprintln!("skipping {name}: needs root");
+            return None;
+        }
+        // SAFETY: moves only this thread into a new network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+        sh(&["ip", "link", "set", "lo", "up"]);
+        for (d, peer, a) in [("d0", "p0", "198.18.1.1/24"), ("d1", "p1", "198.18.2.1/24")] {
+            sh(&["ip", "link", "add", d, "type", "veth", "peer", "name", peer]);
+            sh(&["ip", "addr", "add", a, "dev", d]);
+            sh(&["ip", "link", "set", d, "up"]);
+            sh(&["ip", "link", "set", peer, "up"]);
+        }
+        sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let dir = PathBuf::from(format!("/sys/fs/bpf/bpfipt-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("pin dir");
+        let progs = load_programs(&dir).expect("programs load and verify");
+        Some(Env { dir, progs, d0: ifindex("d0"), d1: ifindex("d1") })
+    }
+
+    fn apply(&self, rs: &Ruleset) -> Result<()> {
+        let c = compile(rs)?;
+        let devs = netdev::list()?;
+        let names: Vec<image::IfaceName> =
+            devs.iter().map(|d| image::IfaceName { ifindex: d.ifindex, name: d.name.clone() }).collect();
+        refresh_netdev_maps(&self.dir, &devs)?;
+        install_image(&self.dir, &image::build(&c, &names)?)
+    }
+
+    fn run(&self, p: Prog, pkt: &[u8], ctx: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; pkt.len() + 512];
+        let mut opts = libbpf_sys::bpf_test_run_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+            data_in: pkt.as_ptr().cast(),
+            data_size_in: pkt.len() as u32,
+            data_out: out.as_mut_ptr().cast(),
+            data_size_out: out.len() as u32,
+            ctx_in: if ctx.is_empty() { std::ptr::null() } else { ctx.as_ptr().cast() },
+            ctx_size_in: ctx.len() as u32,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: buffers outlive the call and their sizes are given.
+        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.progs.fd(p), &mut opts) };
+        assert_eq!(rc, 0, "test run of {p:?}: {}", io::Error::from_raw_os_error(-rc));
+        out.truncate(opts.data_size_out as usize);
+        (opts.retval, out)
+    }
+
+    /// XDP ingress on `ifindex`.
+    fn xdp(&self, pkt: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let md: [u32; 6] = [0, pkt.len() as u32, 0, ifindex, 0, 0];
+        self.run(Prog::Xdp, pkt, &u32s(&md))
+    }
+
+    /// A TC program with the skb on `ifindex` carrying `mark`.
+    fn tc(&self, p: Prog, pkt: &[u8], ifindex: u32, mark: u32) -> (u32, Vec<u8>) {
+        let mut skb = vec![0u8; std::mem::size_of::<skel::types::__sk_buff>()];
+        skb[8..12].copy_from_slice(&mark.to_ne_bytes()); // mark
+        skb[40..44].copy_from_slice(&ifindex.to_ne_bytes()); // ifindex
+        self.run(p, pkt, &skb)
+    }
+
+    fn counter(&self, map: &str, key: u32) -> Counters {
+        let m = open_map(&self.dir, map).expect("counters");
+        let vals = m.lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY).expect("lookup").expect("entry");
+        let mut c = Counters::default();
+        for v in vals {
+            c.add(Counters {
+                packets: u64::from_ne_bytes(v[0..8].try_into().expect("8")),
+                bytes: u64::from_ne_bytes(v[8..16].try_into().expect("8")),
+            });
+        }
+        c
+    }
+
+    fn rule(&self, id: u32) -> Counters {
+        self.counter("bpfipt_rule_counters", id)
+    }
+
+    fn policy(&self, h: Hook) -> Counters {
+        self.counter("bpfipt_policy_counters", h as u32)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn u32s(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_ne_bytes()).collect()
+}
+
+fn ip(a: &str) -> u32 {
+    u32::from(a.parse::<std::net::Ipv4Addr>().expect("test address"))
+}
+
+fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// Ethernet + IPv4 (+ `l4`), checksummed IP header.
+fn frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0xaa, 0x02, 0, 0, 0, 0, 0xbb, 0x08, 0x00];
+    let tot = 20 + l4.len() as u16;
+    let mut iph = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, proto, 0, 0];
+    iph[2..4].copy_from_slice(&tot.to_be_bytes());
+    iph.extend_from_slice(&ip(src).to_be_bytes());
+    iph.extend_from_slice(&ip(dst).to_be_bytes());
+    let ck = csum(&iph);
+    iph[10..12].copy_from_slice(&ck.to_be_bytes());
+    f.extend(iph);
+    f.extend_from_slice(l4);
+    f
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8, seq: u32) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    t
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    u.extend_from_slice(payload);
+    u
+}
+
+fn echo() -> Vec<u8> {
+    let mut e = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    e.extend_from_slice(&[0xab; 56]);
+    e
+}
+
+fn rule(ip: IpHeader, matches: Vec<Match>, target: Target) -> Rule {
+    Rule { id: Rule::UNASSIGNED, ip, matches, target, counters: Counters::default() }
+}
+
+/// A filter ruleset from `(chain, rule)` in order (ids 0, 1, ...) and policies.
+fn ruleset(policies: &[(&str, Policy)], rules: Vec<(&str, Rule)>) -> Ruleset {
+    let mut rs = Ruleset::default();
+    let t = rs.table_mut(TableKind::Filter);
+    for (c, p) in policies {
+        t.chain_mut(c).expect("builtin").policy = Some(*p);
+    }
+    for (id, (c, mut r)) in rules.into_iter().enumerate() {
+        r.id = id as u32;
+        t.chain_mut(c).expect("chain").rules.push(r);
+    }
+    rs
+}
+
+fn proto(p: u8) -> IpHeader {
+    IpHeader { proto: Some(Inv::new(p, false)), ..Default::default() }
+}
+
+fn dport(p: u16, invert: bool) -> Match {
+    Match::Tcp(TcpMatch { dport: Some(Inv::new(PortRange { lo: p, hi: p }, invert)), ..Default::default() })
+}
+
+fn net(a: &str, len: u8) -> Option<Inv<Ipv4Mask>> {
+    Some(Inv::new(Ipv4Mask::new(ip(a), u32::MAX.checked_shl(32 - len as u32).unwrap_or(0)), false))
+}
+
+fn iface(name: &str, wildcard: bool, invert: bool) -> Option<Inv<Iface>> {
+    Some(Inv::new(Iface { name: name.into(), wildcard }, invert))
+}
+
+#[test]
+fn input_match_negation_policy_and_counters() {
+    let Some(env) = Env::new("input") else { return };
+    let rs = ruleset(
+        &[("INPUT", Policy::Drop)],
+        vec![
+            ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Drop)),
+            ("INPUT", rule(IpHeader { src: net("198.18.5.0", 24), ..proto(6) }, vec![dport(22, true)], Target::Accept)),
+            ("INPUT", rule(IpHeader { proto: Some(Inv::new(1, true)), ..Default::default() }, vec![], Target::None)),
+            ("INPUT", rule(proto(17), vec![], Target::Accept)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let ssh = frame("198.18.5.9", "198.18.1.1", 6, &tcp(40000, 22, 0x02, 1));
+    assert_eq!(env.xdp(&ssh, env.d0).0, XDP_DROP);
+    let web = frame("198.18.5.9", "198.18.1.1", 6, &tcp(40000, 80, 0x02, 1));
+    assert_eq!(env.xdp(&web, env.d0).0, XDP_PASS);
+    let other = frame("198.18.6.9", "198.18.1.1", 6, &tcp(40000, 80, 0x02, 1));
+    assert_eq!(env.xdp(&other, env.d0).0, XDP_DROP, "policy DROP");
+    let dns = frame("198.18.6.9", "198.18.2.1", 17, &udp(5353, 53, b"q"));
+    assert_eq!(env.xdp(&dns, env.d0).0, XDP_PASS, "a local address on another interface is INPUT");
+    let ping = frame("198.18.6.9", "198.18.1.1", 1, &echo());
+    assert_eq!(env.xdp(&ping, env.d0).0, XDP_DROP);
+
+    assert_eq!(env.rule(0), Counters { packets: 1, bytes: 40 });
+    assert_eq!(env.rule(1), Counters { packets: 1, bytes: 40 });
+    // ! -p icmp, no target: counts the TCP and UDP packets it saw and continues
+    assert_eq!(env.rule(2), Counters { packets: 2, bytes: 40 + 29 });
+    assert_eq!(env.rule(3), Counters { packets: 1, bytes: 29 });
+    assert_eq!(env.policy(Hook::Input), Counters { packets: 2, bytes: 40 + 84 });
+    // The same through TC ingress.
+    assert_eq!(env.tc(Prog::TcIngress, &ssh, env.d0, 0).0, TC_ACT_SHOT);
+    assert_eq!(env.tc(Prog::TcIngress, &web, env.d0, 0).0, TC_ACT_OK);
+}
+
+#[test]
+fn forward_uses_route_for_out_interface() {
+    let Some(env) = Env::new("forward") else { return };
+    let rs = ruleset(
+        &[("FORWARD", Policy::Drop)],
+        vec![
+            ("FORWARD", rule(IpHeader { in_iface: iface("d0", false, false), out_iface: iface("d1", false, false), ..Default::default() }, vec![], Target::Accept)),
+            ("FORWARD", rule(IpHeader { out_iface: iface("d", true, false), ..proto(17) }, vec![], Target::Drop)),
+            ("INPUT", rule(IpHeader { in_iface: iface("d1", false, true), ..Default::default() }, vec![], Target::Drop)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let fwd = frame("198.18.1.7", "198.18.2.9", 6, &tcp(1000, 80, 0x02, 1));
+    assert_eq!(env.xdp(&fwd, env.d0).0, XDP_PASS, "d0 -> d1 accepted");
+    assert_eq!(env.rule(0).packets, 1);
+    let back = frame("198.18.2.9", "198.18.1.7", 6, &tcp(80, 1000, 0x12, 1));
+    assert_eq!(env.xdp(&back, env.d1).0, XDP_DROP, "d1 -> d0 falls to the DROP policy");
+    assert_eq!(env.policy(Hook::Forward).packets, 1);
+    let udp_back = frame("198.18.2.9", "198.18.1.7", 17, &udp(1, 2, b""));
+    assert_eq!(env.xdp(&udp_back, env.d1).0, XDP_DROP);
+    assert_eq!(env.rule(1).packets, 1);
+    // ! -i d1 at INPUT
+    let local = frame("198.18.1.7", "198.18.1.1", 17, &udp(1, 2, b""));
+    assert_eq!(env.xdp(&local, env.d0).0, XDP_DROP);
+    assert_eq!(env.xdp(&local, env.d1).0, XDP_PASS);
+    // No route: netfilter never sees it.
+    let nowhere = frame("198.18.1.7", "203.0.113.1", 17, &udp(1, 2, b""));
+    assert_eq!(env.xdp(&nowhere, env.d0).0, XDP_PASS);
+    assert_eq!(env.policy(Hook::Forward).packets, 1);
+}
+
+/// Checks an IP header checksum and returns (src, dst, proto, total length).
+fn ip_of(f: &[u8]) -> (u32, u32, u8, usize) {
+    let iph = &f[14..34];
+    assert_eq!(csum(iph), 0, "IP header checksum");
+    let g = |o: usize| u32::from_be_bytes(iph[o..o + 4].try_into().expect("4"));
+    (g(12), g(16), iph[9], u16::from_be_bytes([iph[2], iph[3]]) as usize)
+}
+
+#[test]
+fn reject_builds_icmp_errors_and_resets() {
+    let Some(env) = Env::new("reject") else { return };
+    let rs = ruleset(
+        &[],
+        vec![
+            ("INPUT", rule(proto(17), vec![], Target::Reject(RejectWith::IcmpPortUnreachable))),
+            ("INPUT", rule(proto(6), vec![], Target::Reject(RejectWith::TcpReset))),
+            ("FORWARD", rule(proto(17), vec![], Target::Reject(RejectWith::IcmpAdminProhibited))),
+            ("OUTPUT", rule(proto(6), vec![], Target::Reject(RejectWith::TcpReset))),
+            ("OUTPUT", rule(proto(17), vec![], Target::Reject(RejectWith::IcmpHostUnreachable))),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+
+    let q = frame("198.18.1.7", "198.18.1.1", 17, &udp(5000, 53, b"hello"));
+    let (rc, out) = env.xdp(&q, env.d0);
+    assert_eq!(rc, XDP_TX);
+    assert_eq!(&out[0..6], &q[6..12], "MACs swapped");
+    let (s, d, p, len) = ip_of(&out);
+    assert_eq!((s, d, p), (ip("198.18.1.1"), ip("198.18.1.7"), 1));
+    assert_eq!(len, 20 + 8 + 28, "IP header + 8 bytes quoted");
+    assert_eq!(out.len(), 14 + len);
+    assert_eq!(&out[34..36], &[3, 3], "port unreachable");
+    assert_eq!(csum(&out[34..]), 0, "ICMP checksum");
+    assert_eq!(&out[42..70], &q[14..42], "quotes the original header + 8 bytes");
+
+    let syn = frame("198.18.1.7", "198.18.1.1", 6, &tcp(40000, 23, 0x02, 1000));
+    let (rc, out) = env.xdp(&syn, env.d0);
+    assert_eq!(rc, XDP_TX);
+    let (s, d, p, len) = ip_of(&out);
+    assert_eq!((s, d, p, len), (ip("198.18.1.1"), ip("198.18.1.7"), 6, 40));
+    let th = &out[34..54];
+    assert_eq!(&th[0..4], &[0, 23, 0x9c, 0x40], "ports swapped");
+    assert_eq!(u32::from_be_bytes(th[8..12].try_into().expect("4")), 1001, "ack = seq + SYN");
+    assert_eq!(th[13], 0x14, "RST|ACK");
+    let mut pseudo = out[26..34].to_vec();
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(th);
+    assert_eq!(csum(&pseudo), 0, "TCP checksum");
+    // No reset for a reset.
+    let rst = frame("198.18.1.7", "198.18.1.1", 6, &tcp(40000, 23, 0x04, 1000));
+    assert_eq!(env.xdp(&rst, env.d0).0, XDP_DROP);
+
+    // FORWARD: the error comes from the input interface's address.
+    let fwd = frame("198.18.1.7", "198.18.2.9", 17, &udp(5000, 53, b""));
+    let (rc, out) = env.xdp(&fwd, env.d0);
+    assert_eq!(rc, XDP_TX);
+    let (s, d, _, _) = ip_of(&out);
+    assert_eq!((s, d), (ip("198.18.1.1"), ip("198.18.1.7")));
+    assert_eq!(&out[34..36], &[3, 13]);
+
+    // OUTPUT at TC egress: the reply goes back into the local stack.
+    let out_syn = frame("198.18.1.1", "198.18.1.7", 6, &tcp(40000, 80, 0x02, 5));
+    let (rc, out) = env.tc(Prog::TcEgress, &out_syn, env.d0, 0);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let (s, d, p, _) = ip_of(&out);
+    assert_eq!((s, d, p), (ip("198.18.1.7"), ip("198.18.1.1"), 6));
+    let out_udp = frame("198.18.1.1", "198.18.1.7", 17, &udp(1, 2, b"x"));
+    let (rc, out) = env.tc(Prog::TcEgress, &out_udp, env.d0, 0);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[34..36], &[3, 1]);
+    assert_eq!(csum(&out[34..]), 0);
+}
+
+#[test]
+fn mark_limit_and_residual_checks_at_tc() {
+    let Some(env) = Env::new("mark") else { return };
+    let rs = ruleset(
+        &[("INPUT", Policy::Drop)],
+        vec![
+            ("INPUT", rule(proto(17), vec![], Target::Mark(MarkTarget { value: 0x10, mask: 0xff }))),
+            ("INPUT", rule(proto(17), vec![Match::Mark(MarkMatch { mark: 0x10, mask: 0xff, invert: false }), Match::Limit(LimitMatch { avg: 10000, burst: 2 })], Target::Accept)),
+            ("INPUT", rule(proto(6), vec![Match::Length(LengthMatch { lo: 0, hi: 100, invert: false }), Match::Ttl(TtlMatch { op: TtlOp::Gt, value: 10 })], Target::Accept)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let u = frame("198.18.1.7", "198.18.1.1", 17, &udp(1, 2, b""));
+    assert_eq!(env.tc(Prog::TcIngress, &u, env.d0, 0).0, TC_ACT_OK);
+    assert_eq!(env.tc(Prog::TcIngress, &u, env.d0, 0).0, TC_ACT_OK);
+    assert_eq!(env.tc(Prog::TcIngress, &u, env.d0, 0).0, TC_ACT_SHOT, "limit burst 2 at 1/s");
+    assert_eq!(env.rule(0).packets, 3);
+    assert_eq!(env.rule(1).packets, 2);
+    let t = frame("198.18.1.7", "198.18.1.1", 6, &tcp(1, 2, 0x02, 0));
+    assert_eq!(env.tc(Prog::TcIngress, &t, env.d0, 0).0, TC_ACT_OK);
+    let mut big = t.clone();
+    big.extend_from_slice(&[0u8; 100]);
+    big[16..18].copy_from_slice(&(140u16).to_be_bytes());
+    assert_eq!(env.tc(Prog::TcIngress, &big, env.d0, 0).0, TC_ACT_SHOT, "length 140 > 100");
+    // A new ruleset starts with fresh limiter state.
+    env.apply(&rs).expect("apply again");
+    assert_eq!(env.tc(Prog::TcIngress, &u, env.d0, 0).0, TC_ACT_OK);
+}
+
+#[test]
+fn log_events_format_like_nf_log() {
+    let Some(env) = Env::new("log") else { return };
+    let log = LogTarget { level: 4, prefix: "fw: ".into(), flags: 0 };
+    let rs = ruleset(&[], vec![("INPUT", rule(proto(6), vec![dport(22, false)], Target::Log(log)))]);
+    env.apply(&rs).expect("apply");
+    let syn = frame("198.18.1.7", "198.18.1.1", 6, &tcp(40000, 22, 0x02, 1));
+    assert_eq!(env.xdp(&syn, env.d0).0, XDP_PASS);
+    let map = open_map(&env.dir, "bpfipt_log_events").expect("ringbuf");
+    let lines = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let sink = lines.clone();
+    let mut b = RingBufferBuilder::new();
+    b.add(&map, move |d: &[u8]| {
+        let e = log::event_from_bytes(d).expect("event");
+        sink.borrow_mut().push(log::format_event(&e, &|i| netdev::name_of(i).unwrap_or_default()));
+        0
+    })
+    .expect("add");
+    b.build().expect("ringbuf").poll(Duration::from_millis(100)).expect("poll");
+    assert_eq!(
+        *lines.borrow(),
+        vec!["fw: IN=d0 OUT= MAC=02:00:00:00:00:aa:02:00:00:00:00:bb:08:00 SRC=198.18.1.7 DST=198.18.1.1 LEN=40 \
+              TOS=0x00 PREC=0x00 TTL=64 ID=4660 DF PROTO=TCP SPT=40000 DPT=22 WINDOW=64240 RES=0x00 SYN URGP=0 "
+            .to_string()]
+    );
+}
+
+#[test]
+fn large_ruleset_classifies_and_flips() {
+    let Some(env) = Env::new("large") else { return };
+    let n = 20_000u32;
+    let mut rules: Vec<(&str, Rule)> = (0..n)
+        .map(|i| ("INPUT", rule(IpHeader { src: net(&std::net::Ipv4Addr::from(ip("198.19.0.0") + i).to_string(), 32), ..proto(17) }, vec![], Target::Drop)))
+        .collect();
+    rules.push(("INPUT", rule(proto(17), vec![], Target::Accept)));
+    let rs = ruleset(&[], rules);
+    env.apply(&rs).expect("apply");
+    let last = std::net::Ipv4Addr::from(ip("198.19.0.0") + n - 1).to_string();
+    let f = frame(&last, "198.18.1.1", 17, &udp(1, 2, b""));
+    assert_eq!(env.xdp(&f, env.d0).0, XDP_DROP);
+    assert_eq!(env.rule(n - 1).packets, 1);
+    let g = frame("198.18.7.7", "198.18.1.1", 17, &udp(1, 2, b""));
+    assert_eq!(env.xdp(&g, env.d0).0, XDP_PASS);
+    assert_eq!(env.rule(n).packets, 1);
+    // Flip to an empty ruleset with a DROP policy.
+    env.apply(&ruleset(&[("INPUT", Policy::Drop)], vec![])).expect("apply");
+    assert_eq!(env.xdp(&g, env.d0).0, XDP_DROP);
+}
+
+#[test]
+fn conntrack_rulesets_are_refused() {
+    let Some(env) = Env::new("ct") else { return };
+    let rs = ruleset(&[], vec![("INPUT", rule(IpHeader::default(), vec![Match::State(StateMatch { state: ct_state::ESTABLISHED, invert: false })], Target::Accept))]);
+    let err = env.apply(&rs).expect_err("conntrack is not implemented");
+    assert!(format!("{err:#}").contains("not supported"), "{err:#}");
+}
