@@ -313,7 +313,7 @@ fn declare_chain(
         match existing {
             Some(i) if flags.noflush => table.chains[i].rules.clear(),
             Some(_) => return Err(param(format!("error creating chain '{name}':File exists"))),
-            None => table.add_user_chain(Chain::user(name)),
+            None => exec::insert_user_chain(table, Chain::user(name)),
         }
     }
     let policy = policy.ok_or_else(|| param(format!("{PROG}: line {lineno} policy invalid")))?;
