@@ -141,8 +141,13 @@ pub fn apply_counters(store: &mut Store, kind: TableKind, fx: &exec::Effects) ->
     Ok(())
 }
 
-/// The table named by `-t`/`--table` in `args`, when it is one we know but do not enforce.
+/// The table named by `-t`/`--table` in `args`, when it is one we know but do not enforce and
+/// `args` add a rule to it.
 fn unenforced_table_arg(args: &[String]) -> Option<TableKind> {
+    let adds = ["-A", "-I", "-R", "--append", "--insert", "--replace"];
+    if !args.iter().any(|a| adds.contains(&a.as_str())) {
+        return None;
+    }
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let name = match a.as_str() {
