@@ -316,6 +316,41 @@ struct bpfipt_ct_result {
 	__u8 proto;     /* the connection's protocol (for RELATED: the quoted flow's) */
 	__u8 tcp_state; /* after this packet */
 };
+/* `-m conntrack` options (bpfipt_ct_match.flags and .invert), as XT_CONNTRACK_* bits. */
+enum bpfipt_ctm_flags {
+	BPFIPT_CTM_STATE = 1 << 0,
+	BPFIPT_CTM_PROTO = 1 << 1,
+	BPFIPT_CTM_ORIGSRC = 1 << 2,
+	BPFIPT_CTM_ORIGDST = 1 << 3,
+	BPFIPT_CTM_REPLSRC = 1 << 4,
+	BPFIPT_CTM_REPLDST = 1 << 5,
+	BPFIPT_CTM_STATUS = 1 << 6,
+	BPFIPT_CTM_EXPIRES = 1 << 7,
+	BPFIPT_CTM_ORIGSRC_PORT = 1 << 8,
+	BPFIPT_CTM_ORIGDST_PORT = 1 << 9,
+	BPFIPT_CTM_REPLSRC_PORT = 1 << 10,
+	BPFIPT_CTM_REPLDST_PORT = 1 << 11,
+	BPFIPT_CTM_DIRECTION = 1 << 12,
+};
+
+/* One `-m conntrack` match (compile::Check::Conntrack), evaluated by bpfipt_ct_match() in
+ * conntrack.h on a bpfipt_ct_result; `conntrack::encode_match` builds it in Rust. Arrays of 4
+ * are indexed origsrc, origdst, replsrc, repldst; addresses in host order. */
+struct bpfipt_ct_match {
+	__u16 flags;       /* enum bpfipt_ctm_flags: options present */
+	__u16 invert;      /* enum bpfipt_ctm_flags: options negated with `!` */
+	__u16 state_mask;  /* --ctstate: model::ct_state bits */
+	__u16 status_mask; /* --ctstatus: enum bpfipt_ct_status bits */
+	__u32 addr[4];
+	__u32 mask[4];
+	__u16 port_lo[4];
+	__u16 port_hi[4];
+	__u32 expire_lo;   /* --ctexpire, seconds */
+	__u32 expire_hi;
+	__u8 proto;        /* --ctproto */
+	__u8 dir_reply;    /* --ctdir REPLY (else ORIGINAL) */
+	__u8 pad[6];
+};
 /* ---- end of connection tracking ---- */
 
 /* `bpfipt_ifaces`, keyed by ifindex, kept by userspace: what the programs need to know about

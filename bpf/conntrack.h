@@ -92,6 +92,8 @@ enum bpfipt_ct_status _bpfipt_ct_status_type;
 enum bpfipt_ct_tcp_state _bpfipt_ct_tcp_state_type;
 enum bpfipt_ct_dir _bpfipt_ct_dir_type;
 enum bpfipt_ct_state _bpfipt_ct_state_type;
+enum bpfipt_ctm_flags _bpfipt_ctm_flags_type;
+struct bpfipt_ct_match _bpfipt_ct_match_type;
 
 #define CT_NS_PER_SEC 1000000000ULL
 
@@ -811,6 +813,55 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	bpf_spin_unlock(&lk->lock);
 	if (kill)
 		bpf_map_delete_elem(&bpfipt_ct, &r->key);
+}
+
+static __always_inline int ct_in_range(__u32 v, __u32 lo, __u32 hi)
+{
+	return lo <= v && v <= hi;
+}
+
+/*
+ * `-m conntrack` (conntrack_mt, revision 3) on the result of bpfipt_ct_lookup(): returns 1 when
+ * match `m` matches. A packet without connection (INVALID) matches only through --ctstate.
+ */
+static __always_inline int bpfipt_ct_match(const struct bpfipt_ct_match *m,
+					   const struct bpfipt_ct_result *r)
+{
+	__u32 addr[4] = { r->orig.src, r->orig.dst, r->reply.src, r->reply.dst };
+	__u16 port[4] = { r->orig.sport, r->orig.dport, r->reply.sport, r->reply.dport };
+	__u16 f = m->flags, inv = m->invert;
+	int i;
+
+	if ((f & BPFIPT_CTM_STATE) &&
+	    !!(m->state_mask & (1u << (r->state & 15))) == !!(inv & BPFIPT_CTM_STATE))
+		return 0;
+	if (r->state == BPFIPT_CT_INVALID || r->state == BPFIPT_CT_UNTRACKED)
+		return !!(f & BPFIPT_CTM_STATE);
+	if ((f & BPFIPT_CTM_DIRECTION) && (r->dir == BPFIPT_CT_DIR_REPLY) != !!m->dir_reply)
+		return 0;
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		__u16 bit = BPFIPT_CTM_ORIGSRC << i;
+
+		if ((f & bit) && ((addr[i] & m->mask[i]) == m->addr[i]) == !!(inv & bit))
+			return 0;
+	}
+	if ((f & BPFIPT_CTM_PROTO) && (r->proto == m->proto) == !!(inv & BPFIPT_CTM_PROTO))
+		return 0;
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		__u16 bit = BPFIPT_CTM_ORIGSRC_PORT << i;
+
+		if ((f & bit) && ct_in_range(port[i], m->port_lo[i], m->port_hi[i]) == !!(inv & bit))
+			return 0;
+	}
+	if ((f & BPFIPT_CTM_STATUS) &&
+	    !!(m->status_mask & r->status) == !!(inv & BPFIPT_CTM_STATUS))
+		return 0;
+	if ((f & BPFIPT_CTM_EXPIRES) &&
+	    ct_in_range(r->expire, m->expire_lo, m->expire_hi) == !!(inv & BPFIPT_CTM_EXPIRES))
+		return 0;
+	return 1;
 }
 
 #undef sNO

@@ -2,7 +2,8 @@
 /*
  * Test harness for conntrack.h (tests/conntrack*.rs): an XDP program that parses an
  * Ethernet/IPv4 frame into a struct bpfipt_ct_pkt, calls bpfipt_ct_lookup() and, unless the
- * test asked for a drop, bpfipt_ct_update() -- what the datapath does around its filter.
+ * test asked for a drop, bpfipt_ct_update() -- what the datapath does around its filter --
+ * and evaluates a `-m conntrack` match (bpfipt_ct_match()) the test sets on the result.
  * Its maps are its own (not pinned), so every test starts from an empty table.
  */
 #include "vmlinux.h"
@@ -19,9 +20,12 @@ char LICENSE[] SEC("license") = "GPL";
 __u32 ct_test_drop;
 /* Set by the test: the packet is locally generated (egress). */
 __u8 ct_test_from_local;
+/* Set by the test: a -m conntrack match evaluated on every packet's lookup result. */
+struct bpfipt_ct_match ct_test_match;
 /* What the last run computed. */
 struct bpfipt_ct_pkt ct_test_pkt;
 struct bpfipt_ct_result ct_test_result;
+__u32 ct_test_matched;
 
 /* Ports (or the ICMP fields) of a transport header at `l4`; returns 0 when truncated. */
 static __always_inline int ct_test_l4(void *l4, void *end, __u8 proto, __u16 *sport, __u16 *dport,
@@ -119,6 +123,7 @@ int bpfipt_ct_test(struct xdp_md *ctx)
 	bpfipt_ct_lookup(&p, &r);
 	ct_test_pkt = p;
 	ct_test_result = r;
+	ct_test_matched = bpfipt_ct_match(&ct_test_match, &r);
 	if (ct_test_drop)
 		return XDP_DROP;
 	bpfipt_ct_update(&p, &r);

@@ -559,3 +559,153 @@ fn flush_empties_a_pinned_table() {
     assert!(h.conns().is_empty());
     assert_eq!(h.send(&tcp(CLIENT, 40000, SERVER, 22, ACK, 1001, 5001, 0)).state, NEW, "picked up after a flush");
 }
+
+// ---- -m conntrack --------------------------------------------------------------------------
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+    /// Present with probability 1/3, inverted half the time.
+    fn opt<T>(&mut self, value: impl FnOnce(&mut Rng) -> T) -> Option<bpf_iptables::model::Inv<T>> {
+        if self.below(3) != 0 {
+            return None;
+        }
+        let invert = self.below(2) == 1;
+        Some(bpf_iptables::model::Inv { value: value(self), invert })
+    }
+}
+
+fn random_match(rng: &mut Rng) -> bpf_iptables::model::ConntrackMatch {
+    use bpf_iptables::model::{CtDir, Ipv4Mask, PortRange};
+    let addr = |rng: &mut Rng| {
+        let a = u32::from(rng.pick(&[CLIENT, SERVER, ROUTER, Ipv4Addr::new(10, 0, 0, 1)]));
+        Ipv4Mask::new(a, rng.pick(&[u32::MAX, 0xffff_fffe, 0xffff_ff00, 0]))
+    };
+    let port = |rng: &mut Rng| {
+        let p = rng.pick(&[0u16, 22, 53, 77, 2048, 5353, 40000]);
+        let hi = p.saturating_add(rng.pick(&[0u16, 1, 1000]));
+        PortRange { lo: p.saturating_sub(rng.pick(&[0u16, 1])), hi }
+    };
+    bpf_iptables::model::ConntrackMatch {
+        state: rng.opt(|r| rng_bits(r, &[0, 1, 2, 3, 6, 8, 9])),
+        proto: rng.opt(|r| r.pick(&[1u8, 6, 17, 47])),
+        orig_src: rng.opt(addr),
+        orig_dst: rng.opt(addr),
+        repl_src: rng.opt(addr),
+        repl_dst: rng.opt(addr),
+        orig_src_port: rng.opt(port),
+        orig_dst_port: rng.opt(port),
+        repl_src_port: rng.opt(port),
+        repl_dst_port: rng.opt(port),
+        status: rng.opt(|r| rng_bits(r, &[0, 1, 2, 3])),
+        expire: rng.opt(|r| r.pick(&[(0u32, 0u32), (0, 60), (25, 35), (100, 500_000), (431_000, 432_000)])),
+        dir: (rng.below(4) == 0).then(|| if rng.below(2) == 0 { CtDir::Original } else { CtDir::Reply }),
+    }
+}
+
+/// A random non-empty subset of the given bit indexes.
+fn rng_bits(rng: &mut Rng, bits: &[u32]) -> u16 {
+    loop {
+        let m = bits.iter().filter(|_| rng.below(2) == 1).fold(0u16, |m, b| m | 1 << b);
+        if m != 0 {
+            return m;
+        }
+    }
+}
+
+/// The reference classifier's view of a lookup result.
+fn reference_packet(r: &bpfipt_ct_result) -> bpf_iptables::compile::reference::Packet {
+    use bpf_iptables::compile::reference::{Conn as RefConn, Packet};
+    let conn = (r.state != INVALID).then(|| RefConn {
+        proto: r.proto,
+        orig: (r.orig.src, r.orig.dst, r.orig.sport, r.orig.dport),
+        repl: (r.reply.src, r.reply.dst, r.reply.sport, r.reply.dport),
+        status: r.status,
+        expire: r.expire,
+        reply_dir: r.dir == REPLY,
+    });
+    Packet {
+        hook: bpf_iptables::compile::tables::Hook::Input,
+        src: 0,
+        dst: 0,
+        proto: 0,
+        sport: 0,
+        dport: 0,
+        in_iface: String::new(),
+        out_iface: String::new(),
+        tcp_flags: 0,
+        tcp_options: Vec::new(),
+        icmp_type: 0,
+        icmp_code: 0,
+        length: 0,
+        ttl: 0,
+        tos: 0,
+        mark: 0,
+        frag_off: 0,
+        l4_ok: true,
+        ct_state: r.state,
+        conn,
+        pkttype: 0,
+        mac_src: None,
+        src_type: 0,
+        dst_type: 0,
+        now: 0,
+        random: 0,
+    }
+}
+
+#[test]
+fn conntrack_match_agrees_with_reference() {
+    let Some(mut h) = setup("conntrack_match_agrees_with_reference") else { return };
+    handshake(&mut h);
+    let out = udp(CLIENT, 5353, SERVER, 53, 30);
+    h.send(&out);
+    h.send(&icmp_query(CLIENT, SERVER, 8, 77, 1));
+    h.send(&icmp_query(SERVER, CLIENT, 0, 77, 1));
+    // Probes are "dropped" so that they do not change the table between matches.
+    let probes = [
+        ("established orig", tcp(CLIENT, 40000, SERVER, 22, ACK, 1001, 5001, 0), ESTABLISHED),
+        ("established reply", tcp(SERVER, 22, CLIENT, 40000, ACK, 5001, 1001, 0), ESTABLISHED),
+        ("new, unreplied entry", out.clone(), NEW),
+        ("new, no entry", udp(CLIENT, 6000, SERVER, 53, 0), NEW),
+        ("related", icmp_error(SERVER, CLIENT, 3, 3, &out), RELATED),
+        ("icmp reply", icmp_query(SERVER, CLIENT, 0, 77, 2), ESTABLISHED),
+        ("invalid", tcp(CLIENT, 40000, SERVER, 22, 0, 1001, 5001, 0), INVALID),
+    ];
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    let (mut matched, mut total) = (0, 0);
+    for (what, pkt, state) in &probes {
+        for _ in 0..300 {
+            let m = random_match(&mut rng);
+            let enc = bpf_iptables::conntrack::encode_match(&m);
+            let bss = h.skel.maps.bss_data.as_deref_mut().expect(".bss");
+            assert_eq!(std::mem::size_of_val(&enc), std::mem::size_of_val(&bss.ct_test_match));
+            // SAFETY: the same C struct from two skeletons of one header: identical layout.
+            bss.ct_test_match = unsafe { std::mem::transmute_copy(&enc) };
+            let r = h.send_as(pkt, true);
+            assert_eq!(r.state, *state, "{what}");
+            let bss = h.skel.maps.bss_data.as_deref().expect(".bss");
+            // SAFETY: plain data in the mmapped .bss, written by the run that just ended.
+            let got = unsafe { std::ptr::read_volatile(&bss.ct_test_matched) } != 0;
+            let want = bpf_iptables::compile::reference::conntrack_matches(&m, &reference_packet(&r));
+            assert_eq!(got, want, "{what}: {m:?} on {r:?}");
+            matched += got as u32;
+            total += 1;
+        }
+    }
+    // The generator must exercise both outcomes.
+    assert!(matched > total / 20 && matched < total - total / 20, "{matched} of {total} matched");
+}

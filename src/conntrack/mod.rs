@@ -1,6 +1,7 @@
 //! Connection tracking, userspace side: decodes the pinned connection table that the datapath
-//! keeps (`bpfipt_ct`, see `bpf/conntrack.h`), lists it the way `conntrack -L` does, and
-//! flushes it. The tracking itself happens in the BPF programs; nothing here runs per packet.
+//! keeps (`bpfipt_ct`, see `bpf/conntrack.h`), lists it the way `conntrack -L` does, flushes
+//! it, and encodes `-m conntrack` matches for the programs' `bpfipt_ct_match()`. The tracking
+//! itself happens in the BPF programs; nothing here runs per packet.
 //!
 //! Expired entries stay in the table until the LRU map reuses their slot (the programs treat
 //! them as absent), so the listing skips them.
@@ -13,9 +14,11 @@ use std::path::Path;
 use anyhow::{anyhow, Context};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::datapath::skel::types::{bpfipt_ct_entry, bpfipt_ct_key, bpfipt_ct_status, bpfipt_ct_tcp_state};
+use crate::datapath::skel::types::{
+    bpfipt_ct_entry, bpfipt_ct_key, bpfipt_ct_match, bpfipt_ct_status, bpfipt_ct_tcp_state, bpfipt_ctm_flags,
+};
 use crate::error::{Error, Result};
-use crate::model::Counters;
+use crate::model::{ConntrackMatch, Counters, CtDir, Inv, Ipv4Mask, PortRange};
 
 /// Name of the connection table map (and of its pin in the namespace's pin directory).
 pub const MAP_NAME: &str = "bpfipt_ct";
@@ -232,4 +235,63 @@ pub fn flush(pin_dir: &Path) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Encodes a `-m conntrack` match (`compile::Check::Conntrack`) as `struct bpfipt_ct_match`, the
+/// form `bpfipt_ct_match()` in `bpf/conntrack.h` evaluates.
+pub fn encode_match(m: &ConntrackMatch) -> bpfipt_ct_match {
+    let mut e = bpfipt_ct_match::default();
+    fn present(e: &mut bpfipt_ct_match, bit: bpfipt_ctm_flags, invert: bool) {
+        e.flags |= bit.0 as u16;
+        if invert {
+            e.invert |= bit.0 as u16;
+        }
+    }
+    if let Some(s) = m.state {
+        present(&mut e, bpfipt_ctm_flags::BPFIPT_CTM_STATE, s.invert);
+        e.state_mask = s.value;
+    }
+    if let Some(p) = m.proto {
+        present(&mut e, bpfipt_ctm_flags::BPFIPT_CTM_PROTO, p.invert);
+        e.proto = p.value;
+    }
+    let addrs: [(&Option<Inv<Ipv4Mask>>, bpfipt_ctm_flags); 4] = [
+        (&m.orig_src, bpfipt_ctm_flags::BPFIPT_CTM_ORIGSRC),
+        (&m.orig_dst, bpfipt_ctm_flags::BPFIPT_CTM_ORIGDST),
+        (&m.repl_src, bpfipt_ctm_flags::BPFIPT_CTM_REPLSRC),
+        (&m.repl_dst, bpfipt_ctm_flags::BPFIPT_CTM_REPLDST),
+    ];
+    for (i, (a, bit)) in addrs.into_iter().enumerate() {
+        if let Some(a) = a {
+            present(&mut e, bit, a.invert);
+            e.addr[i] = a.value.addr & a.value.mask;
+            e.mask[i] = a.value.mask;
+        }
+    }
+    let ports: [(&Option<Inv<PortRange>>, bpfipt_ctm_flags); 4] = [
+        (&m.orig_src_port, bpfipt_ctm_flags::BPFIPT_CTM_ORIGSRC_PORT),
+        (&m.orig_dst_port, bpfipt_ctm_flags::BPFIPT_CTM_ORIGDST_PORT),
+        (&m.repl_src_port, bpfipt_ctm_flags::BPFIPT_CTM_REPLSRC_PORT),
+        (&m.repl_dst_port, bpfipt_ctm_flags::BPFIPT_CTM_REPLDST_PORT),
+    ];
+    for (i, (p, bit)) in ports.into_iter().enumerate() {
+        if let Some(p) = p {
+            present(&mut e, bit, p.invert);
+            e.port_lo[i] = p.value.lo;
+            e.port_hi[i] = p.value.hi;
+        }
+    }
+    if let Some(s) = m.status {
+        present(&mut e, bpfipt_ctm_flags::BPFIPT_CTM_STATUS, s.invert);
+        e.status_mask = s.value;
+    }
+    if let Some(x) = m.expire {
+        present(&mut e, bpfipt_ctm_flags::BPFIPT_CTM_EXPIRES, x.invert);
+        (e.expire_lo, e.expire_hi) = x.value;
+    }
+    if let Some(d) = m.dir {
+        present(&mut e, bpfipt_ctm_flags::BPFIPT_CTM_DIRECTION, false);
+        e.dir_reply = (d == CtDir::Reply) as u8;
+    }
+    e
 }
