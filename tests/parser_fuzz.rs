@@ -1,8 +1,11 @@
 //! Parser robustness: random command lines and restore inputs, built from real option names,
-//! values, `!`, quotes and garbage, must never crash the binary. Every answer has to be one of
-//! iptables' exit codes (0-4) and never a panic, a signal or a hang.
+//! values, `!`, quotes and garbage, must never crash. Two layers:
 //!
-//! The binary runs as `iptables` / `iptables-restore` in one fresh network namespace per test
+//! * in process, no root: the parse layer (`parse::cmdline::parse`, and restore lines through
+//!   `parse::restore::classify` / `split_args` / `parse`) returns `Ok` or a typed error, never
+//!   panics;
+//! * the whole binary: every answer is one of iptables' exit codes (0-4), never a panic, a
+//!   signal or a hang. The binary runs as `iptables` / `iptables-restore` in one fresh network namespace per test
 //! (commands that parse successfully do change that namespace's ruleset, which is the point:
 //! later inputs meet a non-empty ruleset). Root is needed for that; without it the tests skip.
 //!
@@ -16,6 +19,7 @@ mod common;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
+use bpf_iptables::parse::{cmdline, restore};
 use common::{in_fresh_netns, Outcome, Session, Tools};
 
 const COMMANDS: &[&str] = &[
@@ -241,4 +245,63 @@ fn mutations_edit_words_and_lines() {
     assert_eq!(mutate(dump, &[(0, 0, 3, String::new())]), "-A INPUT -j DROP\nCOMMIT\n");
     assert_eq!(mutate(dump, &[(1, 3, 0, String::new())]), "*filter\n-A INPUT -j\nCOMMIT\n");
     assert_eq!(mutate(dump, &[(4, 1, 2, "!".into())]), "*filter\n-A ! -j DROP\nCOMMIT\n");
+}
+
+/// In-process runs are cheap: many more cases than through the binary.
+fn in_process_config() -> Config {
+    Config { cases: cases(300) * 10, failure_persistence: None, ..Config::default() }
+}
+
+#[test]
+fn parse_layer_never_panics_on_command_lines() {
+    let mut runner = TestRunner::new(in_process_config());
+    let result = runner.run(&argv(), |args| {
+        let _ = cmdline::parse(&args, false);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("cmdline::parse: {e}");
+    }
+}
+
+/// Feeds every line through the restore layers the way iptables-restore does: classify, split
+/// the rule words, parse them with the table prefixed.
+fn parse_restore_text(text: &str) {
+    let mut in_table = false;
+    for (i, line) in text.lines().enumerate() {
+        match restore::classify(line, in_table, i + 1) {
+            Ok(restore::Line::Table(_)) => in_table = true,
+            Ok(restore::Line::Commit) => in_table = false,
+            Ok(restore::Line::Chain { counters: Some(c), .. }) => {
+                let _ = restore::parse_counters(c);
+            }
+            Ok(restore::Line::Rule { rest, .. }) => {
+                if let Ok(words) = restore::split_args(rest) {
+                    let mut args = vec!["-t".to_string(), "filter".to_string()];
+                    args.extend(words);
+                    let _ = cmdline::parse(&args, true);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn parse_layer_never_panics_on_restore_input() {
+    let mut runner = TestRunner::new(in_process_config());
+    let random = runner.run(&restore_input(), |(_, body)| {
+        parse_restore_text(&body);
+        Ok(())
+    });
+    if let Err(e) = random {
+        panic!("restore parsing (random input): {e}");
+    }
+    let mutated = runner.run(&mutated_dump(), |body| {
+        parse_restore_text(&body);
+        Ok(())
+    });
+    if let Err(e) = mutated {
+        panic!("restore parsing (mutated dumps): {e}");
+    }
 }
