@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use crate::error::{param, Error, Result};
 use crate::model::{Chain, Counters, Inv, IpHeader, Ipv4Mask, Policy, Rule, Table, Target, MAX_CHAIN_NAME_LEN};
 use crate::output::list::{self, Format};
+use crate::output::target_name;
 use crate::output::save;
 use crate::parse::{Command, Invocation, RuleSpec, TargetSpec};
 
@@ -59,6 +60,17 @@ pub fn insert_user_chain(table: &mut Table, chain: Chain) {
 /// Resolves `-j`/`-g` against the table (iptables does this once the table is loaded).
 pub fn resolve_target(table: &Table, spec: &TargetSpec) -> Result<Target> {
     match spec {
+        TargetSpec::Final(t @ (Target::Reject(_) | Target::Log(_) | Target::Mark(_))) => {
+            // A user chain named like an extension target wins, as in iptables.
+            let name = target_name(t);
+            match find_chain(table, name) {
+                Some(_) => {
+                    eprintln!("Warning: using chain {name}, not extension");
+                    Ok(Target::Jump(name.to_string()))
+                }
+                None => Ok(t.clone()),
+            }
+        }
         TargetSpec::Final(t) => Ok(t.clone()),
         TargetSpec::Chain(n) => match find_chain(table, n) {
             Some(_) => Ok(Target::Jump(n.clone())),
