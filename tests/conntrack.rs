@@ -629,7 +629,7 @@ fn rng_bits(rng: &mut Rng, bits: &[u32]) -> u16 {
 /// The reference classifier's view of a lookup result.
 fn reference_packet(r: &bpfipt_ct_result) -> bpf_iptables::compile::reference::Packet {
     use bpf_iptables::compile::reference::{Conn as RefConn, Packet};
-    let conn = (r.state != INVALID).then(|| RefConn {
+    let conn = (r.state != INVALID).then_some(RefConn {
         proto: r.proto,
         orig: (r.orig.src, r.orig.dst, r.orig.sport, r.orig.dport),
         repl: (r.reply.src, r.reply.dst, r.reply.sport, r.reply.dport),
@@ -708,4 +708,42 @@ fn conntrack_match_agrees_with_reference() {
     }
     // The generator must exercise both outcomes.
     assert!(matched > total / 20 && matched < total - total / 20, "{matched} of {total} matched");
+}
+
+// ---- concurrency ---------------------------------------------------------------------------
+
+/// Runs the harness `repeat` times on `pkt` from the calling thread's CPU (through the raw
+/// syscall wrapper: the skeleton's program handle is not shareable between threads).
+fn test_run_raw(prog_fd: i32, pkt: &[u8], repeat: i32) {
+    let mut opts = libbpf_rs::libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: pkt.as_ptr().cast(),
+        data_size_in: pkt.len() as u32,
+        repeat,
+        ..Default::default()
+    };
+    // SAFETY: opts points at valid input for the duration of the call.
+    let rc = unsafe { libbpf_rs::libbpf_sys::bpf_prog_test_run_opts(prog_fd, &mut opts) };
+    assert_eq!(rc, 0, "bpf_prog_test_run_opts: {}", std::io::Error::last_os_error());
+    assert_eq!(opts.retval, XDP_PASS);
+}
+
+#[test]
+fn concurrent_updates_of_one_entry_lose_nothing() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let Some(mut h) = setup("concurrent_updates_of_one_entry_lose_nothing") else { return };
+    let orig = udp(CLIENT, 5353, SERVER, 53, 30);
+    let reply = udp(SERVER, 53, CLIENT, 5353, 30);
+    h.send(&orig);
+    h.send(&reply);
+    let fd = h.skel.progs.bpfipt_ct_test.as_fd().as_raw_fd();
+    const N: i32 = 20_000;
+    std::thread::scope(|s| {
+        for pkt in [&orig, &reply, &orig, &reply] {
+            s.spawn(move || test_run_raw(fd, pkt, N));
+        }
+    });
+    let c = h.only_conn();
+    assert_eq!(c.counters.map(|c| c.packets), [1 + 2 * N as u64, 1 + 2 * N as u64], "updates lost between CPUs");
+    assert_eq!(c.counters[0].bytes, (1 + 2 * N as u64) * 58);
 }

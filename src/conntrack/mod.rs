@@ -205,7 +205,7 @@ pub fn read_table(map: &MapHandle) -> anyhow::Result<Vec<Conn>> {
             conns.push(c);
         }
     }
-    conns.sort_by(|a, b| (a.proto, a.orig).cmp(&(b.proto, b.orig)));
+    conns.sort_by_key(|c| (c.proto, c.orig));
     Ok(conns)
 }
 
@@ -294,4 +294,96 @@ pub fn encode_match(m: &ConntrackMatch) -> bpfipt_ct_match {
         e.dir_reply = (d == CtDir::Reply) as u8;
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::skel::types::{bpfipt_counter, bpfipt_ct_tuple};
+    use crate::model::ct_state;
+
+    const NOW: u64 = 1_000 * 1_000_000_000;
+
+    fn entry(proto: u8, orig: (u32, u32, u16, u16), status: u32, secs_left: u64) -> bpfipt_ct_entry {
+        bpfipt_ct_entry {
+            expires: NOW + secs_left * 1_000_000_000 + 500_000_000,
+            proto,
+            orig: bpfipt_ct_tuple { src: orig.0, dst: orig.1, sport: orig.2, dport: orig.3 },
+            status: status as u16,
+            acct: [bpfipt_counter { packets: 2, bytes: 168 }, bpfipt_counter { packets: 1, bytes: 84 }],
+            ..Default::default()
+        }
+    }
+
+    fn decode(e: &bpfipt_ct_entry) -> Option<Conn> {
+        Conn::decode(crate::store::pod::bytes_of(e), NOW).expect("decodes")
+    }
+
+    const A: u32 = 0xc612_0001; // 198.18.0.1
+    const B: u32 = 0xc612_0002;
+
+    #[test]
+    fn tcp_line() {
+        let mut e = entry(6, (A, B, 40000, 22), bpfipt_ct_status::BPFIPT_CT_S_SEEN_REPLY.0 | bpfipt_ct_status::BPFIPT_CT_S_ASSURED.0, 431999);
+        e.tcp_state = bpfipt_ct_tcp_state::BPFIPT_TCP_ESTABLISHED.0 as u8;
+        assert_eq!(
+            decode(&e).map(|c| c.to_string()).as_deref(),
+            Some(
+                "tcp      6 431999 ESTABLISHED src=198.18.0.1 dst=198.18.0.2 sport=40000 dport=22 packets=2 bytes=168 \
+                 src=198.18.0.2 dst=198.18.0.1 sport=22 dport=40000 packets=1 bytes=84 [ASSURED] mark=0 use=1"
+            )
+        );
+    }
+
+    #[test]
+    fn icmp_gre_and_generic_lines() {
+        let icmp = entry(1, (A, B, 77, 13 << 8), bpfipt_ct_status::BPFIPT_CT_S_SEEN_REPLY.0, 29);
+        assert_eq!(
+            decode(&icmp).map(|c| c.to_string()).as_deref(),
+            Some(
+                "icmp     1 29 src=198.18.0.1 dst=198.18.0.2 type=13 code=0 id=77 packets=2 bytes=168 \
+                 src=198.18.0.2 dst=198.18.0.1 type=14 code=0 id=77 packets=1 bytes=84 mark=0 use=1"
+            )
+        );
+        let gre = entry(47, (A, B, 0, 0), 0, 29);
+        assert!(decode(&gre).map(|c| c.to_string()).is_some_and(|l| l.starts_with(
+            "gre      47 29 src=198.18.0.1 dst=198.18.0.2 srckey=0x0 dstkey=0x0 packets=2 bytes=168 [UNREPLIED] "
+        )));
+        let esp = entry(50, (A, B, 0, 0), 0, 599);
+        assert!(decode(&esp).map(|c| c.to_string()).is_some_and(|l| l
+            .starts_with("unknown  50 599 src=198.18.0.1 dst=198.18.0.2 packets=2 bytes=168 [UNREPLIED] src=")));
+    }
+
+    #[test]
+    fn expired_entries_decode_to_none() {
+        let mut e = entry(17, (A, B, 1, 2), 0, 0);
+        e.expires = NOW;
+        assert_eq!(decode(&e), None);
+        assert!(Conn::decode(&[0u8; 3], NOW).is_err());
+    }
+
+    #[test]
+    fn match_encoding() {
+        let m = ConntrackMatch {
+            state: Some(Inv { value: ct_state::ESTABLISHED | ct_state::RELATED, invert: false }),
+            orig_src: Some(Inv { value: Ipv4Mask::new(A, 0xffff_ff00), invert: true }),
+            repl_dst_port: Some(Inv { value: PortRange { lo: 1024, hi: 65535 }, invert: false }),
+            expire: Some(Inv { value: (10, 20), invert: true }),
+            dir: Some(CtDir::Reply),
+            ..Default::default()
+        };
+        let e = encode_match(&m);
+        let f = |b: bpfipt_ctm_flags| b.0 as u16;
+        assert_eq!(
+            e.flags,
+            f(bpfipt_ctm_flags::BPFIPT_CTM_STATE)
+                | f(bpfipt_ctm_flags::BPFIPT_CTM_ORIGSRC)
+                | f(bpfipt_ctm_flags::BPFIPT_CTM_REPLDST_PORT)
+                | f(bpfipt_ctm_flags::BPFIPT_CTM_EXPIRES)
+                | f(bpfipt_ctm_flags::BPFIPT_CTM_DIRECTION)
+        );
+        assert_eq!(e.invert, f(bpfipt_ctm_flags::BPFIPT_CTM_ORIGSRC) | f(bpfipt_ctm_flags::BPFIPT_CTM_EXPIRES));
+        assert_eq!((e.state_mask, e.addr[0], e.mask[0]), (0b110, 0xc612_0000, 0xffff_ff00));
+        assert_eq!((e.port_lo[3], e.port_hi[3], e.expire_lo, e.expire_hi, e.dir_reply), (1024, 65535, 10, 20, 1));
+    }
 }
