@@ -908,8 +908,7 @@ fn parse_wait_time(optarg: Option<String>, next: impl FnOnce() -> Option<String>
 fn parse_wait_interval(optarg: Option<String>, next: impl FnOnce() -> Option<String>) -> Result<()> {
     let a = optarg.or_else(next).ok_or_else(|| param("wait interval value required"))?;
     // sscanf("%u") also takes a sign; a negative value wraps and is then "too long".
-    let usec = scan_int(&a).filter(|_| !a.trim_start().starts_with("0x")).or_else(|| scan_u64(&a).map(|v| v as i64));
-    match usec {
+    match scan_u64(&a) {
         Some(u) => {
             let u = u as u32;
             if u > 999_999 {
