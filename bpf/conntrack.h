@@ -3,11 +3,12 @@
  * Connection tracking for the datapath: the connection table (pinned maps) and the two calls the
  * datapath makes per packet. Follows netfilter's nf_conntrack (IPv4) closely enough that
  * `-m conntrack`/`-m state` rules give the same verdicts. Self-contained: needs only vmlinux.h,
- * bpf_helpers.h and the conntrack section of bpf_iptables.h.
+ * libbpf's bpf_helpers.h/bpf_endian.h and the conntrack section of bpf_iptables.h.
  *
  * How the datapath uses it:
  *
  *   struct bpfipt_ct_pkt p = { ... };      // from the parsed packet, host byte order
+ *   (ICMP: bpfipt_ct_parse_icmp(&p, icmp_header, data_end) fills the ICMP fields)
  *   struct bpfipt_ct_result r;
  *   bpfipt_ct_lookup(&p, &r);              // r.state: the packet's ct state, r.*: the entry
  *   ... classify (CtState field = r.state, Check::Conntrack on r) ...
@@ -66,6 +67,7 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "bpf_iptables.h"
 
 struct {
@@ -813,6 +815,67 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	bpf_spin_unlock(&lk->lock);
 	if (kill)
 		bpf_map_delete_elem(&bpfipt_ct, &r->key);
+}
+
+/* Ports, or for ICMP type/code/identifier, of a quoted transport header at `l4`; returns 0
+ * when it is truncated. */
+static __always_inline int ct_parse_inner_l4(struct bpfipt_ct_pkt *p, void *l4, void *data_end,
+					     __u8 proto)
+{
+	if (proto == IPPROTO_ICMP) {
+		struct icmphdr *ih = l4;
+
+		if ((void *)(ih + 1) > data_end)
+			return 0;
+		p->inner_icmp_type = ih->type;
+		p->inner_icmp_code = ih->code;
+		p->inner_sport = bpf_ntohs(ih->un.echo.id);
+		return 1;
+	}
+	if (ct_port_proto(proto)) {
+		__be16 *ports = l4;
+
+		if ((void *)(ports + 2) > data_end)
+			return 0;
+		p->inner_sport = bpf_ntohs(ports[0]);
+		p->inner_dport = bpf_ntohs(ports[1]);
+	}
+	return 1;
+}
+
+/*
+ * Fills the ICMP part of `p` from the ICMP header at `icmp` (in a linear packet window ending
+ * at `data_end`): type, code, the identifier of queries (sport), and for errors the quoted
+ * packet's addresses, protocol and ports (inner_*). Sets p->l4_ok when everything the
+ * tracker needs is present. The caller sets p->proto = IPPROTO_ICMP.
+ */
+static __always_inline void bpfipt_ct_parse_icmp(struct bpfipt_ct_pkt *p, void *icmp,
+						 void *data_end)
+{
+	struct icmphdr *ih = icmp;
+	struct iphdr *in;
+	__u32 in_ihl;
+
+	p->l4_ok = 0;
+	if ((void *)(ih + 1) > data_end)
+		return;
+	p->icmp_type = ih->type;
+	p->icmp_code = ih->code;
+	if (!ct_icmp_is_error(ih->type)) {
+		p->sport = bpf_ntohs(ih->un.echo.id);
+		p->l4_ok = 1;
+		return;
+	}
+	in = (void *)(ih + 1);
+	if ((void *)(in + 1) > data_end)
+		return;
+	in_ihl = in->ihl * 4;
+	if (in_ihl < sizeof(*in) || in_ihl > 60)
+		return;
+	p->inner_saddr = bpf_ntohl(in->saddr);
+	p->inner_daddr = bpf_ntohl(in->daddr);
+	p->inner_proto = in->protocol;
+	p->l4_ok = ct_parse_inner_l4(p, (void *)in + in_ihl, data_end, in->protocol);
 }
 
 static __always_inline int ct_in_range(__u32 v, __u32 lo, __u32 hi)

@@ -27,31 +27,6 @@ struct bpfipt_ct_pkt ct_test_pkt;
 struct bpfipt_ct_result ct_test_result;
 __u32 ct_test_matched;
 
-/* Ports (or the ICMP fields) of a transport header at `l4`; returns 0 when truncated. */
-static __always_inline int ct_test_l4(void *l4, void *end, __u8 proto, __u16 *sport, __u16 *dport,
-				      __u8 *type, __u8 *code)
-{
-	if (proto == IPPROTO_ICMP) {
-		struct icmphdr *ih = l4;
-
-		if ((void *)(ih + 1) > end)
-			return 0;
-		*type = ih->type;
-		*code = ih->code;
-		*sport = bpf_ntohs(ih->un.echo.id);
-		return 1;
-	}
-	if (ct_port_proto(proto)) {
-		__be16 *ports = l4;
-
-		if ((void *)(ports + 2) > end)
-			return 0;
-		*sport = bpf_ntohs(ports[0]);
-		*dport = bpf_ntohs(ports[1]);
-	}
-	return 1;
-}
-
 SEC("xdp")
 int bpfipt_ct_test(struct xdp_md *ctx)
 {
@@ -97,27 +72,18 @@ int bpfipt_ct_test(struct xdp_md *ctx)
 			p.payload_len = p.ip_len - ihl - doff;
 			p.l4_ok = doff >= sizeof(*th) && l4 + doff <= end && ihl + doff <= p.ip_len;
 		}
-	} else {
-		p.l4_ok = ct_test_l4(l4, end, p.proto, &p.sport, &p.dport, &p.icmp_type,
-				     &p.icmp_code);
-		if (p.l4_ok && p.proto == IPPROTO_ICMP && ct_icmp_is_error(p.icmp_type)) {
-			/* the quoted packet: its IP header and first 8 transport bytes */
-			struct iphdr *in = l4 + sizeof(struct icmphdr);
-			__u32 in_ihl;
+	} else if (p.proto == IPPROTO_ICMP) {
+		bpfipt_ct_parse_icmp(&p, l4, end);
+	} else if (ct_port_proto(p.proto)) {
+		__be16 *ports = l4;
 
-			p.l4_ok = 0;
-			if ((void *)(in + 1) <= end) {
-				in_ihl = in->ihl * 4;
-				if (in_ihl >= sizeof(*in) && in_ihl <= 60) {
-					p.inner_saddr = bpf_ntohl(in->saddr);
-					p.inner_daddr = bpf_ntohl(in->daddr);
-					p.inner_proto = in->protocol;
-					p.l4_ok = ct_test_l4((void *)in + in_ihl, end, in->protocol,
-							     &p.inner_sport, &p.inner_dport,
-							     &p.inner_icmp_type, &p.inner_icmp_code);
-				}
-			}
+		if ((void *)(ports + 2) <= end) {
+			p.sport = bpf_ntohs(ports[0]);
+			p.dport = bpf_ntohs(ports[1]);
+			p.l4_ok = 1;
 		}
+	} else {
+		p.l4_ok = 1;
 	}
 
 	bpfipt_ct_lookup(&p, &r);
