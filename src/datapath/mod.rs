@@ -446,3 +446,55 @@ pub fn stats(pin_dir: &Path) -> Result<skel::types::bpfipt_stats> {
         steps_exhausted: sum[4],
     })
 }
+
+/// `bpf-iptables --watch`: waits for interfaces and IPv4 addresses to appear or change in this
+/// namespace (rtnetlink link and address groups) and brings the datapath up to date after each
+/// burst of events. `live` returns the live ruleset (None when it is pass-all: nothing to
+/// attach); it is called for every update so that rule changes in between are seen. Runs
+/// until an error.
+pub fn watch(pin_dir: &Path, mut live: impl FnMut() -> Result<Option<Compiled>>) -> Result<()> {
+    const RTMGRP_LINK: u32 = 1;
+    const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+    // SAFETY: plain socket(2); owned right away.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("opening an rtnetlink socket");
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed sockaddr_nl is valid; fields set below.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR;
+    // SAFETY: sa is a properly sized sockaddr_nl.
+    let rc = unsafe {
+        libc::bind(sock.as_raw_fd(), (&sa as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("subscribing to interface events");
+    }
+    let update = |live: &mut dyn FnMut() -> Result<Option<Compiled>>| -> Result<()> {
+        match live()? {
+            Some(c) => attach_new_interfaces(pin_dir, &c),
+            None => Ok(()),
+        }
+    };
+    update(&mut live)?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            // ENOBUFS: events were lost; a full update below covers them.
+            if e.raw_os_error() != Some(libc::ENOBUFS) && e.kind() != io::ErrorKind::Interrupted {
+                return Err(e).context("reading interface events");
+            }
+        }
+        // Let a burst (a veth pair with addresses) settle, then drain it.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // SAFETY: as above, non-blocking drain.
+        while unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) } > 0 {}
+        update(&mut live)?;
+    }
+}
