@@ -6,16 +6,26 @@
 //! Printing has two forms: `save` (the text `-S` and `iptables-save` print after `-m NAME`, or
 //! after `-j NAME` for targets) and `list` (the text in the last column of `-L`).
 
+pub mod addrtype;
 pub mod comment;
 pub mod conntrack;
+pub mod dscp;
+pub mod icmp;
 pub mod iprange;
+pub mod length;
+pub mod limit;
 pub mod log;
+pub mod mac;
 pub mod mark;
 pub mod mark_target;
 pub mod multiport;
+pub mod pkttype;
 pub mod reject;
 pub mod state;
+pub mod statistic;
 pub mod tcp;
+pub mod tos;
+pub mod ttl;
 pub mod udp;
 pub mod util;
 pub mod xtopt;
@@ -101,7 +111,11 @@ pub struct TargetDef {
 }
 
 /// All match extensions we support, by name.
-pub static MATCHES: &[&MatchDef] = &[&tcp::DEF, &udp::DEF, &comment::DEF, &mark::DEF, &multiport::DEF, &conntrack::DEF, &state::DEF, &iprange::DEF];
+pub static MATCHES: &[&MatchDef] = &[
+    &tcp::DEF, &udp::DEF, &comment::DEF, &mark::DEF, &multiport::DEF, &conntrack::DEF, &state::DEF, &iprange::DEF,
+    &icmp::DEF, &addrtype::DEF, &length::DEF, &ttl::DEF, &mac::DEF, &pkttype::DEF, &limit::DEF, &tos::DEF, &dscp::DEF,
+    &statistic::DEF,
+];
 
 /// All target extensions we support, by name.
 pub static TARGETS: &[&TargetDef] = &[&reject::DEF, &log::DEF, &mark_target::DEF];
