@@ -190,7 +190,7 @@ pub fn rule_line(out: &mut String, rule: &Rule, num: usize, f: &Format) {
         out.push_str("[goto] ");
     }
     for m in &rule.matches {
-        extension_text(out, |s| (ext::def_of_match(m).list)(m, f.numeric, s));
+        extension_text(out, |s| ext::list_match(m, &rule.ip, f.numeric, s));
     }
     if let Some(def) = target_def(&rule.target) {
         extension_text(out, |s| (def.list)(&rule.target, f.numeric, s));
