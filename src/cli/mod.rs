@@ -104,6 +104,20 @@ fn table_kind(name: &str) -> Result<TableKind> {
     })
 }
 
+/// Whether opening the store failed for lack of privilege (iptables reports that as its
+/// "can't initialize table" error, which callers recognise).
+pub fn permission_denied(e: &Error) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let denied = match e {
+        Error::Other(a) => a.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        }),
+        _ => false,
+    };
+    denied || !root && matches!(e, Error::Other(_))
+}
+
 /// Refusal for a table whose rules the datapath cannot enforce.
 pub fn unsupported_table(kind: TableKind) -> Error {
     param(format!(
@@ -195,7 +209,13 @@ fn run(inv: &Invocation) -> Result<()> {
     {
         return Err(unsupported_table(kind));
     }
-    let mut store = Store::open(inv.wait)?;
+    let mut store = Store::open(inv.wait).map_err(|e| {
+        if permission_denied(&e) {
+            Error::Table(format!("can't initialize iptables table `{}': Permission denied (you must be root)", inv.table))
+        } else {
+            e
+        }
+    })?;
     let mut rs = store.load()?;
     if matches!(inv.command, Command::List { .. }) {
         store.load_counters(&mut rs)?;
@@ -261,7 +281,13 @@ fn save_main(args: &[String]) -> Result<i32> {
         },
         None => Vec::new(),
     };
-    let mut store = Store::open(LockWait::Block)?;
+    let mut store = Store::open(LockWait::Block).map_err(|e| {
+        if permission_denied(&e) {
+            Error::StateBare(format!("{}: Cannot initialize: Permission denied (you must be root)", version_line("iptables-save")))
+        } else {
+            e
+        }
+    })?;
     let mut rs = store.load()?;
     store.load_counters(&mut rs)?;
     drop(store);

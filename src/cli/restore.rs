@@ -186,7 +186,13 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                     continue;
                 }
                 if store.is_none() {
-                    let mut s = Store::open(flags.wait).map_err(|e| Failure::at(e, lineno))?;
+                    let mut s = Store::open(flags.wait).map_err(|e| {
+                        if super::permission_denied(&e) {
+                            Failure::at(param(format!("{PROG}: unable to initialize table '{name}'")), lineno)
+                        } else {
+                            Failure::at(e, lineno)
+                        }
+                    })?;
                     rs = s.load().map_err(|e| Failure::at(e, lineno))?;
                     store = Some(s);
                 }
