@@ -27,13 +27,13 @@ pub struct Effects {
     pub policy_counters: Vec<(String, Counters)>,
 }
 
-pub fn state(msg: &str) -> Error {
+fn state(msg: &str) -> Error {
     Error::State(msg.to_string())
 }
 
-pub const NO_CHAIN: &str = "No chain/target/match by that name.";
-pub const BAD_RULE: &str = "Bad rule (does a matching rule exist in that chain?).";
-pub const EINVAL: &str = "Invalid argument. Run `dmesg' for more information.";
+const NO_CHAIN: &str = "No chain/target/match by that name.";
+const BAD_RULE: &str = "Bad rule (does a matching rule exist in that chain?).";
+const EINVAL: &str = "Invalid argument. Run `dmesg' for more information.";
 
 /// Index of chain `name`: built-ins are few and first, user chains are kept sorted, so this
 /// is a short scan plus a binary search (restores of thousands of chains stay fast).
@@ -58,7 +58,7 @@ pub fn insert_user_chain(table: &mut Table, chain: Chain) {
 }
 
 /// Resolves `-j`/`-g` against the table (iptables does this once the table is loaded).
-pub fn resolve_target(table: &Table, spec: &TargetSpec) -> Result<Target> {
+fn resolve_target(table: &Table, spec: &TargetSpec) -> Result<Target> {
     match spec {
         TargetSpec::Final(t @ (Target::Reject(_) | Target::Log(_) | Target::Mark(_))) => {
             // A user chain named like an extension target wins, as in iptables.
@@ -89,7 +89,7 @@ fn addr(m: Ipv4Mask, invert: bool) -> Option<Inv<Ipv4Mask>> {
 }
 
 /// The rules a spec stands for: one per source x destination, in iptables' order.
-pub fn expand(table: &Table, spec: &RuleSpec) -> Result<Vec<Rule>> {
+fn expand(table: &Table, spec: &RuleSpec) -> Result<Vec<Rule>> {
     let target = resolve_target(table, &spec.target)?;
     let any = [Ipv4Mask::ANY];
     let srcs = if spec.srcs.is_empty() { &any[..] } else { &spec.srcs[..] };
