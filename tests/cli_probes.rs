@@ -341,6 +341,28 @@ const DIFFERENTIAL: &[&[&str]] = &[
         "IPT -A INPUT -p tcp -m comment --comment x --dport 23 -m udp",
         "IPT -S INPUT",
     ],
+    &[
+        "IPT -A INPUT -m comment --comment x -p tcp --dport 22",
+        "IPT -A INPUT -p tcp --dport 22 -m tcp --sport 1",
+        "IPT -A INPUT -p tcp -m tcp --dport 22 --sport 1 --dp 3",
+        "IPT -A INPUT -p tcp -m tcp --dport 22 --sport 1",
+        "IPT -A INPUT -m tcp -p tcp --dp 4",
+        "IPT -A INPUT -p tcp -m udp --dport 5",
+        "IPT -A INPUT -p udp -m multiport --dports 1,2 --dport 5",
+        "IPT -A INPUT -p udp -m multiport --dport 5",
+        "IPT -A INPUT -p icmp --icmp-type 8 -m limit --limit 1/s -m icmp --icmp-type 0",
+        "IPT -A INPUT -m conntrack --ctstate NEW --state NEW",
+        "IPT -A INPUT -m state --state NEW -m conntrack --ctstate NEW -j LOG --log-level 3 --log-prefix p",
+        "IPT -A INPUT -p 6 --syn -j REJECT --reject-with tcp-reset",
+        "IPT -A INPUT -p tcp ! --syn -m mark --mark 1/0xff -j MARK --set-mark 2",
+        "IPT -A INPUT -j LOG --log-prefix x -m comment --comment after-target",
+        "IPT -A INPUT -p tcp -m tcp ! --dport 1:1023 --tcp-flags SYN,ACK SYN",
+        "IPT -C INPUT -p tcp -m tcp ! --dport 1:1023 --tcp-flags SYN,ACK SYN",
+        "IPT -D INPUT -p tcp --tcp-flags SYN,ACK SYN ! --dport 1:1023",
+        "IPT -S INPUT",
+        "IPT -L INPUT",
+        "IPT -L INPUT -n -v",
+    ],
 ];
 
 /// Restore inputs run against both, each followed by `iptables-save -c -t filter`.
