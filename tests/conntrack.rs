@@ -539,7 +539,7 @@ fn flush_empties_a_pinned_table() {
     let mut h = Harness::new(None);
     handshake(&mut h);
     h.send(&udp(CLIENT, 5353, SERVER, 53, 30));
-    let pin_dir = std::path::Path::new("/sys/fs/bpf").join(format!("bpfipt-ct-test-{}", std::process::id()));
+    let pin_dir = bpf_iptables::store::pin_root().expect("bpffs").join(format!("bpfipt-ct-test-{}", std::process::id()));
     std::fs::create_dir_all(&pin_dir).expect("pin dir on bpffs");
     struct Unpin(std::path::PathBuf);
     impl Drop for Unpin {

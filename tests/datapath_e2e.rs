@@ -46,7 +46,7 @@ impl Topo {
             s: format!("bpfipt-{purpose}-{id}-s"),
             f: format!("bpfipt-{purpose}-{id}-f"),
             r: format!("bpfipt-{purpose}-{id}-r"),
-            pins: PathBuf::from(format!("/sys/fs/bpf/bpfipt-e2e-{purpose}-{id}")),
+            pins: bpf_iptables::store::pin_root().expect("bpffs").join(format!("bpfipt-e2e-{purpose}-{id}")),
             servers: Mutex::new(Vec::new()),
         };
         for ns in [&t.s, &t.f, &t.r] {

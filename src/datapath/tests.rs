@@ -2,7 +2,7 @@
 //! TC ingress and TC egress programs, verdicts, replies, counters and LOG events. Each test
 //! runs in a network namespace of its own (unshare on the test thread; commands it spawns
 //! inherit it) with two veth pairs, and pins under a directory of its own on
-//! /sys/fs/bpf; without root they skip.
+//! the shared bpffs (`store::pin_root`); without root they skip.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -64,7 +64,7 @@ impl Env {
             sh(&["ip", "link", "set", peer, "up"]);
         }
         sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        let dir = PathBuf::from(format!("/sys/fs/bpf/bpfipt-test-{}-{name}", std::process::id()));
+        let dir = crate::store::pin_root().expect("bpffs").join(format!("bpfipt-test-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("pin dir");
         let progs = load_programs(&dir).expect("programs load and verify");

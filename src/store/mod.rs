@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::model::{Counters, Ruleset};
 
 pub use lock::LockWait;
-pub use pins::{gc_stale, netns_cookie, PIN_ROOT_ENV};
+pub use pins::{bpffs_root as pin_root, gc_stale, netns_cookie, PIN_ROOT_ENV};
 
 /// An open store: the lock is held until it is dropped.
 pub struct Store {
@@ -69,6 +69,7 @@ impl Store {
 
 /// Compiles the ruleset and hands it to the datapath. Called by a commit after the new model is
 /// written but before it is made live, so a ruleset the datapath refuses is never stored.
-fn enforce(_dir: &std::path::Path, _rs: &Ruleset) -> Result<()> {
-    Ok(())
+fn enforce(dir: &std::path::Path, rs: &Ruleset) -> Result<()> {
+    let compiled = crate::compile::compile(rs)?;
+    Ok(crate::datapath::apply(dir, &compiled, rs.is_pass_all())?)
 }

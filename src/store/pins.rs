@@ -2,11 +2,12 @@
 //!
 //! Where pins live: a bpffs must outlive every invocation and be the same one whichever mount
 //! namespace we run in. `ip netns exec` gives each command a private mount namespace with /sys
-//! remounted, so a bpffs mounted there would vanish with the command. We therefore always use the
-//! bpffs of the initial mount namespace (`/proc/1/root/sys/fs/bpf`), mounting it there first if
-//! nothing is mounted (entering pid 1's mount namespace for the mount when we are elsewhere).
+//! remounted, so /sys/fs/bpf there is empty and a bpffs mounted inside would vanish with the
+//! command. We use a bpffs at `/run/bpf-iptables` of the outermost mount namespace we can reach
+//! (our oldest readable ancestor's), mounting it there on first use, and reach it from a private
+//! namespace through a directory fd opened while inside the outer one.
 //!
-//! Which directory: `bpf-iptables/ns-<cookie>`, where the cookie is the network namespace's
+//! Which directory: `ns-<cookie>`, where the cookie is the network namespace's
 //! `SO_NETNS_COOKIE`. Unlike an inode number it is never reused during a boot, so a new namespace
 //! can never inherit a dead one's rules.
 //!
@@ -63,7 +64,7 @@ impl Pins {
     pub fn open_or_create() -> Result<Pins> {
         let root = bpffs_root()?;
         let cookie = netns_cookie().context("reading the network namespace cookie")?;
-        let dir = root.join("bpf-iptables").join(format!("ns-{cookie}"));
+        let dir = root.join(format!("ns-{cookie}"));
         if !dir.join("bpfipt_meta").exists() {
             create_pins(&dir, cookie).with_context(|| format!("creating pinned maps in {}", dir.display()))?;
         }
@@ -327,66 +328,107 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe { st.assume_init() }.f_type as i64 == BPF_FS_MAGIC
 }
 
-/// The bpffs directory shared by every mount namespace (see the module doc).
-fn bpffs_root() -> Result<PathBuf> {
+/// Where the shared bpffs is mounted, in the outermost mount namespace we can reach.
+const PIN_ROOT: &str = "/run/bpf-iptables";
+
+/// The bpffs directory shared by every mount namespace (see the module doc). Computed once per
+/// process: the answer may hold a directory fd that must stay open.
+pub fn bpffs_root() -> Result<PathBuf> {
+    static ROOT: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| find_bpffs_root().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| Error::Other(anyhow!("{e}")))
+}
+
+fn find_bpffs_root() -> anyhow::Result<PathBuf> {
     if let Some(root) = std::env::var_os(PIN_ROOT_ENV) {
         return Ok(PathBuf::from(root));
     }
-    let same_mntns = same_mount_ns().unwrap_or(true);
-    let root = if same_mntns { PathBuf::from("/sys/fs/bpf") } else { PathBuf::from("/proc/1/root/sys/fs/bpf") };
-    if is_bpffs(&root) {
-        return Ok(root);
+    let here = Path::new(PIN_ROOT);
+    if is_bpffs(here) {
+        return Ok(here.to_path_buf());
     }
-    mount_bpffs_in_init_ns(same_mntns).map_err(|e| {
-        Error::Other(anyhow!(
-            "no bpffs at /sys/fs/bpf and mounting one failed ({e}); mount it with `mount -t bpf bpf /sys/fs/bpf`"
-        ))
-    })?;
-    if !is_bpffs(&root) {
-        return Err(Error::Other(anyhow!("mounted bpffs at /sys/fs/bpf but {} is still not bpffs", root.display())));
-    }
-    Ok(root)
-}
-
-fn same_mount_ns() -> io::Result<bool> {
-    let mine = fs::metadata("/proc/self/ns/mnt")?;
-    let init = fs::metadata("/proc/1/ns/mnt")?;
-    Ok(mine.ino() == init.ino() && mine.dev() == init.dev())
-}
-
-fn mount_bpffs_in_init_ns(same_mntns: bool) -> anyhow::Result<()> {
-    let do_mount = || -> anyhow::Result<()> {
-        let target = c"/sys/fs/bpf";
-        // SAFETY: constant NUL-terminated strings; no data argument.
-        let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
-        if rc != 0 {
-            bail!(io::Error::last_os_error());
+    match outer_mount_ns()? {
+        // We are the outermost namespace we can see: mount here, every later `ip netns exec`
+        // copies this mount.
+        None => {
+            mount_bpffs(here)?;
+            Ok(here.to_path_buf())
         }
-        Ok(())
-    };
-    if same_mntns {
-        return do_mount();
+        // A private mount namespace (`ip netns exec`): a bpffs mounted here would die with us.
+        // Mount (or find) it in the outer namespace and reach it through a directory fd, which
+        // stays valid after we return to our own namespace.
+        Some(outer) => {
+            let back = fs::File::open("/proc/self/ns/mnt")?;
+            setns_mnt(&outer).context("entering the outer mount namespace")?;
+            let res = (|| -> anyhow::Result<fs::File> {
+                if !is_bpffs(here) {
+                    mount_bpffs(here)?;
+                }
+                Ok(fs::File::open(here)?)
+            })();
+            setns_mnt(&back).context("returning to our mount namespace")?;
+            let dir = res?;
+            if is_bpffs(here) {
+                return Ok(here.to_path_buf()); // the mount propagated to us
+            }
+            let fd = dir.as_raw_fd();
+            std::mem::forget(dir); // the path below refers to it for the rest of the process
+            Ok(PathBuf::from(format!("/proc/self/fd/{fd}")))
+        }
     }
-    // Enter pid 1's mount namespace for the mount, then come back. setns(CLONE_NEWNS) needs a
-    // single-threaded caller, which the CLI is at this point.
-    let back = fs::File::open("/proc/self/ns/mnt")?;
-    let init = fs::File::open("/proc/1/ns/mnt")?;
-    // SAFETY: valid namespace fds.
-    if unsafe { libc::setns(init.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-        bail!("entering the initial mount namespace: {}", io::Error::last_os_error());
+}
+
+/// The mount namespace of our outermost readable ancestor, if it differs from ours. (pid 1's
+/// may not be readable, e.g. in a VM or container whose init is not dumpable.)
+fn outer_mount_ns() -> anyhow::Result<Option<fs::File>> {
+    let mine = fs::metadata("/proc/self/ns/mnt")?;
+    let mut pid = std::process::id();
+    let mut outer: Option<u32> = None;
+    while pid > 1 {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { break };
+        // The parent pid is the second field after the parenthesised command name.
+        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) else { break };
+        let Ok(ppid) = ppid.parse::<u32>() else { break };
+        if ppid <= 1 || fs::metadata(format!("/proc/{ppid}/ns/mnt")).is_err() {
+            break;
+        }
+        outer = Some(ppid);
+        pid = ppid;
     }
-    let res = do_mount();
-    // SAFETY: valid namespace fd.
-    if unsafe { libc::setns(back.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-        bail!("returning to our mount namespace: {}", io::Error::last_os_error());
+    let Some(outer) = outer else { return Ok(None) };
+    let path = format!("/proc/{outer}/ns/mnt");
+    let md = fs::metadata(&path)?;
+    if md.ino() == mine.ino() && md.dev() == mine.dev() {
+        return Ok(None);
     }
-    res
+    Ok(Some(fs::File::open(path)?))
+}
+
+fn setns_mnt(ns: &fs::File) -> anyhow::Result<()> {
+    // SAFETY: valid namespace fd. setns(CLONE_NEWNS) needs a single-threaded caller, which the
+    // CLI is when it opens the store.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        bail!(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn mount_bpffs(target: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let c = CString::new(target.as_os_str().as_encoded_bytes())?;
+    // SAFETY: NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), c.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        bail!("mounting bpffs at {}: {}", target.display(), io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Removes pin directories of namespaces that no longer exist. A namespace is alive while a
 /// process or a bind mount (`/run/netns/*`) holds it; we collect the cookies of all of those.
 pub fn gc_stale() -> anyhow::Result<Vec<PathBuf>> {
-    let root = bpffs_root()?.join("bpf-iptables");
+    let root = bpffs_root()?;
     let Ok(entries) = fs::read_dir(&root) else { return Ok(Vec::new()) };
     let live = live_netns_cookies()?;
     let mut removed = Vec::new();
