@@ -6,6 +6,7 @@
 //! give them rules, user chains or a DROP policy is refused with exit 2 rather than accepted and
 //! ignored.
 
+pub mod admin;
 pub mod exec;
 pub mod help;
 pub mod restore;
@@ -83,6 +84,14 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     }
     let rest = &args[1..];
+    if who == Personality::Iptables && args[0].rsplit('/').next() == Some("bpf-iptables") {
+        if let Some(result) = admin::run(rest) {
+            return result.unwrap_or_else(|e| {
+                eprint!("{}", e.render("bpf-iptables"));
+                e.exit_code()
+            });
+        }
+    }
     let result = match who {
         Personality::Iptables => iptables_main(rest),
         Personality::Save => save_main(rest),
