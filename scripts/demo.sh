@@ -105,6 +105,10 @@ report() {
   printf '  %-58s %-10s (expected %s) %s\n' "$1" "$3" "$2" "$mark"
 }
 
+# LOG lines: a follower prints them (as the kernel's LOG target would) into a file we show later.
+ip netns exec "$FW" "$bin" --log-follow --stdout > "$links/log.txt" 2>&1 & pids+=($!)
+sleep 0.2
+
 echo "== traffic"
 try_ping "client -> firewall ping (INPUT accepts echo-request)" 198.18.0.1 replied
 try_tcp  "client -> firewall tcp/22 (INPUT accepts)" 198.18.0.2 198.18.0.1 22 connected
@@ -116,6 +120,9 @@ try_tcp  "client -> server tcp/8080 (FORWARD accepts)" 198.18.0.2 198.18.1.2 808
 try_tcp  "client -> server tcp/9090 (FORWARD: LOG, then policy DROP)" 198.18.0.2 198.18.1.2 9090 timeout
 try_tcp  "client .66 -> server tcp/8080 (CLIENTS drops .66)" 198.18.0.66 198.18.1.2 8080 timeout
 
+echo "== LOG lines (bpf-iptables --log-follow --stdout; without --stdout they go to the kernel log)"
+sleep 0.3
+sed 's/^/  /' "$links/log.txt"
 echo "== counters (iptables -L -n -v)"
 fw iptables -L -n -v
 if [ "$failures" -gt 0 ]; then

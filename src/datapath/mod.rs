@@ -9,7 +9,9 @@
 //! * `links/{xdp,tci,tce}-<ifindex>`: one link per hook per interface.
 //!
 //! Ingress mode per interface: XDP by default; TC ingress on loopback (XDP there is generic
-//! only and gains nothing), where another XDP program is attached (reported on stderr), when
+//! only and gains nothing), on veths when INPUT or FORWARD can REJECT (an XDP_TX reply on a
+//! veth reaches the peer only if the peer runs NAPI), where another XDP program is attached
+//! (reported on stderr), when
 //! `BPF_IPTABLES_INGRESS=tc`, and for rulesets with a MARK target in INPUT or FORWARD (XDP has
 //! no skb, so a mark set there could not reach the stack). TC egress everywhere.
 //!
@@ -96,7 +98,7 @@ pub fn apply(pin_dir: &Path, compiled: &Compiled, pass_all: bool) -> Result<()> 
     let progs = load_programs(pin_dir)?;
     refresh_netdev_maps(pin_dir, &devs)?;
     install_image(pin_dir, &img)?;
-    attach_all(pin_dir, &progs, &devs, needs_skb_at_ingress(compiled))
+    attach_all(pin_dir, &progs, &devs, needs_skb_at_ingress(compiled), rejects_at_ingress(compiled))
 }
 
 /// For interfaces created (or addresses changed) since the last `apply`: refreshes the
@@ -119,6 +121,15 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
 }
 
 /// A MARK in INPUT or FORWARD must reach the skb: TC ingress.
+/// A REJECT in INPUT or FORWARD answers from ingress: on a veth an XDP_TX reply only reaches a
+/// peer that runs NAPI, so such rulesets use TC ingress on veths.
+fn rejects_at_ingress(c: &Compiled) -> bool {
+    c.hooks
+        .iter()
+        .filter(|h| h.hook != Hook::Output)
+        .any(|h| h.actions.iter().any(|a| matches!(a.kind, ActionKind::Reject(_))))
+}
+
 fn needs_skb_at_ingress(c: &Compiled) -> bool {
     c.hooks
         .iter()
@@ -289,7 +300,13 @@ fn link_create(prog_fd: RawFd, ifindex: u32, p: Prog) -> io::Result<OwnedFd> {
 
 /// Attaches what is missing on every interface and removes links of interfaces that are gone
 /// or of the other ingress mode.
-fn attach_all(pin_dir: &Path, progs: &Programs, devs: &[netdev::Netdev], tc_everywhere: bool) -> Result<()> {
+fn attach_all(
+    pin_dir: &Path,
+    progs: &Programs,
+    devs: &[netdev::Netdev],
+    tc_everywhere: bool,
+    tc_on_veth: bool,
+) -> Result<()> {
     let links_dir = pin_dir.join("links");
     fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
     let mut have = pinned_links(pin_dir);
@@ -304,7 +321,8 @@ fn attach_all(pin_dir: &Path, progs: &Programs, devs: &[netdev::Netdev], tc_ever
     let tc_env = std::env::var(INGRESS_ENV).is_ok_and(|v| v == "tc");
     let present: BTreeSet<u32> = devs.iter().map(|d| d.ifindex).collect();
     for d in devs {
-        let mut ingress = if tc_everywhere || tc_env || d.loopback { Prog::TcIngress } else { Prog::Xdp };
+        let tc = tc_everywhere || tc_env || d.loopback || (tc_on_veth && d.veth);
+        let mut ingress = if tc { Prog::TcIngress } else { Prog::Xdp };
         if ingress == Prog::Xdp && !have.contains_key(&(Prog::Xdp, d.ifindex)) {
             match link_create(progs.fd(Prog::Xdp), d.ifindex, Prog::Xdp) {
                 Ok(fd) => {

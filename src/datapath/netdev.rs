@@ -17,6 +17,9 @@ pub struct Netdev {
     pub loopback: bool,
     /// Frames start with an Ethernet header (Ethernet devices and loopback).
     pub l2: bool,
+    /// A veth: frames sent with XDP_TX reach the peer only when the peer runs NAPI (an XDP
+    /// program or GRO there), which we do not control.
+    pub veth: bool,
     /// IPv4 addresses, the primary first.
     pub addrs: Vec<Ipv4Addr>,
     /// Broadcast addresses of those subnets.
@@ -53,6 +56,7 @@ pub fn list() -> io::Result<Vec<Netdev>> {
                 dev.ifindex = ll.sll_ifindex as u32;
                 dev.loopback = ll.sll_hatype == ARPHRD_LOOPBACK;
                 dev.l2 = ll.sll_hatype == ARPHRD_ETHER || dev.loopback;
+                dev.veth = dev.l2 && !dev.loopback && driver(&dev.name).as_deref() == Some("veth");
             }
             libc::AF_INET => {
                 // SAFETY: AF_INET entries carry a sockaddr_in.
@@ -87,4 +91,44 @@ pub fn name_of(ifindex: u32) -> Option<String> {
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
     Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// The driver name of an interface (`ethtool -i`), through SIOCETHTOOL, which answers for the
+/// calling thread's network namespace.
+fn driver(name: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut info, _pad: [0; 16] };
+    let bytes = name.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: plain socket; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: req points to a valid ifreq whose data points to a valid ethtool_drvinfo.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req as *mut IfReq) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
