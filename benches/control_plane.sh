@@ -116,7 +116,7 @@ for n in "${sizes[@]}"; do
       if [ "$impl" = bpf ]; then
         dir=$(ip netns exec "$ns" "$bin" --pin-dir 2>/dev/null || true)
         if [ -n "$dir" ]; then
-          mem=$(for p in "$dir"/*; do bpftool -j map show pinned "$p" 2>/dev/null; done |
+          mem=$(for p in "$dir"/bpfipt_*; do bpftool -j map show pinned "$p" 2>/dev/null || true; done |
             python3 -c 'import sys, json; print(sum(json.loads(l).get("bytes_memlock", 0) for l in sys.stdin if l.strip()))')
         fi
       fi

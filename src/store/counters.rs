@@ -31,17 +31,18 @@ impl PerCpuCounters {
         Ok(PerCpuCounters { map, ncpus: n as usize })
     }
 
-    /// Sums over CPUs of every entry, indexed by key.
-    pub fn read_all(&self) -> Result<Vec<Counters>> {
-        let max = self.map.max_entries();
+    /// Sums over CPUs of the entries with keys below `limit`, indexed by key. (Reading the whole
+    /// array would copy megabytes for a handful of rules.)
+    pub fn read_below(&self, limit: u32) -> Result<Vec<Counters>> {
+        let max = self.map.max_entries().min(limit);
         let mut out = Vec::with_capacity(max as usize);
         let mut keys = vec![0u32; BATCH as usize];
         let mut vals = vec![0u8; BATCH as usize * VALUE * self.ncpus];
         let mut in_batch: u32 = 0;
         let mut out_batch: u32 = 0;
         let mut first = true;
-        loop {
-            let mut count = BATCH;
+        while (out.len() as u32) < max {
+            let mut count = BATCH.min(max - out.len() as u32);
             let opts = batch_opts();
             // SAFETY: buffers hold `count` keys and `count * ncpus` values; in/out batch tokens
             // are u32 for arrays.
@@ -74,7 +75,7 @@ impl PerCpuCounters {
                 }
                 out[key] = sum;
             }
-            if rc != 0 {
+            if rc != 0 || count == 0 {
                 break; // ENOENT: that was the last batch
             }
             in_batch = out_batch;

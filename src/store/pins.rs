@@ -118,8 +118,9 @@ impl Pins {
     }
 
     pub fn load_counters(&self, rs: &mut Ruleset) -> Result<()> {
-        let all = self.rule_counters.read_all().context("reading rule counters")?;
-        let policies = self.policy_counters.read_all().context("reading policy counters")?;
+        let limit = rule_ids(rs).into_iter().max().map_or(0, |m| m + 1);
+        let all = self.rule_counters.read_below(limit).context("reading rule counters")?;
+        let policies = self.policy_counters.read_below(u32::MAX).context("reading policy counters")?;
         for table in &mut rs.tables {
             let is_filter = table.kind == TableKind::Filter;
             for chain in &mut table.chains {
