@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::error::{param, Error, Result};
-use crate::model::{Chain, Counters, Inv, IpHeader, Ipv4Mask, Policy, Rule, Table, Target, MAX_CHAIN_NAME_LEN};
+use crate::model::{Chain, Counters, Inv, Ipv4Mask, Policy, Rule, Table, Target, MAX_CHAIN_NAME_LEN};
 use crate::output::list::{self, Format};
 use crate::output::target_name;
 use crate::output::save;
@@ -355,63 +355,16 @@ fn delete_chains(table: &mut Table, fx: &mut Effects, chain: Option<&str>, verbo
 }
 
 /// What the kernel checks when a table is replaced: every jump goes to a user chain, and no
-/// loop is reachable from a built-in chain. Linear in rules + chains.
+/// loop is reachable from a built-in chain (`compile::check_loops`).
 pub fn validate(table: &Table) -> Result<()> {
-    let index: HashMap<&str, usize> = table.chains.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
-    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); table.chains.len()];
-    for (i, c) in table.chains.iter().enumerate() {
-        let mut reachable = true;
-        for r in &c.rules {
-            if let Target::Jump(n) | Target::Goto(n) = &r.target {
-                match index.get(n.as_str()) {
-                    Some(&j) if !table.chains[j].is_builtin() => {
-                        if reachable {
-                            edges[i].push(j);
-                        }
-                    }
-                    _ => return Err(state(EINVAL)),
-                }
-            }
-            // The kernel's walk (mark_source_chains) stops at an unconditional ACCEPT, DROP or
-            // RETURN: jumps after it are never followed, so loops there are accepted.
-            let verdict = matches!(r.target, Target::Accept | Target::Drop | Target::Return);
-            if verdict && r.matches.is_empty() && r.ip == IpHeader::default() {
-                reachable = false;
+    for r in table.chains.iter().flat_map(|c| c.rules.iter()) {
+        if let Target::Jump(n) | Target::Goto(n) = &r.target {
+            if !table.chain(n).is_some_and(|c| !c.is_builtin()) {
+                return Err(state(EINVAL));
             }
         }
     }
-    // Iterative DFS from each built-in chain; grey = on the current path.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        White,
-        Grey,
-        Black,
-    }
-    let mut mark = vec![Mark::White; table.chains.len()];
-    for root in (0..table.chains.len()).filter(|&i| table.chains[i].is_builtin()) {
-        if mark[root] != Mark::White {
-            continue;
-        }
-        let mut stack = vec![(root, 0usize)];
-        mark[root] = Mark::Grey;
-        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            if let Some(&child) = edges[node].get(*next) {
-                *next += 1;
-                match mark[child] {
-                    Mark::Grey => return Err(state("Too many levels of symbolic links.")),
-                    Mark::White => {
-                        mark[child] = Mark::Grey;
-                        stack.push((child, 0));
-                    }
-                    Mark::Black => {}
-                }
-            } else {
-                mark[node] = Mark::Black;
-                stack.pop();
-            }
-        }
-    }
-    Ok(())
+    crate::compile::check_loops(table)
 }
 
 #[cfg(test)]

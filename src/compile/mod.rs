@@ -175,9 +175,18 @@ fn find_chain<'a>(table: &'a Table, name: &str) -> Result<&'a Chain> {
     table.chain(name).ok_or_else(|| Error::Other(anyhow::anyhow!("chain `{name}' is referenced but does not exist")))
 }
 
-/// Refuses jump/goto cycles reachable from a built-in chain, whatever the rules' conditions, as
-/// the kernel's `mark_source_chains` does when the table is loaded.
-fn check_loops(table: &Table) -> Result<()> {
+/// Whether a rule always ends its chain's walk: an unconditional ACCEPT, DROP or RETURN. The
+/// kernel's `mark_source_chains` stops there, so jumps after it are never followed.
+fn ends_walk(r: &Rule) -> bool {
+    matches!(r.target, Target::Accept | Target::Drop | Target::Return)
+        && r.matches.is_empty()
+        && r.ip == crate::model::IpHeader::default()
+}
+
+/// Refuses jump/goto cycles reachable from a built-in chain, as the kernel's
+/// `mark_source_chains` does when the table is loaded (iptables-legacy's behaviour): jumps after
+/// an unconditional ACCEPT/DROP/RETURN are not followed, so a loop behind one is accepted.
+pub fn check_loops(table: &Table) -> Result<()> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -186,7 +195,8 @@ fn check_loops(table: &Table) -> Result<()> {
     }
     let index: HashMap<&str, usize> = table.chains.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
     let targets = |c: &Chain| -> Vec<usize> {
-        c.rules
+        let live = c.rules.iter().position(ends_walk).map_or(c.rules.len(), |p| p + 1);
+        c.rules[..live]
             .iter()
             .filter_map(|r| match &r.target {
                 Target::Jump(x) | Target::Goto(x) => index.get(x.as_str()).copied(),
@@ -196,6 +206,9 @@ fn check_loops(table: &Table) -> Result<()> {
     };
     let mut mark = vec![Mark::New; table.chains.len()];
     for root in (0..table.chains.len()).filter(|&i| table.chains[i].is_builtin()) {
+        if mark[root] != Mark::New {
+            continue;
+        }
         // Iterative DFS: (chain, its successors, next successor).
         let mut stack = vec![(root, targets(&table.chains[root]), 0usize)];
         mark[root] = Mark::OnPath;
@@ -252,7 +265,10 @@ impl Flattener<'_, '_> {
     /// Emits `chain`'s rules under the conditions `outer`, as block `block` (whose end is
     /// where RETURN goes, and where the end of a chain it goes to with `-g` returns).
     fn emit(&mut self, chain: &Chain, outer: &Cond, block: usize) -> Result<()> {
-        for rule in &chain.rules {
+        // Rules after one that always ends the chain are unreachable (and `check_loops` did not
+        // follow their jumps), so they are not inlined.
+        let live = chain.rules.iter().position(ends_walk).map_or(chain.rules.len(), |p| p + 1);
+        for rule in &chain.rules[..live] {
             let (alts, checks) = self.rule_conds(rule)?;
             for alt in alts {
                 let cond = outer.and(&alt);

@@ -71,5 +71,17 @@ impl Store {
 /// written but before it is made live, so a ruleset the datapath refuses is never stored.
 fn enforce(dir: &std::path::Path, rs: &Ruleset) -> Result<()> {
     let compiled = crate::compile::compile(rs)?;
+    if datapath_off() {
+        return Ok(());
+    }
     Ok(crate::datapath::apply(dir, &compiled, rs.is_pass_all())?)
+}
+
+/// `BPF_IPTABLES_DATAPATH=off`: a switch for tests of the command-line front end (text, exit
+/// codes, state), which store and list rules the datapath would refuse or that need no
+/// packets. Rules are then stored but NOT enforced; never set it on a host you protect.
+pub const DATAPATH_ENV: &str = "BPF_IPTABLES_DATAPATH";
+
+fn datapath_off() -> bool {
+    std::env::var_os(DATAPATH_ENV).is_some_and(|v| v == "off")
 }

@@ -89,6 +89,8 @@ pub struct Tools {
     label: String,
     ours: bool,
     dir: ScratchDir,
+    /// Run ours with `BPF_IPTABLES_DATAPATH=off` (store and list, no enforcement).
+    front_end_only: bool,
 }
 
 impl Tools {
@@ -122,7 +124,15 @@ impl Tools {
                 panic!("linking {name} -> {}: {e}", binary.display());
             }
         }
-        Tools { label: label.to_string(), ours, dir }
+        Tools { label: label.to_string(), ours, dir, front_end_only: false }
+    }
+
+    /// For tests of the command-line front end only (text, exit codes, stored state): our binary
+    /// stores rules without handing them to the datapath, so rules it does not enforce yet can
+    /// still be listed back. Packet verdicts are tested elsewhere, always with the datapath on.
+    pub fn front_end_only(mut self) -> Tools {
+        self.front_end_only = true;
+        self
     }
 
     pub fn label(&self) -> &str {
@@ -242,6 +252,9 @@ impl Session<'_> {
     }
 
     fn spawn(&self, mut cmd: Command, stdin: Option<&str>) -> Outcome {
+        if self.tools.ours && self.tools.front_end_only {
+            cmd.env("BPF_IPTABLES_DATAPATH", "off");
+        }
         cmd.env("PATH", self.tools.search_path())
             .env("XTABLES_LOCKFILE", &self.lockfile)
             .env("LC_ALL", "C")
