@@ -25,7 +25,12 @@ bin=$PWD/target/release/bpf-iptables
 work=$(mktemp -d)
 ns=bpfipt-bench-$$
 for n in iptables iptables-save iptables-restore; do ln -s "$bin" "$work/$n"; done
-cleanup() { ip netns del "$ns" 2>/dev/null || true; rm -rf "$work"; }
+# Removes the namespace and our pinned state of it (pins outlive a namespace otherwise).
+drop_ns() {
+  ip netns exec "$ns" "$bin" --reset >/dev/null 2>&1 || true
+  ip netns del "$ns" 2>/dev/null || true
+}
+cleanup() { drop_ns; rm -rf "$work"; }
 trap cleanup EXIT
 
 gen_rules() { # N -> iptables-restore input
@@ -86,7 +91,7 @@ for n in "${sizes[@]}"; do
   gen_rules "$n" > "$work/rules.$n"
   gen_nft "$n" > "$work/rules.$n.nft"
   for impl in ${IMPLS:-bpf legacy nft-compat nft}; do
-    ip netns del "$ns" 2>/dev/null || true
+    drop_ns
     ip netns add "$ns"
     case $impl in
       bpf) ipt=$work/iptables; save=$work/iptables-save; restore=$work/iptables-restore ;;

@@ -75,6 +75,11 @@ done
 if [ "$main_rc" = 124 ] || [ "$oracle_rc" = 124 ]; then
   echo "a cargo run hit the $limit timeout (BPFIPT_TEST_TIMEOUT)"
 fi
+# Pinned state of namespaces the tests created and removed should be gone already; remove and
+# count whatever a test left behind, so leaks show and never accumulate on the machine.
+if is_root && [ -x target/debug/bpf-iptables ]; then
+  echo "pinned state left by dead namespaces (removed now): $(target/debug/bpf-iptables --gc | wc -l)"
+fi
 echo "time: $(( $(date +%s) - started ))s"
 if [ "$main_rc" = 0 ] && [ "$oracle_rc" = 0 ]; then
   echo "RESULT: PASS"
