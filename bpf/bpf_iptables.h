@@ -21,6 +21,7 @@
  *   IMG_SLOT_VECTAB        vectab_off | n_vectors << 32
  *   IMG_SLOT_LOGS          logs_off | n_logs << 32
  *   IMG_SLOT_STATES        states_off | n_states << 32
+ *   IMG_SLOT_FLAGS         BPFIPT_IMG_F_* bits
  *   IMG_SLOT_HOOK0 + 4*h   per hook h: [0] n_rules | policy_accept << 32
  *                                      [1] actions_off
  *                                      [2] fields_off | n_fields << 32
@@ -48,7 +49,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 1,
+	BPFIPT_LAYOUT_VERSION = 2,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -60,13 +61,17 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 1,
+	BPFIPT_IMG_VERSION = 2,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
 	BPFIPT_IMG_SLOT_HOOK0 = 4,
 	BPFIPT_IMG_HOOK_SLOTS = 4,
-	BPFIPT_IMG_HEADER_SLOTS = 16,
+	BPFIPT_IMG_SLOT_FLAGS = 16,
+	BPFIPT_IMG_HEADER_SLOTS = 17,
+	/* IMG_SLOT_FLAGS: some rule looks at conntrack state, so packets are tracked (as in
+	 * netfilter, where conntrack hooks a namespace only once a rule needs it). */
+	BPFIPT_IMG_F_CONNTRACK = 1,
 	BPFIPT_IMG_FIELD_SLOTS = 3,
 	BPFIPT_IMG_ACTION_SLOTS = 3,
 	BPFIPT_IMG_CHECK_SLOTS = 3,
@@ -125,6 +130,14 @@ enum bpfipt_action {
 	BPFIPT_A_ENTER = 7,    /* arg0: where a failed check continues */
 };
 
+/* `-m addrtype` flags of BPFIPT_C_ADDRTYPE. */
+enum bpfipt_addrtype_flags {
+	BPFIPT_AT_INVERT_SRC = 1,
+	BPFIPT_AT_INVERT_DST = 2,
+	BPFIPT_AT_LIMIT_IN = 4,
+	BPFIPT_AT_LIMIT_OUT = 8,
+};
+
 /* Residual check kinds in the image (`compile::tables::Check`). */
 enum bpfipt_check {
 	BPFIPT_C_L4HDR = 0,
@@ -143,6 +156,9 @@ enum bpfipt_check {
 	BPFIPT_C_FIELD_IN = 13, /* field; a: ranges_off, b: n (slots lo << 32 | hi) */
 	BPFIPT_C_PORT_EITHER = 14, /* as FIELD_IN on sport or dport */
 	BPFIPT_C_ADDR_MASK = 15,   /* field; a: value, b: mask */
+	BPFIPT_C_CONNTRACK = 16,   /* a: offset of a struct bpfipt_ct_match (BPFIPT_IMG_CTM_SLOTS) */
+	BPFIPT_C_ADDRTYPE = 17,    /* a: src types | dst types << 16 (XT_ADDRTYPE_* bits, 0 = no
+				    * condition); b: BPFIPT_AT_* flags */
 };
 
 struct bpfipt_counter {
@@ -351,7 +367,18 @@ struct bpfipt_ct_match {
 	__u8 dir_reply;    /* --ctdir REPLY (else ORIGINAL) */
 	__u8 pad[6];
 };
+/* Slots of a struct bpfipt_ct_match in the image. */
+enum bpfipt_ctm_const {
+	BPFIPT_IMG_CTM_SLOTS = 9,
+};
 /* ---- end of connection tracking ---- */
+
+/* `bpfipt_local`, keyed by IPv4 address (network order), kept by userspace: the addresses the
+ * kernel's local routing table holds, as `-m addrtype` and local delivery see them. */
+struct bpfipt_local_addr {
+	__u32 ifindex;  /* the interface the address belongs to */
+	__u32 rtn_type; /* RTN_LOCAL (an address of this host) or RTN_BROADCAST (a subnet's) */
+};
 
 /* `bpfipt_ifaces`, keyed by ifindex, kept by userspace: what the programs need to know about
  * an interface of this namespace. */

@@ -17,10 +17,16 @@
  * At egress: a packet that came in on an interface (`ingress_ifindex != 0`) was forwarded and
  * judged in FORWARD at ingress; anything else is locally generated -> OUTPUT.
  *
- * Conntrack hook point: between parsing and chain selection, where bpf/conntrack.h's
- * bpfipt_ct_lookup() will set the packet's state (and bpfipt_ct_update() after an ACCEPT).
- * Until it is wired in, `datapath::apply` refuses every ruleset that looks at conntrack
- * state, so no packet is classified on a state it does not have.
+ * Connection tracking (bpf/conntrack.h) runs only while the installed image has
+ * BPFIPT_IMG_F_CONNTRACK, i.e. some rule looks at conntrack state: netfilter too hooks
+ * conntrack into a namespace only once a rule needs it. Then every judged packet is looked
+ * up before classification (its state feeds -m conntrack/-m state), and its entry is
+ * created or advanced only when the verdict is ACCEPT (a dropped SYN leaves no state).
+ * Each packet is tracked once per pass through the host: received and forwarded packets at
+ * ingress, locally generated ones at egress. Loopback packets are seen at lo egress
+ * (OUTPUT) and again at lo ingress (INPUT): egress only looks up, ingress looks up (the same
+ * state, since nothing changed in between, as netfilter keeps the state it computed at
+ * OUTPUT) and updates.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -49,26 +55,21 @@ struct {
 	__type(value, struct bpfipt_blob_chunk);
 } bpfipt_blob SEC(".maps");
 
-/* Local IPv4 addresses of this namespace (network order) -> ifindex, kept by userspace. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, BPFIPT_MAX_IFACES);
-	__type(key, __u32);
-	__type(value, __u32);
-} bpfipt_local SEC(".maps");
-
 /* Keeps the struct types in BTF so the skeleton exports them to Rust. */
 struct bpfipt_meta _bpfipt_meta_type = {};
 struct bpfipt_counter _bpfipt_counter_type = {};
 struct bpfipt_iface _bpfipt_iface_type = {};
 struct bpfipt_log_event _bpfipt_log_event_type = {};
 struct bpfipt_stats _bpfipt_stats_type = {};
+struct bpfipt_local_addr _bpfipt_local_addr_type = {};
 enum bpfipt_const _bpfipt_const_type = BPFIPT_LAYOUT_VERSION;
 enum bpfipt_hook _bpfipt_hook_type = BPFIPT_HOOK_INPUT;
 enum bpfipt_field _bpfipt_field_type = BPFIPT_F_SRC;
 enum bpfipt_action _bpfipt_action_type = BPFIPT_A_ACCEPT;
 enum bpfipt_check _bpfipt_check_type = BPFIPT_C_L4HDR;
 enum bpfipt_iface_flags _bpfipt_iface_flags_type = BPFIPT_IFACE_NO_L2;
+enum bpfipt_addrtype_flags _bpfipt_addrtype_flags_type = BPFIPT_AT_INVERT_SRC;
+enum bpfipt_ctm_const _bpfipt_ctm_const_type = BPFIPT_IMG_CTM_SLOTS;
 
 static __always_inline struct cls *scratch(__u32 kind)
 {
@@ -80,6 +81,63 @@ static __always_inline void stat_parse_pass(void)
 	struct bpfipt_stats *s = stats();
 	if (s)
 		s->parse_pass++;
+}
+
+#define LOOPBACK_IFINDEX 1
+
+static __always_inline int tracks(void *img)
+{
+	return slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_CONNTRACK;
+}
+
+/* Fills c->ctp from the parsed packet; [data, data_end) is the linear window parse_packet
+ * read (an ICMP error's quoted header is read from it). */
+static __always_inline void ct_fill(struct cls *c, void *data, void *data_end, int from_local)
+{
+	struct pkt *p = &c->p;
+	struct bpfipt_ct_pkt *t = &c->ctp;
+
+	__builtin_memset(t, 0, sizeof(*t));
+	t->saddr = p->src;
+	t->daddr = p->dst;
+	t->proto = p->proto;
+	t->ip_len = p->len;
+	t->ifindex = p->in_ifindex ? p->in_ifindex : p->out_ifindex;
+	t->from_local = from_local;
+	if (p->frag_off) {
+		t->frag = 1;
+		return;
+	}
+	if (p->proto == IPPROTO_TCP) {
+		t->sport = p->sport;
+		t->dport = p->dport;
+		t->seq = p->tcp_seq;
+		t->ack_seq = p->tcp_ack;
+		t->window = p->tcp_win;
+		t->tcp_flags = p->tcp_flags;
+		t->l4_ok = p->l4_ok && p->tcp_doff >= 20 && p->tcp_doff <= p->l4_len;
+		if (t->l4_ok)
+			t->payload_len = p->l4_len - p->tcp_doff;
+	} else if (p->proto == IPPROTO_ICMP) {
+		bpfipt_ct_parse_icmp(t, data + (p->l4_off & 0xff), data_end);
+	} else if (ct_port_proto(p->proto)) {
+		t->sport = p->sport;
+		t->dport = p->dport;
+		t->l4_ok = p->l4_ok;
+	} else {
+		t->l4_ok = 1;
+	}
+}
+
+/* Out of line: the tracker's stack stays out of the programs' frames. */
+static __noinline void ct_lookup_cls(struct cls *c)
+{
+	c->p.ct_state = bpfipt_ct_lookup(&c->ctp, &c->ctr);
+}
+
+static __noinline void ct_update_cls(struct cls *c)
+{
+	bpfipt_ct_update(&c->ctp, &c->ctr);
 }
 
 /* The hook an arriving packet goes through, or -1 when netfilter would not filter it. */
@@ -120,22 +178,33 @@ int bpfipt_xdp_ingress(struct xdp_md *ctx)
 	struct cls *c = scratch(PROG_XDP);
 	if (!c)
 		return XDP_PASS;
+	void *img = image();
+	if (!img)
+		return XDP_PASS;
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
 	if (parse_packet(&c->p, data, data_end, 1)) {
 		stat_parse_pass();
 		return XDP_PASS;
 	}
 	c->p.in_ifindex = ctx->ingress_ifindex;
+	int track = tracks(img);
+	if (track) {
+		ct_fill(c, data, data_end, 0);
+		ct_lookup_cls(c);
+	}
 	load_tcp_options(ctx, PROG_XDP, &c->p);
 	int hook = ingress_hook(ctx, &c->p);
 	if (hook < 0)
 		return XDP_PASS;
 	c->p.hook = hook;
-	__u32 v = classify(c);
+	__u32 v = classify(img, c);
 	if (c->n_logs)
 		emit_logs(ctx, PROG_XDP, c);
-	if (v == V_ACCEPT)
+	if (v == V_ACCEPT) {
+		if (track)
+			ct_update_cls(c);
 		return XDP_PASS;
+	}
 	if (v == V_REJECT) {
 		__u32 len = build_reject(ctx, PROG_XDP, c);
 		if (len && !write_reply(ctx, PROG_XDP, c, len))
@@ -149,23 +218,27 @@ int bpfipt_xdp_ingress(struct xdp_md *ctx)
 	return XDP_DROP;
 }
 
-/* Makes the headers parse_packet looks at linear. */
+/* Makes the headers parse_packet and the tracker look at linear (an ICMP error quotes an IP
+ * header and 8 bytes). */
 static __always_inline void pull_headers(struct __sk_buff *skb)
 {
-	__u32 want = 18 + 60 + 60;
+	__u32 want = 18 + 60 + 8 + 60 + 8;
 	if (want > skb->len)
 		want = skb->len;
 	/* cheap when the head is linear already */
 	bpf_skb_pull_data(skb, want);
 }
 
-/* Common TC part once the hook is known. */
-static __always_inline int tc_judge(struct __sk_buff *skb, struct cls *c, int kind)
+/* Common TC part once the hook is known; `update`: an accepted packet advances its
+ * connection. */
+static __always_inline int tc_judge(struct __sk_buff *skb, void *img, struct cls *c, int kind, int update)
 {
-	__u32 v = classify(c);
+	__u32 v = classify(img, c);
 	if (c->n_logs)
 		emit_logs(skb, kind, c);
 	if (v == V_ACCEPT) {
+		if (update)
+			ct_update_cls(c);
 		if (c->p.mark != skb->mark)
 			skb->mark = c->p.mark;
 		return TC_ACT_OK;
@@ -197,6 +270,9 @@ int bpfipt_tc_ingress(struct __sk_buff *skb)
 	struct cls *c = scratch(PROG_TC_IN);
 	if (!c || skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
+	void *img = image();
+	if (!img)
+		return TC_ACT_OK;
 	pull_headers(skb);
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	if (parse_packet(&c->p, data, data_end, has_l2(skb))) {
@@ -206,12 +282,17 @@ int bpfipt_tc_ingress(struct __sk_buff *skb)
 	c->p.in_ifindex = skb->ifindex;
 	c->p.mark = skb->mark;
 	c->p.pkttype = skb->pkt_type;
+	int track = tracks(img);
+	if (track) {
+		ct_fill(c, data, data_end, skb->ifindex == LOOPBACK_IFINDEX);
+		ct_lookup_cls(c);
+	}
 	load_tcp_options(skb, PROG_TC_IN, &c->p);
 	int hook = ingress_hook(skb, &c->p);
 	if (hook < 0)
 		return TC_ACT_OK;
 	c->p.hook = hook;
-	return tc_judge(skb, c, PROG_TC_IN);
+	return tc_judge(skb, img, c, PROG_TC_IN, track);
 }
 
 SEC("tc")
@@ -223,6 +304,9 @@ int bpfipt_tc_egress(struct __sk_buff *skb)
 	struct cls *c = scratch(PROG_TC_EG);
 	if (!c || skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
+	void *img = image();
+	if (!img)
+		return TC_ACT_OK;
 	pull_headers(skb);
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	if (parse_packet(&c->p, data, data_end, has_l2(skb))) {
@@ -232,7 +316,13 @@ int bpfipt_tc_egress(struct __sk_buff *skb)
 	c->p.out_ifindex = skb->ifindex;
 	c->p.mark = skb->mark;
 	c->p.pkttype = PACKET_HOST;
+	int track = tracks(img);
+	if (track) {
+		ct_fill(c, data, data_end, 1);
+		ct_lookup_cls(c);
+	}
 	load_tcp_options(skb, PROG_TC_EG, &c->p);
 	c->p.hook = BPFIPT_HOOK_OUTPUT;
-	return tc_judge(skb, c, PROG_TC_EG);
+	/* on lo the packet's connection advances at lo ingress (see the top) */
+	return tc_judge(skb, img, c, PROG_TC_EG, track && skb->ifindex != LOOPBACK_IFINDEX);
 }

@@ -16,6 +16,7 @@
 #define BPFIPT_LBVS_H
 
 #include "parse.h"
+#include "conntrack.h"
 
 #define NONE32 0xffffffffu
 #define MAXF BPFIPT_MAX_FIELDS
@@ -29,6 +30,8 @@ enum verdict {
 /* Per-CPU scratch of one classification (too big for the 512-byte stack). */
 struct cls {
 	struct pkt p;
+	struct bpfipt_ct_pkt ctp;    /* the packet as the tracker sees it */
+	struct bpfipt_ct_result ctr; /* its connection, for -m conntrack/-m state */
 	__u32 nf, pivot, pos, n_rules, actions_off, states_off;
 	__u32 verdict, verdict_arg, by_policy;
 	/* per used field (indexed & 15: the verifier needs the bound on every access) */
@@ -67,6 +70,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct bpfipt_stats);
 } bpfipt_stats SEC(".maps");
+
+/* Local IPv4 addresses and subnet broadcasts of this namespace, kept by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFIPT_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct bpfipt_local_addr);
+} bpfipt_local SEC(".maps");
 
 /* The image template; real images are created by userspace at the ruleset's size. */
 struct bpfipt_image {
@@ -140,8 +151,10 @@ static __always_inline __u32 field_value(const struct pkt *p, __u32 f)
 		return l4 && p->proto == IPPROTO_TCP ? p->tcp_flags : 0;
 	case BPFIPT_F_ICMP:
 		return l4 && p->proto == IPPROTO_ICMP ? p->icmp : 0;
+	case BPFIPT_F_CT_STATE:
+		return p->ct_state;
 	default:
-		return 0; /* CtState: apply refuses rulesets using it until conntrack lands */
+		return 0;
 	}
 }
 
@@ -325,6 +338,47 @@ static __always_inline int has_tcp_option(void *img, struct cls *c, __u32 kind)
 	return y.ok;
 }
 
+/* inet_dev_addr_type() as xt_addrtype calls it: the type of `addr` (host order) in the local
+ * routing table, restricted to routes through device `dev` when it is not 0. */
+static __always_inline __u32 addr_type(__u32 addr, __u32 dev)
+{
+	if ((addr >> 24) == 0 || addr == 0xffffffff)
+		return RTN_BROADCAST;
+	if ((addr >> 28) == 0xe)
+		return RTN_MULTICAST;
+	/* 127/8 is one local route through lo (ifindex 1 in every namespace) */
+	if ((addr >> 24) == 127)
+		return !dev || dev == 1 ? RTN_LOCAL : RTN_UNICAST;
+	__u32 key = bpf_htonl(addr);
+	struct bpfipt_local_addr *l = bpf_map_lookup_elem(&bpfipt_local, &key);
+	if (!l || (dev && dev != l->ifindex))
+		return RTN_UNICAST;
+	return l->rtn_type;
+}
+
+/* addrtype_mt_v1. */
+static __noinline int addrtype_pass(const struct pkt *p, __u32 types, __u32 flags)
+{
+	__u32 dev = flags & BPFIPT_AT_LIMIT_IN ? p->in_ifindex : flags & BPFIPT_AT_LIMIT_OUT ? p->out_ifindex : 0;
+	__u32 src = types & 0xffff, dst = types >> 16;
+	if (src && !!(src & (1u << (addr_type(p->src, dev) & 15))) == !!(flags & BPFIPT_AT_INVERT_SRC))
+		return 0;
+	if (dst && !!(dst & (1u << (addr_type(p->dst, dev) & 15))) == !!(flags & BPFIPT_AT_INVERT_DST))
+		return 0;
+	return 1;
+}
+
+/* `-m conntrack` with the match copied out of the image. */
+static __noinline int conntrack_pass(void *img, struct cls *c, __u32 off)
+{
+	struct bpfipt_ct_match m;
+	__u64 *w = (__u64 *)&m;
+	_Static_assert(sizeof(m) == BPFIPT_IMG_CTM_SLOTS * 8, "ct match is whole slots");
+	for (int i = 0; i < BPFIPT_IMG_CTM_SLOTS; i++)
+		w[i] = slot(img, off + i);
+	return bpfipt_ct_match(&m, &c->ctr);
+}
+
 /* One residual check; 1 = passes. */
 static __noinline int check_one(void *img, struct cls *c, __u32 off)
 {
@@ -379,6 +433,10 @@ static __noinline int check_one(void *img, struct cls *c, __u32 off)
 		return r || in_ranges(img, a, (__u32)b, field_value(p, BPFIPT_F_DPORT));
 	case BPFIPT_C_ADDR_MASK:
 		return ((field_value(p, field) & (__u32)b) == a) ^ inv;
+	case BPFIPT_C_CONNTRACK:
+		return conntrack_pass(img, c, a);
+	case BPFIPT_C_ADDRTYPE:
+		return addrtype_pass(p, a, (__u32)b);
 	default:
 		return 0;
 	}
@@ -492,24 +550,29 @@ static long linear_step(__u64 i, struct lctx *x)
 	return take_rule(x->img, c, c->pos);
 }
 
-/* Classifies c->p (c->p.hook set) against the installed image. Counts rules and policy.
- * Returns the verdict (c->verdict_arg for REJECT); c->log_* lists the LOG hits. */
-static __always_inline __u32 classify(struct cls *c)
+/* The installed image, or NULL (counted) when there is none. */
+static __always_inline void *image(void)
 {
 	__u32 zero = 0;
+	void *img = bpf_map_lookup_elem(&bpfipt_tables, &zero);
+	if (!img) {
+		struct bpfipt_stats *s = stats();
+		if (s)
+			s->no_image++;
+	}
+	return img;
+}
+
+/* Classifies c->p (c->p.hook set) against image `img`. Counts rules and policy.
+ * Returns the verdict (c->verdict_arg for REJECT); c->log_* lists the LOG hits. */
+static __always_inline __u32 classify(void *img, struct cls *c)
+{
 	__u32 hook = c->p.hook;
 	c->n_logs = 0;
 	c->verdict_arg = 0;
 	c->by_policy = 0;
 	if (hook >= BPFIPT_NR_HOOKS)
 		return V_ACCEPT;
-	void *img = bpf_map_lookup_elem(&bpfipt_tables, &zero);
-	if (!img) {
-		struct bpfipt_stats *s = stats();
-		if (s)
-			s->no_image++;
-		return V_ACCEPT;
-	}
 	__u32 h = BPFIPT_IMG_SLOT_HOOK0 + hook * BPFIPT_IMG_HOOK_SLOTS;
 	__u64 h0 = slot(img, h), h2 = slot(img, h + 2);
 	__u32 policy_accept = h0 >> 32;

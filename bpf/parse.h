@@ -33,6 +33,8 @@ struct pkt {
 	__u8 hook;
 	__u8 mac_src[6];
 	__u8 tcp_doff;                 /* TCP header length, bytes */
+	__u16 tcp_win;                 /* TCP window, raw */
+	__u8 ct_state;                 /* enum bpfipt_ct_state, when the ruleset tracks */
 	__u8 ihl;                      /* IP header length, bytes */
 };
 
@@ -108,6 +110,7 @@ static __always_inline int parse_packet(struct pkt *p, void *data, void *data_en
 		p->tcp_seq = bpf_ntohl(th->seq);
 		p->tcp_ack = bpf_ntohl(th->ack_seq);
 		p->tcp_doff = th->doff * 4;
+		p->tcp_win = bpf_ntohs(th->window);
 		break;
 	}
 	case IPPROTO_UDP:

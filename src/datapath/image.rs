@@ -11,9 +11,8 @@
 
 use anyhow::{anyhow, bail, Result};
 
-use super::skel::types::{bpfipt_action, bpfipt_check, bpfipt_const};
+use super::skel::types::{bpfipt_action, bpfipt_addrtype_flags, bpfipt_check, bpfipt_const, bpfipt_ct_match, bpfipt_ctm_const};
 use crate::compile::tables::{ActionKind, Check, Compiled, Field, FieldMap, IfacePattern, Prefix, Vector};
-use crate::error::Error;
 use crate::model::TtlOp;
 
 const fn k(c: bpfipt_const) -> usize {
@@ -32,6 +31,7 @@ const MAX_RULES: usize = k(bpfipt_const::BPFIPT_MAX_RULES);
 const MAX_CHECKS: usize = k(bpfipt_const::BPFIPT_MAX_CHECKS);
 const NO_RULE: u32 = bpfipt_const::BPFIPT_NO_RULE.0;
 const TCP_RESET: u32 = bpfipt_const::BPFIPT_REJECT_TCP_RESET.0;
+const CTM_SLOTS: usize = bpfipt_ctm_const::BPFIPT_IMG_CTM_SLOTS.0 as usize;
 
 /// An interface of the namespace, as the image resolves `-i`/`-o` patterns against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,12 +42,6 @@ pub struct IfaceName {
 
 fn pack(lo: u32, hi: u32) -> u64 {
     lo as u64 | (hi as u64) << 32
-}
-
-/// Refuses what the programs cannot do yet, with the error iptables users get for an
-/// unsupported feature (exit 2).
-fn unsupported(what: &str) -> anyhow::Error {
-    anyhow::Error::new(Error::Param(format!("{what} is not supported by the eBPF datapath yet")))
 }
 
 /// Builds the image of `c` for the interfaces `ifaces`.
@@ -89,6 +83,9 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     let states = img.len();
     img.resize(states + c.n_states as usize, 0);
     img[k(bpfipt_const::BPFIPT_IMG_SLOT_STATES)] = pack(states as u32, c.n_states);
+    if uses_conntrack(c) {
+        img[k(bpfipt_const::BPFIPT_IMG_SLOT_FLAGS)] = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
+    }
 
     for (h, base) in c.hooks.iter().zip(&bases) {
         let hook = h.hook as usize;
@@ -98,9 +95,6 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
         let fields = img.len();
         img.resize(fields + h.fields.len() * FIELD_SLOTS, 0);
         for (i, f) in h.fields.iter().enumerate() {
-            if f.field == Field::CtState {
-                return Err(unsupported("connection tracking state (-m conntrack/-m state)"));
-            }
             let intervals = match &f.map {
                 FieldMap::Prefixes(p) => prefix_intervals(p),
                 FieldMap::Intervals(iv) => iv.iter().map(|&(lo, _, v)| (lo, v)).collect(),
@@ -126,7 +120,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             let checks = img.len();
             img.resize(checks + a.checks.len() * CHECK_SLOTS, 0);
             for (i, ch) in a.checks.iter().enumerate() {
-                let s = encode_check(ch, &mut img)?;
+                let s = encode_check(ch, &mut img);
                 img[checks + i * CHECK_SLOTS..checks + (i + 1) * CHECK_SLOTS].copy_from_slice(&s);
             }
             let (kind, arg0, arg1) = match a.kind {
@@ -156,8 +150,31 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     Ok(img)
 }
 
-/// The three slots of one check; lists (ranges) are appended to `img`.
-fn encode_check(c: &Check, img: &mut Vec<u64>) -> Result<[u64; CHECK_SLOTS]> {
+/// Whether a rule looks at conntrack state, which turns tracking on.
+fn uses_conntrack(c: &Compiled) -> bool {
+    c.hooks.iter().any(|h| {
+        h.fields.iter().any(|f| f.field == Field::CtState)
+            || h.actions.iter().flat_map(|a| &a.checks).any(|ch| {
+                matches!(ch, Check::Conntrack(_) | Check::FieldIn { field: Field::CtState, .. })
+            })
+    })
+}
+
+/// `struct bpfipt_ct_match` as image slots.
+fn ct_match_slots(m: &bpfipt_ct_match) -> [u64; CTM_SLOTS] {
+    const _: () = assert!(std::mem::size_of::<bpfipt_ct_match>() == CTM_SLOTS * 8);
+    // SAFETY: bpfipt_ct_match is a repr(C) struct of integers without padding bytes of
+    // unknown value (its explicit `pad` is part of it), exactly CTM_SLOTS * 8 bytes long.
+    let bytes = unsafe { std::slice::from_raw_parts((m as *const bpfipt_ct_match).cast::<u8>(), CTM_SLOTS * 8) };
+    let mut out = [0u64; CTM_SLOTS];
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        *o = u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+    }
+    out
+}
+
+/// The three slots of one check; lists (ranges, conntrack matches) are appended to `img`.
+fn encode_check(c: &Check, img: &mut Vec<u64>) -> [u64; CHECK_SLOTS] {
     let s0 = |kind: bpfipt_check, invert: bool, field: u32, op: u32, a: u32| {
         kind.0 as u64 | (invert as u64) << 8 | (field as u64 & 0xff) << 16 | (op as u64 & 0xff) << 24 | (a as u64) << 32
     };
@@ -167,7 +184,7 @@ fn encode_check(c: &Check, img: &mut Vec<u64>) -> Result<[u64; CHECK_SLOTS]> {
         (off, rs.len() as u64)
     };
     use bpfipt_check as C;
-    Ok(match c {
+    match c {
         Check::L4Header => [s0(C::BPFIPT_C_L4HDR, false, 0, 0, 0), 0, 0],
         Check::Fragment(f) => [s0(C::BPFIPT_C_FRAGMENT, *f, 0, 0, 0), 0, 0],
         Check::Mark { value, mask, invert } => [s0(C::BPFIPT_C_MARK, *invert, 0, 0, *value), *mask as u64, 0],
@@ -197,9 +214,6 @@ fn encode_check(c: &Check, img: &mut Vec<u64>) -> Result<[u64; CHECK_SLOTS]> {
             [s0(C::BPFIPT_C_NTH, *invert, 0, 0, *state), pack(*every, *packet), 0]
         }
         Check::FieldIn { field, ranges: rs } => {
-            if *field == Field::CtState {
-                return Err(unsupported("connection tracking state (-m conntrack/-m state)"));
-            }
             let (off, n) = ranges(rs);
             [s0(C::BPFIPT_C_FIELD_IN, false, *field as u32, 0, off), n, 0]
         }
@@ -210,9 +224,22 @@ fn encode_check(c: &Check, img: &mut Vec<u64>) -> Result<[u64; CHECK_SLOTS]> {
         Check::AddrMask { field, value, mask, invert } => {
             [s0(C::BPFIPT_C_ADDR_MASK, *invert, *field as u32, 0, *value), *mask as u64, 0]
         }
-        Check::Addrtype { .. } => return Err(unsupported("-m addrtype")),
-        Check::Conntrack(_) => return Err(unsupported("connection tracking (-m conntrack/-m state)")),
-    })
+        Check::Addrtype { src, dst, limit_iface_in, limit_iface_out } => {
+            use bpfipt_addrtype_flags as F;
+            let flag = |on: bool, f: F| if on { f.0 } else { 0 };
+            let types = src.map_or(0, |s| s.0 as u32) | dst.map_or(0, |d| d.0 as u32) << 16;
+            let flags = flag(src.is_some_and(|s| s.1), F::BPFIPT_AT_INVERT_SRC)
+                | flag(dst.is_some_and(|d| d.1), F::BPFIPT_AT_INVERT_DST)
+                | flag(*limit_iface_in, F::BPFIPT_AT_LIMIT_IN)
+                | flag(*limit_iface_out, F::BPFIPT_AT_LIMIT_OUT);
+            [s0(C::BPFIPT_C_ADDRTYPE, false, 0, 0, types), flags as u64, 0]
+        }
+        Check::Conntrack(m) => {
+            let off = img.len() as u32;
+            img.extend(ct_match_slots(&crate::conntrack::encode_match(m)));
+            [s0(C::BPFIPT_C_CONNTRACK, false, 0, 0, off), 0, 0]
+        }
+    }
 }
 
 /// The partition of the address space by longest matching prefix: sorted `(lo, vector)`

@@ -39,7 +39,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::compile::tables::{ActionKind, Compiled, Hook};
-use skel::types::bpfipt_iface;
+use skel::types::{bpfipt_iface, bpfipt_local_addr};
 use skel::DatapathSkelBuilder;
 
 /// Environment switch: `tc` attaches TC ingress instead of XDP on every interface.
@@ -47,6 +47,9 @@ pub const INGRESS_ENV: &str = "BPF_IPTABLES_INGRESS";
 
 const OBJ_HASH: &str = env!("BPFIPT_OBJ_HASH");
 const IFACE_NO_L2: u32 = skel::types::bpfipt_iface_flags::BPFIPT_IFACE_NO_L2.0;
+/// Route types of `bpfipt_local` (`RTN_*` of rtnetlink).
+const RTN_LOCAL: u32 = 2;
+const RTN_BROADCAST: u32 = 3;
 
 /// The three programs and where they attach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -404,7 +407,7 @@ fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
     let ifaces = open_map(pin_dir, "bpfipt_ifaces")?;
     let local = open_map(pin_dir, "bpfipt_local")?;
     let mut want_if: BTreeMap<u32, bpfipt_iface> = BTreeMap::new();
-    let mut want_local: BTreeMap<[u8; 4], u32> = BTreeMap::new();
+    let mut want_local: BTreeMap<[u8; 4], bpfipt_local_addr> = BTreeMap::new();
     for d in devs {
         let mut v = bpfipt_iface {
             ipv4: d.addrs.first().map_or(0, |a| u32::from_ne_bytes(a.octets())),
@@ -414,13 +417,19 @@ fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
         let n = d.name.len().min(15);
         v.name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
         want_if.insert(d.ifindex, v);
-        for a in d.addrs.iter().chain(&d.broadcasts) {
-            want_local.insert(a.octets(), d.ifindex);
+        for a in &d.broadcasts {
+            want_local.insert(a.octets(), bpfipt_local_addr { ifindex: d.ifindex, rtn_type: RTN_BROADCAST });
+        }
+    }
+    // A host address wins over another subnet's broadcast that happens to equal it.
+    for d in devs {
+        for a in &d.addrs {
+            want_local.insert(a.octets(), bpfipt_local_addr { ifindex: d.ifindex, rtn_type: RTN_LOCAL });
         }
     }
     sync_map(&ifaces, want_if.iter().map(|(k, v)| (k.to_ne_bytes().to_vec(), pod_bytes(v).to_vec())))
         .context("updating bpfipt_ifaces")?;
-    sync_map(&local, want_local.iter().map(|(k, v)| (k.to_vec(), v.to_ne_bytes().to_vec())))
+    sync_map(&local, want_local.iter().map(|(k, v)| (k.to_vec(), pod_bytes(v).to_vec())))
         .context("updating bpfipt_local")?;
     Ok(())
 }

@@ -22,7 +22,9 @@ pub struct Netdev {
     pub veth: bool,
     /// IPv4 addresses, the primary first.
     pub addrs: Vec<Ipv4Addr>,
-    /// Broadcast addresses of those subnets.
+    /// Broadcast addresses of those subnets: the configured `brd`, and the subnet's last
+    /// address for prefixes shorter than /31 (the RTN_BROADCAST routes the kernel puts in the
+    /// local table, which `-m addrtype` and local delivery go by).
     pub broadcasts: Vec<Ipv4Addr>,
 }
 
@@ -61,7 +63,16 @@ pub fn list() -> io::Result<Vec<Netdev>> {
             libc::AF_INET => {
                 // SAFETY: AF_INET entries carry a sockaddr_in.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                dev.addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                let addr = u32::from_be(sin.sin_addr.s_addr);
+                dev.addrs.push(Ipv4Addr::from(addr));
+                if !ifa.ifa_netmask.is_null() {
+                    // SAFETY: the netmask of an AF_INET entry is a sockaddr_in.
+                    let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+                    let mask = u32::from_be(m.sin_addr.s_addr);
+                    if mask.count_ones() < 31 && addr >> 24 != 127 {
+                        dev.broadcasts.push(Ipv4Addr::from(addr | !mask));
+                    }
+                }
                 let bcast = ifa.ifa_ifu;
                 if ifa.ifa_flags & libc::IFF_BROADCAST as u32 != 0 && !bcast.is_null() {
                     // SAFETY: with IFF_BROADCAST, ifa_ifu is the broadcast sockaddr_in.

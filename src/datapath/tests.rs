@@ -175,7 +175,12 @@ fn frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8, seq: u32) -> Vec<u8> {
+    tcp_ack(sport, dport, flags, seq, 0)
+}
+
+fn tcp_ack(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     let mut t = vec![0u8; 20];
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
     t[0..2].copy_from_slice(&sport.to_be_bytes());
     t[2..4].copy_from_slice(&dport.to_be_bytes());
     t[4..8].copy_from_slice(&seq.to_be_bytes());
@@ -451,10 +456,165 @@ fn large_ruleset_classifies_and_flips() {
     assert_eq!(env.xdp(&g, env.d0).0, XDP_DROP);
 }
 
+fn state(bits: u16) -> Match {
+    Match::State(StateMatch { state: bits, invert: false })
+}
+
+fn ct_entries(env: &Env) -> Vec<crate::conntrack::Conn> {
+    crate::conntrack::read_table(&open_map(&env.dir, "bpfipt_ct").expect("ct map")).expect("read ct")
+}
+
+/// ICMP port unreachable from `from` quoting the UDP packet `quoted` (a whole frame).
+fn port_unreachable(from: &str, to: &str, quoted: &[u8]) -> Vec<u8> {
+    let mut e = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    e.extend_from_slice(&quoted[14..14 + 28]);
+    let ck = csum(&e);
+    e[2..4].copy_from_slice(&ck.to_be_bytes());
+    frame(from, to, 1, &e)
+}
+
+/// The classic stateful script, at every hook: INPUT policy DROP, ESTABLISHED,RELATED
+/// accepted, NEW tcp/22 accepted; a drop of INVALID at FORWARD.
 #[test]
-fn conntrack_rulesets_are_refused() {
+fn stateful_rules_follow_connections() {
     let Some(env) = Env::new("ct") else { return };
-    let rs = ruleset(&[], vec![("INPUT", rule(IpHeader::default(), vec![Match::State(StateMatch { state: ct_state::ESTABLISHED, invert: false })], Target::Accept))]);
-    let err = env.apply(&rs).expect_err("conntrack is not implemented");
-    assert!(format!("{err:#}").contains("not supported"), "{err:#}");
+    let est_rel = ct_state::ESTABLISHED | ct_state::RELATED;
+    let new22 = Match::Conntrack(ConntrackMatch {
+        state: Some(Inv::new(ct_state::NEW, false)),
+        ..Default::default()
+    });
+    let invalid = Match::Conntrack(ConntrackMatch {
+        state: Some(Inv::new(ct_state::INVALID, false)),
+        ..Default::default()
+    });
+    let rs = ruleset(
+        &[("INPUT", Policy::Drop)],
+        vec![
+            ("INPUT", rule(IpHeader::default(), vec![state(est_rel)], Target::Accept)),
+            ("INPUT", rule(proto(6), vec![dport(22, false), new22], Target::Accept)),
+            ("FORWARD", rule(IpHeader::default(), vec![invalid], Target::Drop)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let (cli, srv) = ("198.18.1.2", "198.18.1.1");
+
+    // Inbound handshake to 22: SYN is NEW (rule 1), the rest ESTABLISHED (rule 0).
+    assert_eq!(env.xdp(&frame(cli, srv, 6, &tcp(40000, 22, 0x02, 100)), env.d0).0, XDP_PASS);
+    assert_eq!((env.rule(0).packets, env.rule(1).packets), (0, 1));
+    let synack = frame(srv, cli, 6, &tcp_ack(22, 40000, 0x12, 5000, 101));
+    assert_eq!(env.tc(Prog::TcEgress, &synack, env.d0, 0).0, TC_ACT_OK);
+    assert_eq!(env.xdp(&frame(cli, srv, 6, &tcp_ack(40000, 22, 0x10, 101, 5001)), env.d0).0, XDP_PASS);
+    assert_eq!((env.rule(0).packets, env.rule(1).packets), (1, 1));
+    let conns = ct_entries(&env);
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(conns[0].tcp_state_name(), Some("ESTABLISHED"));
+    assert!(conns[0].has_status(skel::types::bpfipt_ct_status::BPFIPT_CT_S_SEEN_REPLY));
+
+    // A dropped SYN (port 23) leaves no entry; an unsolicited ACK is NEW and dropped.
+    assert_eq!(env.xdp(&frame(cli, srv, 6, &tcp(40001, 23, 0x02, 7)), env.d0).0, XDP_DROP);
+    assert_eq!(env.xdp(&frame(cli, srv, 6, &tcp_ack(40002, 80, 0x10, 7, 9)), env.d0).0, XDP_DROP);
+    assert_eq!(ct_entries(&env).len(), 1);
+    assert_eq!(env.policy(Hook::Input).packets, 2);
+
+    // Outbound connection from this host: the reply comes back ESTABLISHED.
+    let syn = frame(srv, "198.18.1.9", 6, &tcp(41000, 80, 0x02, 1));
+    assert_eq!(env.tc(Prog::TcEgress, &syn, env.d0, 0).0, TC_ACT_OK);
+    let reply = frame("198.18.1.9", srv, 6, &tcp_ack(80, 41000, 0x12, 900, 2));
+    assert_eq!(env.xdp(&reply, env.d0).0, XDP_PASS);
+    assert_eq!(env.rule(0).packets, 2);
+
+    // ICMP errors: quoting a tracked flow is RELATED, quoting nothing is INVALID (dropped).
+    let query = frame(srv, "198.18.1.9", 17, &udp(5000, 53, b"q"));
+    assert_eq!(env.tc(Prog::TcEgress, &query, env.d0, 0).0, TC_ACT_OK);
+    assert_eq!(env.xdp(&port_unreachable("198.18.1.9", srv, &query), env.d0).0, XDP_PASS);
+    assert_eq!(env.rule(0).packets, 3);
+    let stray = frame(srv, "198.18.1.9", 17, &udp(5001, 53, b"q"));
+    assert_eq!(env.xdp(&port_unreachable("198.18.1.9", srv, &stray), env.d0).0, XDP_DROP);
+
+    // FORWARD: a SYN-ACK that opens nothing is INVALID, a fresh SYN passes.
+    let fwd_synack = frame("198.18.1.7", "198.18.2.7", 6, &tcp_ack(80, 42000, 0x12, 1, 1));
+    assert_eq!(env.xdp(&fwd_synack, env.d0).0, XDP_DROP);
+    assert_eq!(env.rule(2).packets, 1);
+    assert_eq!(env.xdp(&frame("198.18.1.7", "198.18.2.7", 6, &tcp(42001, 80, 0x02, 1)), env.d0).0, XDP_PASS);
+}
+
+/// A ruleset without conntrack matches tracks nothing (as netfilter with no such rule).
+#[test]
+fn no_tracking_without_conntrack_rules() {
+    let Some(env) = Env::new("ct-off") else { return };
+    let rs = ruleset(&[], vec![("INPUT", rule(proto(6), vec![dport(22, false)], Target::Accept))]);
+    env.apply(&rs).expect("apply");
+    assert_eq!(env.xdp(&frame("198.18.1.2", "198.18.1.1", 6, &tcp(40000, 22, 0x02, 1)), env.d0).0, XDP_PASS);
+    assert!(ct_entries(&env).is_empty());
+}
+
+/// Loopback: OUTPUT at lo egress and INPUT at lo ingress see the same state, and the
+/// connection advances once.
+#[test]
+fn loopback_is_tracked_once() {
+    let Some(env) = Env::new("ct-lo") else { return };
+    let new_only = |chain| (chain, rule(IpHeader::default(), vec![state(ct_state::NEW)], Target::Accept));
+    let rs = ruleset(
+        &[("INPUT", Policy::Drop), ("OUTPUT", Policy::Drop)],
+        vec![
+            ("INPUT", rule(IpHeader::default(), vec![state(ct_state::ESTABLISHED)], Target::Accept)),
+            new_only("INPUT"),
+            ("OUTPUT", rule(IpHeader::default(), vec![state(ct_state::ESTABLISHED)], Target::Accept)),
+            new_only("OUTPUT"),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let lo = 1;
+    let syn = frame("127.0.0.1", "127.0.0.1", 6, &tcp(43000, 8080, 0x02, 10));
+    assert_eq!(env.tc(Prog::TcEgress, &syn, lo, 0).0, TC_ACT_OK);
+    assert_eq!(env.tc(Prog::TcIngress, &syn, lo, 0).0, TC_ACT_OK);
+    assert_eq!((env.rule(1).packets, env.rule(3).packets), (1, 1));
+    let synack = frame("127.0.0.1", "127.0.0.1", 6, &tcp_ack(8080, 43000, 0x12, 77, 11));
+    assert_eq!(env.tc(Prog::TcEgress, &synack, lo, 0).0, TC_ACT_OK);
+    assert_eq!(env.tc(Prog::TcIngress, &synack, lo, 0).0, TC_ACT_OK);
+    assert_eq!((env.rule(0).packets, env.rule(2).packets), (1, 1));
+    let conns = ct_entries(&env);
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].counters[0].packets + conns[0].counters[1].packets, 2, "{conns:?}");
+}
+
+/// `-m addrtype` against the namespace's local table.
+#[test]
+fn addrtype_types_of_addresses() {
+    let Some(env) = Env::new("addrtype") else { return };
+    let at = |src: Option<u16>, dst: Option<u16>, limit_in| {
+        Match::Addrtype(AddrtypeMatch {
+            src_type: src.map(|t| Inv::new(t, false)),
+            dst_type: dst.map(|t| Inv::new(t, false)),
+            limit_iface_in: limit_in,
+            limit_iface_out: false,
+        })
+    };
+    let rs = ruleset(
+        &[("INPUT", Policy::Drop), ("FORWARD", Policy::Drop)],
+        vec![
+            ("INPUT", rule(IpHeader::default(), vec![at(None, Some(addr_type::LOCAL), true)], Target::Accept)),
+            ("INPUT", rule(IpHeader::default(), vec![at(None, Some(addr_type::BROADCAST), false)], Target::Accept)),
+            ("INPUT", rule(IpHeader::default(), vec![at(None, Some(addr_type::MULTICAST), false)], Target::Accept)),
+            ("INPUT", rule(IpHeader::default(), vec![at(None, Some(addr_type::LOCAL), false)], Target::Accept)),
+            ("FORWARD", rule(IpHeader::default(), vec![at(Some(addr_type::UNICAST), Some(addr_type::UNICAST), false)], Target::Accept)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let u = udp(1, 2, b"");
+    // d0's own address on d0: LOCAL through the input device.
+    assert_eq!(env.xdp(&frame("198.18.1.2", "198.18.1.1", 17, &u), env.d0).0, XDP_PASS);
+    // d1's address arriving on d0: LOCAL, but not with --limit-iface-in.
+    assert_eq!(env.xdp(&frame("198.18.1.2", "198.18.2.1", 17, &u), env.d0).0, XDP_PASS);
+    assert_eq!((env.rule(0).packets, env.rule(3).packets), (1, 1));
+    // subnet broadcast, limited broadcast, multicast
+    assert_eq!(env.xdp(&frame("198.18.1.2", "198.18.1.255", 17, &u), env.d0).0, XDP_PASS);
+    assert_eq!(env.xdp(&frame("198.18.1.2", "255.255.255.255", 17, &u), env.d0).0, XDP_PASS);
+    assert_eq!(env.rule(1).packets, 2);
+    assert_eq!(env.xdp(&frame("198.18.1.2", "224.0.0.9", 17, &u), env.d0).0, XDP_PASS);
+    assert_eq!(env.rule(2).packets, 1);
+    // Routed: unicast to unicast is forwarded; from 0.0.0.0/8 (BROADCAST) it is not.
+    assert_eq!(env.xdp(&frame("198.18.1.2", "198.18.2.9", 17, &u), env.d0).0, XDP_PASS);
+    assert_eq!(env.rule(4).packets, 1);
+    assert_eq!(env.xdp(&frame("0.1.2.3", "198.18.2.9", 17, &u), env.d0).0, XDP_DROP);
 }
