@@ -129,15 +129,31 @@ static __always_inline void ct_fill(struct cls *c, void *data, void *data_end, i
 	}
 }
 
-/* Out of line: the tracker's stack stays out of the programs' frames. */
-static __noinline void ct_lookup_cls(struct cls *c)
+/* Global functions: the verifier checks each once, on its own, instead of along every path
+ * of every caller (the TCP state machine multiplies states), and the tracker's stack stays
+ * out of the programs' frames. */
+__noinline int bpfipt_dp_ct_lookup(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r)
 {
-	c->p.ct_state = bpfipt_ct_lookup(&c->ctp, &c->ctr);
+	if (!p || !r)
+		return BPFIPT_CT_INVALID;
+	return bpfipt_ct_lookup(p, r);
 }
 
-static __noinline void ct_update_cls(struct cls *c)
+__noinline int bpfipt_dp_ct_update(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r)
 {
-	bpfipt_ct_update(&c->ctp, &c->ctr);
+	if (p && r)
+		bpfipt_ct_update(p, r);
+	return 0;
+}
+
+static __always_inline void ct_lookup_cls(struct cls *c)
+{
+	c->p.ct_state = bpfipt_dp_ct_lookup(&c->ctp, &c->ctr);
+}
+
+static __always_inline void ct_update_cls(struct cls *c)
+{
+	bpfipt_dp_ct_update(&c->ctp, &c->ctr);
 }
 
 /* The hook an arriving packet goes through, or -1 when netfilter would not filter it. */

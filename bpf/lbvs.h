@@ -158,6 +158,30 @@ static __always_inline __u32 field_value(const struct pkt *p, __u32 f)
 	}
 }
 
+/* One halving step of lower_bound: x->a = lo, x->b = hi, x->w = the value, x->bits = the
+ * offset, x->ok = the stride. */
+static long lower_bound_cb(__u64 i, struct lctx *x)
+{
+	if (x->a >= x->b)
+		return 1;
+	__u32 mid = x->a + (x->b - x->a) / 2;
+	if ((__u32)slot(x->img, (__u32)x->bits + x->ok * mid) < x->w)
+		x->a = mid + 1;
+	else
+		x->b = mid;
+	return 0;
+}
+
+/* The first index i in [lo, hi) whose slot off + stride * i has a low half >= v (hi if none),
+ * for sorted slots. Runs in bpf_loop so the verifier checks the body once rather than per
+ * unrolled step and call site. */
+static __always_inline __u32 lower_bound(void *img, __u32 off, __u32 stride, __u32 lo, __u32 hi, __u32 v)
+{
+	struct lctx y = { .img = img, .bits = off, .ok = stride, .a = lo, .b = hi, .w = v };
+	bpf_loop(32, lower_bound_cb, &y, 0);
+	return y.a;
+}
+
 /* Moves a vector cursor to the first word whose index is >= w; returns that index, or NONE32
  * when the vector has no such word. */
 static __noinline __u32 seek(void *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
@@ -168,16 +192,7 @@ static __noinline __u32 seek(void *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
 	__u32 idx = (__u32)slot(img, off + 2 * c);
 	if (idx >= w)
 		return idx;
-	__u32 lo = c + 1, hi = n;
-	for (int k = 0; k < 14; k++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = lo + (hi - lo) / 2;
-		if ((__u32)slot(img, off + 2 * mid) < w)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
+	__u32 lo = lower_bound(img, off, 2, c + 1, n, w);
 	*cur = lo;
 	if (lo >= n)
 		return NONE32;
@@ -251,16 +266,7 @@ static __always_inline __u32 ctz64(__u64 x)
 /* `ranges` slots are lo << 32 | hi, sorted and disjoint. */
 static __noinline int in_ranges(void *img, __u32 off, __u32 n, __u32 v)
 {
-	__u32 lo = 0, hi = n;
-	for (int i = 0; i < 21; i++) {
-		if (lo >= hi)
-			break;
-		__u32 mid = lo + (hi - lo) / 2;
-		if ((__u32)slot(img, off + mid) < v)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
+	__u32 lo = lower_bound(img, off, 1, 0, n, v);
 	if (lo >= n)
 		return 0;
 	return (__u32)(slot(img, off + lo) >> 32) <= v;

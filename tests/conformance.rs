@@ -430,40 +430,22 @@ fn write_failure(out: &mut String, f: &Failure) {
     let _ = writeln!(out, "  stderr:     {}", indent(&f.stderr));
 }
 
-/// What the datapath says when it refuses a match it parses but does not enforce yet. Such a
-/// line is refused cleanly (exit 2, nothing stored) rather than accepted and ignored; it is
-/// counted and listed apart, not as a pass.
-const NOT_ENFORCED: &str = "is not supported by the eBPF datapath yet";
-
-fn not_enforced(f: &Failure) -> bool {
-    matches!(f.reason.as_str(), "cannot load" | "iptables-restore failed")
-        && f.outcome.contains("exit 2")
-        && f.stderr.contains(NOT_ENFORCED)
-}
-
 /// Prints per-file lines and the total; writes the report. Returns (passed, failed, fast
-/// failures), the lines refused as not enforced yet counted in neither.
+/// failures).
 fn report(tools: &Tools, results: &[FileResult]) -> (usize, usize, usize) {
-    let (mut passed, mut failed, mut fast_failed, mut fast_run, mut gaps) = (0, 0, 0, 0, 0);
+    let (mut passed, mut failed, mut fast_failed, mut fast_run) = (0, 0, 0, 0);
     let mut rep = String::new();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let _ = writeln!(rep, "conformance report for {} (unix time {now}); spec files: tests/data/iptables-t/\n", tools.label());
     for r in results {
         let ok = r.lines.iter().filter(|l| l.failure.is_none()).count();
-        let gap = r.lines.iter().filter(|l| l.failure.as_ref().is_some_and(|(_, f)| not_enforced(f))).count();
-        let bad = r.lines.len() - ok - gap;
         passed += ok;
-        failed += bad;
-        gaps += gap;
+        failed += r.lines.len() - ok;
         let fast = match &r.fast {
             None => "fast mode n/a".to_string(),
             Some(Ok(())) => {
                 fast_run += 1;
                 "fast mode OK".into()
-            }
-            Some(Err((_, f))) if not_enforced(f) => {
-                fast_run += 1;
-                "fast mode refused: not enforced yet".into()
             }
             Some(Err((_, f))) => {
                 fast_run += 1;
@@ -471,11 +453,10 @@ fn report(tools: &Tools, results: &[FileResult]) -> (usize, usize, usize) {
                 format!("fast mode FAILED ({})", f.reason)
             }
         };
-        println!("{:<22} {ok:>3}/{:<3} lines passed, {gap} not enforced yet, {fast}", r.name, r.lines.len());
+        println!("{:<22} {ok:>3}/{:<3} lines passed, {fast}", r.name, r.lines.len());
         for l in &r.lines {
             if let Some((chain, f)) = &l.failure {
-                let what = if not_enforced(f) { "refused, not enforced yet" } else { f.reason.as_str() };
-                let _ = writeln!(rep, "== {} line {} [{chain}]: {what}", r.name, l.line.lineno);
+                let _ = writeln!(rep, "== {} line {} [{chain}]: {}", r.name, l.line.lineno, f.reason);
                 let _ = writeln!(rep, "  spec:       {}", l.line.text);
                 write_failure(&mut rep, f);
                 rep.push('\n');
@@ -489,8 +470,8 @@ fn report(tools: &Tools, results: &[FileResult]) -> (usize, usize, usize) {
         }
     }
     let summary = format!(
-        "{passed} passed, {failed} failed, {gaps} refused as not enforced yet ({} lines in {} files, {}); fast mode: {} of {fast_run} files failed",
-        passed + failed + gaps,
+        "{passed} passed, {failed} failed ({} lines in {} files, {}); fast mode: {} of {fast_run} files failed",
+        passed + failed,
         results.len(),
         tools.label(),
         fast_failed

@@ -111,8 +111,8 @@ pub fn attach_new_interfaces(pin_dir: &Path, compiled: &Compiled) -> Result<()> 
     apply(pin_dir, compiled, false)
 }
 
-/// Detaches every program of this namespace (links and pinned programs removed); the maps,
-/// and so the ruleset and its counters, stay.
+/// Detaches every program of this namespace (its links removed). The programs stay loaded
+/// (pinned) for the next ruleset, and the maps, so the ruleset and its counters, stay too.
 pub fn detach(pin_dir: &Path) -> Result<()> {
     let links = pin_dir.join("links");
     if let Ok(rd) = fs::read_dir(&links) {
@@ -120,7 +120,7 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
             fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
         }
     }
-    remove_prog_dirs(pin_dir, None)
+    Ok(())
 }
 
 /// A MARK in INPUT or FORWARD must reach the skb: TC ingress.
