@@ -5,70 +5,36 @@
 //! call returns, as after the CLI exits); TCP and UDP probes from the sender and the firewall
 //! must be passed, dropped or rejected as iptables would, with matching counters.
 
+mod common;
+
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::sync::Mutex;
 
 use bpf_iptables::compile::compile;
 use bpf_iptables::compile::tables::Compiled;
 use bpf_iptables::datapath;
 use bpf_iptables::model::*;
+use common::topo::{sh, Topo};
 
-fn is_root() -> bool {
-    // SAFETY: plain getter.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0]).args(&args[1..]).output().expect("spawn")
-}
-
-fn sh(args: &[&str]) {
-    let o = run(args);
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// The three namespaces and the firewall's pin directory; all removed on drop.
-struct Topo {
-    s: String,
-    f: String,
-    r: String,
+/// The topology and the firewall's pin directory (removed on drop).
+struct Fw {
+    t: Topo,
     pins: PathBuf,
-    servers: Mutex<Vec<Child>>,
 }
 
-impl Topo {
-    fn new(purpose: &str) -> Topo {
-        let id = std::process::id();
-        let t = Topo {
-            s: format!("bpfipt-{purpose}-{id}-s"),
-            f: format!("bpfipt-{purpose}-{id}-f"),
-            r: format!("bpfipt-{purpose}-{id}-r"),
-            pins: bpf_iptables::store::pin_root().expect("bpffs").join(format!("bpfipt-e2e-{purpose}-{id}")),
-            servers: Mutex::new(Vec::new()),
-        };
-        for ns in [&t.s, &t.f, &t.r] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        sh(&["ip", "link", "add", "s0", "netns", &t.s, "type", "veth", "peer", "name", "f0", "netns", &t.f]);
-        sh(&["ip", "link", "add", "r0", "netns", &t.r, "type", "veth", "peer", "name", "f1", "netns", &t.f]);
-        for (ns, dev, addr) in [(&t.s, "s0", "198.18.1.2/24"), (&t.f, "f0", "198.18.1.1/24"), (&t.f, "f1", "198.18.2.1/24"), (&t.r, "r0", "198.18.2.2/24")] {
-            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        sh(&["ip", "-n", &t.s, "route", "add", "default", "via", "198.18.1.1"]);
-        sh(&["ip", "-n", &t.r, "route", "add", "default", "via", "198.18.2.1"]);
-        sh(&["ip", "netns", "exec", &t.f, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        fs::create_dir_all(&t.pins).expect("pin dir");
-        t
+impl Fw {
+    fn new(purpose: &str) -> Fw {
+        let pins = bpf_iptables::store::pin_root()
+            .expect("bpffs")
+            .join(format!("bpfipt-e2e-{purpose}-{}", std::process::id()));
+        fs::create_dir_all(&pins).expect("pin dir");
+        Fw { t: Topo::new(purpose), pins }
     }
 
     /// Runs `f` on a thread inside the firewall's namespace.
     fn in_fw<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.f);
+        let path = format!("/run/netns/{}", self.t.f);
         std::thread::scope(|sc| {
             sc.spawn(|| {
                 let ns = fs::File::open(&path).expect("netns");
@@ -85,61 +51,17 @@ impl Topo {
         let c: Compiled = compile(rs).expect("compiles");
         self.in_fw(|| datapath::apply(&self.pins, &c, rs.is_pass_all())).expect("apply");
     }
+}
 
-    /// A probe from namespace `ns`: "open", "refused", "unreachable" or "timeout".
-    fn probe(&self, ns: &str, proto: &str, dst: &str, port: u16) -> String {
-        let script = format!(
-            r#"
-import socket, errno
-kind = socket.SOCK_STREAM if "{proto}" == "tcp" else socket.SOCK_DGRAM
-s = socket.socket(socket.AF_INET, kind)
-s.settimeout(1.5)
-try:
-    s.connect(("{dst}", {port}))
-    if kind == socket.SOCK_DGRAM:
-        s.send(b"ping")
-        s.recv(100)
-    print("open")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as e:
-    print("timeout" if isinstance(e, socket.timeout) else "unreachable" if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) else "error " + str(e))
-"#
-        );
-        let o = run(&["ip", "netns", "exec", ns, "python3", "-c", &script]);
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    }
-
-    /// TCP and UDP echo servers on port 80 in namespace `ns`, until the namespace goes.
-    fn serve(&self, ns: &str) {
-        let script = r#"
-import socket, threading, os
-def tcp():
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 80)); s.listen(64)
-    while True:
-        c, _ = s.accept(); c.close()
-def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 80))
-    while True:
-        d, a = u.recvfrom(100); u.sendto(d, a)
-threading.Thread(target=tcp, daemon=True).start()
-udp()
-"#;
-        let child = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", script]).spawn().expect("server");
-        self.servers.lock().expect("servers").push(child);
-        std::thread::sleep(std::time::Duration::from_millis(300));
+impl std::ops::Deref for Fw {
+    type Target = Topo;
+    fn deref(&self) -> &Topo {
+        &self.t
     }
 }
 
-impl Drop for Topo {
+impl Drop for Fw {
     fn drop(&mut self) {
-        for mut c in self.servers.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in [&self.s, &self.f, &self.r] {
-            let _ = run(&["ip", "netns", "del", ns]);
-        }
         let _ = fs::remove_dir_all(&self.pins);
     }
 }
@@ -192,11 +114,10 @@ fn rule_packets(pins: &Path, id: u32) -> u64 {
 
 #[test]
 fn input_forward_output_with_real_traffic() {
-    if !is_root() {
-        eprintln!("skipping: needs root");
+    if !common::root_or_skip("input_forward_output_with_real_traffic") {
         return;
     }
-    let t = Topo::new("e2e");
+    let t = Fw::new("e2e");
     t.serve(&t.r);
     t.serve(&t.f);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "no rules: forwarded");

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use bpf_iptables::store::{LockWait, Store};
 
+pub mod topo;
+
 /// The personalities every implementation is called by. Our binary, like xtables-legacy-multi,
 /// picks its behaviour from the name it was called by.
 pub const PERSONALITIES: [&str; 3] = ["iptables", "iptables-save", "iptables-restore"];
@@ -137,6 +139,12 @@ impl Tools {
 
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Path of personality `name` (one of `PERSONALITIES`), for running it directly, e.g.
+    /// through `ip netns exec`.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// Whether this is bpf-iptables (whose per-namespace pins the tests must remove).

@@ -1,0 +1,135 @@
+//! A three-namespace topology for tests with real traffic: sender `s` (198.18.1.2 on s0) --
+//! firewall `f` (198.18.1.1 on f0, 198.18.2.1 on f1, forwarding) -- receiver `r` (198.18.2.2 on
+//! r0), over veth pairs, default routes through the firewall. Servers and probes are small
+//! python3 scripts run with `ip netns exec`. Everything is removed on drop, also when the test
+//! fails.
+
+use std::process::{Child, Command, Output};
+use std::sync::Mutex;
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).output().expect("spawn")
+}
+
+pub fn sh(args: &[&str]) {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+pub struct Topo {
+    pub s: String,
+    pub f: String,
+    pub r: String,
+    servers: Mutex<Vec<Child>>,
+    /// Run in the firewall namespace before it is deleted (e.g. removing our pinned state).
+    cleanup: Vec<Vec<String>>,
+}
+
+impl Topo {
+    pub fn new(purpose: &str) -> Topo {
+        let id = std::process::id();
+        let t = Topo {
+            s: format!("bpfipt-{purpose}-{id}-s"),
+            f: format!("bpfipt-{purpose}-{id}-f"),
+            r: format!("bpfipt-{purpose}-{id}-r"),
+            servers: Mutex::new(Vec::new()),
+            cleanup: Vec::new(),
+        };
+        for ns in [&t.s, &t.f, &t.r] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "link", "add", "s0", "netns", &t.s, "type", "veth", "peer", "name", "f0", "netns", &t.f]);
+        sh(&["ip", "link", "add", "r0", "netns", &t.r, "type", "veth", "peer", "name", "f1", "netns", &t.f]);
+        for (ns, dev, addr) in [(&t.s, "s0", "198.18.1.2/24"), (&t.f, "f0", "198.18.1.1/24"), (&t.f, "f1", "198.18.2.1/24"), (&t.r, "r0", "198.18.2.2/24")] {
+            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        sh(&["ip", "-n", &t.s, "route", "add", "default", "via", "198.18.1.1"]);
+        sh(&["ip", "-n", &t.r, "route", "add", "default", "via", "198.18.2.1"]);
+        sh(&["ip", "netns", "exec", &t.f, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        t
+    }
+
+    /// `args` run in the firewall namespace when the topology goes.
+    pub fn on_drop_in_fw(&mut self, args: &[&str]) {
+        self.cleanup.push(args.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// `args` run in namespace `ns`.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "netns", "exec", ns];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// A probe from namespace `ns`: "open" (TCP connected; UDP echoed), "refused" (RST or port
+    /// unreachable), "unreachable" or "timeout".
+    pub fn probe(&self, ns: &str, proto: &str, dst: &str, port: u16) -> String {
+        let script = format!(
+            r#"
+import socket, errno
+kind = socket.SOCK_STREAM if "{proto}" == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+s.settimeout(1.5)
+try:
+    s.connect(("{dst}", {port}))
+    if kind == socket.SOCK_DGRAM:
+        s.send(b"ping")
+        s.recv(100)
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as e:
+    print("timeout" if isinstance(e, socket.timeout) else "unreachable" if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) else "error " + str(e))
+"#
+        );
+        let o = self.exec(ns, &["python3", "-c", &script]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// TCP accept-and-close and UDP echo servers on `tcp` and `udp` ports in namespace `ns`,
+    /// until the topology goes.
+    pub fn serve_ports(&self, ns: &str, tcp: &[u16], udp: &[u16]) {
+        let script = format!(
+            r#"
+import socket, threading
+def tcp(p):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", p)); s.listen(64)
+    while True:
+        c, _ = s.accept(); c.close()
+def udp(p):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", p))
+    while True:
+        d, a = u.recvfrom(100); u.sendto(d, a)
+ts = [threading.Thread(target=tcp, args=(p,)) for p in {tcp:?}] + [threading.Thread(target=udp, args=(p,)) for p in {udp:?}]
+for t in ts: t.daemon = True; t.start()
+for t in ts: t.join()
+"#
+        );
+        let child = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &script]).spawn().expect("server");
+        self.servers.lock().expect("servers").push(child);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    /// TCP and UDP echo servers on port 80.
+    pub fn serve(&self, ns: &str) {
+        self.serve_ports(ns, &[80], &[80]);
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for mut c in self.servers.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for args in &self.cleanup {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let _ = self.exec(&self.f, &args);
+        }
+        for ns in [&self.s, &self.f, &self.r] {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
