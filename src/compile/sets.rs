@@ -141,9 +141,31 @@ impl Set {
     /// containing it says `in` (no listed prefix: not in the set). Plain prefixes give one
     /// entry, `! -s P` gives `0/0 in, P out`, `10/8 minus 10.1/16` gives two.
     pub fn prefix_assignments(&self) -> Vec<(Prefix, bool)> {
+        // The common shapes (`-s P`, `! -s P`) directly: the general search below allocates
+        // at each of up to 32 levels, which dominates compiling many /32 rules.
+        match self.iv.as_slice() {
+            [] => return Vec::new(),
+            &[(lo, hi)] => {
+                if let Some(p) = cidr(lo, hi) {
+                    return vec![(p, true)];
+                }
+            }
+            &[(0, a), (b, u32::MAX)] if a < u32::MAX && b > 0 => {
+                if let Some(p) = cidr(a + 1, b - 1) {
+                    return vec![(Prefix { addr: 0, len: 0 }, true), (p, false)];
+                }
+            }
+            _ => {}
+        }
         let [out, _] = assign(self, 0, 0);
         out.1
     }
+}
+
+/// `lo..=hi` as one prefix, if it is one.
+fn cidr(lo: u32, hi: u32) -> Option<Prefix> {
+    let size = hi as u64 - lo as u64 + 1;
+    (size.is_power_of_two() && lo as u64 % size == 0).then(|| Prefix { addr: lo, len: 32 - size.trailing_zeros() as u8 })
 }
 
 /// Minimal assignment lists for the subtree `addr/len`, given that the inherited state is
@@ -217,6 +239,13 @@ mod tests {
         assert_eq!(hole.prefix_assignments(), vec![(p(0x0a000000, 8), true), (p(0x0a010000, 16), false)]);
         assert_eq!(Set::full(u32::MAX).prefix_assignments(), vec![(p(0, 0), true)]);
         assert!(Set::empty().prefix_assignments().is_empty());
+        // The shortcuts agree with the search.
+        for set in [Set::range(7, 7), Set::range(0, 0), Set::range(u32::MAX, u32::MAX), ten.clone(), Set::full(u32::MAX)] {
+            for s in [set.clone(), set.complement(u32::MAX)] {
+                let [general, _] = assign(&s, 0, 0);
+                assert_eq!(s.prefix_assignments(), general.1, "{s:?}");
+            }
+        }
         // An arbitrary range: check membership by the longest assignment.
         let r = Set::range(0x0a000003, 0x0a0000f0);
         let a = r.prefix_assignments();
