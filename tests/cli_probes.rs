@@ -368,6 +368,18 @@ const DIFFERENTIAL: &[&[&str]] = &[
         "IPT -L INPUT",
         "IPT -L INPUT -n -v",
     ],
+    // Help with the extensions loaded before -h (print_extension_helps).
+    &[
+        "IPT -h",
+        "IPT -p tcp -h",
+        "IPT -p 6 -h",
+        "IPT -p udp --dport 53 -h",
+        "IPT -p icmp -j LOG -h",
+        "IPT -j ACCEPT -m limit -m mark -h",
+        "IPT -j REJECT -m conntrack -m state -m statistic -m addrtype -m multiport -h",
+        "IPT -m iprange -m length -m mac -m pkttype -m tos -m dscp -m ttl -m comment -j MARK -h",
+        "IPT -j NOSUCHCHAIN -h",
+    ],
 ];
 
 /// Restore inputs run against both, each followed by `iptables-save -c -t filter`.

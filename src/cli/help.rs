@@ -81,3 +81,17 @@ pub const RESTORE_USAGE: &str = "Usage: iptables-restore [-c] [-v] [-V] [-t] [-h
 \t   [ --wait=<seconds>\n\
 \t   [ --table=<TABLE> ]\n\
 \t   [ --modprobe=<command> ]\n";
+
+/// `iptables -h` after extensions were loaded: the general help, then each extension's own
+/// (`print_extension_helps`).
+pub fn with_extensions(exts: &[&str]) -> String {
+    let mut out = format!("{}\n{}", super::version_line("iptables"), IPTABLES_HELP);
+    for name in exts {
+        out.push('\n');
+        match super::ext_help::text(name) {
+            Some(t) => out.push_str(t),
+            None => out.push_str(&format!("{name} does not take any options\n")),
+        }
+    }
+    out
+}

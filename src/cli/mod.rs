@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod exec;
+pub mod ext_help;
 pub mod help;
 pub mod restore;
 
@@ -193,8 +194,8 @@ fn iptables_main(args: &[String]) -> Result<i32> {
     })?;
     let inv = match parsed {
         Parsed::Run(inv) => inv,
-        Parsed::Help => {
-            print(&format!("{}\n{}", version_line("iptables"), help::IPTABLES_HELP));
+        Parsed::Help(exts) => {
+            print(&help::with_extensions(&exts));
             return Ok(0);
         }
         Parsed::Version { inverted } => {

@@ -257,8 +257,8 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                 }
                 let inv = match parsed.map_err(|e| Failure::at(e, lineno))? {
                     Parsed::Run(inv) => inv,
-                    Parsed::Help => {
-                        print(&format!("{}\n{}", version_line("iptables"), help::IPTABLES_HELP));
+                    Parsed::Help(exts) => {
+                        print(&help::with_extensions(&exts));
                         std::process::exit(0);
                     }
                     Parsed::Version { .. } => {

@@ -19,8 +19,9 @@ use super::{Command, Invocation, RuleSpec, TargetSpec};
 #[derive(Debug)]
 pub enum Parsed {
     Run(Invocation),
-    /// `-h`: print the help text.
-    Help,
+    /// `-h`: print the help text, then that of these extensions (loaded before `-h`: the
+    /// target first, then the matches in order).
+    Help(Vec<&'static str>),
     /// `-V` (`inverted` with a pending `!`: "Not iptables v1.8.9 ;-)").
     Version { inverted: bool },
     /// `-6` inside iptables-restore: the line is for ip6tables-restore and is skipped.
@@ -470,6 +471,26 @@ impl<'a> Walker<'a> {
         true
     }
 
+    /// The extensions whose help `-h` adds, as iptables' `exit_printhelp`: the target (the
+    /// built-in verdicts are the `standard` target), then the matches, or the `-p` protocol's
+    /// match when none was loaded.
+    fn help_extensions(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        match (&self.target, &self.jump) {
+            (Some((def, _)), _) => out.push(def.name),
+            (None, Some(TargetSpec::Final(_))) => out.push("standard"),
+            _ => {}
+        }
+        if self.matches.is_empty() {
+            // By the name as given: `-p 6 -h` loads no extension named "6".
+            if let Some(def) = self.protocol.as_deref().and_then(ext::find_match) {
+                out.push(def.name);
+            }
+        }
+        out.extend(self.matches.iter().map(|(def, _)| def.name));
+        out
+    }
+
     fn push_match(&mut self, def: &'static MatchDef) {
         self.loaded.push(Owner::Match(self.matches.len()));
         self.matches.push((def, (def.new)()));
@@ -601,7 +622,7 @@ impl<'a> Walker<'a> {
                     None => return Err(param("-P requires a chain and a policy")),
                 }
             }
-            'h' => return Ok(Some(Parsed::Help)),
+            'h' => return Ok(Some(Parsed::Help(self.help_extensions()))),
             'V' => return Ok(Some(Parsed::Version { inverted: invert })),
             'p' => {
                 self.set_option(OPT_PROTOCOL, invert)?;
