@@ -437,9 +437,19 @@ fn log_events_format_like_nf_log() {
 #[test]
 fn large_ruleset_classifies_and_flips() {
     let Some(env) = Env::new("large") else { return };
-    let n = 20_000u32;
+    // The capacity the issue asks for: 100 000 rules in one chain, each with its own source,
+    // destination and port (the earlier eBPF clone stopped at 8 192).
+    let n = 100_000u32;
     let mut rules: Vec<(&str, Rule)> = (0..n)
-        .map(|i| ("INPUT", rule(IpHeader { src: net(&std::net::Ipv4Addr::from(ip("198.19.0.0") + i).to_string(), 32), ..proto(17) }, vec![], Target::Drop)))
+        .map(|i| {
+            let a = |base: &str| net(&std::net::Ipv4Addr::from(ip(base) + i).to_string(), 32);
+            let udp_port = Match::Udp(UdpMatch {
+                dport: Some(Inv::new(PortRange { lo: 2 + (i % 60000) as u16, hi: 2 + (i % 60000) as u16 }, false)),
+                ..Default::default()
+            });
+            let m = if i + 1 == n { vec![] } else { vec![udp_port] };
+            ("INPUT", rule(IpHeader { src: a("198.19.0.0"), dst: if i + 1 == n { None } else { a("10.128.0.0") }, ..proto(17) }, m, Target::Drop))
+        })
         .collect();
     rules.push(("INPUT", rule(proto(17), vec![], Target::Accept)));
     let rs = ruleset(&[], rules);
