@@ -138,14 +138,23 @@ fn input_forward_output_with_real_traffic() {
             ("OUTPUT", rule(IpHeader { out_iface: iface("f1"), ..tip.clone() }, tm.clone(), Target::Drop)),
         ],
     );
-    t.apply(&rs);
+    // Veths get TC ingress by default; XDP on request (what physical NICs get by default).
+    std::env::set_var(datapath::INGRESS_ENV, "xdp");
+    t.apply(&ruleset(&[], vec![("INPUT", rule(uip.clone(), um.clone(), Target::Drop))]));
+    let links = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(t.pins.join("links"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert!(links().iter().any(|l| l.starts_with("xdp-")), "XDP attached: {:?}", links());
     assert_eq!(t.probe(&t.s, "udp", "198.18.1.1", 80), "timeout", "INPUT DROP at XDP");
     assert_eq!(rule_packets(&t.pins, 0), 1);
-    // REJECT at XDP sends its reply with XDP_TX, which a veth peer only receives when it runs
-    // NAPI with an XDP program of its own; the sender here has none, so move ingress to TC
-    // (which also checks that apply switches modes in place).
-    std::env::set_var(datapath::INGRESS_ENV, "tc");
+    // Back to the default: the same links move to TC in place (never a moment unfiltered).
+    std::env::remove_var(datapath::INGRESS_ENV);
     t.apply(&rs);
+    assert!(!links().iter().any(|l| l.starts_with("xdp-")), "TC on veths: {:?}", links());
     assert_eq!(t.probe(&t.s, "udp", "198.18.1.1", 80), "timeout", "INPUT DROP at TC");
     assert_eq!(rule_packets(&t.pins, 0), 2);
     let got = t.probe(&t.s, "tcp", "198.18.2.2", 80);

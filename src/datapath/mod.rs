@@ -42,7 +42,8 @@ use crate::compile::tables::{ActionKind, Compiled, Hook};
 use skel::types::{bpfipt_iface, bpfipt_local_addr};
 use skel::DatapathSkelBuilder;
 
-/// Environment switch: `tc` attaches TC ingress instead of XDP on every interface.
+/// Environment switch for the ingress program: `tc` attaches TC ingress everywhere, `xdp`
+/// XDP wherever the kernel allows it (veths included). Default: see `ingress_for`.
 pub const INGRESS_ENV: &str = "BPF_IPTABLES_INGRESS";
 
 const OBJ_HASH: &str = env!("BPFIPT_OBJ_HASH");
@@ -287,9 +288,13 @@ fn update_links(pin_dir: &Path, progs: &Programs) -> Result<()> {
     Ok(())
 }
 
-fn link_create(prog_fd: RawFd, ifindex: u32, p: Prog) -> io::Result<OwnedFd> {
+/// XDP_FLAGS_DRV_MODE: the driver's own XDP hook, never the generic (skb) one.
+const XDP_DRV_MODE: u32 = 1 << 2;
+
+fn link_create(prog_fd: RawFd, ifindex: u32, p: Prog, flags: u32) -> io::Result<OwnedFd> {
     let opts = libbpf_sys::bpf_link_create_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+        flags,
         ..Default::default()
     };
     // SAFETY: valid program fd, ifindex as target, zeroed options of the right size.
@@ -299,6 +304,26 @@ fn link_create(prog_fd: RawFd, ifindex: u32, p: Prog) -> io::Result<OwnedFd> {
     }
     // SAFETY: a fresh fd we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The ingress program for device `d`. TC on loopback (no XDP there), for rulesets that need
+/// the skb (`tc_everywhere`: MARK), and on veths: XDP on a veth makes it turn every skb into an
+/// XDP frame, which costs more than the whole TC program (measured: 64k vs 95k new TCP
+/// connections/s forwarded between veths), and an XDP_TX reply (REJECT) into a veth only
+/// arrives if the peer runs NAPI. XDP elsewhere (physical NICs with native XDP). `mode` (the
+/// INGRESS_ENV value) `tc` forces TC; `xdp` forces XDP except on loopback and, when the
+/// ruleset can REJECT at ingress (`tc_on_veth`), on veths.
+fn ingress_for(d: &netdev::Netdev, mode: &str, tc_everywhere: bool, tc_on_veth: bool) -> Prog {
+    let tc = match mode {
+        "tc" => true,
+        "xdp" => tc_everywhere || d.loopback || (tc_on_veth && d.veth),
+        _ => tc_everywhere || d.loopback || d.veth,
+    };
+    if tc {
+        Prog::TcIngress
+    } else {
+        Prog::Xdp
+    }
 }
 
 /// Attaches what is missing on every interface and removes links of interfaces that are gone
@@ -321,13 +346,15 @@ fn attach_all(
         }
         alive
     });
-    let tc_env = std::env::var(INGRESS_ENV).is_ok_and(|v| v == "tc");
+    let mode = std::env::var(INGRESS_ENV).unwrap_or_default();
     let present: BTreeSet<u32> = devs.iter().map(|d| d.ifindex).collect();
     for d in devs {
-        let tc = tc_everywhere || tc_env || d.loopback || (tc_on_veth && d.veth);
-        let mut ingress = if tc { Prog::TcIngress } else { Prog::Xdp };
+        let mut ingress = ingress_for(d, &mode, tc_everywhere, tc_on_veth);
+        // Driver mode only, unless asked for XDP everywhere: generic XDP linearises every skb
+        // and costs more than TC, so a device without native XDP gets TC.
+        let flags = if mode == "xdp" { 0 } else { XDP_DRV_MODE };
         if ingress == Prog::Xdp && !have.contains_key(&(Prog::Xdp, d.ifindex)) {
-            match link_create(progs.fd(Prog::Xdp), d.ifindex, Prog::Xdp) {
+            match link_create(progs.fd(Prog::Xdp), d.ifindex, Prog::Xdp, flags) {
                 Ok(fd) => {
                     let path = links_dir.join(format!("xdp-{}", d.ifindex));
                     obj_pin(fd.as_raw_fd(), &path)?;
@@ -340,6 +367,9 @@ fn attach_all(
                     );
                     ingress = Prog::TcIngress;
                 }
+                Err(e) if flags == XDP_DRV_MODE && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => {
+                    ingress = Prog::TcIngress;
+                }
                 Err(e) => return Err(e).with_context(|| format!("attaching XDP to {}", d.name)),
             }
         }
@@ -347,7 +377,7 @@ fn attach_all(
             if have.contains_key(&(p, d.ifindex)) {
                 continue;
             }
-            let fd = link_create(progs.fd(p), d.ifindex, p)
+            let fd = link_create(progs.fd(p), d.ifindex, p, 0)
                 .with_context(|| format!("attaching the {} program to {}", p.pin_name(), d.name))?;
             let path = links_dir.join(format!("{}-{}", p.link_prefix(), d.ifindex));
             obj_pin(fd.as_raw_fd(), &path)?;
