@@ -118,7 +118,7 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
     let links = pin_dir.join("links");
     if let Ok(rd) = fs::read_dir(&links) {
         for e in rd.flatten() {
-            fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            remove_link(&e.path())?;
         }
     }
     Ok(())
@@ -291,6 +291,20 @@ fn update_links(pin_dir: &Path, progs: &Programs) -> Result<()> {
 /// XDP_FLAGS_DRV_MODE: the driver's own XDP hook, never the generic (skb) one.
 const XDP_DRV_MODE: u32 = 1 << 2;
 
+/// Detaches a pinned link now and removes its pin. Only unpinning would leave the detach to
+/// the kernel's deferred link release, and attaching the same program again before that ran
+/// fails with EEXIST (tcx).
+fn remove_link(path: &Path) -> Result<()> {
+    if let Ok(link) = obj_get(path) {
+        // SAFETY: a valid link fd. A link whose device is gone is defunct: nothing to detach.
+        let rc = unsafe { libbpf_sys::bpf_link_detach(link.as_raw_fd()) };
+        if rc != 0 && rc != -libc::ENOLINK && rc != -libc::EINVAL {
+            return Err(io::Error::from_raw_os_error(-rc)).with_context(|| format!("detaching {}", path.display()));
+        }
+    }
+    fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
+}
+
 fn link_create(prog_fd: RawFd, ifindex: u32, p: Prog, flags: u32) -> io::Result<OwnedFd> {
     let opts = libbpf_sys::bpf_link_create_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
@@ -386,12 +400,12 @@ fn attach_all(
         // Only now drop the other ingress mode's link: never a moment without a filter.
         let other = if ingress == Prog::Xdp { Prog::TcIngress } else { Prog::Xdp };
         if let Some(path) = have.remove(&(other, d.ifindex)) {
-            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            remove_link(&path)?;
         }
     }
     for ((_, ifx), path) in have {
         if !present.contains(&ifx) {
-            let _ = fs::remove_file(path);
+            let _ = remove_link(&path);
         }
     }
     Ok(())
