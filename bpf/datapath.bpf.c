@@ -280,30 +280,48 @@ static __always_inline int has_l2(struct __sk_buff *skb)
 	return !(ifc && (ifc->flags & BPFIPT_IFACE_NO_L2));
 }
 
-SEC("tc")
-int bpfipt_tc_ingress(struct __sk_buff *skb)
+/* The start both TC programs share: the scratch, the image, linear headers, the parse, and
+ * (when tracking) the conntrack lookup. NULL: pass the packet unjudged. */
+static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, void **img, int *track,
+					    int from_local)
 {
-	struct cls *c = scratch(PROG_TC_IN);
+	struct cls *c = scratch(kind);
 	if (!c || skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
-	void *img = image();
-	if (!img)
-		return TC_ACT_OK;
+		return NULL;
+	*img = image();
+	if (!*img)
+		return NULL;
 	pull_headers(skb);
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	if (parse_packet(&c->p, data, data_end, has_l2(skb))) {
 		stat_parse_pass();
-		return TC_ACT_OK;
+		return NULL;
 	}
-	c->p.in_ifindex = skb->ifindex;
+	if (kind == PROG_TC_IN) {
+		c->p.in_ifindex = skb->ifindex;
+		c->p.pkttype = skb->pkt_type;
+	} else {
+		c->p.out_ifindex = skb->ifindex;
+		c->p.pkttype = PACKET_HOST;
+	}
 	c->p.mark = skb->mark;
-	c->p.pkttype = skb->pkt_type;
-	int track = tracks(img);
-	if (track) {
-		ct_fill(c, data, data_end, skb->ifindex == LOOPBACK_IFINDEX);
+	*track = tracks(*img);
+	if (*track) {
+		ct_fill(c, data, data_end, from_local);
 		ct_lookup_cls(c);
 	}
-	load_tcp_options(skb, PROG_TC_IN, &c->p);
+	load_tcp_options(skb, kind, &c->p);
+	return c;
+}
+
+SEC("tc")
+int bpfipt_tc_ingress(struct __sk_buff *skb)
+{
+	void *img;
+	int track;
+	struct cls *c = tc_start(skb, PROG_TC_IN, &img, &track, skb->ifindex == LOOPBACK_IFINDEX);
+	if (!c)
+		return TC_ACT_OK;
 	int hook = ingress_hook(skb, &c->p);
 	if (hook < 0)
 		return TC_ACT_OK;
@@ -317,27 +335,11 @@ int bpfipt_tc_egress(struct __sk_buff *skb)
 	/* Forwarded: judged in FORWARD at ingress already. */
 	if (skb->ingress_ifindex)
 		return TC_ACT_OK;
-	struct cls *c = scratch(PROG_TC_EG);
-	if (!c || skb->protocol != bpf_htons(ETH_P_IP))
+	void *img;
+	int track;
+	struct cls *c = tc_start(skb, PROG_TC_EG, &img, &track, 1);
+	if (!c)
 		return TC_ACT_OK;
-	void *img = image();
-	if (!img)
-		return TC_ACT_OK;
-	pull_headers(skb);
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-	if (parse_packet(&c->p, data, data_end, has_l2(skb))) {
-		stat_parse_pass();
-		return TC_ACT_OK;
-	}
-	c->p.out_ifindex = skb->ifindex;
-	c->p.mark = skb->mark;
-	c->p.pkttype = PACKET_HOST;
-	int track = tracks(img);
-	if (track) {
-		ct_fill(c, data, data_end, 1);
-		ct_lookup_cls(c);
-	}
-	load_tcp_options(skb, PROG_TC_EG, &c->p);
 	c->p.hook = BPFIPT_HOOK_OUTPUT;
 	/* on lo the packet's connection advances at lo ingress (see the top) */
 	return tc_judge(skb, img, c, PROG_TC_EG, track && skb->ifindex != LOOPBACK_IFINDEX);
