@@ -6,13 +6,20 @@
  *
  * # The classifier image (`bpfipt_tables`)
  *
- * A compiled ruleset (all three hooks) is one flat array of u64 *slots*, the image: an inner
- * BPF_MAP_TYPE_ARRAY (BPF_F_INNER_MAP | BPF_F_MMAPABLE, value = one u64) created by userspace
- * at the exact size of the ruleset, filled through mmap, and then installed with one update of
- * slot 0 of the ARRAY_OF_MAPS `bpfipt_tables`. That update is the generation flip: a packet
- * looks the image up once and uses only it (the old image stays alive, RCU, until every
- * packet using it is done); a failed or killed update leaves the old image installed. Memory is
- * proportional to the ruleset (no fixed worst-case arrays), and writing it is a memcpy.
+ * A compiled ruleset (all three hooks) is one flat array of u64 *slots*, the image, kept in
+ * one of two inner BPF_MAP_TYPE_ARRAYs (BPF_F_INNER_MAP | BPF_F_MMAPABLE, value = one u64)
+ * held by the ARRAY_OF_MAPS `bpfipt_tables`. `bpfipt_active` holds the generation of the
+ * installed image, which lives in slot `gen & 1`. Userspace writes a new image into the other
+ * slot through mmap, then flips: one store of `gen + 1`. A packet reads the generation once and
+ * uses only that image, so it sees the old ruleset or the new one, never a mix; a failed or
+ * killed update leaves the old one installed.
+ * Before userspace rewrites a slot it waits until no packet still uses it: each program
+ * announces the generation it uses in `bpfipt_inuse` (per CPU: gen | BPFIPT_IMG_BUSY, with an
+ * atomic exchange, then reads the generation again and retries if it moved; cleared when the
+ * packet is done), and the writer, after its own flip, finds every CPU either idle or on the
+ * other slot. This is RCU done by hand: swapping inner maps through the outer map would make
+ * every update wait a whole kernel RCU grace period (10-20 ms). A slot is replaced by a new,
+ * larger map (through the outer map) only when an image outgrows it.
  * Stateful checks (limit, nth) keep their state in the image: like iptables-legacy, which
  * re-creates every match's private state on each table replace, a new ruleset starts fresh.
  *
@@ -49,7 +56,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 2,
+	BPFIPT_LAYOUT_VERSION = 3,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -67,6 +74,9 @@ enum bpfipt_const {
 	BPFIPT_IMG_SLOT_STATES = 3,
 	BPFIPT_IMG_SLOT_HOOK0 = 4,
 	BPFIPT_IMG_HOOK_SLOTS = 4,
+	/* bpfipt_inuse: the generation a CPU's packet uses, with this bit while it does. */
+	BPFIPT_IMG_BUSY = 0x80000000,
+	BPFIPT_IMG_GEN_MASK = 0x7fffffff,
 	BPFIPT_IMG_SLOT_FLAGS = 16,
 	BPFIPT_IMG_HEADER_SLOTS = 17,
 	/* IMG_SLOT_FLAGS: some rule looks at conntrack state, so packets are tracked (as in
@@ -159,6 +169,12 @@ enum bpfipt_check {
 	BPFIPT_C_CONNTRACK = 16,   /* a: offset of a struct bpfipt_ct_match (BPFIPT_IMG_CTM_SLOTS) */
 	BPFIPT_C_ADDRTYPE = 17,    /* a: src types | dst types << 16 (XT_ADDRTYPE_* bits, 0 = no
 				    * condition); b: BPFIPT_AT_* flags */
+};
+
+/* Entry 0 of `bpfipt_active`: the installed image's generation (slot gen & 1; 0: none). */
+struct bpfipt_active {
+	__u32 gen;
+	__u32 pad;
 };
 
 struct bpfipt_counter {

@@ -61,6 +61,7 @@ struct bpfipt_counter _bpfipt_counter_type = {};
 struct bpfipt_iface _bpfipt_iface_type = {};
 struct bpfipt_log_event _bpfipt_log_event_type = {};
 struct bpfipt_stats _bpfipt_stats_type = {};
+struct bpfipt_active _bpfipt_active_type = {};
 struct bpfipt_local_addr _bpfipt_local_addr_type = {};
 enum bpfipt_const _bpfipt_const_type = BPFIPT_LAYOUT_VERSION;
 enum bpfipt_hook _bpfipt_hook_type = BPFIPT_HOOK_INPUT;
@@ -188,14 +189,10 @@ static __always_inline int ingress_hook(void *ctx, struct pkt *p)
 	}
 }
 
-SEC("xdp")
-int bpfipt_xdp_ingress(struct xdp_md *ctx)
+static __always_inline int xdp_ingress(struct xdp_md *ctx, void *img)
 {
 	struct cls *c = scratch(PROG_XDP);
 	if (!c)
-		return XDP_PASS;
-	void *img = image();
-	if (!img)
 		return XDP_PASS;
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
 	if (parse_packet(&c->p, data, data_end, 1)) {
@@ -215,7 +212,7 @@ int bpfipt_xdp_ingress(struct xdp_md *ctx)
 	c->p.hook = hook;
 	__u32 v = classify(img, c);
 	if (c->n_logs)
-		emit_logs(ctx, PROG_XDP, c);
+		emit_logs(ctx, PROG_XDP, img, c);
 	if (v == V_ACCEPT) {
 		if (track)
 			ct_update_cls(c);
@@ -251,7 +248,7 @@ static __always_inline int tc_judge(struct __sk_buff *skb, void *img, struct cls
 {
 	__u32 v = classify(img, c);
 	if (c->n_logs)
-		emit_logs(skb, kind, c);
+		emit_logs(skb, kind, img, c);
 	if (v == V_ACCEPT) {
 		if (update)
 			ct_update_cls(c);
@@ -282,14 +279,11 @@ static __always_inline int has_l2(struct __sk_buff *skb)
 
 /* The start both TC programs share: the scratch, the image, linear headers, the parse, and
  * (when tracking) the conntrack lookup. NULL: pass the packet unjudged. */
-static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, void **img, int *track,
+static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, void *img, int *track,
 					    int from_local)
 {
 	struct cls *c = scratch(kind);
 	if (!c || skb->protocol != bpf_htons(ETH_P_IP))
-		return NULL;
-	*img = image();
-	if (!*img)
 		return NULL;
 	pull_headers(skb);
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
@@ -305,7 +299,7 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, voi
 		c->p.pkttype = PACKET_HOST;
 	}
 	c->p.mark = skb->mark;
-	*track = tracks(*img);
+	*track = tracks(img);
 	if (*track) {
 		ct_fill(c, data, data_end, from_local);
 		ct_lookup_cls(c);
@@ -314,12 +308,10 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, voi
 	return c;
 }
 
-SEC("tc")
-int bpfipt_tc_ingress(struct __sk_buff *skb)
+static __always_inline int tc_ingress(struct __sk_buff *skb, void *img)
 {
-	void *img;
 	int track;
-	struct cls *c = tc_start(skb, PROG_TC_IN, &img, &track, skb->ifindex == LOOPBACK_IFINDEX);
+	struct cls *c = tc_start(skb, PROG_TC_IN, img, &track, skb->ifindex == LOOPBACK_IFINDEX);
 	if (!c)
 		return TC_ACT_OK;
 	int hook = ingress_hook(skb, &c->p);
@@ -329,18 +321,45 @@ int bpfipt_tc_ingress(struct __sk_buff *skb)
 	return tc_judge(skb, img, c, PROG_TC_IN, track);
 }
 
+static __always_inline int tc_egress(struct __sk_buff *skb, void *img)
+{
+	int track;
+	struct cls *c = tc_start(skb, PROG_TC_EG, img, &track, 1);
+	if (!c)
+		return TC_ACT_OK;
+	c->p.hook = BPFIPT_HOOK_OUTPUT;
+	/* on lo the packet's connection advances at lo ingress (see the top) */
+	return tc_judge(skb, img, c, PROG_TC_EG, track && skb->ifindex != LOOPBACK_IFINDEX);
+}
+
+/* The programs: each judges a packet against the image it announced (image_enter), and
+ * withdraws the announcement on every path. */
+SEC("xdp")
+int bpfipt_xdp_ingress(struct xdp_md *ctx)
+{
+	void *img = image_enter();
+	int v = img ? xdp_ingress(ctx, img) : XDP_PASS;
+	image_exit();
+	return v;
+}
+
+SEC("tc")
+int bpfipt_tc_ingress(struct __sk_buff *skb)
+{
+	void *img = image_enter();
+	int v = img ? tc_ingress(skb, img) : TC_ACT_OK;
+	image_exit();
+	return v;
+}
+
 SEC("tc")
 int bpfipt_tc_egress(struct __sk_buff *skb)
 {
 	/* Forwarded: judged in FORWARD at ingress already. */
 	if (skb->ingress_ifindex)
 		return TC_ACT_OK;
-	void *img;
-	int track;
-	struct cls *c = tc_start(skb, PROG_TC_EG, &img, &track, 1);
-	if (!c)
-		return TC_ACT_OK;
-	c->p.hook = BPFIPT_HOOK_OUTPUT;
-	/* on lo the packet's connection advances at lo ingress (see the top) */
-	return tc_judge(skb, img, c, PROG_TC_EG, track && skb->ifindex != LOOPBACK_IFINDEX);
+	void *img = image_enter();
+	int v = img ? tc_egress(skb, img) : TC_ACT_OK;
+	image_exit();
+	return v;
 }

@@ -90,10 +90,24 @@ struct bpfipt_image {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__array(values, struct bpfipt_image);
 } bpfipt_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfipt_active);
+} bpfipt_active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64); /* 64 bits: the atomic exchange needs them (without -mcpu=v3) */
+} bpfipt_inuse SEC(".maps");
 
 /* Context of the bpf_loop callbacks: the image (looked up once per packet), the scratch,
  * and per-loop values. Loops run through bpf_loop so that the verifier checks each body
@@ -556,17 +570,41 @@ static long linear_step(__u64 i, struct lctx *x)
 	return take_rule(x->img, c, c->pos);
 }
 
-/* The installed image, or NULL (counted) when there is none. */
-static __always_inline void *image(void)
+/* The installed image, announced in bpfipt_inuse until image_exit() (see bpf_iptables.h), or
+ * NULL (counted) when there is none. Programs never nest on one CPU (the TC egress hook runs
+ * with bottom halves disabled), so one announcement per CPU suffices. */
+static __always_inline void *image_enter(void)
 {
 	__u32 zero = 0;
-	void *img = bpf_map_lookup_elem(&bpfipt_tables, &zero);
+	struct bpfipt_active *a = bpf_map_lookup_elem(&bpfipt_active, &zero);
+	__u64 *mark = bpf_map_lookup_elem(&bpfipt_inuse, &zero);
+	if (!a || !mark)
+		return NULL;
+	__u32 gen = *(volatile __u32 *)&a->gen;
+	for (int i = 0; i < 4; i++) {
+		/* The exchange is a full barrier: the writer sees this mark, or we see its flip. */
+		__sync_lock_test_and_set(mark, (__u64)((gen & BPFIPT_IMG_GEN_MASK) | BPFIPT_IMG_BUSY));
+		__u32 now = *(volatile __u32 *)&a->gen;
+		if (now == gen)
+			break;
+		gen = now;
+	}
+	__u32 slot = gen & 1;
+	void *img = gen ? bpf_map_lookup_elem(&bpfipt_tables, &slot) : NULL;
 	if (!img) {
 		struct bpfipt_stats *s = stats();
 		if (s)
 			s->no_image++;
 	}
 	return img;
+}
+
+static __always_inline void image_exit(void)
+{
+	__u32 zero = 0;
+	__u64 *mark = bpf_map_lookup_elem(&bpfipt_inuse, &zero);
+	if (mark)
+		*(volatile __u64 *)mark = 0;
 }
 
 /* Classifies c->p (c->p.hook set) against image `img`. Counts rules and policy.

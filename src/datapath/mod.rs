@@ -415,19 +415,46 @@ fn open_map(pin_dir: &Path, name: &str) -> Result<MapHandle> {
     MapHandle::from_pinned_path(pin_dir.join(name)).with_context(|| format!("opening pinned map {name}"))
 }
 
-/// Writes `img` into a new image map and installs it (the generation flip).
+/// Installs `img` (see "The classifier image" in bpf_iptables.h): waits until no packet uses
+/// the inactive slot, writes the image there (a new, larger map only when it does not fit),
+/// and flips `bpfipt_active` to the next generation.
 fn install_image(pin_dir: &Path, img: &[u64]) -> Result<()> {
     let tables = open_map(pin_dir, "bpfipt_tables")?;
-    let opts = libbpf_sys::bpf_map_create_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-        map_flags: libbpf_sys::BPF_F_INNER_MAP | libbpf_sys::BPF_F_MMAPABLE,
-        ..Default::default()
+    let active = open_map(pin_dir, "bpfipt_active")?;
+    let inuse = open_map(pin_dir, "bpfipt_inuse")?;
+    let gen_now = active
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("reading the active image generation")?
+        .map_or(0, |v| u32::from_ne_bytes(v[0..4].try_into().expect("4 bytes")));
+    let next = gen_now.wrapping_add(1) & GEN_MASK;
+    let next = if next == 0 { 2 } else { next }; // 0 means "no image"; keep the slot parity
+    let slot = next & 1;
+    wait_unused(&inuse, slot)?;
+
+    let cur = inner_map(&tables, slot)?;
+    let map = match cur {
+        Some((map, capacity)) if capacity as usize >= img.len() => map,
+        _ => {
+            // Room to grow, so that adding rules rarely needs a new map (replacing one goes
+            // through the outer map, which waits for a kernel RCU grace period).
+            let capacity = (img.len() + img.len() / 4 + 1024).min(u32::MAX as usize) as u32;
+            let opts = libbpf_sys::bpf_map_create_opts {
+                sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+                map_flags: libbpf_sys::BPF_F_INNER_MAP | libbpf_sys::BPF_F_MMAPABLE,
+                ..Default::default()
+            };
+            let map = MapHandle::create(MapType::Array, Some("bpfipt_image"), 4, 8, capacity, &opts)
+                .context("creating the classifier image map")?;
+            let fd = map.as_fd().as_raw_fd() as u32;
+            tables
+                .update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                .context("installing a classifier image map")?;
+            map
+        }
     };
-    let n = img.len().max(1);
-    let map = MapHandle::create(MapType::Array, Some("bpfipt_image"), 4, 8, n as u32, &opts)
-        .context("creating the classifier image map")?;
-    let bytes = n * 8;
-    // SAFETY: an mmapable array map of n u64 values: its fd maps `bytes` bytes, shared.
+    let bytes = img.len().max(1) * 8;
+    // SAFETY: an mmapable array map of at least img.len() u64 values: its fd maps `bytes`
+    // bytes, shared. No packet reads this slot (wait_unused) until the flip below.
     let mem = unsafe {
         libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.as_fd().as_raw_fd(), 0)
     };
@@ -439,11 +466,46 @@ fn install_image(pin_dir: &Path, img: &[u64]) -> Result<()> {
         std::ptr::copy_nonoverlapping(img.as_ptr(), mem.cast::<u64>(), img.len());
         libc::munmap(mem, bytes);
     }
-    let fd = map.as_fd().as_raw_fd() as u32;
-    tables
-        .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-        .context("installing the classifier image")?;
+    let mut value = [0u8; 8];
+    value[0..4].copy_from_slice(&next.to_ne_bytes());
+    active.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).context("switching to the new classifier image")?;
     Ok(())
+}
+
+const GEN_MASK: u32 = skel::types::bpfipt_const::BPFIPT_IMG_GEN_MASK.0;
+const BUSY: u64 = skel::types::bpfipt_const::BPFIPT_IMG_BUSY.0 as u64;
+
+/// The image map in `slot` of `bpfipt_tables` and its capacity in slots, if there is one.
+fn inner_map(tables: &MapHandle, slot: u32) -> Result<Option<(MapHandle, u32)>> {
+    let Some(id) = tables.lookup(&slot.to_ne_bytes(), MapFlags::ANY).context("reading bpfipt_tables")? else {
+        return Ok(None);
+    };
+    let id = u32::from_ne_bytes(id[0..4].try_into().expect("4 bytes"));
+    let map = MapHandle::from_map_id(id).context("opening a classifier image map")?;
+    let info = map.info().context("reading a classifier image map's size")?;
+    Ok(Some((map, info.info.max_entries)))
+}
+
+/// Waits until no CPU runs a packet against the image in `slot` (bpfipt_inuse).
+fn wait_unused(inuse: &MapHandle, slot: u32) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let marks = inuse
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("reading bpfipt_inuse")?
+            .unwrap_or_default();
+        let busy = marks.iter().any(|m| {
+            let v = u64::from_ne_bytes(m[0..8].try_into().expect("8 bytes"));
+            v & BUSY != 0 && (v as u32) & 1 == slot
+        });
+        if !busy {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the datapath kept using the previous classifier image for 2 s");
+        }
+        std::thread::sleep(std::time::Duration::from_micros(20));
+    }
 }
 
 /// Makes `bpfipt_ifaces` and `bpfipt_local` describe `devs`.
