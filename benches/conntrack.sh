@@ -12,6 +12,9 @@
 # by rule 1. Two client processes connect and close in a loop for SECONDS_PER_RUN seconds.
 # Reported: connections/s (median of REPS runs, and min..max), and the fw's softirq CPU time
 # per connection (from /proc/stat, machine-wide, so it includes client and server stacks).
+# Then the per-packet cost of an established flow with the same ruleset: a UDP echo exchange
+# (one request answered, so the flow is ESTABLISHED), then STREAM_PACKETS datagrams each way;
+# softirq ns per forwarded packet (again machine-wide: veths and both end hosts included).
 # Self-check: every run must complete connections, and the NEW rule's counter must equal the
 # connections made (one SYN each; see the 0.1% allowance below), else the run is marked FAIL.
 set -euo pipefail
@@ -47,7 +50,12 @@ setup() {
   # Many short connections: reuse TIME_WAIT ports on the client.
   ip netns exec "$p-c" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="10000 65000"
   ip netns exec "$p-s" python3 -c '
-import socket
+import socket, threading
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7))
+    while True:
+        d, a = u.recvfrom(2048); u.sendto(d, a)
+threading.Thread(target=udp, daemon=True).start()
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 80)); s.listen(4096)
 while True:
@@ -67,6 +75,7 @@ for i in range(n):
     a, b = divmod(i, 250)
     print(f"-A FORWARD -s 10.{a // 250}.{a % 250}.{b + 1}/32 -p tcp -m tcp --dport {1 + i % 60000} -j DROP")
 print("-A FORWARD -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW -j ACCEPT")
+print("-A FORWARD -p udp -m udp --dport 7 -m conntrack --ctstate NEW -j ACCEPT")
 print("COMMIT")
 PY
 }
@@ -102,10 +111,35 @@ PY
 }
 
 new_rule_packets() { # ipt-binary
-  ip netns exec "$p-f" "$1" -L FORWARD -v -x -n | awk '/ctstate NEW/ {print $1}'
+  ip netns exec "$p-f" "$1" -L FORWARD -v -x -n | awk '/ctstate NEW/ && /dpt:80/ {print $1}'
+}
+
+# One established UDP stream: prints the packets forwarded (both directions).
+STREAM=${STREAM_PACKETS:-200000}
+run_stream() {
+  ip netns exec "$p-c" python3 - "$STREAM" <<'PY'
+import socket, sys
+n = int(sys.argv[1])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+u.connect(("198.18.2.2", 7)); u.send(b"hello"); u.recv(100)   # now ESTABLISHED
+u.setblocking(False)
+sent = got = 0
+while sent < n:
+    try:
+        u.send(b"x" * 64); sent += 1
+    except BlockingIOError:
+        pass
+    try:
+        while True:
+            u.recv(100); got += 1
+    except BlockingIOError:
+        pass
+print(sent + got)
+PY
 }
 
 hz=$(getconf CLK_TCK)
+stream_rows=()
 printf '| impl | N | conn/s median [min..max] | softirq us/conn | self-check |\n|---|---:|---:|---:|---|\n'
 for n in "${sizes[@]}"; do
   gen_rules "$n" > "$work/rules.$n"
@@ -131,5 +165,20 @@ for n in "${sizes[@]}"; do
     done
     med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%s [%s..%s]", a[int((NR+1)/2)], a[1], a[NR]}'; }
     printf '| %s | %d | %s | %s | %s |\n' "$impl" "$n" "$(med "${rates[@]}")" "$(printf '%s\n' "${us[@]}" | sort -n | sed -n "$(( (REPS + 1) / 2 ))p")" "$check"
+    ns_pkt=() scheck=ok
+    for _ in $(seq "$REPS"); do
+      ip netns exec "$p-f" "$ipt" -Z FORWARD
+      t0=$(softirq_ticks)
+      pkts=$(run_stream)
+      t1=$(softirq_ticks)
+      est=$(ip netns exec "$p-f" "$ipt" -L FORWARD 1 -v -x -n | awk '{print $1}')
+      # Self-check: the ESTABLISHED rule saw (nearly) every packet of the stream.
+      [ "$est" -ge $((pkts * 99 / 100)) ] || scheck="FAIL (stream: $pkts packets, rule 1 counted $est)"
+      ns_pkt+=("$(python3 -c "print(round(($t1 - $t0) * 1e9 / $hz / max($pkts, 1)))")")
+    done
+    stream_rows+=("| $impl | $n | $(med "${ns_pkt[@]}") | $scheck |")
   done
 done
+printf '\nEstablished stream (UDP, both directions): softirq ns per forwarded packet\n\n'
+printf '| impl | N | ns/packet median [min..max] | self-check |\n|---|---:|---:|---|\n'
+printf '%s\n' "${stream_rows[@]}"
