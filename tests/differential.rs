@@ -1,0 +1,596 @@
+//! Differential verification against the kernel's netfilter (root only): random FORWARD
+//! rulesets, loaded with our `iptables-restore` into one firewall and with iptables-legacy into
+//! an identical twin (see `common::topo`), and the same crafted packets sent through both.
+//! Per packet the outcome (delivered to the receiver, and any REJECT reply the sender got) must
+//! be the same, and at the end so must every rule's packet and byte counters
+//! (`iptables-save -c`). A mismatch is shrunk (rules removed while it persists) and printed as
+//! the seed, the rules and the packets.
+//!
+//! Rulesets: addresses and prefixes (nested, overlapping, negated), iprange, protocols, port
+//! ranges and multiport, TCP flags, ICMP types, interfaces with wildcards, user chains with
+//! -j/-g/RETURN, policies, rules without target, REJECT. Packets aim at the edges of the pools
+//! the rules draw from (prefix ends, range ends +-1, each flag combination).
+//!
+//! `BPFIPT_DIFF_SEED` (default fixed), `BPFIPT_DIFF_RULESETS` (default 12) and
+//! `BPFIPT_DIFF_PACKETS` (per ruleset, default 40) set the budget; `scripts/differential.sh`
+//! runs it for as long as asked with a fresh seed.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use common::topo::{sh, Topo};
+use common::{ScratchDir, Tools};
+
+/// splitmix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pct(&mut self, p: u64) -> bool {
+        self.next() % 100 < p
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len())]
+    }
+}
+
+const SRC_NETS: &[&str] = &["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "10.1.2.128/25", "192.168.0.0/16", "172.16.0.0/12", "198.18.1.0/24", "10.0.0.0/255.0.255.0"];
+const DST_NETS: &[&str] = &["198.18.2.0/24", "198.18.2.0/25", "198.18.2.128/25", "198.18.2.2/32", "198.18.2.3/32", "198.18.2.254/31"];
+const SRC_ADDRS: &[&str] = &["10.0.0.0", "10.0.0.1", "10.1.1.255", "10.1.2.0", "10.1.2.3", "10.1.2.4", "10.1.2.127", "10.1.2.128", "10.1.2.255", "10.1.3.0", "10.255.255.255", "11.0.0.0", "192.168.0.1", "192.168.255.255", "172.16.0.0", "172.31.255.255", "172.32.0.0", "198.18.1.2", "198.18.1.77", "9.255.255.255"];
+const DST_ADDRS: &[&str] = &["198.18.2.2", "198.18.2.3", "198.18.2.127", "198.18.2.128", "198.18.2.254"];
+const PORTS: &[u16] = &[1, 21, 22, 23, 53, 79, 80, 81, 443, 1023, 1024, 8080, 65534, 65535];
+const RANGES: &[&str] = &["22", "80", "1:1023", "1024:65535", "79:81", "22:23", "53", "65535", "443:8080"];
+const TCP_FLAGS: &[(u8, &str)] = &[(0x02, "SYN"), (0x12, "SYN,ACK"), (0x10, "ACK"), (0x04, "RST"), (0x11, "FIN,ACK"), (0x00, "none"), (0x29, "FIN,PSH,URG")];
+const ICMP: &[(u8, u8)] = &[(8, 0), (0, 0), (3, 3), (11, 0), (3, 1)];
+
+fn neg(r: &mut Rng) -> &'static str {
+    if r.pct(25) {
+        "! "
+    } else {
+        ""
+    }
+}
+
+/// One rule spec (after `-A CHAIN`), `chains` being the user chains it may jump to.
+fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool) -> String {
+    let mut s = String::new();
+    if r.pct(40) {
+        let _ = write!(s, "{}-s {} ", neg(r), r.pick(SRC_NETS));
+    }
+    if r.pct(30) {
+        let _ = write!(s, "{}-d {} ", neg(r), r.pick(DST_NETS));
+    }
+    if r.pct(20) {
+        let _ = write!(s, "{}-i {} ", neg(r), r.pick(&["f0", "f1", "f+", "x+"]));
+    }
+    if r.pct(15) {
+        let _ = write!(s, "{}-o {} ", neg(r), r.pick(&["f1", "f0", "f+"]));
+    }
+    if r.pct(10) {
+        let (lo, hi) = r.pick(&[("10.1.2.0", "10.1.2.3"), ("10.0.0.1", "10.1.2.127"), ("192.168.0.0", "198.18.1.2")]);
+        let _ = write!(s, "-m iprange {}--src-range {lo}-{hi} ", neg(r));
+    }
+    match r.below(4) {
+        0 => {
+            s.push_str("-p tcp ");
+            if r.pct(50) {
+                let _ = write!(s, "{}--dport {} ", neg(r), r.pick(RANGES));
+            }
+            if r.pct(30) {
+                let _ = write!(s, "{}--sport {} ", neg(r), r.pick(RANGES));
+            }
+            match r.below(4) {
+                0 => {
+                    let _ = write!(s, "{}--syn ", neg(r));
+                }
+                1 => {
+                    let (mask, comp) = r.pick(&[("SYN,ACK", "SYN"), ("ALL", "ACK"), ("SYN,RST,ACK,FIN", "RST"), ("FIN,ACK", "FIN,ACK"), ("ALL", "NONE")]);
+                    let _ = write!(s, "{}--tcp-flags {mask} {comp} ", neg(r));
+                }
+                _ => {}
+            }
+            if r.pct(15) {
+                let _ = write!(s, "-m multiport {}--dports 22,80,1000:1100 ", neg(r));
+            }
+        }
+        1 => {
+            s.push_str("-p udp ");
+            if r.pct(60) {
+                let _ = write!(s, "{}--dport {} ", neg(r), r.pick(RANGES));
+            }
+            if r.pct(20) {
+                let _ = write!(s, "-m multiport {}--ports 53,80,65535 ", neg(r));
+            }
+        }
+        2 => {
+            s.push_str("-p icmp ");
+            if r.pct(60) {
+                let _ = write!(s, "{}--icmp-type {} ", neg(r), r.pick(&["echo-request", "echo-reply", "3/3", "destination-unreachable", "time-exceeded", "any"]));
+            }
+        }
+        _ => {
+            if r.pct(15) {
+                let _ = write!(s, "{}-p {} ", neg(r), r.pick(&["tcp", "udp", "icmp"]));
+            }
+        }
+    }
+    let tcp = s.contains("-p tcp ") && !s.contains("! -p");
+    let mut targets = vec!["-j ACCEPT", "-j DROP", "-j REJECT", "", "-j REJECT --reject-with icmp-host-prohibited"];
+    if tcp {
+        targets.push("-j REJECT --reject-with tcp-reset");
+    }
+    if in_user {
+        targets.push("-j RETURN");
+    }
+    let mut t = r.pick(&targets).to_string();
+    if !in_user && !chains.is_empty() && r.pct(30) {
+        t = format!("{} {}", r.pick(&["-j", "-g"]), r.pick(chains));
+    }
+    s.push_str(&t);
+    s.trim_end().to_string()
+}
+
+/// A FORWARD ruleset as `(chain, spec)` lines plus the policy.
+struct Ruleset {
+    policy: &'static str,
+    rules: Vec<(String, String)>,
+}
+
+impl Ruleset {
+    fn restore_input(&self) -> String {
+        let mut s = format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD {} [0:0]\n:OUTPUT ACCEPT [0:0]\n:u1 - [0:0]\n:u2 - [0:0]\n", self.policy);
+        for (c, spec) in &self.rules {
+            let _ = writeln!(s, "-A {c} {spec}");
+        }
+        s.push_str("COMMIT\n");
+        s
+    }
+}
+
+fn gen_ruleset(r: &mut Rng) -> Ruleset {
+    let mut rules = Vec::new();
+    for c in ["u1", "u2"] {
+        for _ in 0..r.below(4) {
+            rules.push((c.to_string(), gen_rule(r, &[], true)));
+        }
+    }
+    for _ in 1..=1 + r.below(12) {
+        rules.push(("FORWARD".to_string(), gen_rule(r, &["u1", "u2"], false)));
+    }
+    Ruleset { policy: r.pick(&["ACCEPT", "DROP"]), rules }
+}
+
+#[derive(Clone, Debug)]
+struct Packet {
+    src: &'static str,
+    dst: &'static str,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    flags: (u8, &'static str),
+    icmp: (u8, u8),
+}
+
+impl std::fmt::Display for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.proto {
+            6 => write!(f, "tcp {}:{} -> {}:{} [{}]", self.src, self.sport, self.dst, self.dport, self.flags.1),
+            17 => write!(f, "udp {}:{} -> {}:{}", self.src, self.sport, self.dst, self.dport),
+            _ => write!(f, "icmp {} -> {} type {}/{}", self.src, self.dst, self.icmp.0, self.icmp.1),
+        }
+    }
+}
+
+fn gen_packet(r: &mut Rng) -> Packet {
+    Packet {
+        src: r.pick(SRC_ADDRS),
+        dst: r.pick(DST_ADDRS),
+        proto: r.pick(&[6, 6, 17, 17, 1]),
+        sport: r.pick(PORTS),
+        dport: r.pick(PORTS),
+        flags: r.pick(TCP_FLAGS),
+        icmp: r.pick(ICMP),
+    }
+}
+
+fn ip4(a: &str) -> [u8; 4] {
+    a.parse::<std::net::Ipv4Addr>().expect("address").octets()
+}
+
+fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// The Ethernet frame of packet `p`, IP id `id` (which identifies it), TCP seq and ack
+/// `id << 16` (so a reset names it too).
+fn frame(p: &Packet, id: u16, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let l4: Vec<u8> = match p.proto {
+        6 => {
+            let mut t = vec![0u8; 20];
+            t[0..2].copy_from_slice(&p.sport.to_be_bytes());
+            t[2..4].copy_from_slice(&p.dport.to_be_bytes());
+            t[4..8].copy_from_slice(&((id as u32) << 16).to_be_bytes());
+            t[8..12].copy_from_slice(&((id as u32) << 16).to_be_bytes());
+            t[12] = 5 << 4;
+            t[13] = p.flags.0;
+            t[14..16].copy_from_slice(&8192u16.to_be_bytes());
+            t
+        }
+        17 => {
+            let mut u = vec![0u8; 16];
+            u[0..2].copy_from_slice(&p.sport.to_be_bytes());
+            u[2..4].copy_from_slice(&p.dport.to_be_bytes());
+            u[4..6].copy_from_slice(&16u16.to_be_bytes());
+            u
+        }
+        _ => {
+            let mut e = vec![p.icmp.0, p.icmp.1, 0, 0, 0x12, 0x34, 0, 1];
+            if p.icmp.0 == 3 || p.icmp.0 == 11 {
+                // A quoted header (of a packet this sender never sent).
+                e.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]);
+                e.extend_from_slice(&ip4(p.dst));
+                e.extend_from_slice(&ip4(p.src));
+                e.extend_from_slice(&[0, 53, 0x30, 0x39, 0, 8, 0, 0]);
+            }
+            let ck = csum(&e);
+            e[2..4].copy_from_slice(&ck.to_be_bytes());
+            e
+        }
+    };
+    // Valid transport checksums: netfilter's REJECT does not answer a packet whose checksum
+    // it cannot verify (nf_send_unreach, nf_send_reset), while a stack-generated packet on a
+    // veth is never verified at all (CHECKSUM_PARTIAL).
+    let mut l4 = l4;
+    if p.proto == 6 || p.proto == 17 {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&ip4(p.src));
+        pseudo.extend_from_slice(&ip4(p.dst));
+        pseudo.extend_from_slice(&[0, p.proto]);
+        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        pseudo.extend_from_slice(&l4);
+        let ck = csum(&pseudo);
+        let at = if p.proto == 6 { 16 } else { 6 };
+        l4[at..at + 2].copy_from_slice(&ck.to_be_bytes());
+    }
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let tot = 20 + l4.len() as u16;
+    let mut iph = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, p.proto, 0, 0];
+    iph[2..4].copy_from_slice(&tot.to_be_bytes());
+    iph[4..6].copy_from_slice(&id.to_be_bytes());
+    iph.extend_from_slice(&ip4(p.src));
+    iph.extend_from_slice(&ip4(p.dst));
+    let ck = csum(&iph);
+    iph[10..12].copy_from_slice(&ck.to_be_bytes());
+    f.extend(iph);
+    f.extend(l4);
+    f
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let file = fs::File::open(&path).expect("netns");
+            // SAFETY: moves only this short-lived thread.
+            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    })
+}
+
+/// A packet socket bound to interface `dev` of the calling thread's namespace.
+fn packet_socket(dev: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+    assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(dev).expect("name");
+    // SAFETY: NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex > 0, "no {dev}");
+    // SAFETY: sockaddr_ll is plain data.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll of the given size.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+    assert_eq!(rc, 0, "bind {dev}: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// Every frame waiting on `fd` (non-blocking drain).
+fn drain(fd: &std::os::fd::OwnedFd) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            return out;
+        }
+        out.push(buf[..n as usize].to_vec());
+    }
+}
+
+fn mac_of(t: &Topo, ns: &str, dev: &str) -> [u8; 6] {
+    let o = t.exec(ns, &["cat", &format!("/sys/class/net/{dev}/address")]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut m = [0u8; 6];
+    for (i, p) in text.trim().split(':').enumerate().take(6) {
+        m[i] = u8::from_str_radix(p, 16).expect("mac");
+    }
+    m
+}
+
+/// What became of one packet: delivered to the receiver, and the reply the sender got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Outcome {
+    delivered: bool,
+    reply: Option<String>,
+}
+
+/// The outcome of each packet from the frames captured at the receiver and the sender.
+fn outcomes(n: usize, at_r: &[Vec<u8>], at_s: &[Vec<u8>]) -> Vec<Outcome> {
+    let mut out = vec![Outcome { delivered: false, reply: None }; n];
+    let ipv4 = |f: &[u8]| f.len() >= 34 && f[12] == 8 && f[13] == 0;
+    for f in at_r.iter().filter(|f| ipv4(f)) {
+        let id = u16::from_be_bytes([f[18], f[19]]) as usize;
+        if id < n {
+            out[id].delivered = true;
+        }
+    }
+    for f in at_s.iter().filter(|f| ipv4(f)) {
+        let ihl = (f[14] & 15) as usize * 4;
+        let l4 = 14 + ihl;
+        match f[23] {
+            1 if f.len() >= l4 + 8 + 20 && f[l4] != 8 && f[l4] != 0 => {
+                // An ICMP error quoting our packet: its IP id.
+                let id = u16::from_be_bytes([f[l4 + 8 + 4], f[l4 + 8 + 5]]) as usize;
+                if id < n {
+                    out[id].reply = Some(format!("icmp {}/{}", f[l4], f[l4 + 1]));
+                }
+            }
+            6 if f.len() >= l4 + 20 && f[l4 + 13] & 0x04 != 0 => {
+                // A reset: it acknowledges our seq (id << 16) + 1 (SYN) or the segment.
+                let ack = u32::from_be_bytes([f[l4 + 8], f[l4 + 9], f[l4 + 10], f[l4 + 11]]);
+                let seq = u32::from_be_bytes([f[l4 + 4], f[l4 + 5], f[l4 + 6], f[l4 + 7]]);
+                let id = if ack != 0 { (ack >> 16) as usize } else { (seq >> 16) as usize };
+                if id < n {
+                    out[id].reply = Some("tcp-reset".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// One implementation's firewall: topology, receiver MACs, a loaded ruleset.
+struct Twin {
+    t: Topo,
+    tools: Tools,
+    f0_mac: [u8; 6],
+    s0_mac: [u8; 6],
+}
+
+impl Twin {
+    fn new(tools: Tools, purpose: &str) -> Twin {
+        let mut t = Topo::new(purpose);
+        if tools.is_ours() {
+            t.on_drop_in_fw(&[env!("CARGO_BIN_EXE_bpf-iptables"), "--reset"]);
+        }
+        for k in ["all", "default", "f0", "f1"] {
+            sh(&["ip", "netns", "exec", &t.f, "sysctl", "-qw", &format!("net.ipv4.conf.{k}.rp_filter=0")]);
+        }
+        // netfilter's REJECT goes through icmp_send's rate limits; ours does not.
+        let _ = t.exec(&t.f, &["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv4.icmp_msgs_burst=100000", "net.ipv4.icmp_msgs_per_sec=100000"]);
+        // The end hosts' own stacks stay silent (their answers would cross the firewall too).
+        for ns in [&t.s, &t.r] {
+            sh(&["ip", "netns", "exec", ns, "iptables-legacy", "-A", "INPUT", "-j", "DROP"]);
+        }
+        // The receiver answers ARP for every destination we use.
+        let r0 = mac_of(&t, &t.r, "r0");
+        let mac = r0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        for d in DST_ADDRS {
+            sh(&["ip", "-n", &t.f, "neigh", "replace", d, "lladdr", &mac, "dev", "f1", "nud", "permanent"]);
+        }
+        // Replies to the sender's pool addresses go back out of f0 to the sender.
+        let s0_mac = mac_of(&t, &t.s, "s0");
+        let smac = s0_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        for a in SRC_ADDRS {
+            sh(&["ip", "-n", &t.f, "route", "replace", &format!("{a}/32"), "dev", "f0"]);
+            sh(&["ip", "-n", &t.f, "neigh", "replace", a, "lladdr", &smac, "dev", "f0", "nud", "permanent"]);
+        }
+        let f0_mac = mac_of(&t, &t.f, "f0");
+        Twin { t, tools, f0_mac, s0_mac }
+    }
+
+    fn load(&self, rs: &Ruleset, dir: &ScratchDir) -> Result<(), String> {
+        let file = dir.path().join(format!("rules-{}", self.tools.label()));
+        fs::write(&file, rs.restore_input()).expect("write rules");
+        let restore = self.tools.bin("iptables-restore");
+        let o = self.t.exec(&self.t.f, &[restore.to_str().expect("path"), file.to_str().expect("path")]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// Sends the packets (IP ids 0..), returns their outcomes and the counters.
+    fn run(&self, packets: &[Packet]) -> (Vec<Outcome>, String) {
+        let (s, r) = (self.t.s.clone(), self.t.r.clone());
+        let (at_r, at_s) = std::thread::scope(|sc| {
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let recv = sc.spawn(move || {
+                in_ns(&r, move || {
+                    let sock = packet_socket("r0");
+                    drain(&sock);
+                    ready_tx.send(()).expect("ready");
+                    let _ = done_rx.recv();
+                    drain(&sock)
+                })
+            });
+            ready_rx.recv().expect("receiver ready");
+            let at_s = in_ns(&s, || {
+                let sock = packet_socket("s0");
+                drain(&sock);
+                for (i, p) in packets.iter().enumerate() {
+                    let f = frame(p, i as u16, self.f0_mac, self.s0_mac);
+                    // SAFETY: f is valid for its length; the socket is bound to s0.
+                    let n = unsafe { libc::send(sock.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+                    assert_eq!(n as usize, f.len(), "send: {}", std::io::Error::last_os_error());
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                drain(&sock)
+            });
+            done_tx.send(()).expect("done");
+            (recv.join().expect("receiver"), at_s)
+        });
+        let save = self.tools.bin("iptables-save");
+        let o = self.t.exec(&self.t.f, &[save.to_str().expect("path"), "-c"]);
+        let counters = common::strip_save_comments(&String::from_utf8_lossy(&o.stdout))
+            .lines()
+            .filter(|l| l.contains("FORWARD") || l.contains("u1") || l.contains("u2"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (outcomes(packets.len(), &at_r, &at_s), counters)
+    }
+}
+
+/// Outcomes seen (delivered, rejected, dropped) across a run: a run where every packet met the
+/// same fate tested nothing.
+#[derive(Default)]
+struct Tally {
+    delivered: usize,
+    rejected: usize,
+    dropped: usize,
+}
+
+/// The first difference between the twins for `rs` and `packets`, if any.
+fn difference(ours: &Twin, legacy: &Twin, rs: &Ruleset, packets: &[Packet], dir: &ScratchDir) -> Option<String> {
+    difference_tallied(ours, legacy, rs, packets, dir, &mut Tally::default())
+}
+
+fn difference_tallied(ours: &Twin, legacy: &Twin, rs: &Ruleset, packets: &[Packet], dir: &ScratchDir, tally: &mut Tally) -> Option<String> {
+    let (a, b) = (ours.load(rs, dir), legacy.load(rs, dir));
+    match (&a, &b) {
+        (Ok(()), Ok(())) => {}
+        (Err(_), Err(_)) => return None,
+        _ => return Some(format!("load: ours {a:?}, iptables-legacy {b:?}")),
+    }
+    let ((oa, ca), (ob, cb)) = std::thread::scope(|sc| {
+        let x = sc.spawn(|| ours.run(packets));
+        let y = sc.spawn(|| legacy.run(packets));
+        (x.join().expect("ours"), y.join().expect("legacy"))
+    });
+    for o in &ob {
+        match (o.delivered, &o.reply) {
+            (true, _) => tally.delivered += 1,
+            (false, Some(_)) => tally.rejected += 1,
+            (false, None) => tally.dropped += 1,
+        }
+    }
+    for (i, (x, y)) in oa.iter().zip(&ob).enumerate() {
+        if x != y {
+            return Some(format!("packet {i} ({}): ours {x:?}, iptables-legacy {y:?}", packets[i]));
+        }
+    }
+    if ca != cb {
+        return Some(format!("counters differ:\nours:\n{ca}\niptables-legacy:\n{cb}"));
+    }
+    None
+}
+
+/// Removes rules while the difference persists.
+fn shrink(ours: &Twin, legacy: &Twin, mut rs: Ruleset, packets: &[Packet], dir: &ScratchDir) -> (Ruleset, String) {
+    let mut why = difference(ours, legacy, &rs, packets, dir).unwrap_or_default();
+    let mut i = 0;
+    while i < rs.rules.len() {
+        let removed = rs.rules.remove(i);
+        match difference(ours, legacy, &rs, packets, dir) {
+            Some(w) => why = w,
+            None => {
+                rs.rules.insert(i, removed);
+                i += 1;
+            }
+        }
+    }
+    (rs, why)
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[test]
+fn random_rulesets_give_netfilters_verdicts_and_counters() {
+    if !common::root_or_skip("random_rulesets_give_netfilters_verdicts_and_counters") {
+        return;
+    }
+    let seed = env_num("BPFIPT_DIFF_SEED", 0x5eed_0001);
+    let rulesets = env_num("BPFIPT_DIFF_RULESETS", 12);
+    let per = env_num("BPFIPT_DIFF_PACKETS", 40) as usize;
+    let (ours, legacy) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| Twin::new(Tools::ours(), "diffours"));
+        let b = sc.spawn(|| Twin::new(Tools::legacy(), "difflegacy"));
+        (a.join().expect("ours"), b.join().expect("legacy"))
+    });
+    let dir = ScratchDir::new("differential");
+    let mut rng = Rng(seed);
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    let mut tally = Tally::default();
+    for n in 0..rulesets {
+        let rs = gen_ruleset(&mut rng);
+        let packets: Vec<Packet> = (0..per).map(|_| gen_packet(&mut rng)).collect();
+        sent += packets.len();
+        if difference_tallied(&ours, &legacy, &rs, &packets, &dir, &mut tally).is_some() {
+            let (small, why) = shrink(&ours, &legacy, rs, &packets, &dir);
+            let rules: Vec<String> = small.rules.iter().map(|(c, s)| format!("  iptables -A {c} {s}")).collect();
+            failures.push(format!(
+                "seed {seed:#x}, ruleset {n}: FORWARD policy {}\n{}\n  {why}",
+                small.policy,
+                rules.join("\n")
+            ));
+        }
+    }
+    println!(
+        "differential: {rulesets} rulesets, {sent} packets ({} delivered, {} rejected, {} dropped under netfilter), {} mismatches (seed {seed:#x})",
+        tally.delivered,
+        tally.rejected,
+        tally.dropped,
+        failures.len()
+    );
+    assert!(tally.delivered > 0 && tally.rejected > 0 && tally.dropped > 0, "a run that exercises every outcome");
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n\n"));
+}
