@@ -12,8 +12,8 @@
  *   struct bpfipt_ct_result r;
  *   bpfipt_ct_lookup(&p, &r);              // r.state: the packet's ct state, r.*: the entry
  *   ... classify (CtState field = r.state, Check::Conntrack on r) ...
- *   if (verdict == ACCEPT)
- *           bpfipt_ct_update(&p, &r);      // create ("confirm") / advance the entry
+ *   bpfipt_ct_update(&p, &r, verdict == ACCEPT); // advance the entry; create ("confirm")
+ *                                                // it only for an accepted packet
  *
  * Call lookup+update once per packet per pass through this host: at ingress for received and
  * forwarded packets, at egress only for locally generated ones (a forwarded packet must not be
@@ -29,9 +29,11 @@
  *    trackers refuse (bad TCP flag combinations, TCP packets that don't fit the state
  *    machine, ICMP replies and non-query types without a request, ICMP errors quoting
  *    nothing tracked, truncated headers). UNTRACKED is never returned (no raw table/NOTRACK).
- *  - update is called only for accepted packets: a dropped SYN leaves no entry, as in
- *    netfilter where only accepted packets are confirmed. Unlike netfilter, a dropped packet of
- *    an existing connection does not advance its state or counters either.
+ *  - update is called for every judged packet, as netfilter tracks at PREROUTING/OUTPUT before
+ *    the filter: a packet of an existing connection advances it (state, counters, timeout)
+ *    whatever the verdict, but only an accepted packet creates ("confirms") an entry, so a
+ *    dropped SYN leaves none (found by the differential test against netfilter: a dropped
+ *    SYN-ACK still makes the connection ESTABLISHED there).
  *  - TCP: netfilter's transition table, tcp_new() with nf_conntrack_tcp_loose=1 (a packet with
  *    only ACK set picks a connection up, as NEW), SYN_SENT2/simultaneous open, reopening from
  *    TIME_WAIT/CLOSE, RST handling (an RST to an unanswered SYN deletes the entry; an RST below
@@ -768,12 +770,12 @@ static __always_inline int ct_apply(struct bpfipt_ct_entry *e, struct bpfipt_ct_
 }
 
 /*
- * Called with the `r` of bpfipt_ct_lookup() once packet `p` is accepted: creates the entry of
- * a NEW connection and advances an existing one (state, timeout, counters, SEEN_REPLY,
- * ASSURED). Nothing to do for INVALID and RELATED packets.
+ * Called with the `r` of bpfipt_ct_lookup() once packet `p` is judged: advances an existing
+ * entry (state, timeout, counters, SEEN_REPLY, ASSURED), and when `accepted` creates the entry
+ * of a NEW connection. Nothing to do for INVALID and RELATED packets.
  */
 static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
-					     const struct bpfipt_ct_result *r)
+					     const struct bpfipt_ct_result *r, int accepted)
 {
 	struct ct_tuple_info ti;
 	struct bpfipt_ct_entry fresh;
@@ -791,6 +793,8 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	now = bpf_ktime_get_ns();
 	e = bpf_map_lookup_elem(&bpfipt_ct, &r->key);
 	if (!e) {
+		if (!accepted)
+			return;
 		/* Only the original direction creates (the entry of an ESTABLISHED packet may have
 		 * been deleted by another CPU meanwhile: its reply must not start a connection). */
 		if (r->state != BPFIPT_CT_NEW || r->dir != BPFIPT_CT_DIR_ORIGINAL || ti.icmp_reply)

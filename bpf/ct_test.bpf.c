@@ -16,7 +16,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define CT_TEST_ETH_P_IP 0x0800
 
-/* Set by the test before a run: non-zero = the filter drops the packet (no update). */
+/* Set by the test before a run: 0 = the filter accepts the packet, 1 = it drops it (an
+ * existing entry still advances; none is created), 2 = a probe (lookup only). */
 __u32 ct_test_drop;
 /* Set by the test: the packet is locally generated (egress). */
 __u8 ct_test_from_local;
@@ -90,8 +91,8 @@ int bpfipt_ct_test(struct xdp_md *ctx)
 	ct_test_pkt = p;
 	ct_test_result = r;
 	ct_test_matched = bpfipt_ct_match(&ct_test_match, &r);
-	if (ct_test_drop)
+	if (ct_test_drop == 2)
 		return XDP_DROP;
-	bpfipt_ct_update(&p, &r);
-	return XDP_PASS;
+	bpfipt_ct_update(&p, &r, !ct_test_drop);
+	return ct_test_drop ? XDP_DROP : XDP_PASS;
 }

@@ -20,13 +20,14 @@
  * Connection tracking (bpf/conntrack.h) runs only while the installed image has
  * BPFIPT_IMG_F_CONNTRACK, i.e. some rule looks at conntrack state: netfilter too hooks
  * conntrack into a namespace only once a rule needs it. Then every judged packet is looked
- * up before classification (its state feeds -m conntrack/-m state), and its entry is
- * created or advanced only when the verdict is ACCEPT (a dropped SYN leaves no state).
+ * up before classification (its state feeds -m conntrack/-m state), and after the verdict
+ * its connection advances, whatever the verdict (netfilter tracks before filtering), while
+ * only an accepted packet creates an entry (a dropped SYN leaves no state).
  * Each packet is tracked once per pass through the host: received and forwarded packets at
  * ingress, locally generated ones at egress. Loopback packets are seen at lo egress
- * (OUTPUT) and again at lo ingress (INPUT): egress only looks up, ingress looks up (the same
- * state, since nothing changed in between, as netfilter keeps the state it computed at
- * OUTPUT) and updates.
+ * (OUTPUT) and again at lo ingress (INPUT): egress only looks up (and updates a packet
+ * OUTPUT drops, which ingress never sees), ingress looks up (the same state, since nothing
+ * changed in between, as netfilter keeps the state it computed at OUTPUT) and updates.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -140,10 +141,10 @@ __noinline int bpfipt_dp_ct_lookup(struct bpfipt_ct_pkt *p, struct bpfipt_ct_res
 	return bpfipt_ct_lookup(p, r);
 }
 
-__noinline int bpfipt_dp_ct_update(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r)
+__noinline int bpfipt_dp_ct_update(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r, int accepted)
 {
 	if (p && r)
-		bpfipt_ct_update(p, r);
+		bpfipt_ct_update(p, r, accepted);
 	return 0;
 }
 
@@ -152,9 +153,9 @@ static __always_inline void ct_lookup_cls(struct cls *c)
 	c->p.ct_state = bpfipt_dp_ct_lookup(&c->ctp, &c->ctr);
 }
 
-static __always_inline void ct_update_cls(struct cls *c)
+static __always_inline void ct_update_cls(struct cls *c, int accepted)
 {
-	bpfipt_dp_ct_update(&c->ctp, &c->ctr);
+	bpfipt_dp_ct_update(&c->ctp, &c->ctr, accepted);
 }
 
 /* The hook an arriving packet goes through, or -1 when netfilter would not filter it. */
@@ -213,11 +214,10 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, void *img)
 	__u32 v = classify(img, c);
 	if (c->n_logs)
 		emit_logs(ctx, PROG_XDP, img, c);
-	if (v == V_ACCEPT) {
-		if (track)
-			ct_update_cls(c);
+	if (track)
+		ct_update_cls(c, v == V_ACCEPT);
+	if (v == V_ACCEPT)
 		return XDP_PASS;
-	}
 	if (v == V_REJECT) {
 		__u32 len = build_reject(ctx, PROG_XDP, c);
 		if (len && !write_reply(ctx, PROG_XDP, c, len))
@@ -242,16 +242,22 @@ static __always_inline void pull_headers(struct __sk_buff *skb)
 	bpf_skb_pull_data(skb, want);
 }
 
-/* Common TC part once the hook is known; `update`: an accepted packet advances its
- * connection. */
+/* Which judged packets advance their connection in tc_judge. */
+enum ct_update_mode {
+	CT_NONE,      /* not tracking */
+	CT_ALL,       /* every judged packet */
+	CT_DROPPED,   /* lo egress: only one OUTPUT drops (lo ingress updates the others) */
+};
+
+/* Common TC part once the hook is known. */
 static __always_inline int tc_judge(struct __sk_buff *skb, void *img, struct cls *c, int kind, int update)
 {
 	__u32 v = classify(img, c);
 	if (c->n_logs)
 		emit_logs(skb, kind, img, c);
+	if (update == CT_ALL || (update == CT_DROPPED && v != V_ACCEPT))
+		ct_update_cls(c, v == V_ACCEPT);
 	if (v == V_ACCEPT) {
-		if (update)
-			ct_update_cls(c);
 		if (c->p.mark != skb->mark)
 			skb->mark = c->p.mark;
 		return TC_ACT_OK;
@@ -318,7 +324,7 @@ static __always_inline int tc_ingress(struct __sk_buff *skb, void *img)
 	if (hook < 0)
 		return TC_ACT_OK;
 	c->p.hook = hook;
-	return tc_judge(skb, img, c, PROG_TC_IN, track);
+	return tc_judge(skb, img, c, PROG_TC_IN, track ? CT_ALL : CT_NONE);
 }
 
 static __always_inline int tc_egress(struct __sk_buff *skb, void *img)
@@ -329,7 +335,8 @@ static __always_inline int tc_egress(struct __sk_buff *skb, void *img)
 		return TC_ACT_OK;
 	c->p.hook = BPFIPT_HOOK_OUTPUT;
 	/* on lo the packet's connection advances at lo ingress (see the top) */
-	return tc_judge(skb, img, c, PROG_TC_EG, track && skb->ifindex != LOOPBACK_IFINDEX);
+	int mode = !track ? CT_NONE : skb->ifindex == LOOPBACK_IFINDEX ? CT_DROPPED : CT_ALL;
+	return tc_judge(skb, img, c, PROG_TC_EG, mode);
 }
 
 /* The programs: each judges a packet against the image it announced (image_enter), and

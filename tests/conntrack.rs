@@ -136,10 +136,21 @@ impl Harness {
         Harness { skel: open.load().expect("loading the ct_test object (verifier)") }
     }
 
-    /// Runs one packet: lookup, then update unless `drop`. Returns the lookup result.
+    /// Runs one packet: lookup, then the update of a packet the filter accepted or (`drop`)
+    /// dropped. Returns the lookup result.
     fn send_as(&mut self, pkt: &[u8], drop: bool) -> bpfipt_ct_result {
+        self.run_mode(pkt, drop as u32)
+    }
+
+    /// Looks `pkt` up without updating anything.
+    fn probe(&mut self, pkt: &[u8]) -> bpfipt_ct_result {
+        self.run_mode(pkt, 2)
+    }
+
+    fn run_mode(&mut self, pkt: &[u8], mode: u32) -> bpfipt_ct_result {
+        let drop = mode != 0;
         let bss = self.skel.maps.bss_data.as_deref_mut().expect("ct_test has a .bss");
-        bss.ct_test_drop = drop as u32;
+        bss.ct_test_drop = mode;
         let out = self
             .skel
             .progs
@@ -301,6 +312,21 @@ fn tcp_rst_answering_syn_deletes_the_entry() {
     let r = h.send(&tcp(SERVER, 23, CLIENT, 40000, RST | ACK, 0, 1001, 0));
     assert_eq!((r.state, r.dir), (ESTABLISHED, REPLY));
     assert!(h.conns().is_empty(), "refused connection must be gone");
+}
+
+/// Regression (found by tests/differential.rs against netfilter): netfilter tracks before
+/// the filter, so a dropped packet of an existing connection still advances it; a SYN-ACK the
+/// filter drops makes the client's next ACK ESTABLISHED.
+#[test]
+fn dropped_packet_of_a_connection_still_advances_it() {
+    let Some(mut h) = setup("dropped_packet_of_a_connection_still_advances_it") else { return };
+    h.send(&tcp(CLIENT, 40000, SERVER, 22, SYN, 1000, 0, 0));
+    let r = h.send_as(&tcp(SERVER, 22, CLIENT, 40000, SYN | ACK, 5000, 1001, 0), true);
+    assert_eq!(r.state, ESTABLISHED);
+    let c = h.only_conn();
+    assert_eq!(c.tcp_state, TCP_SYN_RECV);
+    assert_ne!(u32::from(c.status) & SEEN_REPLY, 0);
+    assert_eq!(h.probe(&tcp(CLIENT, 40000, SERVER, 22, ACK, 1001, 5001, 0)).state, ESTABLISHED);
 }
 
 #[test]
@@ -695,7 +721,7 @@ fn conntrack_match_agrees_with_reference() {
             assert_eq!(std::mem::size_of_val(&enc), std::mem::size_of_val(&bss.ct_test_match));
             // SAFETY: the same C struct from two skeletons of one header: identical layout.
             bss.ct_test_match = unsafe { std::mem::transmute_copy(&enc) };
-            let r = h.send_as(pkt, true);
+            let r = h.probe(pkt);
             assert_eq!(r.state, *state, "{what}");
             let bss = h.skel.maps.bss_data.as_deref().expect(".bss");
             // SAFETY: plain data in the mmapped .bss, written by the run that just ended.

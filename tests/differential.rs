@@ -64,9 +64,27 @@ fn neg(r: &mut Rng) -> &'static str {
     }
 }
 
-/// One rule spec (after `-A CHAIN`), `chains` being the user chains it may jump to.
-fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool) -> String {
+/// One rule spec (after `-A CHAIN`), `chains` being the user chains it may jump to;
+/// `stateful`: conntrack/state matches too, and no tcp-reset (a reset answering a segment of
+/// a stateful round could not be told from the round's own).
+fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool, stateful: bool) -> String {
     let mut s = String::new();
+    if stateful && r.pct(60) {
+        let m = r.pick(&[
+            "-m conntrack --ctstate ESTABLISHED,RELATED",
+            "-m conntrack --ctstate NEW",
+            "-m conntrack --ctstate INVALID",
+            "-m conntrack ! --ctstate NEW",
+            "-m conntrack --ctstate RELATED",
+            "-m state --state ESTABLISHED",
+            "-m state --state NEW,INVALID",
+            "-m conntrack --ctstate ESTABLISHED --ctdir REPLY",
+            "-m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL",
+            "-m conntrack --ctstatus SEEN_REPLY",
+            "-m conntrack --ctproto udp --ctstate NEW",
+        ]);
+        let _ = write!(s, "{m} ");
+    }
     if r.pct(40) {
         let _ = write!(s, "{}-s {} ", neg(r), r.pick(SRC_NETS));
     }
@@ -129,7 +147,7 @@ fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool) -> String {
     }
     let tcp = s.contains("-p tcp ") && !s.contains("! -p");
     let mut targets = vec!["-j ACCEPT", "-j DROP", "-j REJECT", "", "-j REJECT --reject-with icmp-host-prohibited"];
-    if tcp {
+    if tcp && !stateful {
         targets.push("-j REJECT --reject-with tcp-reset");
     }
     if in_user {
@@ -160,21 +178,30 @@ impl Ruleset {
     }
 }
 
-fn gen_ruleset(r: &mut Rng) -> Ruleset {
+fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
     let mut rules = Vec::new();
     for c in ["u1", "u2"] {
         for _ in 0..r.below(4) {
-            rules.push((c.to_string(), gen_rule(r, &[], true)));
+            rules.push((c.to_string(), gen_rule(r, &[], true, stateful)));
         }
     }
     for _ in 1..=1 + r.below(12) {
-        rules.push(("FORWARD".to_string(), gen_rule(r, &["u1", "u2"], false)));
+        rules.push(("FORWARD".to_string(), gen_rule(r, &["u1", "u2"], false, stateful)));
     }
     Ruleset { policy: r.pick(&["ACCEPT", "DROP"]), rules }
 }
 
+/// Which side sends a packet: the sender `s` (through f0 -> f1 to the receiver) or the
+/// receiver `r` (the other way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    S2R,
+    R2S,
+}
+
 #[derive(Clone, Debug)]
 struct Packet {
+    dir: Dir,
     src: &'static str,
     dst: &'static str,
     proto: u8,
@@ -182,10 +209,26 @@ struct Packet {
     dport: u16,
     flags: (u8, &'static str),
     icmp: (u8, u8),
+    /// TCP sequence and acknowledgement numbers (stateful rounds); else derived from the id.
+    seq_ack: Option<(u32, u32)>,
+    payload: u16,
+    /// ICMP echo identifier.
+    echo_id: u16,
+    /// An ICMP error's quoted packet: the header of packet `quote` as it was sent.
+    quote: Option<Box<(Packet, u16)>>,
 }
 
 impl std::fmt::Display for Packet {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        if self.dir == Dir::R2S {
+            write!(f, "from r: ")?;
+        }
+        if let Some((s, a)) = self.seq_ack {
+            write!(f, "seq {s} ack {a} len {} ", self.payload)?;
+        }
+        if let Some(q) = &self.quote {
+            write!(f, "quoting packet {} ", q.1)?;
+        }
         match self.proto {
             6 => write!(f, "tcp {}:{} -> {}:{} [{}]", self.src, self.sport, self.dst, self.dport, self.flags.1),
             17 => write!(f, "udp {}:{} -> {}:{}", self.src, self.sport, self.dst, self.dport),
@@ -195,15 +238,97 @@ impl std::fmt::Display for Packet {
 }
 
 fn gen_packet(r: &mut Rng) -> Packet {
+    let dir = if r.pct(25) { Dir::R2S } else { Dir::S2R };
+    let (a, b) = (r.pick(SRC_ADDRS), r.pick(DST_ADDRS));
+    let (src, dst) = if dir == Dir::S2R { (a, b) } else { (b, a) };
     Packet {
-        src: r.pick(SRC_ADDRS),
-        dst: r.pick(DST_ADDRS),
+        dir,
+        src,
+        dst,
         proto: r.pick(&[6, 6, 17, 17, 1]),
         sport: r.pick(PORTS),
         dport: r.pick(PORTS),
         flags: r.pick(TCP_FLAGS),
         icmp: r.pick(ICMP),
+        seq_ack: None,
+        payload: 0,
+        echo_id: 0x1234,
+        quote: None,
     }
+}
+
+/// A stateful round: `count` short connections between the sender's and the receiver's pools,
+/// each a script of packets both ways (TCP handshakes, data, closes, resets, out-of-state
+/// segments; UDP requests and replies; ICMP echo, and errors quoting a flow or nothing).
+/// Every connection gets its own client port, so state left by earlier rounds never meets it.
+fn gen_sessions(r: &mut Rng, count: usize, port_base: &mut u16) -> Vec<Packet> {
+    let mut out: Vec<Packet> = Vec::new();
+    for _ in 0..count {
+        *port_base = port_base.wrapping_add(1).max(20000);
+        let (c, v, cp, vp) = (r.pick(SRC_ADDRS), r.pick(DST_ADDRS), *port_base, r.pick(PORTS));
+        let pkt = |dir: Dir, proto: u8| {
+            let (src, dst, sport, dport) = if dir == Dir::S2R { (c, v, cp, vp) } else { (v, c, vp, cp) };
+            Packet { dir, src, dst, proto, sport, dport, flags: (0, ""), icmp: (0, 0), seq_ack: None, payload: 0, echo_id: cp, quote: None }
+        };
+        let tcp = |dir: Dir, flags: (u8, &'static str), seq: u32, ack: u32, len: u16| Packet { flags, seq_ack: Some((seq, ack)), payload: len, ..pkt(dir, 6) };
+        let (x, y) = (1_000_000u32.wrapping_mul(cp as u32), 7_000_000u32.wrapping_mul(cp as u32));
+        let (syn, synack, ack, pshack, finack, rst) = ((0x02, "SYN"), (0x12, "SYN,ACK"), (0x10, "ACK"), (0x18, "PSH,ACK"), (0x11, "FIN,ACK"), (0x04, "RST"));
+        let (s2r, r2s) = (Dir::S2R, Dir::R2S);
+        match r.below(7) {
+            0 | 1 => {
+                // A whole connection from the sender, maybe reset half-way.
+                out.push(tcp(s2r, syn, x, 0, 0));
+                out.push(tcp(r2s, synack, y, x + 1, 0));
+                out.push(tcp(s2r, ack, x + 1, y + 1, 0));
+                out.push(tcp(s2r, pshack, x + 1, y + 1, 10));
+                out.push(tcp(r2s, ack, y + 1, x + 11, 0));
+                if r.pct(30) {
+                    out.push(tcp(r2s, rst, y + 1, 0, 0));
+                    out.push(tcp(s2r, pshack, x + 11, y + 1, 5));
+                } else {
+                    out.push(tcp(s2r, finack, x + 11, y + 1, 0));
+                    out.push(tcp(r2s, finack, y + 1, x + 12, 0));
+                    out.push(tcp(s2r, ack, x + 12, y + 2, 0));
+                }
+            }
+            2 => {
+                // Opened from the receiver's side.
+                out.push(tcp(r2s, syn, y, 0, 0));
+                out.push(tcp(s2r, synack, x, y + 1, 0));
+                out.push(tcp(r2s, ack, y + 1, x + 1, 0));
+            }
+            3 => {
+                // Out of state: segments of no connection, an unanswered SYN's stray SYN-ACK.
+                out.push(tcp(s2r, ack, x, y, 0));
+                out.push(tcp(r2s, synack, y, x + 1, 0));
+                out.push(tcp(s2r, rst, x, 0, 0));
+                out.push(tcp(s2r, (0x03, "SYN,FIN"), x, 0, 0));
+            }
+            4 => {
+                // UDP request, reply, request.
+                out.push(pkt(s2r, 17));
+                out.push(pkt(r2s, 17));
+                out.push(pkt(s2r, 17));
+            }
+            5 => {
+                // ICMP echo and reply, then a reply nobody asked for.
+                out.push(Packet { icmp: (8, 0), ..pkt(s2r, 1) });
+                out.push(Packet { icmp: (0, 0), ..pkt(r2s, 1) });
+                out.push(Packet { icmp: (0, 0), echo_id: cp ^ 0x5555, ..pkt(r2s, 1) });
+            }
+            _ => {
+                // A UDP request answered by a port unreachable (RELATED), and an error
+                // quoting a flow that never was (INVALID).
+                let req = pkt(s2r, 17);
+                let id = out.len() as u16;
+                out.push(req.clone());
+                out.push(Packet { icmp: (3, 3), quote: Some(Box::new((req.clone(), id))), ..pkt(r2s, 1) });
+                let never = Packet { sport: cp ^ 0x4000, ..req };
+                out.push(Packet { icmp: (3, 3), quote: Some(Box::new((never, 0xfff0))), ..pkt(r2s, 1) });
+            }
+        }
+    }
+    out
 }
 
 fn ip4(a: &str) -> [u8; 4] {
@@ -223,11 +348,12 @@ fn csum(b: &[u8]) -> u16 {
 fn frame(p: &Packet, id: u16, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
     let l4: Vec<u8> = match p.proto {
         6 => {
-            let mut t = vec![0u8; 20];
+            let mut t = vec![0u8; 20 + p.payload as usize];
+            let (seq, ack) = p.seq_ack.unwrap_or(((id as u32) << 16, (id as u32) << 16));
             t[0..2].copy_from_slice(&p.sport.to_be_bytes());
             t[2..4].copy_from_slice(&p.dport.to_be_bytes());
-            t[4..8].copy_from_slice(&((id as u32) << 16).to_be_bytes());
-            t[8..12].copy_from_slice(&((id as u32) << 16).to_be_bytes());
+            t[4..8].copy_from_slice(&seq.to_be_bytes());
+            t[8..12].copy_from_slice(&ack.to_be_bytes());
             t[12] = 5 << 4;
             t[13] = p.flags.0;
             t[14..16].copy_from_slice(&8192u16.to_be_bytes());
@@ -241,13 +367,24 @@ fn frame(p: &Packet, id: u16, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
             u
         }
         _ => {
-            let mut e = vec![p.icmp.0, p.icmp.1, 0, 0, 0x12, 0x34, 0, 1];
+            let mut e = vec![p.icmp.0, p.icmp.1, 0, 0, 0, 0, 0, 1];
+            e[4..6].copy_from_slice(&p.echo_id.to_be_bytes());
             if p.icmp.0 == 3 || p.icmp.0 == 11 {
-                // A quoted header (of a packet this sender never sent).
-                e.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]);
-                e.extend_from_slice(&ip4(p.dst));
-                e.extend_from_slice(&ip4(p.src));
-                e.extend_from_slice(&[0, 53, 0x30, 0x39, 0, 8, 0, 0]);
+                match &p.quote {
+                    // The quoted packet's IP header and first 8 bytes, as it was sent.
+                    Some(q) => {
+                        let f = frame(&q.0, q.1, [0; 6], [0; 6]);
+                        e[4..8].fill(0);
+                        e.extend_from_slice(&f[14..14 + 28]);
+                    }
+                    // A quoted header (of a packet this sender never sent).
+                    None => {
+                        e.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]);
+                        e.extend_from_slice(&ip4(p.dst));
+                        e.extend_from_slice(&ip4(p.src));
+                        e.extend_from_slice(&[0, 53, 0x30, 0x39, 0, 8, 0, 0]);
+                    }
+                }
             }
             let ck = csum(&e);
             e[2..4].copy_from_slice(&ck.to_be_bytes());
@@ -325,17 +462,25 @@ fn packet_socket(dev: &str) -> std::os::fd::OwnedFd {
     fd
 }
 
-/// Every frame waiting on `fd` (non-blocking drain).
+/// Every frame received on `fd` so far (non-blocking drain; the socket's own transmissions,
+/// PACKET_OUTGOING, left out).
 fn drain(fd: &std::os::fd::OwnedFd) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 2048];
     loop {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        // SAFETY: sockaddr_ll is plain data.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: buf and from are valid for their lengths.
+        let n = unsafe {
+            libc::recvfrom(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, (&mut from as *mut libc::sockaddr_ll).cast(), &mut len)
+        };
         if n <= 0 {
             return out;
         }
-        out.push(buf[..n as usize].to_vec());
+        if from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            out.push(buf[..n as usize].to_vec());
+        }
     }
 }
 
@@ -356,37 +501,44 @@ struct Outcome {
     reply: Option<String>,
 }
 
-/// The outcome of each packet from the frames captured at the receiver and the sender.
-fn outcomes(n: usize, at_r: &[Vec<u8>], at_s: &[Vec<u8>]) -> Vec<Outcome> {
+/// The outcome of each packet from the frames captured at the sender and the receiver.
+/// Our packets leave with TTL 64, so a forwarded one arrives with 63; what the firewall itself
+/// sends (REJECT replies) arrives with 64.
+fn outcomes(packets: &[Packet], at_s: &[Vec<u8>], at_r: &[Vec<u8>]) -> Vec<Outcome> {
+    let n = packets.len();
     let mut out = vec![Outcome { delivered: false, reply: None }; n];
-    let ipv4 = |f: &[u8]| f.len() >= 34 && f[12] == 8 && f[13] == 0;
-    for f in at_r.iter().filter(|f| ipv4(f)) {
-        let id = u16::from_be_bytes([f[18], f[19]]) as usize;
-        if id < n {
-            out[id].delivered = true;
-        }
-    }
-    for f in at_s.iter().filter(|f| ipv4(f)) {
-        let ihl = (f[14] & 15) as usize * 4;
-        let l4 = 14 + ihl;
-        match f[23] {
-            1 if f.len() >= l4 + 8 + 20 && f[l4] != 8 && f[l4] != 0 => {
-                // An ICMP error quoting our packet: its IP id.
-                let id = u16::from_be_bytes([f[l4 + 8 + 4], f[l4 + 8 + 5]]) as usize;
-                if id < n {
-                    out[id].reply = Some(format!("icmp {}/{}", f[l4], f[l4 + 1]));
+    let ipv4 = |f: &&Vec<u8>| f.len() >= 34 && f[12] == 8 && f[13] == 0;
+    for (side, frames) in [(Dir::S2R, at_r), (Dir::R2S, at_s)] {
+        // `side`: the direction of the packets delivered here; replies here answer the others.
+        for f in frames.iter().filter(ipv4) {
+            let (ttl, proto) = (f[22], f[23]);
+            let ihl = (f[14] & 15) as usize * 4;
+            let l4 = 14 + ihl;
+            if ttl == 63 {
+                let id = u16::from_be_bytes([f[18], f[19]]) as usize;
+                if id < n && packets[id].dir == side {
+                    out[id].delivered = true;
                 }
+                continue;
             }
-            6 if f.len() >= l4 + 20 && f[l4 + 13] & 0x04 != 0 => {
-                // A reset: it acknowledges our seq (id << 16) + 1 (SYN) or the segment.
-                let ack = u32::from_be_bytes([f[l4 + 8], f[l4 + 9], f[l4 + 10], f[l4 + 11]]);
-                let seq = u32::from_be_bytes([f[l4 + 4], f[l4 + 5], f[l4 + 6], f[l4 + 7]]);
-                let id = if ack != 0 { (ack >> 16) as usize } else { (seq >> 16) as usize };
-                if id < n {
-                    out[id].reply = Some("tcp-reset".into());
+            let mut reply = |id: usize, what: String| {
+                if id < n && packets[id].dir != side {
+                    out[id].reply = Some(what);
                 }
+            };
+            match proto {
+                1 if f.len() >= l4 + 8 + 20 && f[l4] != 8 && f[l4] != 0 => {
+                    // An ICMP error quoting our packet: its IP id.
+                    reply(u16::from_be_bytes([f[l4 + 12], f[l4 + 13]]) as usize, format!("icmp {}/{}", f[l4], f[l4 + 1]));
+                }
+                6 if f.len() >= l4 + 20 && f[l4 + 13] & 0x04 != 0 => {
+                    // A reset: it acknowledges our seq (id << 16) + 1 (SYN) or the segment.
+                    let ack = u32::from_be_bytes([f[l4 + 8], f[l4 + 9], f[l4 + 10], f[l4 + 11]]);
+                    let seq = u32::from_be_bytes([f[l4 + 4], f[l4 + 5], f[l4 + 6], f[l4 + 7]]);
+                    reply(if ack != 0 { (ack >> 16) as usize } else { (seq >> 16) as usize }, "tcp-reset".into());
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     out
@@ -398,6 +550,8 @@ struct Twin {
     tools: Tools,
     f0_mac: [u8; 6],
     s0_mac: [u8; 6],
+    f1_mac: [u8; 6],
+    r0_mac: [u8; 6],
 }
 
 impl Twin {
@@ -429,7 +583,8 @@ impl Twin {
             sh(&["ip", "-n", &t.f, "neigh", "replace", a, "lladdr", &smac, "dev", "f0", "nud", "permanent"]);
         }
         let f0_mac = mac_of(&t, &t.f, "f0");
-        Twin { t, tools, f0_mac, s0_mac }
+        let f1_mac = mac_of(&t, &t.f, "f1");
+        Twin { t, tools, f0_mac, s0_mac, f1_mac, r0_mac: r0 }
     }
 
     fn load(&self, rs: &Ruleset, dir: &ScratchDir) -> Result<(), String> {
@@ -446,36 +601,23 @@ impl Twin {
 
     /// Sends the packets (IP ids 0..), returns their outcomes and the counters.
     fn run(&self, packets: &[Packet]) -> (Vec<Outcome>, String) {
-        let (s, r) = (self.t.s.clone(), self.t.r.clone());
-        let (at_r, at_s) = std::thread::scope(|sc| {
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-            let recv = sc.spawn(move || {
-                in_ns(&r, move || {
-                    let sock = packet_socket("r0");
-                    drain(&sock);
-                    ready_tx.send(()).expect("ready");
-                    let _ = done_rx.recv();
-                    drain(&sock)
-                })
-            });
-            ready_rx.recv().expect("receiver ready");
-            let at_s = in_ns(&s, || {
-                let sock = packet_socket("s0");
-                drain(&sock);
-                for (i, p) in packets.iter().enumerate() {
-                    let f = frame(p, i as u16, self.f0_mac, self.s0_mac);
-                    // SAFETY: f is valid for its length; the socket is bound to s0.
-                    let n = unsafe { libc::send(sock.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-                    assert_eq!(n as usize, f.len(), "send: {}", std::io::Error::last_os_error());
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                std::thread::sleep(Duration::from_millis(300));
-                drain(&sock)
-            });
-            done_tx.send(()).expect("done");
-            (recv.join().expect("receiver"), at_s)
-        });
+        // Packet sockets stay in the namespace they were made in, whichever thread uses them.
+        let s_sock = in_ns(&self.t.s, || packet_socket("s0"));
+        let r_sock = in_ns(&self.t.r, || packet_socket("r0"));
+        drain(&s_sock);
+        drain(&r_sock);
+        for (i, p) in packets.iter().enumerate() {
+            let (sock, f) = match p.dir {
+                Dir::S2R => (&s_sock, frame(p, i as u16, self.f0_mac, self.s0_mac)),
+                Dir::R2S => (&r_sock, frame(p, i as u16, self.f1_mac, self.r0_mac)),
+            };
+            // SAFETY: f is valid for its length; the socket is bound to its interface.
+            let n = unsafe { libc::send(sock.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            assert_eq!(n as usize, f.len(), "send: {}", std::io::Error::last_os_error());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (at_s, at_r) = (drain(&s_sock), drain(&r_sock));
         let save = self.tools.bin("iptables-save");
         let o = self.t.exec(&self.t.f, &[save.to_str().expect("path"), "-c"]);
         let counters = common::strip_save_comments(&String::from_utf8_lossy(&o.stdout))
@@ -483,7 +625,7 @@ impl Twin {
             .filter(|l| l.contains("FORWARD") || l.contains("u1") || l.contains("u2"))
             .collect::<Vec<_>>()
             .join("\n");
-        (outcomes(packets.len(), &at_r, &at_s), counters)
+        (outcomes(packets, &at_s, &at_r), counters)
     }
 }
 
@@ -522,7 +664,10 @@ fn difference_tallied(ours: &Twin, legacy: &Twin, rs: &Ruleset, packets: &[Packe
     }
     for (i, (x, y)) in oa.iter().zip(&ob).enumerate() {
         if x != y {
-            return Some(format!("packet {i} ({}): ours {x:?}, iptables-legacy {y:?}", packets[i]));
+            // The packets up to this one, with what netfilter did to each (a stateful
+            // mismatch depends on them).
+            let before: Vec<String> = packets[..i].iter().zip(&ob).enumerate().map(|(k, (p, o))| format!("    {k}: {p} => {o:?}")).collect();
+            return Some(format!("packet {i} ({}): ours {x:?}, iptables-legacy {y:?}\n  after:\n{}", packets[i], before.join("\n")));
         }
     }
     if ca != cb {
@@ -570,15 +715,23 @@ fn random_rulesets_give_netfilters_verdicts_and_counters() {
     let mut failures = Vec::new();
     let mut sent = 0;
     let mut tally = Tally::default();
+    let mut port_base = 20000u16;
     for n in 0..rulesets {
-        let rs = gen_ruleset(&mut rng);
-        let packets: Vec<Packet> = (0..per).map(|_| gen_packet(&mut rng)).collect();
+        // Every other round is stateful: conntrack rules and whole connections.
+        let stateful = n % 2 == 1;
+        let rs = gen_ruleset(&mut rng, stateful);
+        let packets: Vec<Packet> = if stateful {
+            gen_sessions(&mut rng, per.div_ceil(5), &mut port_base)
+        } else {
+            (0..per).map(|_| gen_packet(&mut rng)).collect()
+        };
         sent += packets.len();
         if difference_tallied(&ours, &legacy, &rs, &packets, &dir, &mut tally).is_some() {
             let (small, why) = shrink(&ours, &legacy, rs, &packets, &dir);
             let rules: Vec<String> = small.rules.iter().map(|(c, s)| format!("  iptables -A {c} {s}")).collect();
             failures.push(format!(
-                "seed {seed:#x}, ruleset {n}: FORWARD policy {}\n{}\n  {why}",
+                "seed {seed:#x}, ruleset {n} ({}): FORWARD policy {}\n{}\n  {why}",
+                if stateful { "stateful" } else { "stateless" },
                 small.policy,
                 rules.join("\n")
             ));
