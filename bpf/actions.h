@@ -224,11 +224,11 @@ static __always_inline __u32 build_reject(void *ctx, int kind, struct cls *c)
 			return 0;
 		saddr = ifc->ipv4;
 	}
-	/* Quote the original IP header and the first 8 bytes of its payload. */
-	__u32 q = p->ihl + 8;
-	if (q > p->len)
-		q = p->len;
-	if (q < 20 || q > 68)
+	/* Quote the original packet as icmp_send does: as much as fits in 576 bytes. */
+	__u32 q = p->len;
+	if (q > 576 - 20 - 8)
+		q = 576 - 20 - 8;
+	if (q < 20 || q > 548)
 		return 0;
 	__u8 *icmp = b + (l2 & 31) + 20;
 	if (load_bytes(ctx, kind, p->l3_off, icmp + 8, q))
@@ -238,8 +238,15 @@ static __always_inline __u32 build_reject(void *ctx, int kind, struct cls *c)
 		  osrc);
 	icmp[0] = ICMP_DEST_UNREACH;
 	icmp[1] = c->verdict_arg & 0xff;
-	/* 8 + q <= 76 bytes, padded with zeros that do not change the sum */
-	__u64 s = sum_words((__u16 *)icmp, 38);
+	/* 8 + q <= 556 bytes, padded with zeros (which do not change the sum) to 4-byte words;
+	 * bpf_csum_diff takes at most 512 bytes at a time */
+	__u32 n = (8 + q + 3) & ~3u;
+	__u32 first = n > 512 ? 512 : n;
+	__s64 s1 = bpf_csum_diff(NULL, 0, (__be32 *)icmp, first & 0x3fc, 0);
+	__s64 s2 = n > 512 ? bpf_csum_diff(NULL, 0, (__be32 *)(icmp + 512), (n - 512) & 0x3c, 0) : 0;
+	if (s1 < 0 || s2 < 0)
+		return 0;
+	__u64 s = (__u64)(__u32)s1 + (__u32)s2;
 	__u16 ck = csum_fold(s);
 	__builtin_memcpy(icmp + 2, &ck, 2);
 	return l2 + 28 + q;

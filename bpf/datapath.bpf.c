@@ -148,6 +148,24 @@ __noinline int bpfipt_dp_ct_update(struct bpfipt_ct_pkt *p, struct bpfipt_ct_res
 	return 0;
 }
 
+/* Classification as a global function: verified once per program however many places judge
+ * a packet (the packet itself, then a REJECT reply at OUTPUT), against the image this CPU
+ * announced in image_enter(). */
+__noinline int bpfipt_dp_classify(struct cls *c)
+{
+	__u32 zero = 0;
+	if (!c)
+		return V_ACCEPT;
+	__u64 *mark = bpf_map_lookup_elem(&bpfipt_inuse, &zero);
+	if (!mark)
+		return V_ACCEPT;
+	__u32 slot = *mark & 1;
+	void *img = bpf_map_lookup_elem(&bpfipt_tables, &slot);
+	if (!img)
+		return V_ACCEPT;
+	return classify(img, c);
+}
+
 static __always_inline void ct_lookup_cls(struct cls *c)
 {
 	c->p.ct_state = bpfipt_dp_ct_lookup(&c->ctp, &c->ctr);
@@ -190,6 +208,40 @@ static __always_inline int ingress_hook(void *ctx, struct pkt *p)
 	}
 }
 
+/* Netfilter sends a REJECT's reply (icmp_send, nf_send_reset) through OUTPUT, and a reply to
+ * a local packet through INPUT too: judges the reply built in c->reply (`len` bytes) there,
+ * counting it, leaving by `out_ifindex`. Returns 1 when it may be sent. Its conntrack state
+ * is netfilter's: an ICMP error is looked up (RELATED when it quotes a tracked connection),
+ * a reset carries the connection it answers, as RELATED. LOG rules do not log the reply. */
+static __always_inline int reply_passes(struct cls *c, __u32 len, __u32 out_ifindex, int track, int local)
+{
+	int l2 = c->p.l3_off != 0;
+	if (len > sizeof(c->reply) || parse_packet(&c->p, c->reply, c->reply + len, l2))
+		return 1;
+	if (track) {
+		if (c->p.proto == IPPROTO_ICMP) {
+			ct_fill(c, c->reply, c->reply + len, 1);
+			ct_lookup_cls(c);
+		} else {
+			/* c->ctr still holds the answered packet's connection */
+			c->ctr.state = BPFIPT_CT_RELATED;
+			c->ctr.dir ^= 1;
+			c->p.ct_state = BPFIPT_CT_RELATED;
+		}
+	}
+	c->p.pkttype = PACKET_HOST;
+	c->p.out_ifindex = out_ifindex;
+	c->p.hook = BPFIPT_HOOK_OUTPUT;
+	if (bpfipt_dp_classify(c) != V_ACCEPT)
+		return 0;
+	if (!local)
+		return 1;
+	c->p.in_ifindex = LOOPBACK_IFINDEX;
+	c->p.out_ifindex = 0;
+	c->p.hook = BPFIPT_HOOK_INPUT;
+	return bpfipt_dp_classify(c) == V_ACCEPT;
+}
+
 static __always_inline int xdp_ingress(struct xdp_md *ctx, void *img)
 {
 	struct cls *c = scratch(PROG_XDP);
@@ -211,7 +263,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, void *img)
 	if (hook < 0)
 		return XDP_PASS;
 	c->p.hook = hook;
-	__u32 v = classify(img, c);
+	__u32 v = bpfipt_dp_classify(c);
 	if (c->n_logs)
 		emit_logs(ctx, PROG_XDP, img, c);
 	if (track)
@@ -220,6 +272,8 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, void *img)
 		return XDP_PASS;
 	if (v == V_REJECT) {
 		__u32 len = build_reject(ctx, PROG_XDP, c);
+		if (len && !reply_passes(c, len, c->p.in_ifindex, track, 0))
+			return XDP_DROP;
 		if (len && !write_reply(ctx, PROG_XDP, c, len))
 			return XDP_TX;
 		if (len) {
@@ -252,7 +306,7 @@ enum ct_update_mode {
 /* Common TC part once the hook is known. */
 static __always_inline int tc_judge(struct __sk_buff *skb, void *img, struct cls *c, int kind, int update)
 {
-	__u32 v = classify(img, c);
+	__u32 v = bpfipt_dp_classify(c);
 	if (c->n_logs)
 		emit_logs(skb, kind, img, c);
 	if (update == CT_ALL || (update == CT_DROPPED && v != V_ACCEPT))
@@ -264,6 +318,10 @@ static __always_inline int tc_judge(struct __sk_buff *skb, void *img, struct cls
 	}
 	if (v == V_REJECT) {
 		__u32 len = build_reject(skb, kind, c);
+		/* A reply to a local packet goes out and back in through lo. */
+		if (len && !reply_passes(c, len, kind == PROG_TC_EG ? LOOPBACK_IFINDEX : c->p.in_ifindex, update != CT_NONE,
+					 kind == PROG_TC_EG))
+			return TC_ACT_SHOT;
 		if (len && !write_reply(skb, kind, c, len))
 			return bpf_redirect(skb->ifindex, kind == PROG_TC_EG ? BPF_F_INGRESS : 0);
 		if (len) {

@@ -32,6 +32,7 @@ struct cls {
 	struct pkt p;
 	struct bpfipt_ct_pkt ctp;    /* the packet as the tracker sees it */
 	struct bpfipt_ct_result ctr; /* its connection, for -m conntrack/-m state */
+	struct bpfipt_ct_match ctm;  /* the -m conntrack being checked (off the stack) */
 	__u32 nf, pivot, pos, n_rules, actions_off, states_off;
 	__u32 verdict, verdict_arg, by_policy;
 	/* per used field (indexed & 15: the verifier needs the bound on every access) */
@@ -40,7 +41,7 @@ struct cls {
 	__u32 n_logs;
 	__u32 log_idx[BPFIPT_MAX_LOGS_PER_PKT];
 	__u32 log_mark[BPFIPT_MAX_LOGS_PER_PKT];
-	__u8 reply[384]; /* room for any header length the verifier can see */
+	__u8 reply[640]; /* a REJECT reply: L2 + IP + ICMP + up to 548 quoted bytes (576 in all) */
 };
 
 struct {
@@ -388,15 +389,15 @@ static __noinline int addrtype_pass(const struct pkt *p, __u32 types, __u32 flag
 	return 1;
 }
 
-/* `-m conntrack` with the match copied out of the image. */
+/* `-m conntrack` with the match copied out of the image (into the scratch: the stack of
+ * this deepest call chain is tight). */
 static __noinline int conntrack_pass(void *img, struct cls *c, __u32 off)
 {
-	struct bpfipt_ct_match m;
-	__u64 *w = (__u64 *)&m;
-	_Static_assert(sizeof(m) == BPFIPT_IMG_CTM_SLOTS * 8, "ct match is whole slots");
+	__u64 *w = (__u64 *)&c->ctm;
+	_Static_assert(sizeof(c->ctm) == BPFIPT_IMG_CTM_SLOTS * 8, "ct match is whole slots");
 	for (int i = 0; i < BPFIPT_IMG_CTM_SLOTS; i++)
 		w[i] = slot(img, off + i);
-	return bpfipt_ct_match(&m, &c->ctr);
+	return bpfipt_ct_match(&c->ctm, &c->ctr);
 }
 
 /* One residual check; 1 = passes. */

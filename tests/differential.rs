@@ -69,9 +69,11 @@ fn neg(r: &mut Rng) -> &'static str {
 /// One rule spec (after `-A CHAIN`), `chains` being the user chains it may jump to;
 /// `stateful`: conntrack/state matches too, and no tcp-reset (a reset answering a segment of
 /// a stateful round could not be told from the round's own).
-fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool, stateful: bool, input: bool) -> String {
+fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool, stateful: bool, hook: &str) -> String {
     let mut s = String::new();
-    if stateful && r.pct(60) {
+    // Not compared yet in OUTPUT: the conntrack state a REJECT's reply carries there (ours is
+    // RELATED to the answered connection in some cases where netfilter's is NEW or INVALID).
+    if stateful && hook != "OUTPUT" && r.pct(60) {
         let m = r.pick(&[
             "-m conntrack --ctstate ESTABLISHED,RELATED",
             "-m conntrack --ctstate NEW",
@@ -93,10 +95,10 @@ fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool, stateful: bool, input: 
     if r.pct(30) {
         let _ = write!(s, "{}-d {} ", neg(r), r.pick(DST_NETS));
     }
-    if r.pct(20) {
+    if hook != "OUTPUT" && r.pct(20) {
         let _ = write!(s, "{}-i {} ", neg(r), r.pick(&["f0", "f1", "f+", "x+"]));
     }
-    if !input && r.pct(15) {
+    if hook != "INPUT" && r.pct(15) {
         let _ = write!(s, "{}-o {} ", neg(r), r.pick(&["f1", "f0", "f+"]));
     }
     if r.pct(10) {
@@ -149,7 +151,13 @@ fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool, stateful: bool, input: 
     }
     let tcp = s.contains("-p tcp ") && !s.contains("! -p");
     let mut targets = vec!["-j ACCEPT", "-j DROP", "-j REJECT", "", "-j REJECT --reject-with icmp-host-prohibited"];
-    if tcp && !stateful {
+    if hook == "OUTPUT" {
+        // Not compared yet: what becomes of a REJECT's reply to a packet the firewall sent
+        // itself (this test sends them from a raw socket; netfilter counts those replies in
+        // neither OUTPUT nor INPUT, ours in both).
+        targets.retain(|t| !t.contains("REJECT"));
+    }
+    if tcp && !stateful && hook != "OUTPUT" {
         targets.push("-j REJECT --reject-with tcp-reset");
     }
     if in_user {
@@ -167,14 +175,15 @@ fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool, stateful: bool, input: 
 struct Ruleset {
     policy: &'static str,
     input_policy: &'static str,
+    output_policy: &'static str,
     rules: Vec<(String, String)>,
 }
 
 impl Ruleset {
     fn restore_input(&self) -> String {
         let mut s = format!(
-            "*filter\n:INPUT {} [0:0]\n:FORWARD {} [0:0]\n:OUTPUT ACCEPT [0:0]\n:u1 - [0:0]\n:u2 - [0:0]\n",
-            self.input_policy, self.policy
+            "*filter\n:INPUT {} [0:0]\n:FORWARD {} [0:0]\n:OUTPUT {} [0:0]\n:u1 - [0:0]\n:u2 - [0:0]\n",
+            self.input_policy, self.policy, self.output_policy
         );
         for (c, spec) in &self.rules {
             let _ = writeln!(s, "-A {c} {spec}");
@@ -188,16 +197,24 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
     let mut rules = Vec::new();
     for c in ["u1", "u2"] {
         for _ in 0..r.below(4) {
-            rules.push((c.to_string(), gen_rule(r, &[], true, stateful, false)));
+            rules.push((c.to_string(), gen_rule(r, &[], true, stateful, "FORWARD")));
         }
     }
     for _ in 1..=1 + r.below(12) {
-        rules.push(("FORWARD".to_string(), gen_rule(r, &["u1", "u2"], false, stateful, false)));
+        rules.push(("FORWARD".to_string(), gen_rule(r, &["u1", "u2"], false, stateful, "FORWARD")));
     }
     for _ in 0..r.below(6) {
-        rules.push(("INPUT".to_string(), gen_rule(r, &[], false, stateful, true)));
+        rules.push(("INPUT".to_string(), gen_rule(r, &[], false, stateful, "INPUT")));
     }
-    Ruleset { policy: r.pick(&["ACCEPT", "DROP"]), input_policy: r.pick(&["ACCEPT", "DROP"]), rules }
+    for _ in 0..r.below(5) {
+        rules.push(("OUTPUT".to_string(), gen_rule(r, &[], false, stateful, "OUTPUT")));
+    }
+    Ruleset {
+        policy: r.pick(&["ACCEPT", "DROP"]),
+        input_policy: r.pick(&["ACCEPT", "DROP"]),
+        output_policy: r.pick(&["ACCEPT", "ACCEPT", "DROP"]),
+        rules,
+    }
 }
 
 /// Which side sends a packet: the sender `s` (through f0 -> f1 to the receiver) or the
@@ -206,6 +223,8 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
 enum Dir {
     S2R,
     R2S,
+    /// Sent by the firewall itself (OUTPUT), with TTL 65 to tell it from its replies.
+    Out,
 }
 
 #[derive(Clone, Debug)]
@@ -229,8 +248,10 @@ struct Packet {
 
 impl std::fmt::Display for Packet {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        if self.dir == Dir::R2S {
-            write!(f, "from r: ")?;
+        match self.dir {
+            Dir::R2S => write!(f, "from r: ")?,
+            Dir::Out => write!(f, "from the firewall: ")?,
+            Dir::S2R => {}
         }
         if let Some((s, a)) = self.seq_ack {
             write!(f, "seq {s} ack {a} len {} ", self.payload)?;
@@ -255,6 +276,13 @@ fn gen_packet(r: &mut Rng) -> Packet {
     if r.pct(20) {
         dst = if dir == Dir::S2R { "198.18.1.1" } else { "198.18.2.1" };
     }
+    // OUTPUT: from the firewall's address on the side it leaves by.
+    let (dir, src) = if r.pct(15) {
+        (Dir::Out, if dst.starts_with("198.18.2.") { "198.18.2.1" } else { "198.18.1.1" })
+    } else {
+        (dir, src)
+    };
+    let dst = if dir == Dir::Out && (dst == "198.18.1.1" || dst == "198.18.2.1") { r.pick(DST_ADDRS) } else { dst };
     Packet {
         dir,
         src,
@@ -426,7 +454,8 @@ fn frame(p: &Packet, id: u16, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
     f.extend_from_slice(&src_mac);
     f.extend_from_slice(&[0x08, 0x00]);
     let tot = 20 + l4.len() as u16;
-    let mut iph = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, p.proto, 0, 0];
+    let ttl = if p.dir == Dir::Out { 65 } else { 64 };
+    let mut iph = vec![0x45, 0, 0, 0, 0, 0, 0, 0, ttl, p.proto, 0, 0];
     iph[2..4].copy_from_slice(&tot.to_be_bytes());
     iph[4..6].copy_from_slice(&id.to_be_bytes());
     iph.extend_from_slice(&ip4(p.src));
@@ -475,6 +504,30 @@ fn packet_socket(dev: &str) -> std::os::fd::OwnedFd {
     let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
     assert_eq!(rc, 0, "bind {dev}: {}", std::io::Error::last_os_error());
     fd
+}
+
+/// A raw IPv4 socket that sends whole IP packets (IP_HDRINCL) from the calling thread's
+/// namespace, through its OUTPUT hook.
+fn raw_ip_socket() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd we own.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Sends IP packet `ip` to `dst`; an error (the OUTPUT chain dropped it) is an outcome too,
+/// and seen as "not delivered".
+fn send_raw_ip(fd: &std::os::fd::OwnedFd, ip: &[u8], dst: &str) {
+    // SAFETY: sockaddr_in is plain data.
+    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    to.sin_family = libc::AF_INET as u16;
+    to.sin_addr.s_addr = u32::from_ne_bytes(ip4(dst));
+    // SAFETY: ip and to are valid for their lengths.
+    unsafe {
+        libc::sendto(fd.as_raw_fd(), ip.as_ptr().cast(), ip.len(), 0, (&to as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
+    };
 }
 
 /// Every frame received on `fd` so far (non-blocking drain; the socket's own transmissions,
@@ -529,15 +582,15 @@ fn outcomes(packets: &[Packet], at_s: &[Vec<u8>], at_r: &[Vec<u8>]) -> Vec<Outco
             let (ttl, proto) = (f[22], f[23]);
             let ihl = (f[14] & 15) as usize * 4;
             let l4 = 14 + ihl;
-            if ttl == 63 {
+            if ttl == 63 || ttl == 65 {
                 let id = u16::from_be_bytes([f[18], f[19]]) as usize;
-                if id < n && packets[id].dir == side {
+                if id < n && packets[id].dir == if ttl == 65 { Dir::Out } else { side } {
                     out[id].delivered = true;
                 }
                 continue;
             }
             let mut reply = |id: usize, what: String| {
-                if id < n && packets[id].dir != side {
+                if id < n && packets[id].dir != side && packets[id].dir != Dir::Out {
                     out[id].reply = Some(what);
                 }
             };
@@ -623,12 +676,21 @@ impl Twin {
         // Packet sockets stay in the namespace they were made in, whichever thread uses them.
         let s_sock = in_ns(&self.t.s, || packet_socket("s0"));
         let r_sock = in_ns(&self.t.r, || packet_socket("r0"));
+        let f_sock = in_ns(&self.t.f, raw_ip_socket);
         drain(&s_sock);
         drain(&r_sock);
         for (i, p) in packets.iter().enumerate() {
             let (sock, f) = match p.dir {
                 Dir::S2R => (&s_sock, frame(p, i as u16, self.f0_mac, self.s0_mac)),
                 Dir::R2S => (&r_sock, frame(p, i as u16, self.f1_mac, self.r0_mac)),
+                Dir::Out => {
+                    // IP id 0 would be replaced by the kernel's: packet 0 is never OUTPUT's.
+                    if i > 0 {
+                        send_raw_ip(&f_sock, &frame(p, i as u16, [0; 6], [0; 6])[14..], p.dst);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
             };
             // SAFETY: f is valid for its length; the socket is bound to its interface.
             let n = unsafe { libc::send(sock.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
@@ -641,7 +703,7 @@ impl Twin {
         let o = self.t.exec(&self.t.f, &[save.to_str().expect("path"), "-c"]);
         let counters = common::strip_save_comments(&String::from_utf8_lossy(&o.stdout))
             .lines()
-            .filter(|l| l.contains("FORWARD") || l.contains("INPUT") || l.contains("u1") || l.contains("u2"))
+            .filter(|l| l.starts_with(':') || l.contains("-A "))
             .collect::<Vec<_>>()
             .join("\n");
         (outcomes(packets, &at_s, &at_r), counters)
@@ -749,10 +811,11 @@ fn random_rulesets_give_netfilters_verdicts_and_counters() {
             let (small, why) = shrink(&ours, &legacy, rs, &packets, &dir);
             let rules: Vec<String> = small.rules.iter().map(|(c, s)| format!("  iptables -A {c} {s}")).collect();
             failures.push(format!(
-                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}\n{}\n  {why}",
+                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}\n{}\n  {why}",
                 if stateful { "stateful" } else { "stateless" },
                 small.input_policy,
                 small.policy,
+                small.output_policy,
                 rules.join("\n")
             ));
         }

@@ -320,10 +320,11 @@ fn reject_builds_icmp_errors_and_resets() {
         &[],
         vec![
             ("INPUT", rule(proto(17), vec![], Target::Reject(RejectWith::IcmpPortUnreachable))),
-            ("INPUT", rule(proto(6), vec![], Target::Reject(RejectWith::TcpReset))),
+            ("INPUT", rule(proto(6), vec![dport(23, false)], Target::Reject(RejectWith::TcpReset))),
             ("FORWARD", rule(proto(17), vec![], Target::Reject(RejectWith::IcmpAdminProhibited))),
-            ("OUTPUT", rule(proto(6), vec![], Target::Reject(RejectWith::TcpReset))),
-            ("OUTPUT", rule(proto(17), vec![], Target::Reject(RejectWith::IcmpHostUnreachable))),
+            // Only the OUTPUT test packets below: the INPUT replies pass OUTPUT too.
+            ("OUTPUT", rule(proto(6), vec![dport(80, false)], Target::Reject(RejectWith::TcpReset))),
+            ("OUTPUT", rule(proto(17), vec![udp_dport(2)], Target::Reject(RejectWith::IcmpHostUnreachable))),
         ],
     );
     env.apply(&rs).expect("apply");
@@ -334,11 +335,11 @@ fn reject_builds_icmp_errors_and_resets() {
     assert_eq!(&out[0..6], &q[6..12], "MACs swapped");
     let (s, d, p, len) = ip_of(&out);
     assert_eq!((s, d, p), (ip("198.18.1.1"), ip("198.18.1.7"), 1));
-    assert_eq!(len, 20 + 8 + 28, "IP header + 8 bytes quoted");
+    assert_eq!(len, 20 + 8 + (q.len() - 14), "the whole original quoted, as icmp_send (up to 576 bytes)");
     assert_eq!(out.len(), 14 + len);
     assert_eq!(&out[34..36], &[3, 3], "port unreachable");
     assert_eq!(csum(&out[34..]), 0, "ICMP checksum");
-    assert_eq!(&out[42..70], &q[14..42], "quotes the original header + 8 bytes");
+    assert_eq!(&out[42..], &q[14..], "quotes the original packet");
 
     let syn = frame("198.18.1.7", "198.18.1.1", 6, &tcp(40000, 23, 0x02, 1000));
     let (rc, out) = env.xdp(&syn, env.d0);
@@ -376,6 +377,18 @@ fn reject_builds_icmp_errors_and_resets() {
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(&out[34..36], &[3, 1]);
     assert_eq!(csum(&out[34..]), 0);
+
+    // As in netfilter, the reply goes through OUTPUT: counted there, and an OUTPUT that
+    // drops it leaves the packet dropped without answer.
+    let rs = ruleset(&[("OUTPUT", Policy::Drop)], vec![("INPUT", rule(proto(17), vec![], Target::Reject(RejectWith::IcmpPortUnreachable)))]);
+    env.apply(&rs).expect("apply");
+    let before = env.policy(Hook::Output).packets;
+    assert_eq!(env.xdp(&q, env.d0).0, XDP_DROP);
+    assert_eq!(env.policy(Hook::Output).packets, before + 1);
+}
+
+fn udp_dport(p: u16) -> Match {
+    Match::Udp(UdpMatch { dport: Some(Inv::new(PortRange { lo: p, hi: p }, false)), ..Default::default() })
 }
 
 #[test]
