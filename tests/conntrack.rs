@@ -581,7 +581,20 @@ fn flush_empties_a_pinned_table() {
     let text = String::from_utf8(out).expect("utf-8");
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.lines().next().unwrap_or_default().starts_with("tcp      6 "), "{text}");
-    assert_eq!(bpf_iptables::conntrack::flush(&pin_dir).expect("flush"), 2);
+    // The sweep deletes expired entries only.
+    assert_eq!(bpf_iptables::conntrack::sweep(&pin_dir).expect("sweep"), 0);
+    let now = monotonic_ns().expect("clock");
+    let expired = std::cell::Cell::new(0);
+    h.edit_entries(|e| {
+        if e.proto == 17 {
+            e.expires = now - 1;
+            expired.set(expired.get() + 1);
+        }
+    });
+    assert_eq!(expired.get(), 1);
+    assert_eq!(bpf_iptables::conntrack::sweep(&pin_dir).expect("sweep"), 1);
+    assert_eq!(h.skel.maps.bpfipt_ct.keys().count(), 1, "the live TCP entry stays");
+    assert_eq!(bpf_iptables::conntrack::flush(&pin_dir).expect("flush"), 1);
     assert!(h.conns().is_empty());
     assert_eq!(h.send(&tcp(CLIENT, 40000, SERVER, 22, ACK, 1001, 5001, 0)).state, NEW, "picked up after a flush");
 }

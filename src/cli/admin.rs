@@ -2,7 +2,7 @@
 //! with one of these as the first argument (iptables would reject them, so nothing clashes).
 //!
 //! `--pin-dir`, `--reset`, `--detach`, `--gc`, `--watch`, `--log-follow [--stdout]`,
-//! `--conntrack-list`, `--conntrack-flush`.
+//! `--conntrack-list`, `--conntrack-flush`, `--conntrack-sweep`.
 
 use anyhow::Context;
 
@@ -21,6 +21,7 @@ bpf-iptables administration (besides every iptables command):
                                   write LOG target lines to the kernel log (/dev/kmsg), or stdout
   bpf-iptables --conntrack-list   list tracked connections, like conntrack -L
   bpf-iptables --conntrack-flush  delete every tracked connection
+  bpf-iptables --conntrack-sweep  delete the expired connections (--watch does it every 30 s)
 ";
 
 /// Runs an admin command if `args` starts with one; `None` when it is an iptables command line.
@@ -36,6 +37,7 @@ pub fn run(args: &[String]) -> Option<Result<i32>> {
         "--log-follow",
         "--conntrack-list",
         "--conntrack-flush",
+        "--conntrack-sweep",
         "--admin-help",
     ];
     if !known.contains(&first) {
@@ -90,6 +92,11 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<i32> {
             let dir = Store::open(LockWait::Block)?.pin_dir().clone();
             let n = crate::conntrack::flush(&dir)?;
             eprintln!("conntrack v1.4.7 (bpf-iptables): {n} flow entries have been deleted.");
+        }
+        "--conntrack-sweep" => {
+            let dir = Store::open(LockWait::Block)?.pin_dir().clone();
+            let n = crate::conntrack::sweep(&dir)?;
+            eprintln!("conntrack v1.4.7 (bpf-iptables): {n} expired flow entries have been deleted.");
         }
         _ => unreachable!("checked by run()"),
     }

@@ -237,6 +237,30 @@ pub fn flush(pin_dir: &Path) -> Result<usize> {
     Ok(n)
 }
 
+/// Deletes the expired entries of the connection table pinned in `pin_dir` (netfilter's
+/// garbage collection); returns how many. The programs already treat an expired entry as
+/// absent and LRU eviction reclaims it first, so this only gives the memory back sooner: a
+/// packet refreshing an entry between our read and our delete makes its connection be picked
+/// up afresh, as after `conntrack -D`.
+pub fn sweep(pin_dir: &Path) -> Result<usize> {
+    let map = open_table(pin_dir)?;
+    sweep_map(&map)
+}
+
+/// `sweep` on an open table.
+pub fn sweep_map(map: &MapHandle) -> Result<usize> {
+    let now = monotonic_ns()?;
+    let keys: Vec<Vec<u8>> = map.keys().collect();
+    let mut n = 0;
+    for key in &keys {
+        let Some(value) = map.lookup(key, MapFlags::ANY).context("reading a conntrack entry")? else { continue };
+        if Conn::decode(&value, now)?.is_none() && map.delete(key).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Encodes a `-m conntrack` match (`compile::Check::Conntrack`) as `struct bpfipt_ct_match`, the
 /// form `bpfipt_ct_match()` in `bpf/conntrack.h` evaluates.
 pub fn encode_match(m: &ConntrackMatch) -> bpfipt_ct_match {

@@ -585,6 +585,10 @@ pub fn stats(pin_dir: &Path) -> Result<skel::types::bpfipt_stats> {
 /// burst of events. `live` returns the live ruleset (None when it is pass-all: nothing to
 /// attach); it is called for every update so that rule changes in between are seen. Runs
 /// until an error.
+/// How often `watch` deletes expired connections (netfilter's conntrack GC runs about as
+/// often for a table this size).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub fn watch(pin_dir: &Path, mut live: impl FnMut() -> Result<Option<Compiled>>) -> Result<()> {
     const RTMGRP_LINK: u32 = 1;
     const RTMGRP_IPV4_IFADDR: u32 = 0x10;
@@ -613,12 +617,27 @@ pub fn watch(pin_dir: &Path, mut live: impl FnMut() -> Result<Option<Compiled>>)
         }
     };
     update(&mut live)?;
+    // Wake up at least every SWEEP_EVERY to sweep expired connections.
+    let tv = libc::timeval { tv_sec: SWEEP_EVERY.as_secs() as libc::time_t, tv_usec: 0 };
+    // SAFETY: tv is a valid timeval of the given size.
+    unsafe {
+        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32)
+    };
+    let mut last_sweep = std::time::Instant::now();
     let mut buf = vec![0u8; 65536];
     loop {
         // SAFETY: buf is writable for its length.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = std::time::Instant::now();
+            // No table yet (nothing attached yet) is fine; the next round sweeps it.
+            let _ = crate::conntrack::sweep(pin_dir);
+        }
         if n < 0 {
             let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                continue;
+            }
             // ENOBUFS: events were lost; a full update below covers them.
             if e.raw_os_error() != Some(libc::ENOBUFS) && e.kind() != io::ErrorKind::Interrupted {
                 return Err(e).context("reading interface events");
