@@ -17,3 +17,5 @@ pub mod model;
 pub mod output;
 pub mod parse;
 pub mod store;
+#[doc(hidden)]
+pub mod testutil;

@@ -27,27 +27,7 @@ use std::time::Duration;
 use common::topo::{sh, Topo};
 use common::{ScratchDir, Tools};
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pct(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len())]
-    }
-}
+use bpf_iptables::testutil::SplitMix64 as Rng;
 
 const SRC_NETS: &[&str] = &["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "10.1.2.128/25", "192.168.0.0/16", "172.16.0.0/12", "198.18.1.0/24", "10.0.0.0/255.0.255.0"];
 const DST_NETS: &[&str] = &["198.18.1.1/32", "198.18.0.0/16", "198.18.2.0/24", "198.18.2.0/25", "198.18.2.128/25", "198.18.2.2/32", "198.18.2.3/32", "198.18.2.254/31"];

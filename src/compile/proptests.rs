@@ -23,27 +23,8 @@ use super::tests::{ip, packet, rule};
 use super::{compile, lbvs};
 use crate::model::*;
 
-/// splitmix64: a small deterministic generator driven by the proptest seed.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pct(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-    fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len())].clone()
-    }
-}
+/// The generator, driven by the proptest seed.
+type Gen = crate::testutil::SplitMix64;
 
 /// Address pool: `(addr, mask)`, contiguous and not.
 fn addr_pool() -> Vec<(u32, u32)> {
@@ -412,7 +393,7 @@ fn lbvs_agrees_with_reference() {
     let cases = std::env::var("BPFIPT_COMPILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, max_shrink_iters: 0, ..Config::default() });
     let result = runner.run(&any::<u64>(), |seed| {
-        let mut g = Gen(seed);
+        let mut g = crate::testutil::SplitMix64(seed);
         let rs = gen_ruleset(&mut g);
         let mut now = 0;
         let packets: Vec<Packet> = (0..48).map(|_| gen_packet(&mut g, &mut now)).collect();
