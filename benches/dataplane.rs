@@ -1,0 +1,573 @@
+//! Per-packet cost on a real topology, side by side: bpf-iptables, iptables-legacy, iptables-nft
+//! and native nft, each holding the same N rules, against a bare XDP_DROP program.
+//!
+//!   cargo bench --bench dataplane        (as root)
+//!   env: BPFIPT_BENCH_N="0 100 1000 10000 100000"  BPFIPT_BENCH_IMPLS="bpf legacy nft-compat nft"
+//!        BPFIPT_BENCH_VARIANTS="forward input deep established"  BPFIPT_BENCH_REPS=5
+//!        BPFIPT_BENCH_SECONDS=0.5 (CPU time per repetition)
+//!
+//! Topology: generator `g` (g0 198.18.1.2) -> firewall `f` (f0 198.18.1.1, f1 198.18.2.1,
+//! forwarding) -> sink `k` (k0 198.18.2.2), veth pairs. The generator is an XDP program run
+//! with BPF_PROG_TEST_RUN in live-frames mode: it returns XDP_TX on g0, so every run transmits
+//! one real frame into f0 (UDP 198.18.1.2:40000 -> port 9). The veth peer's NAPI receives it on
+//! the CPU that sent it, so the whole path of a packet, generator included, runs on the one
+//! CPU this process is pinned to, and its busy time (/proc/stat: all but idle, iowait and
+//! steal) over a repetition is the CPU time of those packets. The generator's own cost is
+//! measured the same way (the generator returning XDP_DROP, nothing sent) and subtracted.
+//!
+//! Rulesets: N rules that do not match (distinct source/destination /32s and ports), then a last
+//! rule that matches and drops (the worst case of a linear search; dropping keeps the
+//! forwarding path out of the figure). Variants: `forward` (packet through the firewall,
+//! FORWARD rules), `input` (packet to the firewall, INPUT rules), `deep` (FORWARD, only the
+//! destination port of the non-matching rules differs from the packet), `established` (FORWARD,
+//! `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT` first; the packets are NEW, as each is
+//! dropped before its connection is confirmed, so every packet pays the tracker's lookup).
+//!
+//! bpf-iptables runs as XDP on f0 (BPF_IPTABLES_INGRESS=xdp). The others get a bare XDP_PASS
+//! program on f0: a veth only takes frames sent by XDP when its peer runs NAPI, which XDP
+//! enables; that program's cost (a few ns) is part of their figure.
+//!
+//! Every point checks itself: the last rule's packet counter grew by exactly the packets sent
+//! (the bare program: none may be missing from f0's XDP statistics), else the run aborts.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use libbpf_rs::libbpf_sys;
+
+const XDP_DROP: i32 = 1;
+const XDP_PASS: i32 = 2;
+const XDP_TX: i32 = 3;
+const GEN_CPU: usize = 1;
+const BIN: &str = env!("CARGO_BIN_EXE_bpf-iptables");
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn sh(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs `args` in namespace `ns` with `input` on stdin.
+fn sh_in(ns: &str, args: &[&str], input: &str, env: &[(&str, &str)]) -> String {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args).envs(env.iter().copied());
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{args:?} in {ns}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> libbpf_sys::bpf_insn {
+    libbpf_sys::bpf_insn { code, _bitfield_align_1: [], _bitfield_1: libbpf_sys::bpf_insn::new_bitfield_1(dst, src), off, imm }
+}
+
+fn load_xdp(insns: &[libbpf_sys::bpf_insn]) -> i32 {
+    let license = CString::new("GPL").expect("license");
+    // SAFETY: valid instructions and license; no options.
+    let fd = unsafe {
+        libbpf_sys::bpf_prog_load(libbpf_sys::BPF_PROG_TYPE_XDP, std::ptr::null(), license.as_ptr(), insns.as_ptr(), insns.len() as u64, std::ptr::null_mut())
+    };
+    assert!(fd >= 0, "loading an XDP program: {}", io::Error::from_raw_os_error(-fd));
+    fd
+}
+
+/// `return ret`.
+fn const_prog(ret: i32) -> i32 {
+    load_xdp(&[insn(0xb7, 0, 0, 0, ret), insn(0x95, 0, 0, 0, 0)])
+}
+
+/// The generator: restores the IPv4 TTL and checksum of `frame` (live frames keep their pages
+/// between runs, and forwarding decrements the TTL in place), then returns `ret`.
+fn gen_prog(frame: &[u8], ret: i32) -> i32 {
+    let le16 = |o: usize| u16::from_le_bytes([frame[o], frame[o + 1]]) as i32;
+    load_xdp(&[
+        insn(0x61, 2, 1, 0, 0),         // r2 = ctx->data
+        insn(0x61, 3, 1, 4, 0),         // r3 = ctx->data_end
+        insn(0xbf, 4, 2, 0, 0),         // r4 = r2
+        insn(0x07, 4, 0, 0, 26),        // r4 += 26
+        insn(0x2d, 4, 3, 2, 0),         // if r4 > r3 skip the stores
+        insn(0x6a, 2, 0, 22, le16(22)), // TTL and protocol
+        insn(0x6a, 2, 0, 24, le16(24)), // header checksum
+        insn(0xb7, 0, 0, 0, ret),
+        insn(0x95, 0, 0, 0, 0),
+    ])
+}
+
+/// The three namespaces; removed (with our pinned state) on drop.
+struct Topo {
+    g: String,
+    f: String,
+    k: String,
+}
+
+impl Topo {
+    fn new() -> Topo {
+        let id = std::process::id();
+        let t = Topo { g: format!("bpfipt-dp-{id}-g"), f: format!("bpfipt-dp-{id}-f"), k: format!("bpfipt-dp-{id}-k") };
+        for ns in [&t.g, &t.f, &t.k] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "link", "add", "g0", "netns", &t.g, "type", "veth", "peer", "name", "f0", "netns", &t.f]);
+        sh(&["ip", "link", "add", "k0", "netns", &t.k, "type", "veth", "peer", "name", "f1", "netns", &t.f]);
+        for (ns, dev, addr) in [(&t.g, "g0", "198.18.1.2/24"), (&t.f, "f0", "198.18.1.1/24"), (&t.f, "f1", "198.18.2.1/24"), (&t.k, "k0", "198.18.2.2/24")] {
+            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        sh(&["ip", "-n", &t.g, "route", "add", "default", "via", "198.18.1.1"]);
+        sh(&["ip", "-n", &t.k, "route", "add", "default", "via", "198.18.2.1"]);
+        sh(&["ip", "netns", "exec", &t.f, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // No ARP on the way: the firewall knows the sink.
+        let k_mac = mac(&t.k, "k0");
+        sh(&["ip", "-n", &t.f, "neigh", "replace", "198.18.2.2", "lladdr", &k_mac, "dev", "f1", "nud", "permanent"]);
+        t
+    }
+
+    /// Clears the firewall namespace: no rules, no programs, no tables, no conntrack module
+    /// state left from the previous implementation.
+    fn reset_fw(&self) {
+        let _ = run(&["ip", "netns", "exec", &self.f, BIN, "--reset"]);
+        for save in ["iptables-legacy", "iptables-nft"] {
+            let _ = run(&["ip", "netns", "exec", &self.f, save, "-F"]);
+            let _ = run(&["ip", "netns", "exec", &self.f, save, "-X"]);
+        }
+        let _ = run(&["ip", "netns", "exec", &self.f, "nft", "flush", "ruleset"]);
+        let _ = run(&["ip", "-n", &self.f, "link", "set", "f0", "xdp", "off"]);
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        self.reset_fw();
+        for ns in [&self.g, &self.f, &self.k] {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+fn mac(ns: &str, dev: &str) -> String {
+    let out = sh(&["ip", "-n", ns, "-o", "link", "show", dev]);
+    let i = out.find("link/ether ").expect("ether address") + "link/ether ".len();
+    out[i..i + 17].to_string()
+}
+
+fn mac_bytes(s: &str) -> Vec<u8> {
+    s.split(':').map(|h| u8::from_str_radix(h, 16).expect("hex")).collect()
+}
+
+fn ifindex(ns: &str, dev: &str) -> u32 {
+    let out = sh(&["ip", "-n", ns, "-o", "link", "show", dev]);
+    out.split(':').next().and_then(|s| s.trim().parse().ok()).expect("ifindex")
+}
+
+/// Moves this thread into namespace `ns`.
+fn enter(ns: &str) {
+    let f = fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+    // SAFETY: a valid namespace fd.
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {ns}");
+}
+
+/// Ethernet + IPv4 + UDP 198.18.1.2:40000 -> `dst`:9, 18 bytes of payload.
+fn frame(dmac: &[u8], smac: &[u8], dst: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(dmac);
+    f.extend_from_slice(smac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut iph = vec![0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0, 198, 18, 1, 2];
+    iph.extend_from_slice(&dst);
+    let mut s: u32 = iph.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    iph[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+    f.extend(iph);
+    f.extend_from_slice(&[0x9c, 0x40, 0, 9, 0, 26, 0, 0]);
+    f.extend_from_slice(&[0u8; 18]);
+    f
+}
+
+/// Busy time of `cpu` so far, in ns (/proc/stat: user nice system idle iowait irq softirq
+/// steal ..., in USER_HZ ticks).
+fn cpu_busy_ns(cpu: usize) -> u64 {
+    let stat = fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat.lines().find(|l| l.starts_with(&format!("cpu{cpu} "))).expect("cpu line");
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // SAFETY: plain getter.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
+    busy * 1_000_000_000 / hz
+}
+
+struct Generator {
+    tx: i32,
+    drop: i32,
+    ifindex: u32,
+    frame: Vec<u8>,
+}
+
+impl Generator {
+    /// Runs program `fd` `repeat` times in live-frames mode on g0.
+    fn run(&self, fd: i32, repeat: u32) {
+        let md: [u32; 6] = [0, self.frame.len() as u32, 0, self.ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        let mut opts = libbpf_sys::bpf_test_run_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+            data_in: self.frame.as_ptr().cast(),
+            data_size_in: self.frame.len() as u32,
+            ctx_in: ctx.as_ptr().cast(),
+            ctx_size_in: ctx.len() as u32,
+            repeat: repeat as i32,
+            flags: libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES,
+            ..Default::default()
+        };
+        // SAFETY: buffers outlive the call and their sizes are given.
+        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(fd, &mut opts) };
+        assert_eq!(rc, 0, "live-frames test run: {}", io::Error::from_raw_os_error(-rc));
+    }
+
+    /// CPU ns per packet of `repeat` packets sent with program `fd`.
+    fn measure(&self, fd: i32, repeat: u32) -> f64 {
+        let b0 = cpu_busy_ns(GEN_CPU);
+        self.run(fd, repeat);
+        // Let anything deferred to ksoftirqd on this CPU finish inside the window.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        (cpu_busy_ns(GEN_CPU) - b0) as f64 / repeat as f64
+    }
+
+    /// Packets per repetition so that one takes about `secs` of CPU.
+    fn calibrate(&self, secs: f64) -> u32 {
+        let mut n = 1000u32;
+        loop {
+            let t = Instant::now();
+            self.run(self.tx, n);
+            let el = t.elapsed().as_secs_f64();
+            if el > 0.05 || n >= 50_000_000 {
+                return ((n as f64 * secs / el) as u32).clamp(200, 50_000_000);
+            }
+            n = n.saturating_mul(8);
+        }
+    }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid arguments.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning");
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Forward,
+    Input,
+    Deep,
+    Established,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Forward => "forward",
+            Variant::Input => "input",
+            Variant::Deep => "deep",
+            Variant::Established => "established",
+        }
+    }
+    fn chain(self) -> &'static str {
+        if self == Variant::Input {
+            "INPUT"
+        } else {
+            "FORWARD"
+        }
+    }
+    fn dst(self) -> [u8; 4] {
+        if self == Variant::Input {
+            [198, 18, 1, 1]
+        } else {
+            [198, 18, 2, 2]
+        }
+    }
+}
+
+/// The i-th non-matching rule as (iptables match text, nft match text).
+fn filler(v: Variant, i: u32) -> (String, String) {
+    let port = 10 + i % 60000;
+    if v == Variant::Deep {
+        let d = "198.18.2.2";
+        (format!("-s 198.18.1.2/32 -d {d}/32 -p udp -m udp --dport {port}"), format!("ip saddr 198.18.1.2 ip daddr {d} udp dport {port}"))
+    } else {
+        let (a, b) = (i / 250, i % 250 + 1);
+        let (s, d) = (format!("10.{}.{}.{b}", a / 250, a % 250), format!("172.16.{}.{b}", a % 250));
+        (format!("-s {s}/32 -d {d}/32 -p udp -m udp --dport {port}"), format!("ip saddr {s} ip daddr {d} udp dport {port}"))
+    }
+}
+
+fn iptables_rules(v: Variant, n: u32) -> String {
+    let ch = v.chain();
+    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    if v == Variant::Established {
+        s += &format!("-A {ch} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
+    }
+    for i in 0..n {
+        s += &format!("-A {ch} {} -j DROP\n", filler(v, i).0);
+    }
+    s += &format!("-A {ch} -s 198.18.1.2/32 -p udp -m udp --dport 9 -j DROP\nCOMMIT\n");
+    s
+}
+
+fn nft_rules(v: Variant, n: u32) -> String {
+    let mut s = String::from("flush ruleset\ntable ip filter {\n");
+    for ch in ["INPUT", "FORWARD"] {
+        s += &format!(" chain {ch} {{ type filter hook {} priority 0; policy accept;\n", ch.to_lowercase());
+        if ch == v.chain() {
+            if v == Variant::Established {
+                s += "  ct state established,related accept\n";
+            }
+            for i in 0..n {
+                s += &format!("  {} drop\n", filler(v, i).1);
+            }
+            s += "  ip saddr 198.18.1.2 udp dport 9 counter drop\n";
+        }
+        s += " }\n";
+    }
+    s + "}\n"
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Impl {
+    Bare,
+    Bpf,
+    Legacy,
+    NftCompat,
+    Nft,
+}
+
+impl Impl {
+    fn name(self) -> &'static str {
+        match self {
+            Impl::Bare => "bare XDP_DROP",
+            Impl::Bpf => "bpf-iptables",
+            Impl::Legacy => "iptables-legacy",
+            Impl::NftCompat => "iptables-nft",
+            Impl::Nft => "nft",
+        }
+    }
+    fn restore(self) -> &'static str {
+        match self {
+            Impl::Legacy => "iptables-legacy-restore",
+            Impl::NftCompat => "iptables-nft-restore",
+            _ => "iptables-restore",
+        }
+    }
+    fn save(self) -> &'static str {
+        match self {
+            Impl::Legacy => "iptables-legacy-save",
+            Impl::NftCompat => "iptables-nft-save",
+            _ => "iptables-save",
+        }
+    }
+}
+
+/// Our binary under the names iptables-restore / iptables-save, in a temporary directory.
+struct Links(PathBuf);
+impl Links {
+    fn new() -> Links {
+        let d = std::env::temp_dir().join(format!("bpfipt-dp-{}", std::process::id()));
+        fs::create_dir_all(&d).expect("tmp dir");
+        for n in ["iptables-restore", "iptables-save"] {
+            let _ = fs::remove_file(d.join(n));
+            std::os::unix::fs::symlink(BIN, d.join(n)).expect("symlink");
+        }
+        Links(d)
+    }
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+impl Drop for Links {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Bench {
+    topo: Topo,
+    links: Links,
+    pass: i32,
+    drop: i32,
+}
+
+impl Bench {
+    /// Installs `imp` with `v`'s ruleset of N rules in the firewall namespace.
+    fn install(&self, imp: Impl, v: Variant, n: u32) {
+        let f = &self.topo.f;
+        self.topo.reset_fw();
+        let f0 = ifindex(f, "f0");
+        let attach = |fd: i32| {
+            enter(f);
+            // SAFETY: valid ifindex and program fd; no options.
+            let rc = unsafe { libbpf_sys::bpf_xdp_attach(f0 as i32, fd, libbpf_sys::XDP_FLAGS_DRV_MODE, std::ptr::null()) };
+            assert_eq!(rc, 0, "attaching XDP to f0: {}", io::Error::from_raw_os_error(-rc));
+        };
+        match imp {
+            Impl::Bare => attach(self.drop),
+            Impl::Bpf => {
+                sh_in(f, &[&self.links.path("iptables-restore")], &iptables_rules(v, n), &[("BPF_IPTABLES_INGRESS", "xdp")]);
+            }
+            Impl::Legacy | Impl::NftCompat => {
+                sh_in(f, &[imp.restore()], &iptables_rules(v, n), &[]);
+                attach(self.pass);
+            }
+            Impl::Nft => {
+                sh_in(f, &["nft", "-f", "-"], &nft_rules(v, n), &[]);
+                attach(self.pass);
+            }
+        }
+        enter(&self.topo.g);
+    }
+
+    /// Packets counted so far by the rule the traffic must hit (bare: f0's XDP drops).
+    fn counted(&self, imp: Impl, v: Variant) -> u64 {
+        let f = &self.topo.f;
+        match imp {
+            Impl::Bare => {
+                // veth counts XDP drops per queue in `ethtool -S`; fall back to the link's
+                // rx_dropped otherwise? No: veth reports them as rx_xdp_drops.
+                let out = sh(&["ip", "netns", "exec", f, "ethtool", "-S", "f0"]);
+                out.lines()
+                    .filter(|l| l.trim_start().starts_with("rx_queue_0_xdp_drops:") || l.trim_start().starts_with("rx_xdp_drops:"))
+                    .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0)
+            }
+            Impl::Nft => {
+                let out = sh(&["ip", "netns", "exec", f, "nft", "list", "chain", "ip", "filter", v.chain()]);
+                let l = out.lines().find(|l| l.contains("udp dport 9 counter")).expect("counter rule");
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let i = w.iter().position(|x| *x == "packets").expect("packets");
+                w[i + 1].parse().expect("count")
+            }
+            _ => {
+                let save = if imp == Impl::Bpf { self.links.path("iptables-save") } else { imp.save().to_string() };
+                let out = sh(&["ip", "netns", "exec", f, &save, "-c"]);
+                let l = out.lines().rfind(|l| l.contains(&format!("-A {}", v.chain()))).expect("last rule");
+                l[1..l.find(':').expect(":")].parse().expect("count")
+            }
+        }
+    }
+}
+
+fn env_list<T: std::str::FromStr>(key: &str, default: &str) -> Vec<T> {
+    std::env::var(key).unwrap_or_else(|_| default.into()).split_whitespace().filter_map(|s| s.parse().ok()).collect()
+}
+
+fn main() {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("dataplane: needs root (skipped)");
+        return;
+    }
+    let sizes: Vec<u32> = env_list("BPFIPT_BENCH_N", "0 100 1000 10000 100000");
+    let reps: usize = env_list("BPFIPT_BENCH_REPS", "5").first().copied().unwrap_or(5).max(1);
+    let secs: f64 = env_list("BPFIPT_BENCH_SECONDS", "0.5").first().copied().unwrap_or(0.5);
+    let impls: Vec<Impl> = std::env::var("BPFIPT_BENCH_IMPLS")
+        .unwrap_or_else(|_| "bpf legacy nft-compat nft".into())
+        .split_whitespace()
+        .filter_map(|s| match s {
+            "bpf" => Some(Impl::Bpf),
+            "legacy" => Some(Impl::Legacy),
+            "nft-compat" => Some(Impl::NftCompat),
+            "nft" => Some(Impl::Nft),
+            _ => None,
+        })
+        .collect();
+    let variants: Vec<Variant> = std::env::var("BPFIPT_BENCH_VARIANTS")
+        .unwrap_or_else(|_| "forward input deep established".into())
+        .split_whitespace()
+        .filter_map(|s| match s {
+            "forward" => Some(Variant::Forward),
+            "input" => Some(Variant::Input),
+            "deep" => Some(Variant::Deep),
+            "established" => Some(Variant::Established),
+            _ => None,
+        })
+        .collect();
+    pin_to(GEN_CPU);
+    let topo = Topo::new();
+    let (f0_mac, g0_mac) = (mac_bytes(&mac(&topo.f, "f0")), mac_bytes(&mac(&topo.g, "g0")));
+    let g0 = ifindex(&topo.g, "g0");
+    let bench = Bench { links: Links::new(), pass: const_prog(XDP_PASS), drop: const_prog(XDP_DROP), topo };
+    let gen_for = |v: Variant| {
+        let frame = frame(&f0_mac, &g0_mac, v.dst());
+        Generator { tx: gen_prog(&frame, XDP_TX), drop: gen_prog(&frame, XDP_DROP), ifindex: g0, frame }
+    };
+    enter(&bench.topo.g);
+
+    let point = |imp: Impl, v: Variant, n: u32| -> (f64, f64, f64) {
+        bench.install(imp, v, n);
+        let g = gen_for(v);
+        g.run(g.tx, 1000); // warm-up (first-packet work: neighbours, routes, map pages)
+        let before = bench.counted(imp, v);
+        let per_rep = g.calibrate(secs);
+        let mut costs = Vec::new();
+        for _ in 0..reps {
+            let own = g.measure(g.drop, per_rep);
+            let total = g.measure(g.tx, per_rep);
+            costs.push(total - own);
+        }
+        let sent = per_rep as u64 * reps as u64;
+        // The calibration's packets count too.
+        let counted = bench.counted(imp, v) - before;
+        if counted < sent && std::env::var("BPFIPT_BENCH_DEBUG").is_ok() {
+            eprintln!("{}", sh(&["ip", "netns", "exec", &bench.topo.f, "ethtool", "-S", "f0"]));
+            eprintln!("{}", sh(&["ip", "netns", "exec", &bench.topo.g, "ethtool", "-S", "g0"]));
+            eprintln!("{}", sh(&["ip", "netns", "exec", &bench.topo.f, "nstat", "-a"]));
+            eprintln!("{}", sh(&["ip", "netns", "exec", &bench.topo.f, "ip", "-s", "link"]));
+        }
+        assert!(counted >= sent, "{} {} N={n}: the matching rule counted {counted} of at least {sent} packets sent", imp.name(), v.name());
+        let mut sorted = costs.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        (median(costs), sorted[0], sorted[sorted.len() - 1])
+    };
+
+    println!("CPU ns per packet on the receiving core (generator subtracted), median of {reps} x ~{secs} s (min-max)\n");
+    let (bare, lo, hi) = point(Impl::Bare, Variant::Forward, 0);
+    println!("bare XDP_DROP on f0: {bare:.0} ns ({lo:.0}-{hi:.0})\n");
+    println!("| variant | N | {} |", impls.iter().map(|i| i.name()).collect::<Vec<_>>().join(" | "));
+    println!("|---|---:|{}", "---:|".repeat(impls.len()));
+    for &v in &variants {
+        for &n in &sizes {
+            let cells: Vec<String> = impls
+                .iter()
+                .map(|&imp| {
+                    let (m, lo, hi) = point(imp, v, n);
+                    if imp == Impl::Bpf {
+                        format!("{m:.0} ({lo:.0}-{hi:.0}) = {:.1}x bare", m / bare)
+                    } else {
+                        format!("{m:.0} ({lo:.0}-{hi:.0})")
+                    }
+                })
+                .collect();
+            println!("| {} | {n} | {} |", v.name(), cells.join(" | "));
+            let _ = io::stdout().flush();
+        }
+    }
+}
