@@ -59,7 +59,7 @@ static __always_inline void load_tcp_options(void *ctx, int kind, struct pkt *p)
 }
 
 /* Emits the LOG events recorded during classification, in order. */
-static __always_inline void emit_logs(void *ctx, int kind, void *img, struct cls *c)
+static __always_inline void emit_logs(void *ctx, int kind, struct img *img, struct cls *c)
 {
 	__u32 logs_off = (__u32)slot(img, BPFIPT_IMG_SLOT_LOGS);
 	struct pkt *p = &c->p;

@@ -7,8 +7,7 @@
  * # The classifier image (`bpfipt_tables`)
  *
  * A compiled ruleset (all three hooks) is one flat array of u64 *slots*, the image, kept in
- * one of two inner BPF_MAP_TYPE_ARRAYs (BPF_F_INNER_MAP | BPF_F_MMAPABLE, value = one u64)
- * held by the ARRAY_OF_MAPS `bpfipt_tables`. `bpfipt_active` holds the generation of the
+ * one of two inner BPF_MAP_TYPE_ARRAYs (BPF_F_INNER_MAP | BPF_F_MMAPABLE) held by the ARRAY_OF_MAPS `bpfipt_tables`. `bpfipt_active` holds the generation of the
  * installed image, which lives in slot `gen & 1`. Userspace writes a new image into the other
  * slot through mmap, then flips: one store of `gen + 1`. A packet reads the generation once and
  * uses only that image, so it sees the old ruleset or the new one, never a mix; a failed or
@@ -20,6 +19,9 @@
  * other slot. This is RCU done by hand: swapping inner maps through the outer map would make
  * every update wait a whole kernel RCU grace period (10-20 ms). A slot is replaced by a new,
  * larger map (through the outer map) only when an image outgrows it.
+ * An image map's value is a chunk of IMG_CHUNK_SLOTS slots, and its entries are consecutive
+ * chunks, so through mmap it is one array of slots. Programs look up chunk 0 once per packet
+ * and read its slots directly; an image of up to ~15 000 rules fits in it.
  * Stateful checks (limit, nth) keep their state in the image: like iptables-legacy, which
  * re-creates every match's private state on each table replace, a new ruleset starts fresh.
  *
@@ -56,7 +58,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 3,
+	BPFIPT_LAYOUT_VERSION = 4,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -86,6 +88,8 @@ enum bpfipt_const {
 	BPFIPT_IMG_ACTION_SLOTS = 3,
 	BPFIPT_IMG_CHECK_SLOTS = 3,
 	BPFIPT_IMG_LOG_SLOTS = 5,
+	/* 2 MiB per chunk: a power of two (slot i is in chunk i >> 18) */
+	BPFIPT_IMG_CHUNK_SLOTS = 1 << 18,
 	BPFIPT_LOG_PREFIX = 32,
 	BPFIPT_NO_RULE = 0xffffffff,
 	/* Largest compiled ruleset per hook the programs walk: 4096 words of 64 rules. */
@@ -172,6 +176,11 @@ enum bpfipt_check {
 };
 
 /* Entry 0 of `bpfipt_active`: the installed image's generation (slot gen & 1; 0: none). */
+/* One value of an image map (see "The classifier image" above). */
+struct bpfipt_img_chunk {
+	__u64 slot[BPFIPT_IMG_CHUNK_SLOTS];
+};
+
 struct bpfipt_active {
 	__u32 gen;
 	__u32 pad;

@@ -87,7 +87,7 @@ static __always_inline void stat_parse_pass(void)
 
 #define LOOPBACK_IFINDEX 1
 
-static __always_inline int tracks(void *img)
+static __always_inline int tracks(struct img *img)
 {
 	return slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_CONNTRACK;
 }
@@ -160,10 +160,13 @@ __noinline int bpfipt_dp_classify(struct cls *c)
 	if (!mark)
 		return V_ACCEPT;
 	__u32 slot = *mark & 1;
-	void *img = bpf_map_lookup_elem(&bpfipt_tables, &slot);
-	if (!img)
+	struct img img = { .map = bpf_map_lookup_elem(&bpfipt_tables, &slot) };
+	if (!img.map)
 		return V_ACCEPT;
-	return classify(img, c);
+	img.c0 = bpf_map_lookup_elem(img.map, &zero);
+	if (!img.c0)
+		return V_ACCEPT;
+	return classify(&img, c);
 }
 
 static __always_inline void ct_lookup_cls(struct cls *c)
@@ -177,28 +180,31 @@ static __always_inline void ct_update_cls(struct cls *c, int accepted)
 }
 
 /* The hook an arriving packet goes through, or -1 when netfilter would not filter it. */
-static __always_inline int ingress_hook(void *ctx, struct pkt *p)
+static __always_inline int ingress_hook(void *ctx, struct cls *c)
 {
+	struct pkt *p = &c->p;
 	__u32 dst = bpf_htonl(p->dst);
 	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || (p->dst >> 24) == 127)
 		return BPFIPT_HOOK_INPUT;
 	if (bpf_map_lookup_elem(&bpfipt_local, &dst))
 		return BPFIPT_HOOK_INPUT;
-	struct bpf_fib_lookup f = {};
-	f.family = AF_INET;
-	f.tos = p->tos;
-	f.l4_protocol = p->proto;
-	f.sport = bpf_htons(p->sport);
-	f.dport = bpf_htons(p->dport);
-	f.ipv4_src = bpf_htonl(p->src);
-	f.ipv4_dst = dst;
-	f.ifindex = p->in_ifindex;
-	long rc = bpf_fib_lookup(ctx, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	/* in the scratch: the programs' stacks are full */
+	struct bpf_fib_lookup *f = &c->fib;
+	__builtin_memset(f, 0, sizeof(*f));
+	f->family = AF_INET;
+	f->tos = p->tos;
+	f->l4_protocol = p->proto;
+	f->sport = bpf_htons(p->sport);
+	f->dport = bpf_htons(p->dport);
+	f->ipv4_src = bpf_htonl(p->src);
+	f->ipv4_dst = dst;
+	f->ifindex = p->in_ifindex;
+	long rc = bpf_fib_lookup(ctx, f, sizeof(*f), BPF_FIB_LOOKUP_SKIP_NEIGH);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		p->out_ifindex = f.ifindex;
+		p->out_ifindex = f->ifindex;
 		return BPFIPT_HOOK_FORWARD;
 	case BPF_FIB_LKUP_RET_FWD_DISABLED:
 		return BPFIPT_HOOK_INPUT;
@@ -242,7 +248,7 @@ static __always_inline int reply_passes(struct cls *c, __u32 len, __u32 out_ifin
 	return bpfipt_dp_classify(c) == V_ACCEPT;
 }
 
-static __always_inline int xdp_ingress(struct xdp_md *ctx, void *img)
+static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 {
 	struct cls *c = scratch(PROG_XDP);
 	if (!c)
@@ -259,7 +265,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, void *img)
 		ct_lookup_cls(c);
 	}
 	load_tcp_options(ctx, PROG_XDP, &c->p);
-	int hook = ingress_hook(ctx, &c->p);
+	int hook = ingress_hook(ctx, c);
 	if (hook < 0)
 		return XDP_PASS;
 	c->p.hook = hook;
@@ -304,7 +310,7 @@ enum ct_update_mode {
 };
 
 /* Common TC part once the hook is known. */
-static __always_inline int tc_judge(struct __sk_buff *skb, void *img, struct cls *c, int kind, int update)
+static __always_inline int tc_judge(struct __sk_buff *skb, struct img *img, struct cls *c, int kind, int update)
 {
 	__u32 v = bpfipt_dp_classify(c);
 	if (c->n_logs)
@@ -343,7 +349,7 @@ static __always_inline int has_l2(struct __sk_buff *skb)
 
 /* The start both TC programs share: the scratch, the image, linear headers, the parse, and
  * (when tracking) the conntrack lookup. NULL: pass the packet unjudged. */
-static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, void *img, int *track,
+static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, struct img *img, int *track,
 					    int from_local)
 {
 	struct cls *c = scratch(kind);
@@ -372,20 +378,20 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, voi
 	return c;
 }
 
-static __always_inline int tc_ingress(struct __sk_buff *skb, void *img)
+static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 {
 	int track;
 	struct cls *c = tc_start(skb, PROG_TC_IN, img, &track, skb->ifindex == LOOPBACK_IFINDEX);
 	if (!c)
 		return TC_ACT_OK;
-	int hook = ingress_hook(skb, &c->p);
+	int hook = ingress_hook(skb, c);
 	if (hook < 0)
 		return TC_ACT_OK;
 	c->p.hook = hook;
 	return tc_judge(skb, img, c, PROG_TC_IN, track ? CT_ALL : CT_NONE);
 }
 
-static __always_inline int tc_egress(struct __sk_buff *skb, void *img)
+static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 {
 	int track;
 	struct cls *c = tc_start(skb, PROG_TC_EG, img, &track, 1);
@@ -402,8 +408,8 @@ static __always_inline int tc_egress(struct __sk_buff *skb, void *img)
 SEC("xdp")
 int bpfipt_xdp_ingress(struct xdp_md *ctx)
 {
-	void *img = image_enter();
-	int v = img ? xdp_ingress(ctx, img) : XDP_PASS;
+	struct img img;
+	int v = image_enter(&img) ? xdp_ingress(ctx, &img) : XDP_PASS;
 	image_exit();
 	return v;
 }
@@ -411,8 +417,8 @@ int bpfipt_xdp_ingress(struct xdp_md *ctx)
 SEC("tc")
 int bpfipt_tc_ingress(struct __sk_buff *skb)
 {
-	void *img = image_enter();
-	int v = img ? tc_ingress(skb, img) : TC_ACT_OK;
+	struct img img;
+	int v = image_enter(&img) ? tc_ingress(skb, &img) : TC_ACT_OK;
 	image_exit();
 	return v;
 }
@@ -423,8 +429,8 @@ int bpfipt_tc_egress(struct __sk_buff *skb)
 	/* Forwarded: judged in FORWARD at ingress already. */
 	if (skb->ingress_ifindex)
 		return TC_ACT_OK;
-	void *img = image_enter();
-	int v = img ? tc_egress(skb, img) : TC_ACT_OK;
+	struct img img;
+	int v = image_enter(&img) ? tc_egress(skb, &img) : TC_ACT_OK;
 	image_exit();
 	return v;
 }

@@ -33,6 +33,7 @@ struct cls {
 	struct bpfipt_ct_pkt ctp;    /* the packet as the tracker sees it */
 	struct bpfipt_ct_result ctr; /* its connection, for -m conntrack/-m state */
 	struct bpfipt_ct_match ctm;  /* the -m conntrack being checked (off the stack) */
+	struct bpf_fib_lookup fib;   /* the route lookup of an arriving packet (off the stack) */
 	__u32 nf, pivot, pos, n_rules, actions_off, states_off;
 	__u32 verdict, verdict_arg, by_policy;
 	/* per used field (indexed & 15: the verifier needs the bound on every access) */
@@ -86,7 +87,7 @@ struct bpfipt_image {
 	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, __u64[BPFIPT_IMG_CHUNK_SLOTS]);
 };
 
 struct {
@@ -110,11 +111,20 @@ struct {
 	__type(value, __u64); /* 64 bits: the atomic exchange needs them (without -mcpu=v3) */
 } bpfipt_inuse SEC(".maps");
 
+/* The classifier image being read: its map, and its first chunk, looked up once per packet.
+ * Most images fit in that chunk, so reading a slot is a bounds check and a load rather than a
+ * map lookup (the verifier cannot inline lookups in inner maps of varying size); slots of
+ * later chunks take one lookup each. */
+struct img {
+	void *map;
+	struct bpfipt_img_chunk *c0;
+};
+
 /* Context of the bpf_loop callbacks: the image (looked up once per packet), the scratch,
  * and per-loop values. Loops run through bpf_loop so that the verifier checks each body
  * once, whatever the iteration count. */
 struct lctx {
-	void *img;
+	struct img *img;
 	struct cls *c;
 	__u64 bits;
 	__u32 a, b;
@@ -128,9 +138,25 @@ static __always_inline struct bpfipt_stats *stats(void)
 	return bpf_map_lookup_elem(&bpfipt_stats, &zero);
 }
 
-static __always_inline __u64 slot(void *img, __u32 i)
+/* A pointer to slot i; NULL if the image has no such slot. */
+static __always_inline __u64 *slot_ptr(struct img *img, __u32 i)
 {
-	__u64 *v = bpf_map_lookup_elem(img, &i);
+	__u32 k = i / BPFIPT_IMG_CHUNK_SLOTS;
+	struct bpfipt_img_chunk *v = bpf_map_lookup_elem(img->map, &k);
+	if (!v)
+		return NULL;
+	__u32 j = i & (BPFIPT_IMG_CHUNK_SLOTS - 1);
+	/* keeps clang from computing the address before the NULL check (the verifier refuses
+	 * arithmetic on a maybe-NULL pointer) */
+	asm volatile("" : "+r"(j));
+	return &v->slot[j];
+}
+
+static __always_inline __u64 slot(struct img *img, __u32 i)
+{
+	if (i < BPFIPT_IMG_CHUNK_SLOTS)
+		return img->c0->slot[i];
+	__u64 *v = slot_ptr(img, i);
 	return v ? *v : 0;
 }
 
@@ -190,7 +216,7 @@ static long lower_bound_cb(__u64 i, struct lctx *x)
 /* The first index i in [lo, hi) whose slot off + stride * i has a low half >= v (hi if none),
  * for sorted slots. Runs in bpf_loop so the verifier checks the body once rather than per
  * unrolled step and call site. */
-static __always_inline __u32 lower_bound(void *img, __u32 off, __u32 stride, __u32 lo, __u32 hi, __u32 v)
+static __always_inline __u32 lower_bound(struct img *img, __u32 off, __u32 stride, __u32 lo, __u32 hi, __u32 v)
 {
 	struct lctx y = { .img = img, .bits = off, .ok = stride, .a = lo, .b = hi, .w = v };
 	bpf_loop(32, lower_bound_cb, &y, 0);
@@ -199,7 +225,7 @@ static __always_inline __u32 lower_bound(void *img, __u32 off, __u32 stride, __u
 
 /* Moves a vector cursor to the first word whose index is >= w; returns that index, or NONE32
  * when the vector has no such word. */
-static __noinline __u32 seek(void *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
+static __noinline __u32 seek(struct img *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
 {
 	__u32 c = *cur;
 	if (c >= n)
@@ -215,7 +241,7 @@ static __noinline __u32 seek(void *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
 }
 
 /* Word w of a vector (0 when absent), moving its cursor forward. */
-static __always_inline __u64 word_at(void *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
+static __always_inline __u64 word_at(struct img *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
 {
 	if (seek(img, off, n, cur, w) != w)
 		return 0;
@@ -225,7 +251,7 @@ static __always_inline __u64 word_at(void *img, __u32 off, __u32 n, __u32 *cur, 
 /* Step 1 for one field: binary search of the interval holding the packet's value. */
 static long setup_field(__u64 i, struct lctx *x)
 {
-	void *img = x->img;
+	struct img *img = x->img;
 	struct cls *c = x->c;
 	__u32 k = i & 15;
 	__u32 desc = x->a + k * BPFIPT_IMG_FIELD_SLOTS, vectab = x->b;
@@ -279,7 +305,7 @@ static __always_inline __u32 ctz64(__u64 x)
 }
 
 /* `ranges` slots are lo << 32 | hi, sorted and disjoint. */
-static __noinline int in_ranges(void *img, __u32 off, __u32 n, __u32 v)
+static __noinline int in_ranges(struct img *img, __u32 off, __u32 n, __u32 v)
 {
 	__u32 lo = lower_bound(img, off, 1, 0, n, v);
 	if (lo >= n)
@@ -291,9 +317,9 @@ static __noinline int in_ranges(void *img, __u32 off, __u32 n, __u32 v)
  * CREDITS_PER_JIFFY / XT_LIMIT_SCALE with CREDITS_PER_JIFFY = 32. State slot: credit in bits
  * 0..31, time of the last update (ms, 31 bits) in 32..62, bit 63 = initialised (a new bucket
  * is full). Updated with compare-and-swap, as several CPUs share it. */
-static __noinline int limit_pass(void *img, __u32 idx, __u32 avg, __u32 burst)
+static __noinline int limit_pass(struct img *img, __u32 idx, __u32 avg, __u32 burst)
 {
-	__u64 *st = bpf_map_lookup_elem(img, &idx);
+	__u64 *st = slot_ptr(img, idx);
 	if (!st)
 		return 0;
 	__u64 cap = (__u64)avg * burst * 1000 * 32 / 10000;
@@ -321,9 +347,9 @@ static __noinline int limit_pass(void *img, __u32 idx, __u32 avg, __u32 burst)
 }
 
 /* `-m statistic --mode nth` on its shared counter (as `compile::reference::nth_pass`). */
-static __noinline int nth_pass(void *img, __u32 idx, __u32 every, __u32 packet)
+static __noinline int nth_pass(struct img *img, __u32 idx, __u32 every, __u32 packet)
 {
-	__u64 *st = bpf_map_lookup_elem(img, &idx);
+	__u64 *st = slot_ptr(img, idx);
 	if (!st)
 		return 0;
 	/* Counting is an atomic increment modulo every + 1, as xt_statistic's cmpxchg loop. */
@@ -352,7 +378,7 @@ static long tcpopt_cb(__u64 n, struct lctx *x)
 }
 
 /* tcp_find_option of xt_tcpudp: walks every option, EOL included. */
-static __always_inline int has_tcp_option(void *img, struct cls *c, __u32 kind)
+static __always_inline int has_tcp_option(struct img *img, struct cls *c, __u32 kind)
 {
 	struct lctx y = { .img = img, .c = c, .a = 0, .b = kind, .ok = 0 };
 	bpf_loop(40, tcpopt_cb, &y, 0);
@@ -391,7 +417,7 @@ static __noinline int addrtype_pass(const struct pkt *p, __u32 types, __u32 flag
 
 /* `-m conntrack` with the match copied out of the image (into the scratch: the stack of
  * this deepest call chain is tight). */
-static __noinline int conntrack_pass(void *img, struct cls *c, __u32 off)
+static __noinline int conntrack_pass(struct img *img, struct cls *c, __u32 off)
 {
 	__u64 *w = (__u64 *)&c->ctm;
 	_Static_assert(sizeof(c->ctm) == BPFIPT_IMG_CTM_SLOTS * 8, "ct match is whole slots");
@@ -401,7 +427,7 @@ static __noinline int conntrack_pass(void *img, struct cls *c, __u32 off)
 }
 
 /* One residual check; 1 = passes. */
-static __noinline int check_one(void *img, struct cls *c, __u32 off)
+static __noinline int check_one(struct img *img, struct cls *c, __u32 off)
 {
 	struct pkt *p = &c->p;
 	__u64 s0 = slot(img, off), b = slot(img, off + 1);
@@ -473,7 +499,7 @@ static long check_cb(__u64 i, struct lctx *x)
 }
 
 /* Step 4: compiled rule r is a candidate. Returns 1 when the search is over. */
-static __noinline int take_rule(void *img, struct cls *c, __u32 r)
+static __noinline int take_rule(struct img *img, struct cls *c, __u32 r)
 {
 	__u32 a = c->actions_off + r * BPFIPT_IMG_ACTION_SLOTS;
 	__u64 a0 = slot(img, a), a1 = slot(img, a + 1), a2 = slot(img, a + 2);
@@ -539,7 +565,7 @@ static long and_cb(__u64 i, struct lctx *x)
 static long lbvs_step(__u64 i, struct lctx *x)
 {
 	struct cls *c = x->c;
-	void *img = x->img;
+	struct img *img = x->img;
 	__u32 pv = c->pivot & 15;
 	__u32 first = c->pos >> 6;
 	__u32 a = seek(img, c->vs[pv], c->vn[pv], &c->vc[pv], first);
@@ -571,16 +597,16 @@ static long linear_step(__u64 i, struct lctx *x)
 	return take_rule(x->img, c, c->pos);
 }
 
-/* The installed image, announced in bpfipt_inuse until image_exit() (see bpf_iptables.h), or
- * NULL (counted) when there is none. Programs never nest on one CPU (the TC egress hook runs
+/* Fills `img` with the installed image, announced in bpfipt_inuse until image_exit() (see
+ * bpf_iptables.h); 0 (counted) when there is none. Programs never nest on one CPU (the TC egress hook runs
  * with bottom halves disabled), so one announcement per CPU suffices. */
-static __always_inline void *image_enter(void)
+static __always_inline int image_enter(struct img *img)
 {
 	__u32 zero = 0;
 	struct bpfipt_active *a = bpf_map_lookup_elem(&bpfipt_active, &zero);
 	__u64 *mark = bpf_map_lookup_elem(&bpfipt_inuse, &zero);
 	if (!a || !mark)
-		return NULL;
+		return 0;
 	__u32 gen = *(volatile __u32 *)&a->gen;
 	for (int i = 0; i < 4; i++) {
 		/* The exchange is a full barrier: the writer sees this mark, or we see its flip. */
@@ -591,13 +617,15 @@ static __always_inline void *image_enter(void)
 		gen = now;
 	}
 	__u32 slot = gen & 1;
-	void *img = gen ? bpf_map_lookup_elem(&bpfipt_tables, &slot) : NULL;
-	if (!img) {
+	img->map = gen ? bpf_map_lookup_elem(&bpfipt_tables, &slot) : NULL;
+	img->c0 = img->map ? bpf_map_lookup_elem(img->map, &zero) : NULL;
+	if (!img->c0) {
 		struct bpfipt_stats *s = stats();
 		if (s)
 			s->no_image++;
+		return 0;
 	}
-	return img;
+	return 1;
 }
 
 static __always_inline void image_exit(void)
@@ -610,7 +638,7 @@ static __always_inline void image_exit(void)
 
 /* Classifies c->p (c->p.hook set) against image `img`. Counts rules and policy.
  * Returns the verdict (c->verdict_arg for REJECT); c->log_* lists the LOG hits. */
-static __always_inline __u32 classify(void *img, struct cls *c)
+static __always_inline __u32 classify(struct img *img, struct cls *c)
 {
 	__u32 hook = c->p.hook;
 	c->n_logs = 0;

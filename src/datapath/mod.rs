@@ -437,13 +437,14 @@ fn install_image(pin_dir: &Path, img: &[u64]) -> Result<()> {
         _ => {
             // Room to grow, so that adding rules rarely needs a new map (replacing one goes
             // through the outer map, which waits for a kernel RCU grace period).
-            let capacity = (img.len() + img.len() / 4 + 1024).min(u32::MAX as usize) as u32;
+            let want = img.len() + img.len() / 4 + 1024;
+            let chunks = want.div_ceil(CHUNK_SLOTS).min(u32::MAX as usize) as u32;
             let opts = libbpf_sys::bpf_map_create_opts {
                 sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
                 map_flags: libbpf_sys::BPF_F_INNER_MAP | libbpf_sys::BPF_F_MMAPABLE,
                 ..Default::default()
             };
-            let map = MapHandle::create(MapType::Array, Some("bpfipt_image"), 4, 8, capacity, &opts)
+            let map = MapHandle::create(MapType::Array, Some("bpfipt_image"), 4, CHUNK_SLOTS as u32 * 8, chunks, &opts)
                 .context("creating the classifier image map")?;
             let fd = map.as_fd().as_raw_fd() as u32;
             tables
@@ -473,6 +474,7 @@ fn install_image(pin_dir: &Path, img: &[u64]) -> Result<()> {
 }
 
 const GEN_MASK: u32 = skel::types::bpfipt_const::BPFIPT_IMG_GEN_MASK.0;
+const CHUNK_SLOTS: usize = skel::types::bpfipt_const::BPFIPT_IMG_CHUNK_SLOTS.0 as usize;
 const BUSY: u64 = skel::types::bpfipt_const::BPFIPT_IMG_BUSY.0 as u64;
 
 /// The image map in `slot` of `bpfipt_tables` and its capacity in slots, if there is one.
@@ -483,7 +485,7 @@ fn inner_map(tables: &MapHandle, slot: u32) -> Result<Option<(MapHandle, u32)>> 
     let id = u32::from_ne_bytes(id[0..4].try_into().expect("4 bytes"));
     let map = MapHandle::from_map_id(id).context("opening a classifier image map")?;
     let info = map.info().context("reading a classifier image map's size")?;
-    Ok(Some((map, info.info.max_entries)))
+    Ok(Some((map, info.info.max_entries.saturating_mul(CHUNK_SLOTS as u32))))
 }
 
 /// Waits until no CPU runs a packet against the image in `slot` (bpfipt_inuse).
