@@ -118,6 +118,11 @@ impl Topo {
         for ns in [&t.g, &t.f, &t.k] {
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            // No IPv6 chatter (router and neighbour solicitations) on the links: the bare
+            // program's count of dropped frames must be the generator's alone.
+            for k in ["all", "default"] {
+                sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{k}.disable_ipv6=1")]);
+            }
         }
         sh(&["ip", "link", "add", "g0", "netns", &t.g, "type", "veth", "peer", "name", "f0", "netns", &t.f]);
         sh(&["ip", "link", "add", "k0", "netns", &t.k, "type", "veth", "peer", "name", "f1", "netns", &t.f]);
