@@ -217,22 +217,26 @@ static __always_inline int ingress_hook(void *ctx, struct cls *c)
 /* Netfilter sends a REJECT's reply (icmp_send, nf_send_reset) through OUTPUT, and a reply to
  * a local packet through INPUT too: judges the reply built in c->reply (`len` bytes) there,
  * counting it, leaving by `out_ifindex`. Returns 1 when it may be sent. Its conntrack state
- * is netfilter's: an ICMP error is looked up (RELATED when it quotes a tracked connection),
- * a reset carries the connection it answers, as RELATED. LOG rules do not log the reply. */
+ * is netfilter's: both icmp_send and nf_send_reset attach the answered packet's connection
+ * (nf_ct_attach), so when that packet was tracked (any state but INVALID, a NEW one
+ * included) the reply is RELATED to it, in the other direction; otherwise the reply is
+ * tracked on its own (an ICMP error quoting a known connection is RELATED to it). LOG rules
+ * do not log the reply. */
 static __always_inline int reply_passes(struct cls *c, __u32 len, __u32 out_ifindex, int track, int local)
 {
 	int l2 = c->p.l3_off != 0;
+	int answered_tracked = c->p.ct_state != BPFIPT_CT_INVALID;
 	if (len > sizeof(c->reply) || parse_packet(&c->p, c->reply, c->reply + len, l2))
 		return 1;
 	if (track) {
-		if (c->p.proto == IPPROTO_ICMP) {
-			ct_fill(c, c->reply, c->reply + len, 1);
-			ct_lookup_cls(c);
-		} else {
+		if (answered_tracked) {
 			/* c->ctr still holds the answered packet's connection */
 			c->ctr.state = BPFIPT_CT_RELATED;
 			c->ctr.dir ^= 1;
 			c->p.ct_state = BPFIPT_CT_RELATED;
+		} else {
+			ct_fill(c, c->reply, c->reply + len, 1);
+			ct_lookup_cls(c);
 		}
 	}
 	c->p.pkttype = PACKET_HOST;

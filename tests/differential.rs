@@ -51,9 +51,7 @@ fn neg(r: &mut Rng) -> &'static str {
 /// a stateful round could not be told from the round's own).
 fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool, stateful: bool, hook: &str) -> String {
     let mut s = String::new();
-    // Not compared yet in OUTPUT: the conntrack state a REJECT's reply carries there (ours is
-    // RELATED to the answered connection in some cases where netfilter's is NEW or INVALID).
-    if stateful && hook != "OUTPUT" && r.pct(60) {
+    if stateful && r.pct(60) {
         let m = r.pick(&[
             "-m conntrack --ctstate ESTABLISHED,RELATED",
             "-m conntrack --ctstate NEW",

@@ -561,6 +561,36 @@ fn stateful_rules_follow_connections() {
     assert_eq!(env.xdp(&frame("198.18.1.7", "198.18.2.7", 6, &tcp(42001, 80, 0x02, 1)), env.d0).0, XDP_PASS);
 }
 
+/// A REJECT's reply carries the answered packet's connection as RELATED, in the reply
+/// direction, even when that packet was NEW (netfilter attaches its unconfirmed connection:
+/// nf_ct_attach in icmp_send and nf_send_reset). Found by the differential test: an OUTPUT
+/// `-m state --state NEW,INVALID` rule counted the reply to a rejected NEW packet.
+#[test]
+fn reject_reply_is_related_to_the_answered_packet() {
+    let Some(env) = Env::new("rejrel") else { return };
+    let related_reply = Match::Conntrack(ConntrackMatch {
+        state: Some(Inv::new(ct_state::RELATED, false)),
+        dir: Some(CtDir::Reply),
+        ..Default::default()
+    });
+    let rs = ruleset(
+        &[("OUTPUT", Policy::Drop)],
+        vec![
+            ("FORWARD", rule(proto(17), vec![state(ct_state::NEW)], Target::Reject(RejectWith::IcmpPortUnreachable))),
+            ("FORWARD", rule(proto(6), vec![state(ct_state::NEW)], Target::Reject(RejectWith::TcpReset))),
+            ("OUTPUT", rule(IpHeader::default(), vec![state(ct_state::NEW | ct_state::INVALID)], Target::Drop)),
+            ("OUTPUT", rule(IpHeader::default(), vec![related_reply], Target::Accept)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let udp_new = frame("198.18.1.7", "198.18.2.7", 17, &udp(5000, 53, b"q"));
+    assert_eq!(env.xdp(&udp_new, env.d0).0, XDP_TX, "the ICMP error passes OUTPUT as RELATED");
+    let syn = frame("198.18.1.7", "198.18.2.7", 6, &tcp(42000, 80, 0x02, 1));
+    assert_eq!(env.xdp(&syn, env.d0).0, XDP_TX, "the reset passes OUTPUT as RELATED");
+    assert_eq!((env.rule(2).packets, env.rule(3).packets), (0, 2));
+    assert!(ct_entries(&env).is_empty(), "rejected packets leave no connection");
+}
+
 /// A ruleset without conntrack matches tracks nothing (as netfilter with no such rule).
 #[test]
 fn no_tracking_without_conntrack_rules() {
