@@ -157,8 +157,10 @@ static __always_inline void put_iphdr(struct iphdr *ip, __u8 tos, __u16 tot_len,
 }
 
 /* Builds the REJECT reply in c->reply; returns its length, or 0 when netfilter would send
- * nothing (the packet is dropped all the same). */
-static __always_inline __u32 build_reject(void *ctx, int kind, struct cls *c)
+ * nothing (the packet is dropped all the same). `out_saddr` (network order) is the source of
+ * an ICMP error about a packet this host sent (OUTPUT): the address the kernel's route to the
+ * packet's source picks. */
+static __always_inline __u32 build_reject(void *ctx, int kind, struct cls *c, __u32 out_saddr)
 {
 	struct pkt *p = &c->p;
 	__u8 *b = c->reply;
@@ -223,6 +225,10 @@ static __always_inline __u32 build_reject(void *ctx, int kind, struct cls *c)
 		if (!ifc || !ifc->ipv4)
 			return 0;
 		saddr = ifc->ipv4;
+	} else if (p->hook == BPFIPT_HOOK_OUTPUT) {
+		if (!out_saddr)
+			return 0;
+		saddr = out_saddr;
 	}
 	/* Quote the original packet as icmp_send does: as much as fits in 576 bytes. */
 	__u32 q = p->len;

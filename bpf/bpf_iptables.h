@@ -108,6 +108,9 @@ enum bpfipt_const {
 	BPFIPT_MAX_IFACES = 4096,
 	/* Reject code for a TCP reset (ICMP codes are 0..15). */
 	BPFIPT_REJECT_TCP_RESET = 255,
+	/* skb->mark of a REJECT reply to a packet this host sent, judged already: our egress
+	 * programs let it pass, our ingress program (on lo) clears the mark and lets it pass. */
+	BPFIPT_REPLY_MARK = 0x62706972, /* "bpir" */
 };
 
 /* Built-in filter chains (hooks), index into policy counters. */

@@ -31,7 +31,14 @@
 #define ICMP_ECHO 8
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
+#define ICMP_TIMESTAMPREPLY 14
 #define NR_ICMP_TYPES 18
+
+/* skb->ip_summed */
+#define CHECKSUM_NONE 0
+#define CHECKSUM_UNNECESSARY 1
+#define CHECKSUM_COMPLETE 2
+#define CHECKSUM_PARTIAL 3
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2

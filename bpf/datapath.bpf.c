@@ -32,6 +32,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "bpf_iptables.h"
 #include "conntrack.h"
 #include "consts.h"
@@ -86,6 +87,13 @@ static __always_inline void stat_parse_pass(void)
 }
 
 #define LOOPBACK_IFINDEX 1
+
+static __always_inline void reject_failed(void)
+{
+	struct bpfipt_stats *s = stats();
+	if (s)
+		s->reject_failed++;
+}
 
 static __always_inline int tracks(struct img *img)
 {
@@ -281,16 +289,13 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 	if (v == V_ACCEPT)
 		return XDP_PASS;
 	if (v == V_REJECT) {
-		__u32 len = build_reject(ctx, PROG_XDP, c);
+		__u32 len = build_reject(ctx, PROG_XDP, c, 0);
 		if (len && !reply_passes(c, len, c->p.in_ifindex, track, 0))
 			return XDP_DROP;
 		if (len && !write_reply(ctx, PROG_XDP, c, len))
 			return XDP_TX;
-		if (len) {
-			struct bpfipt_stats *s = stats();
-			if (s)
-				s->reject_failed++;
-		}
+		if (len)
+			reject_failed();
 	}
 	return XDP_DROP;
 }
@@ -313,6 +318,157 @@ enum ct_update_mode {
 	CT_DROPPED,   /* lo egress: only one OUTPUT drops (lo ingress updates the others) */
 };
 
+/* Whether `a` (host order) is an address of this host. */
+static __always_inline int is_local(__u32 a)
+{
+	__u32 key = bpf_htonl(a);
+	return (a >> 24) == 127 || bpf_map_lookup_elem(&bpfipt_local, &key) != NULL;
+}
+
+/* REJECT of a packet this host sent (OUTPUT, at TC egress). As icmp_send and nf_send_reset
+ * do, the reply goes to the packet's source through OUTPUT; when that source is local (the
+ * usual case) it comes back through lo, judged in INPUT too; otherwise it leaves by the
+ * route to the source. It carries BPFIPT_REPLY_MARK until our ingress program sees it (or it
+ * leaves), so that it is not judged twice. The source of an ICMP error is the one the kernel's
+ * route to the destination picks: the destination itself when local, else the preferred
+ * source of that route. */
+/* Whether `skb` is a reply the kernel's own ICMP code sends (echo or timestamp reply, from
+ * the per-CPU ICMP socket). icmp_send cannot answer those: their sender holds the socket it
+ * needs, so netfilter's REJECT of them sends nothing. */
+static __always_inline int from_kernel_icmp(struct __sk_buff *skb, struct cls *c)
+{
+	__u8 t = c->p.icmp >> 8;
+	if (c->p.proto != IPPROTO_ICMP || (t != ICMP_ECHOREPLY && t != ICMP_TIMESTAMPREPLY))
+		return 0;
+	struct bpf_sock *sk = skb->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	return sk && sk->type == SOCK_RAW && sk->protocol == IPPROTO_ICMP;
+}
+
+static __always_inline int reject_sent_by_us(struct __sk_buff *skb, struct cls *c, int track)
+{
+	__u32 to = c->p.src;
+	if (c->verdict_arg != BPFIPT_REJECT_TCP_RESET && from_kernel_icmp(skb, c))
+		return TC_ACT_SHOT;
+	int local = is_local(to);
+	__u32 out = LOOPBACK_IFINDEX, saddr = bpf_htonl(to);
+	if (!local) {
+		struct bpf_fib_lookup *f = &c->fib;
+		__builtin_memset(f, 0, sizeof(*f));
+		f->family = AF_INET;
+		f->ipv4_dst = bpf_htonl(to);
+		f->ifindex = LOOPBACK_IFINDEX;
+		if (bpf_fib_lookup(skb, f, sizeof(*f), BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC) !=
+		    BPF_FIB_LKUP_RET_SUCCESS)
+			return TC_ACT_SHOT; /* no route back: icmp_send and nf_send_reset send nothing */
+		out = f->ifindex;
+		saddr = f->ipv4_src;
+	}
+	__u32 len = build_reject(skb, PROG_TC_EG, c, saddr);
+	if (!len)
+		return TC_ACT_SHOT;
+	if (!reply_passes(c, len, out, track, local))
+		return TC_ACT_SHOT;
+	if (write_reply(skb, PROG_TC_EG, c, len)) {
+		reject_failed();
+		return TC_ACT_SHOT;
+	}
+	skb->mark = BPFIPT_REPLY_MARK;
+	/* Routed and given its link-layer header by the kernel, like a packet the stack sends:
+	 * a local destination keeps the route through lo (an input route lookup there would
+	 * refuse a local source as martian). */
+	return bpf_redirect_neigh(out, NULL, 0, 0);
+}
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+struct csum_walk {
+	struct __sk_buff *skb;
+	struct cls *c;
+	__u32 off, end;
+	__u64 sum;
+	int failed;
+};
+
+/* One step of the transport checksum: up to 512 bytes (bpf_csum_diff's limit) through the
+ * reply buffer, zero-padded to 4-byte words. */
+static long csum_chunk(__u64 i, struct csum_walk *w)
+{
+	if (w->off >= w->end)
+		return 1;
+	__u64 n = (__u64)w->end - w->off;
+	if (n > 512)
+		n = 512;
+	/* the verifier wants the bounds on the very register passed */
+	asm volatile("" : "+r"(n));
+	if (n == 0 || n > 512)
+		return 1;
+	__u8 *buf = w->c->reply;
+	if (bpf_skb_load_bytes(w->skb, w->off, buf, n)) {
+		w->failed = 1;
+		return 1;
+	}
+	buf[n] = 0;
+	buf[n + 1] = 0;
+	buf[n + 2] = 0;
+	__s64 s = bpf_csum_diff(NULL, 0, (__be32 *)buf, (n + 3) & 0x3fc, 0);
+	if (s < 0) {
+		w->failed = 1;
+		return 1;
+	}
+	w->sum += (__u32)s;
+	w->off += n;
+	return 0;
+}
+
+/* Whether netfilter's REJECT, judging at `hook`, would find the packet's transport checksum
+ * good enough to answer (nf_send_unreach, nf_send_reset): packets whose checksum the device
+ * or the sending stack vouches for (CHECKSUM_UNNECESSARY, CHECKSUM_PARTIAL, or one already
+ * verified) are answered, as are protocols without a checksum to verify (UDP with checksum
+ * 0, AH, ESP, SCTP, UDP-Lite, DCCP, GRE without one); a CHECKSUM_COMPLETE packet is verified
+ * only arriving for this host; the rest (CHECKSUM_NONE) is verified, with the TCP/UDP
+ * pseudo-header. A function of its own: its stack is not on the classifier's deep path. */
+static __noinline int reject_checksum_ok(struct __sk_buff *skb, struct cls *c, int tcp_reset)
+{
+	struct pkt *p = &c->p;
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+	__u8 summed = BPF_CORE_READ_BITFIELD(k, ip_summed);
+	if (summed == CHECKSUM_UNNECESSARY || summed == CHECKSUM_PARTIAL || BPF_CORE_READ_BITFIELD(k, csum_valid))
+		return 1;
+	if (summed == CHECKSUM_COMPLETE && p->hook != BPFIPT_HOOK_INPUT)
+		return 1;
+	if (!tcp_reset) {
+		__u8 h[2];
+		switch (p->proto) {
+		case IPPROTO_UDP:
+			if (bpf_skb_load_bytes(skb, p->l4_off + 6, h, 2) || (h[0] == 0 && h[1] == 0))
+				return 1;
+			break;
+		case IPPROTO_AH:
+		case IPPROTO_ESP:
+		case IPPROTO_SCTP:
+		case IPPROTO_UDPLITE:
+		case IPPROTO_DCCP:
+			return 1;
+		case IPPROTO_GRE:
+			if (bpf_skb_load_bytes(skb, p->l4_off, h, 2) || !(h[0] & 0x80))
+				return 1;
+		}
+	}
+	struct csum_walk w = { .skb = skb, .c = c, .off = p->l4_off, .end = p->l3_off + p->len };
+	bpf_loop(128, csum_chunk, &w, 0);
+	if (w.failed || w.off < w.end)
+		return 1; /* could not read it: answer, as before */
+	__u64 sum = w.sum;
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		__u32 s = bpf_htonl(p->src), d = bpf_htonl(p->dst);
+		sum += (s & 0xffff) + (s >> 16) + (d & 0xffff) + (d >> 16) + bpf_htons(p->proto) +
+		       bpf_htons((__u16)(p->len - p->ihl));
+	}
+	return csum_fold(sum) == 0;
+}
+
 /* Common TC part once the hook is known. */
 static __always_inline int tc_judge(struct __sk_buff *skb, struct img *img, struct cls *c, int kind, int update)
 {
@@ -327,18 +483,17 @@ static __always_inline int tc_judge(struct __sk_buff *skb, struct img *img, stru
 		return TC_ACT_OK;
 	}
 	if (v == V_REJECT) {
-		__u32 len = build_reject(skb, kind, c);
-		/* A reply to a local packet goes out and back in through lo. */
-		if (len && !reply_passes(c, len, kind == PROG_TC_EG ? LOOPBACK_IFINDEX : c->p.in_ifindex, update != CT_NONE,
-					 kind == PROG_TC_EG))
+		if (!reject_checksum_ok(skb, c, c->verdict_arg == BPFIPT_REJECT_TCP_RESET))
+			return TC_ACT_SHOT;
+		if (kind == PROG_TC_EG)
+			return reject_sent_by_us(skb, c, update != CT_NONE);
+		__u32 len = build_reject(skb, kind, c, 0);
+		if (len && !reply_passes(c, len, c->p.in_ifindex, update != CT_NONE, 0))
 			return TC_ACT_SHOT;
 		if (len && !write_reply(skb, kind, c, len))
-			return bpf_redirect(skb->ifindex, kind == PROG_TC_EG ? BPF_F_INGRESS : 0);
-		if (len) {
-			struct bpfipt_stats *s = stats();
-			if (s)
-				s->reject_failed++;
-		}
+			return bpf_redirect(skb->ifindex, 0);
+		if (len)
+			reject_failed();
 	}
 	return TC_ACT_SHOT;
 }
@@ -421,6 +576,11 @@ int bpfipt_xdp_ingress(struct xdp_md *ctx)
 SEC("tc")
 int bpfipt_tc_ingress(struct __sk_buff *skb)
 {
+	/* A REJECT reply we judged and sent already (reject_sent_by_us). */
+	if (skb->mark == BPFIPT_REPLY_MARK) {
+		skb->mark = 0;
+		return TC_ACT_OK;
+	}
 	struct img img;
 	int v = image_enter(&img) ? tc_ingress(skb, &img) : TC_ACT_OK;
 	image_exit();
@@ -432,6 +592,9 @@ int bpfipt_tc_egress(struct __sk_buff *skb)
 {
 	/* Forwarded: judged in FORWARD at ingress already. */
 	if (skb->ingress_ifindex)
+		return TC_ACT_OK;
+	/* A REJECT reply we judged and sent already, on its way (cleared at lo ingress). */
+	if (skb->mark == BPFIPT_REPLY_MARK)
 		return TC_ACT_OK;
 	struct img img;
 	int v = image_enter(&img) ? tc_egress(skb, &img) : TC_ACT_OK;

@@ -172,6 +172,41 @@ fn input_forward_output_with_real_traffic() {
     assert_eq!(t.probe(&t.f, "tcp", "198.18.2.2", 80), "refused", "OUTPUT REJECT tcp-reset");
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "forwarded traffic is not judged at OUTPUT");
 
+    // OUTPUT REJECT with an ICMP error: the local sender learns it (ECONNREFUSED); the error,
+    // from the sender's own address through lo, passes OUTPUT and INPUT once each, as in
+    // netfilter. An echo reply the kernel sends is rejected without any error sent
+    // (icmp_send cannot answer the ICMP code's own packets).
+    let icmp_reply = IpHeader { proto: Some(Inv::new(1, false)), out_iface: iface("f0"), ..Default::default() };
+    let echo_reply = Match::Icmp(IcmpMatch { icmp_type: 0, code_lo: 0, code_hi: 0xff, invert: false });
+    let rs4 = ruleset(
+        &[],
+        vec![
+            ("OUTPUT", rule(IpHeader { out_iface: iface("f1"), ..uip.clone() }, um.clone(), Target::Reject(RejectWith::IcmpPortUnreachable))),
+            ("OUTPUT", rule(icmp_reply, vec![echo_reply], Target::Reject(RejectWith::IcmpHostProhibited))),
+        ],
+    );
+    t.apply(&rs4);
+    let policy = |hook: u32| -> u64 {
+        let m = libbpf_rs::MapHandle::from_pinned_path(t.pins.join("bpfipt_policy_counters")).expect("policy counters");
+        use libbpf_rs::MapCore;
+        m.lookup_percpu(&hook.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .expect("lookup")
+            .expect("entry")
+            .iter()
+            .map(|v| u64::from_ne_bytes(v[0..8].try_into().expect("8")))
+            .sum()
+    };
+    // (rule ids restart at 0 for each ruleset here, and their counters carry on)
+    let (input0, output0, r0, r1) = (policy(0), policy(2), rule_packets(&t.pins, 0), rule_packets(&t.pins, 1));
+    assert_eq!(t.probe(&t.f, "udp", "198.18.2.2", 80), "refused", "OUTPUT REJECT port unreachable");
+    assert_eq!(rule_packets(&t.pins, 0) - r0, 1);
+    assert_eq!((policy(0) - input0, policy(2) - output0), (1, 1), "the error passed OUTPUT and INPUT once");
+    let input1 = policy(0);
+    let ping = t.exec(&t.s, &["ping", "-c", "1", "-W", "1", "198.18.1.1"]);
+    assert!(!ping.status.success(), "the echo reply is rejected");
+    assert_eq!(rule_packets(&t.pins, 1) - r1, 1);
+    assert_eq!(policy(0) - input1, 1, "only the echo request came in: no error about the reply");
+
     // A veth created later is filtered once attach_new_interfaces ran (what --watch does).
     let rs3 = ruleset(&[], vec![("INPUT", rule(IpHeader { in_iface: iface("f2"), ..uip.clone() }, um.clone(), Target::Drop))]);
     t.apply(&rs3);

@@ -1,17 +1,18 @@
-//! Differential verification against the kernel's netfilter (root only): random INPUT and
-//! FORWARD rulesets, loaded with our `iptables-restore` into one firewall and with
+//! Differential verification against the kernel's netfilter (root only): random INPUT,
+//! FORWARD and OUTPUT rulesets, loaded with our `iptables-restore` into one firewall and with
 //! iptables-legacy into an identical twin (see `common::topo`), and the same crafted packets
 //! sent through both, from either side and to the firewall itself. Per packet the outcome
 //! (delivered to the other side, and any reply the sender got: a REJECT's, or for INPUT the
 //! firewall stack's own answer) must be the same, and at the end so must every rule's packet
 //! and byte counters (`iptables-save -c`). A mismatch is shrunk (rules removed while it
-//! persists) and printed as the seed, the rules and the packets. Not covered yet: OUTPUT
-//! (packets the firewall sends itself).
+//! persists) and printed as the seed, the rules and the packets. OUTPUT is covered by packets
+//! the firewall sends from a raw socket.
 //!
 //! Rulesets: addresses and prefixes (nested, overlapping, negated), iprange, protocols, port
 //! ranges and multiport, TCP flags, ICMP types, interfaces with wildcards, user chains with
-//! -j/-g/RETURN, policies, rules without target, REJECT. Packets aim at the edges of the pools
-//! the rules draw from (prefix ends, range ends +-1, each flag combination).
+//! -j/-g/RETURN, policies, rules without target, REJECT (in OUTPUT too). Packets aim at the
+//! edges of the pools the rules draw from (prefix ends, range ends +-1, each flag
+//! combination); one in ten stateless packets has a wrong transport checksum.
 //!
 //! `BPFIPT_DIFF_SEED` (default fixed), `BPFIPT_DIFF_RULESETS` (default 12) and
 //! `BPFIPT_DIFF_PACKETS` (per ruleset, default 40) set the budget; `scripts/differential.sh`
@@ -129,13 +130,7 @@ fn gen_rule(r: &mut Rng, chains: &[&str], in_user: bool, stateful: bool, hook: &
     }
     let tcp = s.contains("-p tcp ") && !s.contains("! -p");
     let mut targets = vec!["-j ACCEPT", "-j DROP", "-j REJECT", "", "-j REJECT --reject-with icmp-host-prohibited"];
-    if hook == "OUTPUT" {
-        // Not compared yet: what becomes of a REJECT's reply to a packet the firewall sent
-        // itself (this test sends them from a raw socket; netfilter counts those replies in
-        // neither OUTPUT nor INPUT, ours in both).
-        targets.retain(|t| !t.contains("REJECT"));
-    }
-    if tcp && !stateful && hook != "OUTPUT" {
+    if tcp && !stateful {
         targets.push("-j REJECT --reject-with tcp-reset");
     }
     if in_user {
@@ -187,6 +182,16 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
     for _ in 0..r.below(5) {
         rules.push(("OUTPUT".to_string(), gen_rule(r, &[], false, stateful, "OUTPUT")));
     }
+    // Not compared: a reset we send being rejected again in OUTPUT with an ICMP error
+    // (netfilter then sends an error about its own reset, toward the original destination;
+    // we drop the reset and send nothing). See README, Limitations.
+    if rules.iter().any(|(c, spec)| c != "OUTPUT" && spec.contains("tcp-reset")) {
+        for (c, spec) in rules.iter_mut() {
+            if c == "OUTPUT" && spec.contains("-j REJECT") && !spec.contains("tcp-reset") {
+                *spec = spec[..spec.find("-j REJECT").expect("target")].to_string() + "-j DROP";
+            }
+        }
+    }
     Ruleset {
         policy: r.pick(&["ACCEPT", "DROP"]),
         input_policy: r.pick(&["ACCEPT", "DROP"]),
@@ -222,6 +227,9 @@ struct Packet {
     echo_id: u16,
     /// An ICMP error's quoted packet: the header of packet `quote` as it was sent.
     quote: Option<Box<(Packet, u16)>>,
+    /// A wrong transport checksum (stateless rounds only: netfilter's tracker would call the
+    /// packet INVALID, ours does not check).
+    bad_csum: bool,
 }
 
 impl std::fmt::Display for Packet {
@@ -236,6 +244,9 @@ impl std::fmt::Display for Packet {
         }
         if let Some(q) = &self.quote {
             write!(f, "quoting packet {} ", q.1)?;
+        }
+        if self.bad_csum {
+            write!(f, "bad checksum ")?;
         }
         match self.proto {
             6 => write!(f, "tcp {}:{} -> {}:{} [{}]", self.src, self.sport, self.dst, self.dport, self.flags.1),
@@ -274,6 +285,7 @@ fn gen_packet(r: &mut Rng) -> Packet {
         payload: 0,
         echo_id: 0x1234,
         quote: None,
+        bad_csum: r.pct(10),
     }
 }
 
@@ -288,7 +300,7 @@ fn gen_sessions(r: &mut Rng, count: usize, port_base: &mut u16) -> Vec<Packet> {
         let (c, v, cp, vp) = (r.pick(SRC_ADDRS), r.pick(DST_ADDRS), *port_base, r.pick(PORTS));
         let pkt = |dir: Dir, proto: u8| {
             let (src, dst, sport, dport) = if dir == Dir::S2R { (c, v, cp, vp) } else { (v, c, vp, cp) };
-            Packet { dir, src, dst, proto, sport, dport, flags: (0, ""), icmp: (0, 0), seq_ack: None, payload: 0, echo_id: cp, quote: None }
+            Packet { dir, src, dst, proto, sport, dport, flags: (0, ""), icmp: (0, 0), seq_ack: None, payload: 0, echo_id: cp, quote: None, bad_csum: false }
         };
         let tcp = |dir: Dir, flags: (u8, &'static str), seq: u32, ack: u32, len: u16| Packet { flags, seq_ack: Some((seq, ack)), payload: len, ..pkt(dir, 6) };
         let (x, y) = (1_000_000u32.wrapping_mul(cp as u32), 7_000_000u32.wrapping_mul(cp as u32));
@@ -412,9 +424,10 @@ fn frame(p: &Packet, id: u16, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
             e
         }
     };
-    // Valid transport checksums: netfilter's REJECT does not answer a packet whose checksum
-    // it cannot verify (nf_send_unreach, nf_send_reset), while a stack-generated packet on a
-    // veth is never verified at all (CHECKSUM_PARTIAL).
+    // Transport checksums: netfilter's REJECT does not answer a packet whose checksum it
+    // verifies and finds wrong (nf_send_unreach, nf_send_reset); these raw frames are
+    // verified (CHECKSUM_NONE), a stack-generated packet on a veth never is
+    // (CHECKSUM_PARTIAL).
     let mut l4 = l4;
     if p.proto == 6 || p.proto == 17 {
         let mut pseudo = Vec::new();
@@ -426,6 +439,14 @@ fn frame(p: &Packet, id: u16, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
         let ck = csum(&pseudo);
         let at = if p.proto == 6 { 16 } else { 6 };
         l4[at..at + 2].copy_from_slice(&ck.to_be_bytes());
+    }
+    if p.bad_csum {
+        let at = match p.proto {
+            6 => 16,
+            17 => 6,
+            _ => 2,
+        };
+        l4[at] ^= 0x55;
     }
     let mut f = Vec::new();
     f.extend_from_slice(&dst_mac);
@@ -730,7 +751,8 @@ fn difference_tallied(ours: &Twin, legacy: &Twin, rs: &Ruleset, packets: &[Packe
         }
     }
     if ca != cb {
-        return Some(format!("counters differ:\nours:\n{ca}\niptables-legacy:\n{cb}"));
+        let sent: Vec<String> = packets.iter().zip(&ob).enumerate().map(|(k, (p, o))| format!("    {k}: {p} => {o:?}")).collect();
+        return Some(format!("counters differ:\nours:\n{ca}\niptables-legacy:\n{cb}\n  packets:\n{}", sent.join("\n")));
     }
     None
 }

@@ -174,6 +174,19 @@ fn frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
     f
 }
 
+/// `f` (from `frame`, TCP or UDP) with its transport checksum filled in.
+fn with_l4_csum(mut f: Vec<u8>) -> Vec<u8> {
+    let proto = f[14 + 9];
+    let l4_len = f.len() - 34;
+    let mut pseudo = f[26..34].to_vec();
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&f[34..]);
+    let at = 34 + if proto == 6 { 16 } else { 6 };
+    f[at..at + 2].copy_from_slice(&csum(&pseudo).to_be_bytes());
+    f
+}
+
 fn tcp(sport: u16, dport: u16, flags: u8, seq: u32) -> Vec<u8> {
     tcp_ack(sport, dport, flags, seq, 0)
 }
@@ -366,17 +379,33 @@ fn reject_builds_icmp_errors_and_resets() {
     assert_eq!((s, d), (ip("198.18.1.1"), ip("198.18.1.7")));
     assert_eq!(&out[34..36], &[3, 13]);
 
-    // OUTPUT at TC egress: the reply goes back into the local stack.
-    let out_syn = frame("198.18.1.1", "198.18.1.7", 6, &tcp(40000, 80, 0x02, 5));
+    // OUTPUT at TC egress: the reply goes back into the local stack. A reset comes from the
+    // answered packet's destination, an ICMP error from the address the route to the local
+    // source picks: that source itself.
+    let out_syn = with_l4_csum(frame("198.18.1.1", "198.18.1.7", 6, &tcp(40000, 80, 0x02, 5)));
     let (rc, out) = env.tc(Prog::TcEgress, &out_syn, env.d0, 0);
     assert_eq!(rc, TC_ACT_REDIRECT);
     let (s, d, p, _) = ip_of(&out);
     assert_eq!((s, d, p), (ip("198.18.1.7"), ip("198.18.1.1"), 6));
-    let out_udp = frame("198.18.1.1", "198.18.1.7", 17, &udp(1, 2, b"x"));
+    let out_udp = with_l4_csum(frame("198.18.1.1", "198.18.1.7", 17, &udp(1, 2, b"x")));
     let (rc, out) = env.tc(Prog::TcEgress, &out_udp, env.d0, 0);
     assert_eq!(rc, TC_ACT_REDIRECT);
+    let (s, d, _, _) = ip_of(&out);
+    assert_eq!((s, d), (ip("198.18.1.1"), ip("198.18.1.1")));
     assert_eq!(&out[34..36], &[3, 1]);
     assert_eq!(csum(&out[34..]), 0);
+
+    // A packet whose transport checksum is verified (CHECKSUM_NONE, as in a test run) and
+    // wrong gets no answer, as nf_send_reset and nf_send_unreach give none; UDP without a
+    // checksum gets one.
+    let mut bad = out_syn.clone();
+    bad[14 + 20 + 16] ^= 0x55;
+    assert_eq!(env.tc(Prog::TcEgress, &bad, env.d0, 0).0, TC_ACT_SHOT);
+    let mut bad = out_udp.clone();
+    bad[14 + 20 + 6] ^= 0x55;
+    assert_eq!(env.tc(Prog::TcEgress, &bad, env.d0, 0).0, TC_ACT_SHOT);
+    let no_sum = frame("198.18.1.1", "198.18.1.7", 17, &udp(1, 2, b"x"));
+    assert_eq!(env.tc(Prog::TcEgress, &no_sum, env.d0, 0).0, TC_ACT_REDIRECT);
 
     // As in netfilter, the reply goes through OUTPUT: counted there, and an OUTPUT that
     // drops it leaves the packet dropped without answer.
