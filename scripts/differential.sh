@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Differential verification against the kernel's netfilter for as long as asked: random
-# FORWARD rulesets and crafted packets through twin firewalls (bpf-iptables and
+# INPUT, FORWARD and OUTPUT rulesets and crafted packets through twin firewalls (bpf-iptables and
 # iptables-legacy), verdicts and counters compared; mismatches shrunk and printed.
 #
 #   scripts/differential.sh [RULESETS] [PACKETS_PER_RULESET] [SEED]    (as root)

@@ -183,9 +183,9 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
         rules.push(("OUTPUT".to_string(), gen_rule(r, &[], false, stateful, "OUTPUT")));
     }
     // Not compared: a reset we send being rejected again in OUTPUT with an ICMP error
-    // (netfilter then sends an error about its own reset, toward the original destination;
-    // we drop the reset and send nothing). See README, Limitations.
-    if rules.iter().any(|(c, spec)| c != "OUTPUT" && spec.contains("tcp-reset")) {
+    // (netfilter then sends an error about its own reset, toward the reset's source; we drop
+    // the reset and send nothing). See README, Limitations.
+    if rules.iter().any(|(_, spec)| spec.contains("tcp-reset")) {
         for (c, spec) in rules.iter_mut() {
             if c == "OUTPUT" && spec.contains("-j REJECT") && !spec.contains("tcp-reset") {
                 *spec = spec[..spec.find("-j REJECT").expect("target")].to_string() + "-j DROP";
