@@ -3,7 +3,7 @@
 //!
 //!   cargo bench --bench dataplane        (as root)
 //!   env: BPFIPT_BENCH_N="0 100 1000 10000 100000"  BPFIPT_BENCH_IMPLS="bpf legacy nft-compat nft"
-//!        BPFIPT_BENCH_VARIANTS="forward input deep established"  BPFIPT_BENCH_REPS=5
+//!        BPFIPT_BENCH_VARIANTS="forward input deep established stream"  BPFIPT_BENCH_REPS=5
 //!        BPFIPT_BENCH_SECONDS=0.5 (CPU time per repetition)
 //!
 //! Topology: generator `g` (g0 198.18.1.2) -> firewall `f` (f0 198.18.1.1, f1 198.18.2.1,
@@ -21,7 +21,10 @@
 //! FORWARD rules), `input` (packet to the firewall, INPUT rules), `deep` (FORWARD, only the
 //! destination port of the non-matching rules differs from the packet), `established` (FORWARD,
 //! `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT` first; the packets are NEW, as each is
-//! dropped before its connection is confirmed, so every packet pays the tracker's lookup).
+//! dropped before its connection is confirmed, so every packet pays the tracker's lookup),
+//! `stream` (the same rules but the last accepts: an established UDP flow, opened by one
+//! packet and a reply from the sink, then every packet accepted by the first rule and
+//! forwarded to the sink, which drops it with an XDP program; counted at the first rule).
 //!
 //! bpf-iptables runs as XDP on f0 (BPF_IPTABLES_INGRESS=xdp). The others get a bare XDP_PASS
 //! program on f0: a veth only takes frames sent by XDP when its peer runs NAPI, which XDP
@@ -87,16 +90,21 @@ fn const_prog(ret: i32) -> i32 {
     load_xdp(&[insn(0xb7, 0, 0, 0, ret), insn(0x95, 0, 0, 0, 0)])
 }
 
-/// The generator: restores the IPv4 TTL and checksum of `frame` (live frames keep their pages
-/// between runs, and forwarding decrements the TTL in place), then returns `ret`.
+/// The generator: restores the link-layer addresses, IPv4 TTL and checksum of `frame` (live
+/// frames keep their pages between runs, and forwarding rewrites those in place), then
+/// returns `ret`.
 fn gen_prog(frame: &[u8], ret: i32) -> i32 {
     let le16 = |o: usize| u16::from_le_bytes([frame[o], frame[o + 1]]) as i32;
+    let le32 = |o: usize| i32::from_le_bytes([frame[o], frame[o + 1], frame[o + 2], frame[o + 3]]);
     load_xdp(&[
         insn(0x61, 2, 1, 0, 0),         // r2 = ctx->data
         insn(0x61, 3, 1, 4, 0),         // r3 = ctx->data_end
         insn(0xbf, 4, 2, 0, 0),         // r4 = r2
         insn(0x07, 4, 0, 0, 26),        // r4 += 26
-        insn(0x2d, 4, 3, 2, 0),         // if r4 > r3 skip the stores
+        insn(0x2d, 4, 3, 5, 0),         // if r4 > r3 skip the stores
+        insn(0x62, 2, 0, 0, le32(0)),   // destination and source MAC
+        insn(0x62, 2, 0, 4, le32(4)),
+        insn(0x62, 2, 0, 8, le32(8)),
         insn(0x6a, 2, 0, 22, le16(22)), // TTL and protocol
         insn(0x6a, 2, 0, 24, le16(24)), // header checksum
         insn(0xb7, 0, 0, 0, ret),
@@ -133,9 +141,12 @@ impl Topo {
         sh(&["ip", "-n", &t.g, "route", "add", "default", "via", "198.18.1.1"]);
         sh(&["ip", "-n", &t.k, "route", "add", "default", "via", "198.18.2.1"]);
         sh(&["ip", "netns", "exec", &t.f, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        // No ARP on the way: the firewall knows the sink.
+        // No ARP on the way: the firewall knows the sink, the sink the firewall (it drops all
+        // it receives in the stream variant).
         let k_mac = mac(&t.k, "k0");
         sh(&["ip", "-n", &t.f, "neigh", "replace", "198.18.2.2", "lladdr", &k_mac, "dev", "f1", "nud", "permanent"]);
+        let f1_mac = mac(&t.f, "f1");
+        sh(&["ip", "-n", &t.k, "neigh", "replace", "198.18.2.1", "lladdr", &f1_mac, "dev", "k0", "nud", "permanent"]);
         t
     }
 
@@ -149,6 +160,7 @@ impl Topo {
         }
         let _ = run(&["ip", "netns", "exec", &self.f, "nft", "flush", "ruleset"]);
         let _ = run(&["ip", "-n", &self.f, "link", "set", "f0", "xdp", "off"]);
+        let _ = run(&["ip", "-n", &self.k, "link", "set", "k0", "xdp", "off"]);
     }
 }
 
@@ -296,6 +308,7 @@ enum Variant {
     Input,
     Deep,
     Established,
+    Stream,
 }
 
 impl Variant {
@@ -305,6 +318,7 @@ impl Variant {
             Variant::Input => "input",
             Variant::Deep => "deep",
             Variant::Established => "established",
+            Variant::Stream => "stream",
         }
     }
     fn chain(self) -> &'static str {
@@ -336,16 +350,30 @@ fn filler(v: Variant, i: u32) -> (String, String) {
     }
 }
 
+/// Whether the ruleset starts with the ESTABLISHED,RELATED accept rule.
+fn leads_with_established(v: Variant) -> bool {
+    v == Variant::Established || v == Variant::Stream
+}
+
+/// The last rule's target: the stream's first packet opens its connection there.
+fn last_target(v: Variant) -> (&'static str, &'static str) {
+    if v == Variant::Stream {
+        ("ACCEPT", "accept")
+    } else {
+        ("DROP", "drop")
+    }
+}
+
 fn iptables_rules(v: Variant, n: u32) -> String {
     let ch = v.chain();
     let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
-    if v == Variant::Established {
+    if leads_with_established(v) {
         s += &format!("-A {ch} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
     }
     for i in 0..n {
         s += &format!("-A {ch} {} -j DROP\n", filler(v, i).0);
     }
-    s += &format!("-A {ch} -s 198.18.1.2/32 -p udp -m udp --dport 9 -j DROP\nCOMMIT\n");
+    s += &format!("-A {ch} -s 198.18.1.2/32 -p udp -m udp --dport 9 -j {}\nCOMMIT\n", last_target(v).0);
     s
 }
 
@@ -354,13 +382,13 @@ fn nft_rules(v: Variant, n: u32) -> String {
     for ch in ["INPUT", "FORWARD"] {
         s += &format!(" chain {ch} {{ type filter hook {} priority 0; policy accept;\n", ch.to_lowercase());
         if ch == v.chain() {
-            if v == Variant::Established {
-                s += "  ct state established,related accept\n";
+            if leads_with_established(v) {
+                s += "  ct state established,related counter accept\n";
             }
             for i in 0..n {
                 s += &format!("  {} drop\n", filler(v, i).1);
             }
-            s += "  ip saddr 198.18.1.2 udp dport 9 counter drop\n";
+            s += &format!("  ip saddr 198.18.1.2 udp dport 9 counter {}\n", last_target(v).1);
         }
         s += " }\n";
     }
@@ -437,12 +465,17 @@ impl Bench {
         let f = &self.topo.f;
         self.topo.reset_fw();
         let f0 = ifindex(f, "f0");
-        let attach = |fd: i32| {
-            enter(f);
+        let attach_in = |ns: &str, ifindex: u32, fd: i32| {
+            enter(ns);
             // SAFETY: valid ifindex and program fd; no options.
-            let rc = unsafe { libbpf_sys::bpf_xdp_attach(f0 as i32, fd, libbpf_sys::XDP_FLAGS_DRV_MODE, std::ptr::null()) };
-            assert_eq!(rc, 0, "attaching XDP to f0: {}", io::Error::from_raw_os_error(-rc));
+            let rc = unsafe { libbpf_sys::bpf_xdp_attach(ifindex as i32, fd, libbpf_sys::XDP_FLAGS_DRV_MODE, std::ptr::null()) };
+            assert_eq!(rc, 0, "attaching XDP in {ns}: {}", io::Error::from_raw_os_error(-rc));
         };
+        let attach = |fd: i32| attach_in(f, f0, fd);
+        if v == Variant::Stream {
+            // The sink drops what is forwarded to it as cheaply as it can.
+            attach_in(&self.topo.k, ifindex(&self.topo.k, "k0"), self.drop);
+        }
         match imp {
             Impl::Bare => attach(self.drop),
             Impl::Bpf => {
@@ -475,7 +508,12 @@ impl Bench {
             }
             Impl::Nft => {
                 let out = sh(&["ip", "netns", "exec", f, "nft", "list", "chain", "ip", "filter", v.chain()]);
-                let l = out.lines().find(|l| l.contains("udp dport 9 counter")).expect("counter rule");
+                let l = if v == Variant::Stream {
+                    out.lines().find(|l| l.contains("ct state established,related counter"))
+                } else {
+                    out.lines().find(|l| l.contains("udp dport 9 counter"))
+                }
+                .expect("counter rule");
                 let w: Vec<&str> = l.split_whitespace().collect();
                 let i = w.iter().position(|x| *x == "packets").expect("packets");
                 w[i + 1].parse().expect("count")
@@ -483,7 +521,9 @@ impl Bench {
             _ => {
                 let save = if imp == Impl::Bpf { self.links.path("iptables-save") } else { imp.save().to_string() };
                 let out = sh(&["ip", "netns", "exec", f, &save, "-c"]);
-                let l = out.lines().rfind(|l| l.contains(&format!("-A {}", v.chain()))).expect("last rule");
+                let mut rules = out.lines().filter(|l| l.contains(&format!("-A {}", v.chain())));
+                // the stream's packets are counted by the ESTABLISHED rule, the others by the last
+                let l = if v == Variant::Stream { rules.next() } else { rules.last() }.expect("rule");
                 l[1..l.find(':').expect(":")].parse().expect("count")
             }
         }
@@ -515,13 +555,14 @@ fn main() {
         })
         .collect();
     let variants: Vec<Variant> = std::env::var("BPFIPT_BENCH_VARIANTS")
-        .unwrap_or_else(|_| "forward input deep established".into())
+        .unwrap_or_else(|_| "forward input deep established stream".into())
         .split_whitespace()
         .filter_map(|s| match s {
             "forward" => Some(Variant::Forward),
             "input" => Some(Variant::Input),
             "deep" => Some(Variant::Deep),
             "established" => Some(Variant::Established),
+            "stream" => Some(Variant::Stream),
             _ => None,
         })
         .collect();
@@ -538,6 +579,15 @@ fn main() {
     let point = |imp: Impl, v: Variant, n: u32| -> (f64, f64, f64) {
         bench.install(imp, v, n);
         let g = gen_for(v);
+        if v == Variant::Stream {
+            // Open the connection: the first packet (NEW, accepted by the last rule), then a
+            // reply from the sink, so that what follows is ESTABLISHED.
+            g.run(g.tx, 1);
+            let reply = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                         s.bind(('198.18.2.2', 9)); s.sendto(b'reply', ('198.18.1.2', 40000))";
+            sh(&["ip", "netns", "exec", &bench.topo.k, "python3", "-c", reply]);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         g.run(g.tx, 1000); // warm-up (first-packet work: neighbours, routes, map pages)
         let per_rep = g.calibrate(g.tx, secs);
         let before = bench.counted(imp, v);
