@@ -234,15 +234,29 @@ struct Generator {
     own: f64,
 }
 
+impl Drop for Generator {
+    fn drop(&mut self) {
+        // SAFETY: closing our own program fd.
+        unsafe { libc::close(self.tx) };
+    }
+}
+
 impl Generator {
-    fn new(frame: Vec<u8>, ifindex: u32, reps: usize, secs: f64) -> Generator {
-        let drop = gen_prog(&frame, XDP_DROP);
-        let mut g = Generator { tx: gen_prog(&frame, XDP_TX), ifindex, frame, own: 0.0 };
+    /// The generator of `v`'s frame on `topo`, its own cost measured (this thread must be in
+    /// the generator's namespace).
+    fn new(topo: &Topo, v: Variant, reps: usize, secs: f64) -> Generator {
+        let mut g = Generator::with_own(topo, v, 0.0);
+        let drop = gen_prog(&g.frame, XDP_DROP);
         let n = g.calibrate(drop, secs);
         g.own = median((0..reps).map(|_| g.measure(drop, n)).collect());
         // SAFETY: closing our own program fd.
         unsafe { libc::close(drop) };
         g
+    }
+
+    fn with_own(topo: &Topo, v: Variant, own: f64) -> Generator {
+        let frame = frame(&mac_bytes(&mac(&topo.f, "f0")), &mac_bytes(&mac(&topo.g, "g0")), v.dst());
+        Generator { tx: gen_prog(&frame, XDP_TX), ifindex: ifindex(&topo.g, "g0"), frame, own }
     }
 
     /// Runs program `fd` `repeat` times in live-frames mode on g0.
@@ -453,7 +467,6 @@ impl Drop for Links {
 }
 
 struct Bench {
-    topo: Topo,
     links: Links,
     pass: i32,
     drop: i32,
@@ -461,9 +474,8 @@ struct Bench {
 
 impl Bench {
     /// Installs `imp` with `v`'s ruleset of N rules in the firewall namespace.
-    fn install(&self, imp: Impl, v: Variant, n: u32) {
-        let f = &self.topo.f;
-        self.topo.reset_fw();
+    fn install(&self, topo: &Topo, imp: Impl, v: Variant, n: u32) {
+        let f = &topo.f;
         let f0 = ifindex(f, "f0");
         let attach_in = |ns: &str, ifindex: u32, fd: i32| {
             enter(ns);
@@ -474,7 +486,7 @@ impl Bench {
         let attach = |fd: i32| attach_in(f, f0, fd);
         if v == Variant::Stream {
             // The sink drops what is forwarded to it as cheaply as it can.
-            attach_in(&self.topo.k, ifindex(&self.topo.k, "k0"), self.drop);
+            attach_in(&topo.k, ifindex(&topo.k, "k0"), self.drop);
         }
         match imp {
             Impl::Bare => attach(self.drop),
@@ -490,12 +502,12 @@ impl Bench {
                 attach(self.pass);
             }
         }
-        enter(&self.topo.g);
+        enter(&topo.g);
     }
 
     /// Packets counted so far by the rule the traffic must hit (bare: f0's XDP drops).
-    fn counted(&self, imp: Impl, v: Variant) -> u64 {
-        let f = &self.topo.f;
+    fn counted(&self, topo: &Topo, imp: Impl, v: Variant) -> u64 {
+        let f = &topo.f;
         match imp {
             Impl::Bare => {
                 // veth counts its XDP program's drops per queue (`ethtool -S`).
@@ -567,33 +579,36 @@ fn main() {
         })
         .collect();
     pin_to(GEN_CPU);
-    let topo = Topo::new();
-    let (f0_mac, g0_mac) = (mac_bytes(&mac(&topo.f, "f0")), mac_bytes(&mac(&topo.g, "g0")));
-    let g0 = ifindex(&topo.g, "g0");
-    let bench = Bench { links: Links::new(), pass: const_prog(XDP_PASS), drop: const_prog(XDP_DROP), topo };
-    enter(&bench.topo.g);
-    let gens: Vec<(Variant, Generator)> =
-        [Variant::Forward, Variant::Input].into_iter().map(|v| (v, Generator::new(frame(&f0_mac, &g0_mac, v.dst()), g0, reps, secs))).collect();
-    let gen_for = |v: Variant| &gens.iter().find(|(w, _)| w.dst() == v.dst()).expect("generator").1;
+    let bench = Bench { links: Links::new(), pass: const_prog(XDP_PASS), drop: const_prog(XDP_DROP) };
+    // Each point gets fresh namespaces: netfilter keeps a table's hooks registered once it
+    // exists in a namespace (even flushed), which would tax the implementations measured
+    // after it. The generator's own cost depends only on the frame's size: measured once.
+    let own: Vec<(Variant, f64)> = {
+        let topo = Topo::new();
+        enter(&topo.g);
+        [Variant::Forward, Variant::Input].into_iter().map(|v| (v, Generator::new(&topo, v, reps, secs).own)).collect()
+    };
+    let own_for = |v: Variant| own.iter().find(|(w, _)| w.dst() == v.dst()).expect("generator").1;
 
     let point = |imp: Impl, v: Variant, n: u32| -> (f64, f64, f64) {
-        bench.install(imp, v, n);
-        let g = gen_for(v);
+        let topo = Topo::new();
+        bench.install(&topo, imp, v, n);
+        let g = Generator::with_own(&topo, v, own_for(v));
         if v == Variant::Stream {
             // Open the connection: the first packet (NEW, accepted by the last rule), then a
             // reply from the sink, so that what follows is ESTABLISHED.
             g.run(g.tx, 1);
             let reply = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
                          s.bind(('198.18.2.2', 9)); s.sendto(b'reply', ('198.18.1.2', 40000))";
-            sh(&["ip", "netns", "exec", &bench.topo.k, "python3", "-c", reply]);
+            sh(&["ip", "netns", "exec", &topo.k, "python3", "-c", reply]);
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         g.run(g.tx, 1000); // warm-up (first-packet work: neighbours, routes, map pages)
         let per_rep = g.calibrate(g.tx, secs);
-        let before = bench.counted(imp, v);
+        let before = bench.counted(&topo, imp, v);
         let costs: Vec<f64> = (0..reps).map(|_| g.measure(g.tx, per_rep) - g.own).collect();
         let sent = per_rep as u64 * reps as u64;
-        let counted = bench.counted(imp, v) - before;
+        let counted = bench.counted(&topo, imp, v) - before;
         assert_eq!(counted, sent, "{} {} N={n}: the matching rule counted {counted} of {sent} packets sent", imp.name(), v.name());
         let mut sorted = costs.clone();
         sorted.sort_by(|a, b| a.total_cmp(b));
@@ -601,7 +616,7 @@ fn main() {
     };
 
     println!("CPU ns per packet on the receiving core (generator subtracted), median of {reps} x ~{secs} s (min-max)\n");
-    println!("generator alone: {:.0} ns/packet", gens[0].1.own);
+    println!("generator alone: {:.0} ns/packet", own[0].1);
     let (bare, lo, hi) = point(Impl::Bare, Variant::Forward, 0);
     println!("bare XDP_DROP on f0: {bare:.0} ns ({lo:.0}-{hi:.0})\n");
     println!("| variant | N | {} |", impls.iter().map(|i| i.name()).collect::<Vec<_>>().join(" | "));

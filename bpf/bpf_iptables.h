@@ -34,6 +34,7 @@
  *   IMG_SLOT_HOOK0 + 4*h   per hook h: [0] n_rules | policy_accept << 32
  *                                      [1] actions_off
  *                                      [2] fields_off | n_fields << 32
+ *                                      [3] lead_off | n_lead << 32
  *   vector table           one slot per vector: words_off | n_words << 32; a vector's words
  *                          are pairs of slots (word index, 64 bits), word index increasing
  *   field descriptor       IMG_FIELD_SLOTS slots: [0] field | n_intervals << 32
@@ -48,6 +49,10 @@
  *                          op << 24 | a << 32  [1] b  [2] c
  *   log target             IMG_LOG_SLOTS slots: [0] level | flags << 8, [1..] prefix (NUL
  *                          terminated, BPFIPT_LOG_PREFIX bytes)
+ *   lead                   per hook, one slot per leading rule that constrains only the
+ *                          conntrack state (no other field, no check), at most IMG_MAX_LEAD:
+ *                          bit v set when it accepts ct_state value v. Tried in order before
+ *                          the field lookups (established packets then skip them).
  *   state                  one slot per limit/nth state, written by the programs
  */
 #ifndef BPF_IPTABLES_H
@@ -70,7 +75,7 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 2,
+	BPFIPT_IMG_VERSION = 3,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
@@ -88,6 +93,7 @@ enum bpfipt_const {
 	BPFIPT_IMG_ACTION_SLOTS = 3,
 	BPFIPT_IMG_CHECK_SLOTS = 3,
 	BPFIPT_IMG_LOG_SLOTS = 5,
+	BPFIPT_IMG_MAX_LEAD = 16,
 	/* 2 MiB per chunk: a power of two (slot i is in chunk i >> 18) */
 	BPFIPT_IMG_CHUNK_SLOTS = 1 << 18,
 	BPFIPT_LOG_PREFIX = 32,

@@ -588,6 +588,20 @@ static long lbvs_step(__u64 i, struct lctx *x)
 	return take_rule(img, c, r);
 }
 
+/* One leading rule (x->a: the masks' offset, x->b: how many). Returns 1 to stop. */
+static long lead_step(__u64 i, struct lctx *x)
+{
+	struct cls *c = x->c;
+	__u32 r = c->pos;
+	if (r >= x->b || r >= c->n_rules)
+		return 1;
+	if (!((slot(x->img, x->a + r) >> (c->p.ct_state & 63)) & 1)) {
+		c->pos = r + 1;
+		return 0;
+	}
+	return take_rule(x->img, c, r);
+}
+
 /* Without used fields every rule is a candidate: walk them in order. */
 static long linear_step(__u64 i, struct lctx *x)
 {
@@ -661,6 +675,14 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 
 	if (c->n_rules > BPFIPT_MAX_RULES)
 		c->n_rules = BPFIPT_MAX_RULES;
+	/* The leading rules on conntrack state alone (see "lead" in bpf_iptables.h). */
+	__u64 h3 = slot(img, h + 3);
+	if (h3 >> 32) {
+		struct lctx y = { .img = img, .c = c, .a = (__u32)h3, .b = h3 >> 32 };
+		bpf_loop(BPFIPT_IMG_MAX_LEAD, lead_step, &y, 0);
+		if (c->verdict != NONE32)
+			return c->verdict;
+	}
 	struct lctx x = { .img = img, .c = c, .a = fields, .b = vectab, .w = NONE32 };
 	if (nf)
 		bpf_loop(nf < MAXF ? nf : MAXF, setup_field, &x, 0);

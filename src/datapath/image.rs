@@ -12,7 +12,7 @@
 use anyhow::{anyhow, bail, Result};
 
 use super::skel::types::{bpfipt_action, bpfipt_addrtype_flags, bpfipt_check, bpfipt_const, bpfipt_ct_match, bpfipt_ctm_const};
-use crate::compile::tables::{ActionKind, Check, Compiled, Field, FieldMap, IfacePattern, Prefix, Vector};
+use crate::compile::tables::{ActionKind, Check, Compiled, Field, FieldMap, HookTable, IfacePattern, Prefix, Vector};
 use crate::model::TtlOp;
 
 const fn k(c: bpfipt_const) -> usize {
@@ -28,6 +28,7 @@ const CHECK_SLOTS: usize = k(bpfipt_const::BPFIPT_IMG_CHECK_SLOTS);
 const LOG_SLOTS: usize = k(bpfipt_const::BPFIPT_IMG_LOG_SLOTS);
 const LOG_PREFIX: usize = k(bpfipt_const::BPFIPT_LOG_PREFIX);
 const MAX_RULES: usize = k(bpfipt_const::BPFIPT_MAX_RULES);
+const MAX_LEAD: usize = k(bpfipt_const::BPFIPT_IMG_MAX_LEAD);
 const MAX_CHECKS: usize = k(bpfipt_const::BPFIPT_MAX_CHECKS);
 const NO_RULE: u32 = bpfipt_const::BPFIPT_NO_RULE.0;
 const TCP_RESET: u32 = bpfipt_const::BPFIPT_REJECT_TCP_RESET.0;
@@ -139,15 +140,52 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             img[s + 2] = pack(checks as u32, a.checks.len() as u32);
         }
 
+        let lead = lead_masks(h);
+        let lead_off = img.len();
+        img.extend(&lead);
+
         let hs = HOOK0 + hook * HOOK_SLOTS;
         img[hs] = pack(h.actions.len() as u32, h.policy_accept as u32);
         img[hs + 1] = actions as u64;
         img[hs + 2] = pack(fields as u32, h.fields.len() as u32);
+        img[hs + 3] = pack(lead_off as u32, lead.len() as u32);
     }
     if img.len() > u32::MAX as usize / 2 {
         bail!("ruleset too large for the datapath ({} slots)", img.len());
     }
     Ok(img)
+}
+
+/// The leading compiled rules of a hook that constrain nothing but the conntrack state and
+/// have no residual checks, each as the mask of the `Field::CtState` values it accepts (bit
+/// v: value v). `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT` heads most firewalls:
+/// the programs try these rules before any field lookup, so that the bulk of the traffic,
+/// established packets, skips LBVS altogether.
+fn lead_masks(h: &HookTable) -> Vec<u64> {
+    let has = |v: u32, r: usize| -> bool {
+        let words = &h.vectors[v as usize].words;
+        words.binary_search_by_key(&((r / 64) as u32), |w| w.0).is_ok_and(|i| words[i].1 >> (r % 64) & 1 == 1)
+    };
+    let mut out = Vec::new();
+    'rules: for (r, a) in h.actions.iter().enumerate().take(MAX_LEAD) {
+        if !a.checks.is_empty() {
+            break;
+        }
+        let mut mask = u64::MAX;
+        for f in &h.fields {
+            if has(f.wildcard, r) {
+                continue;
+            }
+            let (Field::CtState, FieldMap::Intervals(iv)) = (f.field, &f.map) else { break 'rules };
+            mask = iv
+                .iter()
+                .filter(|&&(_, _, v)| has(v, r))
+                .flat_map(|&(lo, hi, _)| lo.min(64)..=hi.min(63))
+                .fold(0, |m, v| m | 1 << v);
+        }
+        out.push(mask);
+    }
+    out
 }
 
 /// Whether a rule looks at conntrack state, which turns tracking on.
@@ -348,6 +386,39 @@ mod tests {
         assert_eq!(prefix_intervals(&host), vec![(0, 0), (u32::MAX, 1)]);
         let all = vec![(pfx([0, 0, 0, 0], 0), 7)];
         assert_eq!(prefix_intervals(&all), vec![(0, 7)]);
+    }
+
+    /// The leading rules on conntrack state alone become masks of ct_state values (bit
+    /// index = the `ct_state` bit), up to the first rule that looks at anything else.
+    #[test]
+    fn leading_conntrack_rules_become_state_masks() {
+        use crate::model::*;
+        let rule = |ip: IpHeader, matches: Vec<Match>, target: Target| Rule { id: Rule::UNASSIGNED, ip, matches, target, counters: Counters::default() };
+        let state = |bits: u16| Match::State(StateMatch { state: bits, invert: false });
+        let mut rs = Ruleset::default();
+        let input = rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT");
+        for (id, mut r) in [
+            rule(IpHeader::default(), vec![state(ct_state::ESTABLISHED | ct_state::RELATED)], Target::Accept),
+            rule(IpHeader::default(), vec![state(ct_state::INVALID)], Target::Drop),
+            rule(IpHeader { proto: Some(Inv::new(6, false)), ..Default::default() }, vec![state(ct_state::NEW)], Target::Accept),
+            rule(IpHeader::default(), vec![state(ct_state::NEW)], Target::Drop),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            r.id = id as u32;
+            input.rules.push(r);
+        }
+        let c = crate::compile::compile(&rs).expect("compiles");
+        let bit = |s: u16| 1u64 << s.trailing_zeros();
+        assert_eq!(lead_masks(&c.hooks[0]), vec![bit(ct_state::ESTABLISHED) | bit(ct_state::RELATED), bit(ct_state::INVALID)]);
+        // Without a conntrack rule in front there is no lead; a rule without matches leads.
+        assert!(lead_masks(&c.hooks[1]).is_empty());
+        let mut rs = Ruleset::default();
+        let fwd = rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD");
+        fwd.rules.push(Rule { id: 0, ..rule(IpHeader::default(), vec![], Target::Accept) });
+        let c = crate::compile::compile(&rs).expect("compiles");
+        assert_eq!(lead_masks(&c.hooks[1]), vec![u64::MAX]);
     }
 
     #[test]
