@@ -13,7 +13,8 @@
 #   delete   deleting that rule again by spec (nft: delete rule by handle)
 #   save     iptables-save (nft list ruleset)
 #   list     -L -n (nft list table)
-# and for bpf-iptables the bytes of pinned BPF maps (bpftool's memlock) per N.
+# and for bpf-iptables the bytes of its BPF maps (bpftool's memlock: the pinned maps and the
+# classifier image maps they hold) per N.
 # Each point checks itself: the listing must contain N+1 rules, else the run aborts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,7 +122,11 @@ for n in "${sizes[@]}"; do
       if [ "$impl" = bpf ]; then
         dir=$(ip netns exec "$ns" "$bin" --pin-dir 2>/dev/null || true)
         if [ -n "$dir" ]; then
-          mem=$(for p in "$dir"/bpfipt_*; do bpftool -j map show pinned "$p" 2>/dev/null || true; done |
+          # the pinned maps, and the image maps held by bpfipt_tables (not pinned themselves)
+          mem=$( (for p in "$dir"/bpfipt_*; do bpftool -j map show pinned "$p" 2>/dev/null || true; done
+            bpftool -j map dump pinned "$dir/bpfipt_tables" 2>/dev/null |
+              python3 -c 'import sys, json; [print(int.from_bytes(bytes(int(b, 16) for b in e["value"]), "little")) for e in json.load(sys.stdin)]' |
+              while read -r id; do bpftool -j map show id "$id"; echo; done) |
             python3 -c 'import sys, json; print(sum(json.loads(l).get("bytes_memlock", 0) for l in sys.stdin if l.strip()))')
         fi
       fi
