@@ -86,7 +86,7 @@ check_count() { # impl expected-rules
 }
 
 rule='-A INPUT -s 203.0.113.7/32 -p tcp -m tcp --dport 4242 -j DROP'
-printf '| impl | N | restore ms | append ms | delete ms | save ms | list ms | pinned maps |\n'
+printf '| impl | N | restore ms | append ms | delete ms | save ms | list ms | map bytes |\n'
 printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in "${sizes[@]}"; do
   gen_rules "$n" > "$work/rules.$n"
