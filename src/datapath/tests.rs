@@ -67,7 +67,14 @@ impl Env {
         let dir = crate::store::pin_root().expect("bpffs").join(format!("bpfipt-test-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("pin dir");
-        let progs = load_programs(&dir).expect("programs load and verify");
+        let progs = match load_programs(&dir) {
+            Ok(p) => p,
+            Err(e) => {
+                // no Env yet to clean up on drop
+                let _ = fs::remove_dir_all(&dir);
+                panic!("programs load and verify: {e:?}");
+            }
+        };
         Some(Env { dir, progs, d0: ifindex("d0"), d1: ifindex("d1") })
     }
 
