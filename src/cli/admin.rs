@@ -58,7 +58,8 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<i32> {
                 super::print(&format!("removed {}\n", dir.display()));
             }
         }
-        "--pin-dir" => super::print(&format!("{}\n", Store::open(LockWait::Block)?.pin_dir().display())),
+        // Only where the state lives: printing it must not create it.
+        "--pin-dir" => super::print(&format!("{}\n", crate::store::namespace_dir()?.0.display())),
         "--reset" => {
             let store = Store::open(LockWait::Block)?;
             let dir = store.pin_dir().clone();

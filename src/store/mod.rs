@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::model::{Counters, Ruleset};
 
 pub use lock::LockWait;
-pub use pins::{bpffs_root as pin_root, gc_stale, netns_cookie, PIN_ROOT_ENV};
+pub use pins::{bpffs_root as pin_root, gc_stale, namespace_dir, netns_cookie, PIN_ROOT_ENV};
 
 /// An open store: the lock is held until it is dropped.
 pub struct Store {

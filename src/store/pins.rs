@@ -59,12 +59,16 @@ pub struct Pins {
     live_ids: Option<Vec<u32>>,
 }
 
+/// Where the current network namespace's pins live (whether or not they exist yet).
+pub fn namespace_dir() -> Result<(PathBuf, u64)> {
+    let cookie = netns_cookie().context("reading the network namespace cookie")?;
+    Ok((bpffs_root()?.join(format!("ns-{cookie}")), cookie))
+}
+
 impl Pins {
     /// Opens the pins of the current network namespace, creating them on first use.
     pub fn open_or_create() -> Result<Pins> {
-        let root = bpffs_root()?;
-        let cookie = netns_cookie().context("reading the network namespace cookie")?;
-        let dir = root.join(format!("ns-{cookie}"));
+        let (dir, cookie) = namespace_dir()?;
         if !dir.join("bpfipt_meta").exists() {
             create_pins(&dir, cookie).with_context(|| format!("creating pinned maps in {}", dir.display()))?;
         }
