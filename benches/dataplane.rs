@@ -203,11 +203,8 @@ fn frame(dmac: &[u8], smac: &[u8], dst: [u8; 4]) -> Vec<u8> {
     f.extend_from_slice(&[0x08, 0x00]);
     let mut iph = vec![0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0, 198, 18, 1, 2];
     iph.extend_from_slice(&dst);
-    let mut s: u32 = iph.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    iph[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+    let ck = bpf_iptables::testutil::inet_checksum(&iph);
+    iph[10..12].copy_from_slice(&ck.to_be_bytes());
     f.extend(iph);
     f.extend_from_slice(&[0x9c, 0x40, 0, 9, 0, 26, 0, 0]);
     f.extend_from_slice(&[0u8; 18]);
@@ -326,6 +323,8 @@ enum Variant {
 }
 
 impl Variant {
+    const ALL: [Variant; 5] = [Variant::Forward, Variant::Input, Variant::Deep, Variant::Established, Variant::Stream];
+
     fn name(self) -> &'static str {
         match self {
             Variant::Forward => "forward",
@@ -419,6 +418,19 @@ enum Impl {
 }
 
 impl Impl {
+    const MEASURED: [Impl; 4] = [Impl::Bpf, Impl::Legacy, Impl::NftCompat, Impl::Nft];
+
+    /// Its name in BPFIPT_BENCH_IMPLS.
+    fn key(self) -> &'static str {
+        match self {
+            Impl::Bare => "bare",
+            Impl::Bpf => "bpf",
+            Impl::Legacy => "legacy",
+            Impl::NftCompat => "nft-compat",
+            Impl::Nft => "nft",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Impl::Bare => "bare XDP_DROP",
@@ -555,28 +567,13 @@ fn main() {
     let sizes: Vec<u32> = env_list("BPFIPT_BENCH_N", "0 100 1000 10000 100000");
     let reps: usize = env_list("BPFIPT_BENCH_REPS", "5").first().copied().unwrap_or(5).max(1);
     let secs: f64 = env_list("BPFIPT_BENCH_SECONDS", "0.5").first().copied().unwrap_or(0.5);
-    let impls: Vec<Impl> = std::env::var("BPFIPT_BENCH_IMPLS")
-        .unwrap_or_else(|_| "bpf legacy nft-compat nft".into())
-        .split_whitespace()
-        .filter_map(|s| match s {
-            "bpf" => Some(Impl::Bpf),
-            "legacy" => Some(Impl::Legacy),
-            "nft-compat" => Some(Impl::NftCompat),
-            "nft" => Some(Impl::Nft),
-            _ => None,
-        })
+    let impls: Vec<Impl> = env_list::<String>("BPFIPT_BENCH_IMPLS", "bpf legacy nft-compat nft")
+        .iter()
+        .filter_map(|s| Impl::MEASURED.into_iter().find(|i| i.key() == s))
         .collect();
-    let variants: Vec<Variant> = std::env::var("BPFIPT_BENCH_VARIANTS")
-        .unwrap_or_else(|_| "forward input deep established stream".into())
-        .split_whitespace()
-        .filter_map(|s| match s {
-            "forward" => Some(Variant::Forward),
-            "input" => Some(Variant::Input),
-            "deep" => Some(Variant::Deep),
-            "established" => Some(Variant::Established),
-            "stream" => Some(Variant::Stream),
-            _ => None,
-        })
+    let variants: Vec<Variant> = env_list::<String>("BPFIPT_BENCH_VARIANTS", "forward input deep established stream")
+        .iter()
+        .filter_map(|s| Variant::ALL.into_iter().find(|v| v.name() == s))
         .collect();
     pin_to(GEN_CPU);
     let bench = Bench { links: Links::new(), pass: const_prog(XDP_PASS), drop: const_prog(XDP_DROP) };

@@ -83,11 +83,8 @@ fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, seq: u32
     let mut iph = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
     iph.extend_from_slice(&src);
     iph.extend_from_slice(&dst);
-    let mut s: u32 = iph.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    iph[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+    let ck = bpf_iptables::testutil::inet_checksum(&iph);
+    iph[10..12].copy_from_slice(&ck.to_be_bytes());
     f.extend(iph);
     let mut t = vec![0u8; 20];
     t[0..2].copy_from_slice(&sport.to_be_bytes());

@@ -1,6 +1,7 @@
-//! A small deterministic random generator (splitmix64) for the randomized tests: the
-//! compiler's property test and the differential test against netfilter. Seeded, so every
-//! failure they print can be replayed.
+//! Helpers shared by tests and benchmarks: a small deterministic random generator
+//! (splitmix64) for the randomized tests (the compiler's property test and the differential
+//! test against netfilter; seeded, so every failure they print can be replayed), and the
+//! Internet checksum for the packets they build.
 
 /// splitmix64.
 pub struct SplitMix64(pub u64);
@@ -27,4 +28,14 @@ impl SplitMix64 {
     pub fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len())].clone()
     }
+}
+
+/// The Internet checksum (RFC 1071) of `b`: the one's complement of the one's complement sum
+/// of its 16-bit big-endian words, an odd last byte padded with zero.
+pub fn inet_checksum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
 }

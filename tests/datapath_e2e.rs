@@ -102,9 +102,14 @@ fn iface(name: &str) -> Option<Inv<Iface>> {
 }
 
 fn rule_packets(pins: &Path, id: u32) -> u64 {
-    let m = libbpf_rs::MapHandle::from_pinned_path(pins.join("bpfipt_rule_counters")).expect("counters");
+    packets(pins, "bpfipt_rule_counters", id)
+}
+
+/// Packets counted under `key` in the per-CPU counter map `map`.
+fn packets(pins: &Path, map: &str, key: u32) -> u64 {
+    let m = libbpf_rs::MapHandle::from_pinned_path(pins.join(map)).expect("counters");
     use libbpf_rs::MapCore;
-    m.lookup_percpu(&id.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+    m.lookup_percpu(&key.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
         .expect("lookup")
         .expect("entry")
         .iter()
@@ -186,16 +191,7 @@ fn input_forward_output_with_real_traffic() {
         ],
     );
     t.apply(&rs4);
-    let policy = |hook: u32| -> u64 {
-        let m = libbpf_rs::MapHandle::from_pinned_path(t.pins.join("bpfipt_policy_counters")).expect("policy counters");
-        use libbpf_rs::MapCore;
-        m.lookup_percpu(&hook.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
-            .expect("lookup")
-            .expect("entry")
-            .iter()
-            .map(|v| u64::from_ne_bytes(v[0..8].try_into().expect("8")))
-            .sum()
-    };
+    let policy = |hook: u32| packets(&t.pins, "bpfipt_policy_counters", hook);
     // (rule ids restart at 0 for each ruleset here, and their counters carry on)
     let (input0, output0, r0, r1) = (policy(0), policy(2), rule_packets(&t.pins, 0), rule_packets(&t.pins, 1));
     assert_eq!(t.probe(&t.f, "udp", "198.18.2.2", 80), "refused", "OUTPUT REJECT port unreachable");

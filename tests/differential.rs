@@ -28,7 +28,7 @@ use std::time::Duration;
 use common::topo::{sh, Topo};
 use common::{ScratchDir, Tools};
 
-use bpf_iptables::testutil::SplitMix64 as Rng;
+use bpf_iptables::testutil::{inet_checksum as csum, SplitMix64 as Rng};
 
 const SRC_NETS: &[&str] = &["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "10.1.2.128/25", "192.168.0.0/16", "172.16.0.0/12", "198.18.1.0/24", "10.0.0.0/255.0.255.0"];
 const DST_NETS: &[&str] = &["198.18.1.1/32", "198.18.0.0/16", "198.18.2.0/24", "198.18.2.0/25", "198.18.2.128/25", "198.18.2.2/32", "198.18.2.3/32", "198.18.2.254/31"];
@@ -367,13 +367,6 @@ fn ip4(a: &str) -> [u8; 4] {
     a.parse::<std::net::Ipv4Addr>().expect("address").octets()
 }
 
-fn csum(b: &[u8]) -> u16 {
-    let mut s: u32 = b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
 
 /// The Ethernet frame of packet `p`, IP id `id` (which identifies it), TCP seq and ack
 /// `id << 16` (so a reset names it too).

@@ -4,6 +4,7 @@
 //! inherit it) with two veth pairs, and pins under a directory of its own on
 //! the shared bpffs (`store::pin_root`); without root they skip.
 
+use crate::testutil::inet_checksum as csum;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -158,13 +159,6 @@ fn ip(a: &str) -> u32 {
     u32::from(a.parse::<std::net::Ipv4Addr>().expect("test address"))
 }
 
-fn csum(b: &[u8]) -> u16 {
-    let mut s: u32 = b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
 
 /// Ethernet + IPv4 (+ `l4`), checksummed IP header.
 fn frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
