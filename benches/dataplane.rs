@@ -30,8 +30,11 @@
 //! program on f0: a veth only takes frames sent by XDP when its peer runs NAPI, which XDP
 //! enables; that program's cost (a few ns) is part of their figure.
 //!
-//! Every point checks itself: the last rule's packet counter grew by exactly the packets sent
-//! (the bare program: none may be missing from f0's XDP statistics), else the run aborts.
+//! Every point runs in fresh namespaces (a netfilter table, once it exists in a namespace, keeps
+//! its hooks registered even flushed, which would tax whatever is measured after it), and
+//! checks itself: the counter of the rule the traffic must hit (the last rule; the first for
+//! `stream`) grew by exactly the packets sent (the bare program: none may be missing from
+//! f0's XDP statistics), else the run aborts.
 
 use std::ffi::CString;
 use std::fs;
@@ -149,24 +152,13 @@ impl Topo {
         sh(&["ip", "-n", &t.k, "neigh", "replace", "198.18.2.1", "lladdr", &f1_mac, "dev", "k0", "nud", "permanent"]);
         t
     }
-
-    /// Clears the firewall namespace: no rules, no programs, no tables, no conntrack module
-    /// state left from the previous implementation.
-    fn reset_fw(&self) {
-        let _ = run(&["ip", "netns", "exec", &self.f, BIN, "--reset"]);
-        for save in ["iptables-legacy", "iptables-nft"] {
-            let _ = run(&["ip", "netns", "exec", &self.f, save, "-F"]);
-            let _ = run(&["ip", "netns", "exec", &self.f, save, "-X"]);
-        }
-        let _ = run(&["ip", "netns", "exec", &self.f, "nft", "flush", "ruleset"]);
-        let _ = run(&["ip", "-n", &self.f, "link", "set", "f0", "xdp", "off"]);
-        let _ = run(&["ip", "-n", &self.k, "link", "set", "k0", "xdp", "off"]);
-    }
 }
 
 impl Drop for Topo {
+    /// Our pinned state outlives the namespace: removed first. Deleting the namespaces takes
+    /// every program, table and tracked connection with them.
     fn drop(&mut self) {
-        self.reset_fw();
+        let _ = run(&["ip", "netns", "exec", &self.f, BIN, "--reset"]);
         for ns in [&self.g, &self.f, &self.k] {
             let _ = run(&["ip", "netns", "del", ns]);
         }

@@ -7,8 +7,9 @@
  * # The classifier image (`bpfipt_tables`)
  *
  * A compiled ruleset (all three hooks) is one flat array of u64 *slots*, the image, kept in
- * one of two inner BPF_MAP_TYPE_ARRAYs (BPF_F_INNER_MAP | BPF_F_MMAPABLE) held by the ARRAY_OF_MAPS `bpfipt_tables`. `bpfipt_active` holds the generation of the
- * installed image, which lives in slot `gen & 1`. Userspace writes a new image into the other
+ * one of two inner BPF_MAP_TYPE_ARRAYs (BPF_F_INNER_MAP | BPF_F_MMAPABLE) held by the
+ * ARRAY_OF_MAPS `bpfipt_tables`. `bpfipt_active` holds the generation of the installed
+ * image, which lives in slot `gen & 1`. Userspace writes a new image into the other
  * slot through mmap, then flips: one store of `gen + 1`. A packet reads the generation once and
  * uses only that image, so it sees the old ruleset or the new one, never a mix; a failed or
  * killed update leaves the old one installed.
@@ -184,12 +185,12 @@ enum bpfipt_check {
 				    * condition); b: BPFIPT_AT_* flags */
 };
 
-/* Entry 0 of `bpfipt_active`: the installed image's generation (slot gen & 1; 0: none). */
 /* One value of an image map (see "The classifier image" above). */
 struct bpfipt_img_chunk {
 	__u64 slot[BPFIPT_IMG_CHUNK_SLOTS];
 };
 
+/* Entry 0 of `bpfipt_active`: the installed image's generation (slot gen & 1; 0: none). */
 struct bpfipt_active {
 	__u32 gen;
 	__u32 pad;

@@ -187,14 +187,19 @@ static __always_inline void ct_update_cls(struct cls *c, int accepted)
 	bpfipt_dp_ct_update(&c->ctp, &c->ctr, accepted);
 }
 
+/* Whether `a` (host order) is an address of this host. */
+static __always_inline int is_local(__u32 a)
+{
+	__u32 key = bpf_htonl(a);
+	return (a >> 24) == 127 || bpf_map_lookup_elem(&bpfipt_local, &key) != NULL;
+}
+
 /* The hook an arriving packet goes through, or -1 when netfilter would not filter it. */
 static __always_inline int ingress_hook(void *ctx, struct cls *c)
 {
 	struct pkt *p = &c->p;
 	__u32 dst = bpf_htonl(p->dst);
-	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || (p->dst >> 24) == 127)
-		return BPFIPT_HOOK_INPUT;
-	if (bpf_map_lookup_elem(&bpfipt_local, &dst))
+	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
 		return BPFIPT_HOOK_INPUT;
 	/* in the scratch: the programs' stacks are full */
 	struct bpf_fib_lookup *f = &c->fib;
@@ -318,20 +323,6 @@ enum ct_update_mode {
 	CT_DROPPED,   /* lo egress: only one OUTPUT drops (lo ingress updates the others) */
 };
 
-/* Whether `a` (host order) is an address of this host. */
-static __always_inline int is_local(__u32 a)
-{
-	__u32 key = bpf_htonl(a);
-	return (a >> 24) == 127 || bpf_map_lookup_elem(&bpfipt_local, &key) != NULL;
-}
-
-/* REJECT of a packet this host sent (OUTPUT, at TC egress). As icmp_send and nf_send_reset
- * do, the reply goes to the packet's source through OUTPUT; when that source is local (the
- * usual case) it comes back through lo, judged in INPUT too; otherwise it leaves by the
- * route to the source. It carries BPFIPT_REPLY_MARK until our ingress program sees it (or it
- * leaves), so that it is not judged twice. The source of an ICMP error is the one the kernel's
- * route to the destination picks: the destination itself when local, else the preferred
- * source of that route. */
 /* Whether `skb` is a reply the kernel's own ICMP code sends (echo or timestamp reply, from
  * the per-CPU ICMP socket). icmp_send cannot answer those: their sender holds the socket it
  * needs, so netfilter's REJECT of them sends nothing. */
@@ -346,6 +337,13 @@ static __always_inline int from_kernel_icmp(struct __sk_buff *skb, struct cls *c
 	return sk && sk->type == SOCK_RAW && sk->protocol == IPPROTO_ICMP;
 }
 
+/* REJECT of a packet this host sent (OUTPUT, at TC egress). As icmp_send and nf_send_reset
+ * do, the reply goes to the packet's source through OUTPUT; when that source is local (the
+ * usual case) it comes back through lo, judged in INPUT too; otherwise it leaves by the
+ * route to the source. It carries BPFIPT_REPLY_MARK until our ingress program sees it (or it
+ * leaves), so that it is not judged twice. The source of an ICMP error is the one the kernel's
+ * route to the destination picks: the destination itself when local, else the preferred
+ * source of that route. */
 static __always_inline int reject_sent_by_us(struct __sk_buff *skb, struct cls *c, int track)
 {
 	__u32 to = c->p.src;

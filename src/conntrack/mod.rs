@@ -225,16 +225,7 @@ pub fn list(pin_dir: &Path, out: &mut dyn Write) -> Result<usize> {
 /// how many were deleted. Packets of existing connections are then tracked afresh (TCP ones
 /// are picked up mid-stream as NEW, as after `conntrack -F`).
 pub fn flush(pin_dir: &Path) -> Result<usize> {
-    let map = open_table(pin_dir)?;
-    let keys: Vec<Vec<u8>> = map.keys().collect();
-    let mut n = 0;
-    for key in &keys {
-        // Gone already (evicted, or an RST deleted it) is as good as deleted.
-        if map.delete(key).is_ok() {
-            n += 1;
-        }
-    }
-    Ok(n)
+    delete_where(&open_table(pin_dir)?, |_| Ok(true))
 }
 
 /// Deletes the expired entries of the connection table pinned in `pin_dir` (netfilter's
@@ -244,17 +235,20 @@ pub fn flush(pin_dir: &Path) -> Result<usize> {
 /// up afresh, as after `conntrack -D`.
 pub fn sweep(pin_dir: &Path) -> Result<usize> {
     let map = open_table(pin_dir)?;
-    sweep_map(&map)
+    let now = monotonic_ns()?;
+    delete_where(&map, |key| {
+        let Some(value) = map.lookup(key, MapFlags::ANY).context("reading a conntrack entry")? else { return Ok(false) };
+        Ok(Conn::decode(&value, now)?.is_none())
+    })
 }
 
-/// `sweep` on an open table.
-pub fn sweep_map(map: &MapHandle) -> Result<usize> {
-    let now = monotonic_ns()?;
+/// Deletes the entries of `map` whose key `doomed` says so; returns how many. An entry gone
+/// meanwhile (evicted, or an RST deleted it) is as good as deleted but not counted.
+fn delete_where(map: &MapHandle, mut doomed: impl FnMut(&[u8]) -> Result<bool>) -> Result<usize> {
     let keys: Vec<Vec<u8>> = map.keys().collect();
     let mut n = 0;
     for key in &keys {
-        let Some(value) = map.lookup(key, MapFlags::ANY).context("reading a conntrack entry")? else { continue };
-        if Conn::decode(&value, now)?.is_none() && map.delete(key).is_ok() {
+        if doomed(key)? && map.delete(key).is_ok() {
             n += 1;
         }
     }

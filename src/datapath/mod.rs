@@ -582,15 +582,15 @@ pub fn stats(pin_dir: &Path) -> Result<skel::types::bpfipt_stats> {
     })
 }
 
+/// How often `watch` deletes expired connections (netfilter's conntrack GC runs about as
+/// often for a table this size).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `bpf-iptables --watch`: waits for interfaces and IPv4 addresses to appear or change in this
 /// namespace (rtnetlink link and address groups) and brings the datapath up to date after each
 /// burst of events. `live` returns the live ruleset (None when it is pass-all: nothing to
 /// attach); it is called for every update so that rule changes in between are seen. Runs
 /// until an error.
-/// How often `watch` deletes expired connections (netfilter's conntrack GC runs about as
-/// often for a table this size).
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
 pub fn watch(pin_dir: &Path, mut live: impl FnMut() -> Result<Option<Compiled>>) -> Result<()> {
     const RTMGRP_LINK: u32 = 1;
     const RTMGRP_IPV4_IFADDR: u32 = 0x10;

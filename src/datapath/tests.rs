@@ -4,7 +4,6 @@
 //! inherit it) with two veth pairs, and pins under a directory of its own on
 //! the shared bpffs (`store::pin_root`); without root they skip.
 
-use crate::testutil::inet_checksum as csum;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
 use super::*;
 use crate::compile::compile;
 use crate::model::*;
+use crate::testutil::inet_checksum as csum;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -158,7 +158,6 @@ fn u32s(v: &[u32]) -> Vec<u8> {
 fn ip(a: &str) -> u32 {
     u32::from(a.parse::<std::net::Ipv4Addr>().expect("test address"))
 }
-
 
 /// Ethernet + IPv4 (+ `l4`), checksummed IP header.
 fn frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
