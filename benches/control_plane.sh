@@ -61,16 +61,17 @@ print("  ip saddr 198.18.0.2 udp dport 9 accept\n }\n}")
 PY
 }
 
-# Timing runs inside the namespace, so `ip netns exec` (a few ms of its own) is not measured.
+# Timing runs inside the namespace, so `ip netns exec` (a few ms of its own) is not measured,
+# and reads bash's EPOCHREALTIME (µs), not date(1), whose own fork and exec would add ~2 ms.
 # median_pair_ms DO UNDO: median wall-clock ms over REPS runs of the shell command DO, each
 # followed by the untimed UNDO (empty: nothing).
 median_pair_ms() {
   ip netns exec "$ns" bash -c '
     do_cmd=$1 undo_cmd=$2 reps=$3 times=()
     for _ in $(seq "$reps"); do
-      t0=$(date +%s%N); eval "$do_cmd" >/dev/null; t1=$(date +%s%N)
+      t0=${EPOCHREALTIME/./}; eval "$do_cmd" >/dev/null; t1=${EPOCHREALTIME/./}
       [ -n "$undo_cmd" ] && eval "$undo_cmd" >/dev/null
-      times+=($(( (t1 - t0) / 1000 )))
+      times+=($(( t1 - t0 )))
     done
     printf "%s\n" "${times[@]}" | sort -n | awk "{a[NR]=\$1} END {printf \"%.2f\", a[int((NR+1)/2)]/1000}"
   ' _ "$1" "$2" "$REPS"

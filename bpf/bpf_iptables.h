@@ -32,8 +32,9 @@
  *   IMG_SLOT_LOGS          logs_off | n_logs << 32
  *   IMG_SLOT_STATES        states_off | n_states << 32
  *   IMG_SLOT_FLAGS         BPFIPT_IMG_F_* bits
+ *   IMG_SLOT_LEN           slots in use (appended rules go after them)
  *   IMG_SLOT_HOOK0 + 4*h   per hook h: [0] n_rules | policy_accept << 32
- *                                      [1] actions_off
+ *                                      [1] actions_off | n_lbvs << 32
  *                                      [2] fields_off | n_fields << 32
  *                                      [3] lead_off | n_lead << 32
  *   vector table           one slot per vector: words_off | n_words << 32; a vector's words
@@ -46,6 +47,11 @@
  *                          resolved against the names by userspace (see `bpfipt_ifaces`).
  *   action                 IMG_ACTION_SLOTS slots: [0] kind | rule_id << 32 (NO_RULE: none)
  *                          [1] arg0 | arg1 << 32  [2] checks_off | n_checks << 32
+ *                          per hook n_rules of them, with room for IMG_TAIL_CAP more
+ *   appended rules         the compiled rules n_lbvs..n_rules of a hook are not in its vectors:
+ *                          `-A` to a built-in chain appends them in place (their field
+ *                          matches as FIELD_IN checks), and the programs walk them in order
+ *                          once LBVS finds no candidate (see `compile::tail`)
  *   check                  IMG_CHECK_SLOTS slots: [0] kind | invert << 8 | field << 16 |
  *                          op << 24 | a << 32  [1] b  [2] c
  *   log target             IMG_LOG_SLOTS slots: [0] level | flags << 8, [1..] prefix (NUL
@@ -64,7 +70,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 4,
+	BPFIPT_LAYOUT_VERSION = 5,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -76,7 +82,7 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 3,
+	BPFIPT_IMG_VERSION = 4,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
@@ -86,7 +92,10 @@ enum bpfipt_const {
 	BPFIPT_IMG_BUSY = 0x80000000,
 	BPFIPT_IMG_GEN_MASK = 0x7fffffff,
 	BPFIPT_IMG_SLOT_FLAGS = 16,
-	BPFIPT_IMG_HEADER_SLOTS = 17,
+	BPFIPT_IMG_SLOT_LEN = 17,
+	BPFIPT_IMG_HEADER_SLOTS = 18,
+	/* Compiled rules a hook can take by appending, past its LBVS ones, before a full rebuild. */
+	BPFIPT_IMG_TAIL_CAP = 64,
 	/* IMG_SLOT_FLAGS: some rule looks at conntrack state, so packets are tracked (as in
 	 * netfilter, where conntrack hooks a namespace only once a rule needs it). */
 	BPFIPT_IMG_F_CONNTRACK = 1,

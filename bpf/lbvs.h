@@ -34,7 +34,7 @@ struct cls {
 	struct bpfipt_ct_result ctr; /* its connection, for -m conntrack/-m state */
 	struct bpfipt_ct_match ctm;  /* the -m conntrack being checked (off the stack) */
 	struct bpf_fib_lookup fib;   /* the route lookup of an arriving packet (off the stack) */
-	__u32 nf, pivot, pos, n_rules, actions_off, states_off;
+	__u32 nf, pivot, pos, n_rules, n_lbvs, actions_off, states_off;
 	__u32 verdict, verdict_arg, by_policy;
 	/* per used field (indexed & 15: the verifier needs the bound on every access) */
 	__u32 vs[16], vn[16], vc[16]; /* value vector: words offset, words, cursor */
@@ -567,6 +567,8 @@ static long lbvs_step(__u64 i, struct lctx *x)
 	struct cls *c = x->c;
 	struct img *img = x->img;
 	__u32 pv = c->pivot & 15;
+	if (c->pos >= c->n_lbvs)
+		return 1;
 	__u32 first = c->pos >> 6;
 	__u32 a = seek(img, c->vs[pv], c->vn[pv], &c->vc[pv], first);
 	__u32 b = seek(img, c->ws[pv], c->wn[pv], &c->wc[pv], first);
@@ -579,11 +581,13 @@ static long lbvs_step(__u64 i, struct lctx *x)
 	if (w == first)
 		bits &= ~0ULL << (c->pos & 63);
 	if (!bits) {
-		c->pos = (w + 1) << 6;
+		/* not past the LBVS rules: the appended ones start there */
+		__u32 next = (w + 1) << 6;
+		c->pos = next < c->n_lbvs ? next : c->n_lbvs;
 		return 0;
 	}
 	__u32 r = (w << 6) + ctz64(bits);
-	if (r >= c->n_rules)
+	if (r >= c->n_lbvs)
 		return 1;
 	return take_rule(img, c, r);
 }
@@ -661,10 +665,11 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 	if (hook >= BPFIPT_NR_HOOKS)
 		return V_ACCEPT;
 	__u32 h = BPFIPT_IMG_SLOT_HOOK0 + hook * BPFIPT_IMG_HOOK_SLOTS;
-	__u64 h0 = slot(img, h), h2 = slot(img, h + 2);
+	__u64 h0 = slot(img, h), h1 = slot(img, h + 1), h2 = slot(img, h + 2);
 	__u32 policy_accept = h0 >> 32;
 	c->n_rules = (__u32)h0;
-	c->actions_off = (__u32)slot(img, h + 1);
+	c->n_lbvs = h1 >> 32;
+	c->actions_off = (__u32)h1;
 	c->states_off = (__u32)slot(img, BPFIPT_IMG_SLOT_STATES);
 	__u32 fields = (__u32)h2, nf = h2 >> 32;
 	__u32 vectab = (__u32)slot(img, BPFIPT_IMG_SLOT_VECTAB);
@@ -687,11 +692,15 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 	if (nf)
 		bpf_loop(nf < MAXF ? nf : MAXF, setup_field, &x, 0);
 	if (c->n_rules) {
-		long n;
+		long n = 0;
 		if (c->nf)
 			n = bpf_loop(BPFIPT_MAX_STEPS, lbvs_step, &x, 0);
-		else
+		/* then the appended rules, in order (all rules when no field is used) */
+		if (c->verdict == NONE32 && n < BPFIPT_MAX_STEPS && c->n_rules > (c->nf ? c->n_lbvs : 0)) {
+			if (c->nf && c->pos < c->n_lbvs)
+				c->pos = c->n_lbvs;
 			n = bpf_loop(BPFIPT_MAX_STEPS, linear_step, &x, 0);
+		}
 		if (n >= BPFIPT_MAX_STEPS && c->verdict == NONE32) {
 			struct bpfipt_stats *s = stats();
 			if (s)

@@ -4,8 +4,6 @@
 //! `--pin-dir`, `--reset`, `--detach`, `--gc`, `--watch`, `--log-follow [--stdout]`,
 //! `--conntrack-list`, `--conntrack-flush`, `--conntrack-sweep`.
 
-use anyhow::Context;
-
 use crate::error::{param, Result};
 use crate::store::{gc_stale, LockWait, Store};
 
@@ -60,12 +58,7 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<i32> {
         }
         // Only where the state lives: printing it must not create it.
         "--pin-dir" => super::print(&format!("{}\n", crate::store::namespace_dir()?.0.display())),
-        "--reset" => {
-            let store = Store::open(LockWait::Block)?;
-            let dir = store.pin_dir().clone();
-            crate::datapath::detach(&dir)?;
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
+        "--reset" => Store::reset(LockWait::Block)?,
         "--detach" => crate::datapath::detach(Store::open(LockWait::Block)?.pin_dir())?,
         "--watch" => {
             let dir = Store::open(LockWait::Block)?.pin_dir().clone();

@@ -25,6 +25,8 @@ pub struct Effects {
     pub zero_rules: Vec<u32>,
     /// Built-in chains whose policy counters are to be set.
     pub policy_counters: Vec<(String, Counters)>,
+    /// The edit only appended this many rules to the end of this chain (`-A`).
+    pub appended: Option<(String, usize)>,
 }
 
 fn state(msg: &str) -> Error {
@@ -141,6 +143,7 @@ pub fn apply(table: &mut Table, inv: &Invocation) -> Result<Effects> {
         Command::Append { chain, rule } => {
             let rules = expand(table, rule)?;
             let ci = chain_index(table, chain, NO_CHAIN)?;
+            fx.appended = Some((chain.clone(), rules.len()));
             for r in rules {
                 echo(&mut fx, verbose, &r);
                 table.chains[ci].rules.push(r);

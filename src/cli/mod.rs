@@ -15,13 +15,14 @@ pub mod restore;
 use std::ffi::OsString;
 use std::io::Write;
 
+use crate::compile::tables::Hook;
 use crate::error::{param, Error, Result, VARIANT, VERSION};
 use crate::model::{Policy, Ruleset, Table, TableKind};
 use crate::output::save;
 use crate::parse::cmdline::{self, Parsed};
 use crate::parse::options::{self, OptDef, Value};
 use crate::parse::{Command, Invocation};
-use crate::store::{LockWait, Store};
+use crate::store::{self, LockWait, Store};
 
 /// Which program we are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +236,11 @@ fn run(inv: &Invocation) -> Result<()> {
     if fx.changed {
         exec::validate(rs.table_mut(kind))?;
         drop_unenforced(&mut rs)?;
-        store.commit(&mut rs)?;
+        let appended = fx.appended.as_ref().filter(|_| kind == TableKind::Filter).and_then(|(chain, count)| {
+            let hook = Hook::ALL.into_iter().find(|h| h.chain_name() == chain)?;
+            Some(store::Appended { hook, count: *count })
+        });
+        store.commit(&mut rs, appended)?;
     }
     print(&fx.stdout);
     apply_counters(&mut store, kind, &fx)?;

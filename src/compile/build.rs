@@ -194,9 +194,18 @@ fn intervals(sets: &[(u32, &[(u32, u32)])], max: u32, vectors: &mut Vectors) -> 
     out
 }
 
+/// A compiled rule's action, its block references resolved by `block_end`.
+pub(super) fn resolve(kind: PreKind, block_end: &[Option<u32>]) -> ActionKind {
+    let end = |b: usize| block_end[b].expect("every block is closed once its chain is emitted");
+    match kind {
+        PreKind::Final(k) => k,
+        PreKind::SkipToEnd(b) => ActionKind::SkipTo(end(b)),
+        PreKind::EnterEnd(b) => ActionKind::Enter { end: end(b) },
+    }
+}
+
 /// The tables of one hook from its flattened rules; `block_end` resolves block references.
 pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>], policy_accept: bool) -> HookTable {
-    let end = |b: usize| block_end[b].expect("every block is closed once its chain is emitted");
     let mut vectors = Vectors::default();
     let mut fields = Vec::new();
     for f in Field::ALL {
@@ -257,17 +266,10 @@ pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>
     }
     let actions = pre
         .into_iter()
-        .map(|p| Action {
-            rule_id: p.rule_id,
-            kind: match p.kind {
-                PreKind::Final(k) => k,
-                PreKind::SkipToEnd(b) => ActionKind::SkipTo(end(b)),
-                PreKind::EnterEnd(b) => ActionKind::Enter { end: end(b) },
-            },
-            checks: p.checks,
-        })
-        .collect();
-    HookTable { hook, actions, vectors: vectors.list, fields, policy_accept }
+        .map(|p| Action { rule_id: p.rule_id, kind: resolve(p.kind, block_end), checks: p.checks })
+        .collect::<Vec<_>>();
+    let lbvs_rules = actions.len() as u32;
+    HookTable { hook, actions, lbvs_rules, vectors: vectors.list, fields, policy_accept }
 }
 
 #[cfg(test)]

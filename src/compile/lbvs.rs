@@ -80,11 +80,21 @@ pub fn classify(c: &Compiled, p: &Packet, st: &mut LbvsState) -> Outcome {
     Outcome { verdict, by_policy: true, ..out }
 }
 
-/// The first candidate rule at or after `pos` (steps 2 and 3).
+/// The first candidate rule at or after `pos`: steps 2 and 3, then the appended rules (every
+/// rule when no field is used), in order.
 fn next_candidate(t: &HookTable, lists: &[(&Vector, &Vector)], pivot: Option<usize>, pos: u32) -> Option<u32> {
-    let Some(pivot) = pivot else {
-        return ((pos as usize) < t.actions.len()).then_some(pos);
+    let from = match pivot {
+        None => pos,
+        Some(pivot) => match lbvs_candidate(lists, pivot, pos) {
+            Some(r) if r < t.lbvs_rules => return Some(r),
+            _ => pos.max(t.lbvs_rules),
+        },
     };
+    ((from as usize) < t.actions.len()).then_some(from)
+}
+
+/// The first rule of the vectors at or after `pos` (steps 2 and 3).
+fn lbvs_candidate(lists: &[(&Vector, &Vector)], pivot: usize, pos: u32) -> Option<u32> {
     let (v, w) = lists[pivot];
     let first = pos / 64;
     // The pivot's word indices from `first` on, merged in increasing order.

@@ -160,15 +160,49 @@ pub fn compile(rs: &Ruleset) -> Result<Compiled> {
     let mut hooks = Vec::with_capacity(Hook::ALL.len());
     for hook in Hook::ALL {
         let chain = find_chain(table, hook.chain_name())?;
-        let mut f = Flattener { table, hook, out: Vec::new(), block_end: vec![None], shared: &mut shared };
-        f.emit(chain, &Cond::default(), 0)?;
-        let n = f.out.len() as u32;
-        f.block_end[0] = Some(n);
+        let mut f =
+            Flattener { table, hook, out: Vec::new(), offset: 0, block_end: vec![Some(tables::POLICY)], shared: &mut shared };
+        f.emit(&chain.rules, &Cond::default(), 0)?;
         let Flattener { out, block_end, .. } = f;
         let policy_accept = chain.policy != Some(Policy::Drop);
         hooks.push(build::hook_table(hook, out, &block_end, policy_accept));
     }
     Ok(Compiled { hooks, logs: shared.logs, n_states: shared.states.len() as u32 })
+}
+
+/// The compiled rules that the last `added` rules of `hook`'s built-in chain add, when they
+/// were just appended to it (`-A`) and the hook's table has `base` compiled rules: they go
+/// after those, each field match a `FieldIn` check, so that appending patches the datapath's
+/// image instead of rebuilding it (`HookTable::lbvs_rules`). `None` when they need a rebuild:
+/// interface matches (resolved per interface into the vectors), LOG (a new log target) or
+/// limit/nth (new state slots).
+pub fn compile_tail(rs: &Ruleset, hook: Hook, added: usize, base: u32) -> Result<Option<Vec<tables::Action>>> {
+    let Some(table) = rs.table(TableKind::Filter) else { return Ok(None) };
+    let chain = find_chain(table, hook.chain_name())?;
+    let Some(first) = chain.rules.len().checked_sub(added) else { return Ok(None) };
+    if chain.rules[..first].iter().any(ends_walk) {
+        return Ok(Some(Vec::new()));
+    }
+    let mut shared = Shared::default();
+    let mut f = Flattener { table, hook, out: Vec::new(), offset: base, block_end: vec![Some(tables::POLICY)], shared: &mut shared };
+    f.emit(&chain.rules[first..], &Cond::default(), 0)?;
+    let Flattener { out, block_end, .. } = f;
+    if !shared.logs.is_empty() || !shared.states.is_empty() {
+        return Ok(None);
+    }
+    let mut tail = Vec::with_capacity(out.len());
+    for p in out {
+        if p.cond.ifaces.iter().any(|l| !l.is_empty()) {
+            return Ok(None);
+        }
+        let fields = p.cond.sets.iter().zip(Field::ALL).filter_map(|(s, f)| {
+            let s = s.as_ref().filter(|s| !s.is_full(field_max(f)))?;
+            Some(Check::FieldIn { field: f, ranges: s.ranges().to_vec() })
+        });
+        let checks = fields.chain(p.checks).collect();
+        tail.push(tables::Action { rule_id: p.rule_id, kind: build::resolve(p.kind, &block_end), checks });
+    }
+    Ok(Some(tail))
 }
 
 fn find_chain<'a>(table: &'a Table, name: &str) -> Result<&'a Chain> {
@@ -236,6 +270,8 @@ struct Flattener<'a, 's> {
     table: &'a Table,
     hook: Hook,
     out: Vec<PreRule>,
+    /// Compiled rules of the hook before `out[0]` (appended rules: `compile_tail`).
+    offset: u32,
     /// End (compiled index) of each block once closed; block 0 is the built-in chain.
     block_end: Vec<Option<u32>>,
     shared: &'s mut Shared,
@@ -248,7 +284,7 @@ impl Flattener<'_, '_> {
     }
 
     fn close_block(&mut self, b: usize) {
-        self.block_end[b] = Some(self.out.len() as u32);
+        self.block_end[b] = Some(self.offset + self.out.len() as u32);
     }
 
     fn push(&mut self, r: PreRule) -> Result<()> {
@@ -264,11 +300,11 @@ impl Flattener<'_, '_> {
 
     /// Emits `chain`'s rules under the conditions `outer`, as block `block` (whose end is
     /// where RETURN goes, and where the end of a chain it goes to with `-g` returns).
-    fn emit(&mut self, chain: &Chain, outer: &Cond, block: usize) -> Result<()> {
+    fn emit(&mut self, rules: &[Rule], outer: &Cond, block: usize) -> Result<()> {
         // Rules after one that always ends the chain are unreachable (and `check_loops` did not
         // follow their jumps), so they are not inlined.
-        let live = chain.rules.iter().position(ends_walk).map_or(chain.rules.len(), |p| p + 1);
-        for rule in &chain.rules[..live] {
+        let live = rules.iter().position(ends_walk).map_or(rules.len(), |p| p + 1);
+        for rule in &rules[..live] {
             let (alts, checks) = self.rule_conds(rule)?;
             for alt in alts {
                 let cond = outer.and(&alt);
@@ -293,7 +329,7 @@ impl Flattener<'_, '_> {
                         let x_block = if goto { self.new_block() } else { outer_block };
                         let kind = if checks.is_empty() { fin(ActionKind::Continue) } else { PreKind::EnterEnd(outer_block) };
                         self.push(PreRule { cond: cond.clone(), checks: checks.clone(), rule_id: id, kind })?;
-                        self.emit(inner, &cond, x_block)?;
+                        self.emit(&inner.rules, &cond, x_block)?;
                         if goto {
                             self.close_block(x_block);
                             self.push(PreRule { cond, checks: Vec::new(), rule_id: None, kind: PreKind::SkipToEnd(block) })?;

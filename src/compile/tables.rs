@@ -191,7 +191,8 @@ pub enum ActionKind {
     /// into an inlined user chain).
     Continue,
     /// Continue at compiled rule `to` (> this rule): RETURN, or the end of a `-g` block.
-    /// When `to == n_rules` the hook's policy applies.
+    /// `to` is `POLICY` where the built-in chain itself returns: its policy applies, whatever
+    /// rules are appended to the hook later.
     SkipTo(u32),
     /// A jump into an inlined user chain by a rule that has residual checks: when taken, count
     /// and continue with the next rule (as `Continue`); when one of its residual checks fails,
@@ -212,12 +213,19 @@ pub struct Action {
     pub checks: Vec<Check>,
 }
 
+/// `SkipTo` target of a RETURN from the built-in chain: past every compiled rule.
+pub const POLICY: u32 = super::MAX_RULES_PER_HOOK as u32;
+
 /// The classifier for one hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookTable {
     pub hook: Hook,
     /// Compiled rules, in evaluation order; `actions.len()` is the number of compiled rules.
     pub actions: Vec<Action>,
+    /// The first `lbvs_rules` actions are the ones the vectors cover; the others were appended
+    /// after them (`compile_tail`), their field matches as `FieldIn` checks, and are tried in
+    /// order once LBVS has no candidate left.
+    pub lbvs_rules: u32,
     /// Vectors referenced by the field tables.
     pub vectors: Vec<Vector>,
     /// Only fields some compiled rule constrains; the others are skipped by the datapath.

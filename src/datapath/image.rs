@@ -12,7 +12,7 @@
 use anyhow::{anyhow, bail, Result};
 
 use super::skel::types::{bpfipt_action, bpfipt_addrtype_flags, bpfipt_check, bpfipt_const, bpfipt_ct_match, bpfipt_ctm_const};
-use crate::compile::tables::{ActionKind, Check, Compiled, Field, FieldMap, HookTable, IfacePattern, Prefix, Vector};
+use crate::compile::tables::{Action, ActionKind, Check, Compiled, Field, FieldMap, Hook, HookTable, IfacePattern, Prefix, Vector};
 use crate::model::TtlOp;
 
 const fn k(c: bpfipt_const) -> usize {
@@ -30,6 +30,9 @@ const LOG_PREFIX: usize = k(bpfipt_const::BPFIPT_LOG_PREFIX);
 const MAX_RULES: usize = k(bpfipt_const::BPFIPT_MAX_RULES);
 const MAX_LEAD: usize = k(bpfipt_const::BPFIPT_IMG_MAX_LEAD);
 const MAX_CHECKS: usize = k(bpfipt_const::BPFIPT_MAX_CHECKS);
+const TAIL_CAP: usize = k(bpfipt_const::BPFIPT_IMG_TAIL_CAP);
+const SLOT_LEN: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_LEN);
+const SLOT_FLAGS: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLAGS);
 const NO_RULE: u32 = bpfipt_const::BPFIPT_NO_RULE.0;
 const TCP_RESET: u32 = bpfipt_const::BPFIPT_REJECT_TCP_RESET.0;
 const CTM_SLOTS: usize = bpfipt_ctm_const::BPFIPT_IMG_CTM_SLOTS.0 as usize;
@@ -84,8 +87,8 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     let states = img.len();
     img.resize(states + c.n_states as usize, 0);
     img[k(bpfipt_const::BPFIPT_IMG_SLOT_STATES)] = pack(states as u32, c.n_states);
-    if uses_conntrack(c) {
-        img[k(bpfipt_const::BPFIPT_IMG_SLOT_FLAGS)] = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
+    if c.hooks.iter().any(uses_conntrack) {
+        img[SLOT_FLAGS] = F_CONNTRACK;
     }
 
     for (h, base) in c.hooks.iter().zip(&bases) {
@@ -112,32 +115,14 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             img[d + 2] = (base + f.wildcard) as u64;
         }
 
+        // Room for rules appended later (`append`).
         let actions = img.len();
-        img.resize(actions + h.actions.len() * ACTION_SLOTS, 0);
+        img.resize(actions + (h.actions.len() + TAIL_CAP) * ACTION_SLOTS, 0);
         for (r, a) in h.actions.iter().enumerate() {
             if a.checks.len() > MAX_CHECKS {
                 bail!("a rule of {} has {} residual checks; at most {MAX_CHECKS}", h.hook.chain_name(), a.checks.len());
             }
-            let checks = img.len();
-            img.resize(checks + a.checks.len() * CHECK_SLOTS, 0);
-            for (i, ch) in a.checks.iter().enumerate() {
-                let s = encode_check(ch, &mut img);
-                img[checks + i * CHECK_SLOTS..checks + (i + 1) * CHECK_SLOTS].copy_from_slice(&s);
-            }
-            let (kind, arg0, arg1) = match a.kind {
-                ActionKind::Accept => (bpfipt_action::BPFIPT_A_ACCEPT, 0, 0),
-                ActionKind::Drop => (bpfipt_action::BPFIPT_A_DROP, 0, 0),
-                ActionKind::Reject(w) => (bpfipt_action::BPFIPT_A_REJECT, w.icmp_code().map_or(TCP_RESET, u32::from), 0),
-                ActionKind::Log(i) => (bpfipt_action::BPFIPT_A_LOG, i, 0),
-                ActionKind::Mark { value, mask } => (bpfipt_action::BPFIPT_A_MARK, value, mask),
-                ActionKind::Continue => (bpfipt_action::BPFIPT_A_CONTINUE, 0, 0),
-                ActionKind::SkipTo(to) => (bpfipt_action::BPFIPT_A_SKIP_TO, to, 0),
-                ActionKind::Enter { end } => (bpfipt_action::BPFIPT_A_ENTER, end, 0),
-            };
-            let s = actions + r * ACTION_SLOTS;
-            img[s] = pack(kind.0, a.rule_id.unwrap_or(NO_RULE));
-            img[s + 1] = pack(arg0, arg1);
-            img[s + 2] = pack(checks as u32, a.checks.len() as u32);
+            encode_action(a, &mut img, actions + r * ACTION_SLOTS);
         }
 
         let lead = lead_masks(h);
@@ -146,14 +131,76 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
 
         let hs = HOOK0 + hook * HOOK_SLOTS;
         img[hs] = pack(h.actions.len() as u32, h.policy_accept as u32);
-        img[hs + 1] = actions as u64;
+        img[hs + 1] = pack(actions as u32, h.lbvs_rules);
         img[hs + 2] = pack(fields as u32, h.fields.len() as u32);
         img[hs + 3] = pack(lead_off as u32, lead.len() as u32);
     }
     if img.len() > u32::MAX as usize / 2 {
         bail!("ruleset too large for the datapath ({} slots)", img.len());
     }
+    img[SLOT_LEN] = img.len() as u64;
     Ok(img)
+}
+
+const F_CONNTRACK: u64 = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
+
+/// Writes action `a` at slot `at`, its checks appended to `img`.
+fn encode_action(a: &Action, img: &mut Vec<u64>, at: usize) {
+    let checks = img.len();
+    img.resize(checks + a.checks.len() * CHECK_SLOTS, 0);
+    for (i, ch) in a.checks.iter().enumerate() {
+        let s = encode_check(ch, img);
+        img[checks + i * CHECK_SLOTS..checks + (i + 1) * CHECK_SLOTS].copy_from_slice(&s);
+    }
+    let (kind, arg0, arg1) = match a.kind {
+        ActionKind::Accept => (bpfipt_action::BPFIPT_A_ACCEPT, 0, 0),
+        ActionKind::Drop => (bpfipt_action::BPFIPT_A_DROP, 0, 0),
+        ActionKind::Reject(w) => (bpfipt_action::BPFIPT_A_REJECT, w.icmp_code().map_or(TCP_RESET, u32::from), 0),
+        ActionKind::Log(i) => (bpfipt_action::BPFIPT_A_LOG, i, 0),
+        ActionKind::Mark { value, mask } => (bpfipt_action::BPFIPT_A_MARK, value, mask),
+        ActionKind::Continue => (bpfipt_action::BPFIPT_A_CONTINUE, 0, 0),
+        ActionKind::SkipTo(to) => (bpfipt_action::BPFIPT_A_SKIP_TO, to, 0),
+        ActionKind::Enter { end } => (bpfipt_action::BPFIPT_A_ENTER, end, 0),
+    };
+    img[at] = pack(kind.0, a.rule_id.unwrap_or(NO_RULE));
+    img[at + 1] = pack(arg0, arg1);
+    img[at + 2] = pack(checks as u32, a.checks.len() as u32);
+}
+
+/// How many compiled rules `hook` has in image `img`.
+pub fn hook_rules(img: &[u64], hook: Hook) -> Result<u32> {
+    if img.len() < HEADER || img[0] != pack(bpfipt_const::BPFIPT_IMG_MAGIC.0, bpfipt_const::BPFIPT_IMG_VERSION.0) {
+        bail!("the installed classifier image has another layout");
+    }
+    Ok(img[HOOK0 + hook as usize * HOOK_SLOTS] as u32)
+}
+
+/// Appends compiled rules (`compile::compile_tail`) to `hook` in image `img` (as built by
+/// `build`, possibly appended to before), in the room `build` left after the hook's actions.
+/// Returns false, leaving `img` as it was, when they do not fit: a full rebuild is needed.
+pub fn append(img: &mut Vec<u64>, hook: Hook, tail: &[Action]) -> Result<bool> {
+    let n = hook_rules(img, hook)? as usize;
+    let used = img[SLOT_LEN] as usize;
+    let hs = HOOK0 + hook as usize * HOOK_SLOTS;
+    let policy = img[hs] >> 32;
+    let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
+    if used > img.len()
+        || n + tail.len() > lbvs + TAIL_CAP
+        || n + tail.len() > MAX_RULES
+        || tail.iter().any(|a| a.checks.len() > MAX_CHECKS)
+    {
+        return Ok(false);
+    }
+    img.truncate(used);
+    for (j, a) in tail.iter().enumerate() {
+        encode_action(a, img, actions + (n + j) * ACTION_SLOTS);
+    }
+    if uses_conntrack_checks(tail) {
+        img[SLOT_FLAGS] |= F_CONNTRACK;
+    }
+    img[hs] = (n + tail.len()) as u64 | policy << 32;
+    img[SLOT_LEN] = img.len() as u64;
+    Ok(true)
 }
 
 /// The leading compiled rules of a hook that constrain nothing but the conntrack state and
@@ -188,14 +235,16 @@ fn lead_masks(h: &HookTable) -> Vec<u64> {
     out
 }
 
-/// Whether a rule looks at conntrack state, which turns tracking on.
-fn uses_conntrack(c: &Compiled) -> bool {
-    c.hooks.iter().any(|h| {
-        h.fields.iter().any(|f| f.field == Field::CtState)
-            || h.actions.iter().flat_map(|a| &a.checks).any(|ch| {
-                matches!(ch, Check::Conntrack(_) | Check::FieldIn { field: Field::CtState, .. })
-            })
-    })
+/// Whether a rule of the hook looks at conntrack state, which turns tracking on.
+fn uses_conntrack(h: &HookTable) -> bool {
+    h.fields.iter().any(|f| f.field == Field::CtState) || uses_conntrack_checks(&h.actions)
+}
+
+fn uses_conntrack_checks(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .flat_map(|a| &a.checks)
+        .any(|ch| matches!(ch, Check::Conntrack(_) | Check::FieldIn { field: Field::CtState, .. }))
 }
 
 /// `struct bpfipt_ct_match` as image slots.

@@ -38,7 +38,7 @@ use libbpf_rs::libbpf_sys;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
-use crate::compile::tables::{ActionKind, Compiled, Hook};
+use crate::compile::tables::{Action, ActionKind, Compiled, Hook};
 use skel::types::{bpfipt_iface, bpfipt_local_addr};
 use skel::DatapathSkelBuilder;
 
@@ -103,6 +103,35 @@ pub fn apply(pin_dir: &Path, compiled: &Compiled, pass_all: bool) -> Result<()> 
     refresh_netdev_maps(pin_dir, &devs)?;
     install_image(pin_dir, &img)?;
     attach_all(pin_dir, &progs, &devs, needs_skb_at_ingress(compiled), rejects_at_ingress(compiled))
+}
+
+/// Appends compiled rules (`compile::compile_tail`) to `hook` of the installed image: a copy
+/// of it with the rules added goes in as the next generation; no program, vector or field
+/// table is rebuilt. Returns false, changing nothing, when a full `apply` is needed instead:
+/// no room left for appended rules, interfaces changed since the image was written (their
+/// names resolve into it), or the rules would change how ingress is attached (REJECT or MARK
+/// outside OUTPUT).
+/// `tail(n)` compiles the rules for a hook of `n` compiled rules (None: not appendable).
+pub fn append_rules(
+    pin_dir: &Path,
+    hook: Hook,
+    tail: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
+) -> crate::error::Result<bool> {
+    let Some(mut img) = read_active_image(pin_dir)? else { return Ok(false) };
+    let Some(tail) = tail(image::hook_rules(&img, hook)?)? else { return Ok(false) };
+    let attach_changes = |a: &Action| matches!(a.kind, ActionKind::Reject(_) | ActionKind::Mark { .. });
+    if hook != Hook::Output && tail.iter().any(attach_changes) {
+        return Ok(false);
+    }
+    if !image::append(&mut img, hook, &tail)? {
+        return Ok(false);
+    }
+    let devs = netdev::list().context("listing the interfaces of this namespace")?;
+    if !netdev_maps_current(pin_dir, &devs)? {
+        return Ok(false);
+    }
+    install_image(pin_dir, &img)?;
+    Ok(true)
 }
 
 /// For interfaces created (or addresses changed) since the last `apply`: refreshes the
@@ -477,6 +506,36 @@ const GEN_MASK: u32 = skel::types::bpfipt_const::BPFIPT_IMG_GEN_MASK.0;
 const CHUNK_SLOTS: usize = skel::types::bpfipt_const::BPFIPT_IMG_CHUNK_SLOTS.0 as usize;
 const BUSY: u64 = skel::types::bpfipt_const::BPFIPT_IMG_BUSY.0 as u64;
 
+/// A copy of the installed image, if there is one.
+fn read_active_image(pin_dir: &Path) -> Result<Option<Vec<u64>>> {
+    let tables = open_map(pin_dir, "bpfipt_tables")?;
+    let active = open_map(pin_dir, "bpfipt_active")?;
+    let gen = active
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("reading the active image generation")?
+        .map_or(0, |v| u32::from_ne_bytes(v[0..4].try_into().expect("4 bytes")));
+    if gen == 0 {
+        return Ok(None);
+    }
+    let Some((map, capacity)) = inner_map(&tables, gen & 1)? else { return Ok(None) };
+    let bytes = capacity as usize * 8;
+    // SAFETY: an mmapable array map of `capacity` u64 values: its fd maps `bytes` bytes, read
+    // only (the programs may update limit/nth state slots meanwhile: a snapshot of them is kept).
+    let mem = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, map.as_fd().as_raw_fd(), 0) };
+    if mem == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error()).context("mapping the classifier image");
+    }
+    // SAFETY: mem maps `capacity` u64 values; LEN is within the header, which every image has.
+    let slots = unsafe { std::slice::from_raw_parts(mem.cast::<u64>(), capacity as usize) };
+    let len = slots.get(IMG_SLOT_LEN).map_or(0, |&l| l as usize);
+    let img = (len <= slots.len()).then(|| slots[..len].to_vec());
+    // SAFETY: unmapping what was mapped above; `slots` is not used after this.
+    unsafe { libc::munmap(mem, bytes) };
+    Ok(img)
+}
+
+const IMG_SLOT_LEN: usize = skel::types::bpfipt_const::BPFIPT_IMG_SLOT_LEN.0 as usize;
+
 /// The image map in `slot` of `bpfipt_tables` and its capacity in slots, if there is one.
 fn inner_map(tables: &MapHandle, slot: u32) -> Result<Option<(MapHandle, u32)>> {
     let Some(id) = tables.lookup(&slot.to_ne_bytes(), MapFlags::ANY).context("reading bpfipt_tables")? else {
@@ -510,10 +569,10 @@ fn wait_unused(inuse: &MapHandle, slot: u32) -> Result<()> {
     }
 }
 
-/// Makes `bpfipt_ifaces` and `bpfipt_local` describe `devs`.
-fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
-    let ifaces = open_map(pin_dir, "bpfipt_ifaces")?;
-    let local = open_map(pin_dir, "bpfipt_local")?;
+type MapContent = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// What `bpfipt_ifaces` and `bpfipt_local` hold for interfaces `devs`.
+fn netdev_maps_for(devs: &[netdev::Netdev]) -> (MapContent, MapContent) {
     let mut want_if: BTreeMap<u32, bpfipt_iface> = BTreeMap::new();
     let mut want_local: BTreeMap<[u8; 4], bpfipt_local_addr> = BTreeMap::new();
     for d in devs {
@@ -535,21 +594,46 @@ fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
             want_local.insert(a.octets(), bpfipt_local_addr { ifindex: d.ifindex, rtn_type: RTN_LOCAL });
         }
     }
-    sync_map(&ifaces, want_if.iter().map(|(k, v)| (k.to_ne_bytes().to_vec(), pod_bytes(v).to_vec())))
-        .context("updating bpfipt_ifaces")?;
-    sync_map(&local, want_local.iter().map(|(k, v)| (k.to_vec(), pod_bytes(v).to_vec())))
-        .context("updating bpfipt_local")?;
+    (
+        want_if.iter().map(|(k, v)| (k.to_ne_bytes().to_vec(), pod_bytes(v).to_vec())).collect(),
+        want_local.iter().map(|(k, v)| (k.to_vec(), pod_bytes(v).to_vec())).collect(),
+    )
+}
+
+/// Makes `bpfipt_ifaces` and `bpfipt_local` describe `devs`.
+fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
+    let (want_if, want_local) = netdev_maps_for(devs);
+    sync_map(&open_map(pin_dir, "bpfipt_ifaces")?, &want_if).context("updating bpfipt_ifaces")?;
+    sync_map(&open_map(pin_dir, "bpfipt_local")?, &want_local).context("updating bpfipt_local")?;
     Ok(())
 }
 
+/// Whether `bpfipt_ifaces` and `bpfipt_local` (and so the image's interface resolution, made
+/// with them) still describe `devs`.
+fn netdev_maps_current(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<bool> {
+    let (want_if, want_local) = netdev_maps_for(devs);
+    for (name, want) in [("bpfipt_ifaces", want_if), ("bpfipt_local", want_local)] {
+        let map = open_map(pin_dir, name)?;
+        let mut have = MapContent::new();
+        for k in map.keys() {
+            if let Some(v) = map.lookup(&k, MapFlags::ANY).with_context(|| format!("reading {name}"))? {
+                have.insert(k, v);
+            }
+        }
+        if have != want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Sets a hash map to exactly `want`: stale keys deleted, the rest written.
-fn sync_map(map: &MapHandle, want: impl Iterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<()> {
-    let want: BTreeMap<Vec<u8>, Vec<u8>> = want.collect();
+fn sync_map(map: &MapHandle, want: &MapContent) -> Result<()> {
     let stale: Vec<Vec<u8>> = map.keys().filter(|k| !want.contains_key(k)).collect();
     for k in stale {
         let _ = map.delete(&k);
     }
-    for (k, v) in &want {
+    for (k, v) in want {
         map.update(k, v, MapFlags::ANY)?;
     }
     Ok(())

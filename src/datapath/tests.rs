@@ -700,3 +700,57 @@ fn addrtype_types_of_addresses() {
     assert_eq!(env.rule(4).packets, 1);
     assert_eq!(env.xdp(&frame("0.1.2.3", "198.18.2.9", 17, &u), env.d0).0, XDP_DROP);
 }
+
+/// `-A` to a built-in chain patches the installed image: the appended rules (as field checks
+/// after the LBVS rules) decide packets no earlier rule takes, a RETURN of the built-in chain
+/// still goes to the policy past them, and a full hook takes no more than its room.
+#[test]
+fn appended_rules_patch_the_installed_image() {
+    let Some(env) = Env::new("append") else { return };
+    let mut rs = ruleset(
+        &[],
+        vec![
+            ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Drop)),
+            ("INPUT", rule(proto(17), vec![], Target::Return)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let input = rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT");
+    for (id, r) in [
+        (2, rule(proto(17), vec![], Target::Drop)),
+        (3, rule(proto(6), vec![dport(80, false)], Target::Drop)),
+        (4, rule(IpHeader { src: net("198.18.6.0", 24), ..Default::default() }, vec![], Target::Drop)),
+    ] {
+        input.rules.push(Rule { id, ..r });
+    }
+    let tail = |base| crate::compile::compile_tail(&rs, Hook::Input, 3, base);
+    assert!(append_rules(&env.dir, Hook::Input, tail).expect("append"));
+
+    let tcp_to = |src: &str, port| frame(src, "198.18.1.1", 6, &tcp(40000, port, 0x02, 1));
+    assert_eq!(env.xdp(&tcp_to("198.18.5.9", 22), env.d0).0, XDP_DROP);
+    assert_eq!(env.xdp(&tcp_to("198.18.5.9", 80), env.d0).0, XDP_DROP, "appended --dport 80");
+    assert_eq!(env.xdp(&tcp_to("198.18.6.9", 443), env.d0).0, XDP_DROP, "appended -s 198.18.6.0/24");
+    assert_eq!(env.xdp(&tcp_to("198.18.5.9", 443), env.d0).0, XDP_PASS);
+    let dns = frame("198.18.6.9", "198.18.1.1", 17, &udp(5353, 53, b"q"));
+    assert_eq!(env.xdp(&dns, env.d0).0, XDP_PASS, "RETURN skips the appended rules");
+    assert_eq!(env.rule(2), Counters::default());
+    assert_eq!(env.rule(3), Counters { packets: 1, bytes: 40 });
+    assert_eq!(env.rule(4), Counters { packets: 1, bytes: 40 });
+    assert_eq!(env.policy(Hook::Input), Counters { packets: 2, bytes: 40 + 29 });
+
+    // Room for BPFIPT_IMG_TAIL_CAP appended compiled rules per hook, then a rebuild is due.
+    let cap = skel::types::bpfipt_const::BPFIPT_IMG_TAIL_CAP.0 as usize;
+    let forward = rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD");
+    for id in 0..=cap as u32 {
+        forward.rules.push(Rule { id: 100 + id, ..rule(proto(6), vec![dport(1000 + id as u16, false)], Target::Drop) });
+    }
+    let fits = |n: usize| append_rules(&env.dir, Hook::Forward, |base| Ok(Some(compile_tail_n(&rs, n, base)))).expect("append");
+    assert!(!fits(cap + 1));
+    assert!(fits(cap));
+    assert!(!fits(1));
+}
+
+/// The FORWARD tail of `rs`'s last `n` rules.
+fn compile_tail_n(rs: &Ruleset, n: usize, base: u32) -> Vec<crate::compile::tables::Action> {
+    crate::compile::compile_tail(rs, Hook::Forward, n, base).expect("compiles").expect("appendable")
+}

@@ -13,6 +13,7 @@ pub(crate) mod pod;
 
 use std::path::PathBuf;
 
+use crate::compile::tables::Hook;
 use crate::error::Result;
 use crate::model::{Counters, Ruleset};
 
@@ -34,6 +35,19 @@ impl Store {
         Ok(Store { pins, _lock: lock })
     }
 
+    /// Detaches the programs of the current network namespace and deletes its pinned state,
+    /// whatever layout version wrote it (under the xtables lock, without opening it).
+    pub fn reset(wait: LockWait) -> Result<()> {
+        let _lock = lock::XtablesLock::acquire(wait)?;
+        let (dir, _) = pins::namespace_dir()?;
+        if !dir.exists() {
+            return Ok(());
+        }
+        crate::datapath::detach(&dir)?;
+        std::fs::remove_dir_all(&dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+        Ok(())
+    }
+
     /// The stored ruleset (counters not filled in; see `load_counters`).
     pub fn load(&mut self) -> Result<Ruleset> {
         self.pins.load_ruleset()
@@ -47,8 +61,10 @@ impl Store {
     /// Makes `rs` the live ruleset, atomically: assigns ids to new rules
     /// (`Rule::UNASSIGNED`) and sets their counters to `Rule::counters` (what `-c` gave, or 0),
     /// compiles, writes the datapath tables and the serialized model. On error nothing changed.
-    pub fn commit(&mut self, rs: &mut Ruleset) -> Result<()> {
-        self.pins.commit(rs)
+    /// `appended`: the only change since `load` is rules appended to a built-in filter chain,
+    /// which the datapath may then patch in rather than rebuild.
+    pub fn commit(&mut self, rs: &mut Ruleset, appended: Option<Appended>) -> Result<()> {
+        self.pins.commit(rs, appended)
     }
 
     /// Sets the counters of existing rules (by id), e.g. to zero for `-Z`.
@@ -67,9 +83,24 @@ impl Store {
     }
 }
 
+/// `count` rules appended to the end of the built-in filter chain of `hook` (`-A`).
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub hook: Hook,
+    pub count: usize,
+}
+
 /// Compiles the ruleset and hands it to the datapath. Called by a commit after the new model is
 /// written but before it is made live, so a ruleset the datapath refuses is never stored.
-fn enforce(dir: &std::path::Path, rs: &Ruleset) -> Result<()> {
+/// `appended` (with the datapath enforcing the previous ruleset): the new rules alone are
+/// compiled and appended to the installed image when it has room (`compile::compile_tail`).
+fn enforce(dir: &std::path::Path, rs: &Ruleset, appended: Option<Appended>) -> Result<()> {
+    if let Some(a) = appended.filter(|_| !datapath_off() && !rs.is_pass_all()) {
+        let tail = |base| crate::compile::compile_tail(rs, a.hook, a.count, base);
+        if crate::datapath::append_rules(dir, a.hook, tail)? {
+            return Ok(());
+        }
+    }
     let compiled = crate::compile::compile(rs)?;
     if datapath_off() {
         return Ok(());

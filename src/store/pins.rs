@@ -57,6 +57,8 @@ pub struct Pins {
     /// Ids of the live ruleset, known once it has been loaded (commit must not reuse them: the
     /// live datapath still counts into them until the flip).
     live_ids: Option<Vec<u32>>,
+    /// Whether the live ruleset passes everything, once loaded.
+    live_pass_all: Option<bool>,
 }
 
 /// Where the current network namespace's pins live (whether or not they exist yet).
@@ -81,7 +83,7 @@ impl Pins {
         if m.magic != MAGIC || m.layout_version != LAYOUT_VERSION {
             return Err(Error::Other(anyhow!(
                 "the pinned state in {} has layout version {} but this bpf-iptables uses version {}; \
-                 remove that directory (rm -r) to start over with an empty ruleset",
+                 `bpf-iptables --reset` removes it, to start over with an empty ruleset",
                 dir.display(),
                 m.layout_version,
                 LAYOUT_VERSION
@@ -94,6 +96,7 @@ impl Pins {
             meta,
             dir,
             live_ids: None,
+            live_pass_all: None,
         })
     }
 
@@ -118,6 +121,7 @@ impl Pins {
             bincode::deserialize(&bytes).context("decoding the stored ruleset")?
         };
         self.live_ids = Some(rule_ids(&rs));
+        self.live_pass_all = Some(rs.is_pass_all());
         Ok(rs)
     }
 
@@ -143,10 +147,13 @@ impl Pins {
         Ok(())
     }
 
-    pub fn commit(&mut self, rs: &mut Ruleset) -> Result<()> {
+    pub fn commit(&mut self, rs: &mut Ruleset, appended: Option<super::Appended>) -> Result<()> {
         if self.live_ids.is_none() {
             self.load_ruleset()?;
         }
+        // Patching needs the datapath to enforce the loaded ruleset, which is not so for one
+        // that passes everything (the programs are detached then).
+        let appended = appended.filter(|_| self.live_pass_all == Some(false));
         let live = self.live_ids.clone().unwrap_or_default();
         let new_rules = assign_ids(rs, &live)?;
 
@@ -170,7 +177,7 @@ impl Pins {
                 .context("writing the ruleset")?;
         }
 
-        super::enforce(&self.dir, rs)?;
+        super::enforce(&self.dir, rs, appended)?;
 
         let meta = bpfipt_meta {
             blob_gen: gen,
@@ -187,6 +194,7 @@ impl Pins {
             let _ = self.blob.delete(&chunk_key(old.blob_gen, i).to_ne_bytes());
         }
         self.live_ids = Some(rule_ids(rs));
+        self.live_pass_all = Some(rs.is_pass_all());
         Ok(())
     }
 
