@@ -122,7 +122,8 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             if a.checks.len() > MAX_CHECKS {
                 bail!("a rule of {} has {} residual checks; at most {MAX_CHECKS}", h.hook.chain_name(), a.checks.len());
             }
-            encode_action(a, &mut img, actions + r * ACTION_SLOTS);
+            let s = encode_action(a, &mut img, 0);
+            img[actions + r * ACTION_SLOTS..][..ACTION_SLOTS].copy_from_slice(&s);
         }
 
         let lead = lead_masks(h);
@@ -144,12 +145,13 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
 
 const F_CONNTRACK: u64 = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
 
-/// Writes action `a` at slot `at`, its checks appended to `img`.
-fn encode_action(a: &Action, img: &mut Vec<u64>, at: usize) {
+/// The slots of action `a`; its checks are appended to `img`, whose slot 0 is image slot
+/// `base`.
+fn encode_action(a: &Action, img: &mut Vec<u64>, base: usize) -> [u64; ACTION_SLOTS] {
     let checks = img.len();
     img.resize(checks + a.checks.len() * CHECK_SLOTS, 0);
     for (i, ch) in a.checks.iter().enumerate() {
-        let s = encode_check(ch, img);
+        let s = encode_check(ch, img, base);
         img[checks + i * CHECK_SLOTS..checks + (i + 1) * CHECK_SLOTS].copy_from_slice(&s);
     }
     let (kind, arg0, arg1) = match a.kind {
@@ -162,9 +164,7 @@ fn encode_action(a: &Action, img: &mut Vec<u64>, at: usize) {
         ActionKind::SkipTo(to) => (bpfipt_action::BPFIPT_A_SKIP_TO, to, 0),
         ActionKind::Enter { end } => (bpfipt_action::BPFIPT_A_ENTER, end, 0),
     };
-    img[at] = pack(kind.0, a.rule_id.unwrap_or(NO_RULE));
-    img[at + 1] = pack(arg0, arg1);
-    img[at + 2] = pack(checks as u32, a.checks.len() as u32);
+    [pack(kind.0, a.rule_id.unwrap_or(NO_RULE)), pack(arg0, arg1), pack((base + checks) as u32, a.checks.len() as u32)]
 }
 
 /// How many compiled rules `hook` has in image `img`.
@@ -175,32 +175,56 @@ pub fn hook_rules(img: &[u64], hook: Hook) -> Result<u32> {
     Ok(img[HOOK0 + hook as usize * HOOK_SLOTS] as u32)
 }
 
-/// Appends compiled rules (`compile::compile_tail`) to `hook` in image `img` (as built by
+/// An image with compiled rules appended: the old image's first `keep` slots, then `extra`,
+/// with the slots `writes` changed.
+#[derive(Debug)]
+pub struct Appended {
+    pub keep: usize,
+    pub extra: Vec<u64>,
+    pub writes: Vec<(usize, u64)>,
+}
+
+impl Appended {
+    pub fn len(&self) -> usize {
+        self.keep + self.extra.len()
+    }
+
+    /// Writes the new image into `dst` (`len()` slots) from the old one, `img`.
+    pub fn write(&self, img: &[u64], dst: &mut [u64]) {
+        dst[..self.keep].copy_from_slice(&img[..self.keep]);
+        dst[self.keep..].copy_from_slice(&self.extra);
+        for &(i, v) in &self.writes {
+            dst[i] = v;
+        }
+    }
+}
+
+/// Appends compiled rules (`compile::compile_tail`) to `hook` of image `img` (as built by
 /// `build`, possibly appended to before), in the room `build` left after the hook's actions.
-/// Returns false, leaving `img` as it was, when they do not fit: a full rebuild is needed.
-pub fn append(img: &mut Vec<u64>, hook: Hook, tail: &[Action]) -> Result<bool> {
+/// `None` when they do not fit: a full rebuild is needed.
+pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Appended>> {
     let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
-    let policy = img[hs] >> 32;
     let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
     if used > img.len()
         || n + tail.len() > lbvs + TAIL_CAP
         || n + tail.len() > MAX_RULES
         || tail.iter().any(|a| a.checks.len() > MAX_CHECKS)
     {
-        return Ok(false);
+        return Ok(None);
     }
-    img.truncate(used);
+    let mut extra = Vec::new();
+    let mut writes = Vec::new();
     for (j, a) in tail.iter().enumerate() {
-        encode_action(a, img, actions + (n + j) * ACTION_SLOTS);
+        let s = encode_action(a, &mut extra, used);
+        writes.extend((0..ACTION_SLOTS).map(|i| (actions + (n + j) * ACTION_SLOTS + i, s[i])));
     }
-    if uses_conntrack_checks(tail) {
-        img[SLOT_FLAGS] |= F_CONNTRACK;
-    }
-    img[hs] = (n + tail.len()) as u64 | policy << 32;
-    img[SLOT_LEN] = img.len() as u64;
-    Ok(true)
+    let flags = if uses_conntrack_checks(tail) { img[SLOT_FLAGS] | F_CONNTRACK } else { img[SLOT_FLAGS] };
+    writes.push((SLOT_FLAGS, flags));
+    writes.push((hs, (n + tail.len()) as u64 | img[hs] >> 32 << 32));
+    writes.push((SLOT_LEN, (used + extra.len()) as u64));
+    Ok(Some(Appended { keep: used, extra, writes }))
 }
 
 /// The leading compiled rules of a hook that constrain nothing but the conntrack state and
@@ -260,13 +284,14 @@ fn ct_match_slots(m: &bpfipt_ct_match) -> [u64; CTM_SLOTS] {
     out
 }
 
-/// The three slots of one check; lists (ranges, conntrack matches) are appended to `img`.
-fn encode_check(c: &Check, img: &mut Vec<u64>) -> [u64; CHECK_SLOTS] {
+/// The three slots of one check; lists (ranges, conntrack matches) are appended to `img`,
+/// whose slot 0 is image slot `base`.
+fn encode_check(c: &Check, img: &mut Vec<u64>, base: usize) -> [u64; CHECK_SLOTS] {
     let s0 = |kind: bpfipt_check, invert: bool, field: u32, op: u32, a: u32| {
         kind.0 as u64 | (invert as u64) << 8 | (field as u64 & 0xff) << 16 | (op as u64 & 0xff) << 24 | (a as u64) << 32
     };
     let mut ranges = |rs: &[(u32, u32)]| {
-        let off = img.len() as u32;
+        let off = (base + img.len()) as u32;
         img.extend(rs.iter().map(|&(lo, hi)| (lo as u64) << 32 | hi as u64));
         (off, rs.len() as u64)
     };
@@ -322,7 +347,7 @@ fn encode_check(c: &Check, img: &mut Vec<u64>) -> [u64; CHECK_SLOTS] {
             [s0(C::BPFIPT_C_ADDRTYPE, false, 0, 0, types), flags as u64, 0]
         }
         Check::Conntrack(m) => {
-            let off = img.len() as u32;
+            let off = (base + img.len()) as u32;
             img.extend(ct_match_slots(&crate::conntrack::encode_match(m)));
             [s0(C::BPFIPT_C_CONNTRACK, false, 0, 0, off), 0, 0]
         }

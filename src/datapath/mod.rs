@@ -117,20 +117,18 @@ pub fn append_rules(
     hook: Hook,
     tail: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
 ) -> crate::error::Result<bool> {
-    let Some(mut img) = read_active_image(pin_dir)? else { return Ok(false) };
-    let Some(tail) = tail(image::hook_rules(&img, hook)?)? else { return Ok(false) };
+    let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
+    let Some(tail) = tail(image::hook_rules(img.slots(), hook)?)? else { return Ok(false) };
     let attach_changes = |a: &Action| matches!(a.kind, ActionKind::Reject(_) | ActionKind::Mark { .. });
     if hook != Hook::Output && tail.iter().any(attach_changes) {
         return Ok(false);
     }
-    if !image::append(&mut img, hook, &tail)? {
-        return Ok(false);
-    }
+    let Some(new) = image::append(img.slots(), hook, &tail)? else { return Ok(false) };
     let devs = netdev::list().context("listing the interfaces of this namespace")?;
     if !netdev_maps_current(pin_dir, &devs)? {
         return Ok(false);
     }
-    install_image(pin_dir, &img)?;
+    install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;
     Ok(true)
 }
 
@@ -448,13 +446,15 @@ fn open_map(pin_dir: &Path, name: &str) -> Result<MapHandle> {
 /// the inactive slot, writes the image there (a new, larger map only when it does not fit),
 /// and flips `bpfipt_active` to the next generation.
 fn install_image(pin_dir: &Path, img: &[u64]) -> Result<()> {
+    install_image_with(pin_dir, img.len(), |dst| dst.copy_from_slice(img))
+}
+
+/// As `install_image`, for an image of `len` slots that `fill` writes.
+fn install_image_with(pin_dir: &Path, len: usize, fill: impl FnOnce(&mut [u64])) -> Result<()> {
     let tables = open_map(pin_dir, "bpfipt_tables")?;
     let active = open_map(pin_dir, "bpfipt_active")?;
     let inuse = open_map(pin_dir, "bpfipt_inuse")?;
-    let gen_now = active
-        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .context("reading the active image generation")?
-        .map_or(0, |v| u32::from_ne_bytes(v[0..4].try_into().expect("4 bytes")));
+    let gen_now = active_generation(&active)?;
     let next = gen_now.wrapping_add(1) & GEN_MASK;
     let next = if next == 0 { 2 } else { next }; // 0 means "no image"; keep the slot parity
     let slot = next & 1;
@@ -462,11 +462,11 @@ fn install_image(pin_dir: &Path, img: &[u64]) -> Result<()> {
 
     let cur = inner_map(&tables, slot)?;
     let map = match cur {
-        Some((map, capacity)) if capacity as usize >= img.len() => map,
+        Some((map, capacity)) if capacity as usize >= len => map,
         _ => {
             // Room to grow, so that adding rules rarely needs a new map (replacing one goes
             // through the outer map, which waits for a kernel RCU grace period).
-            let want = img.len() + img.len() / 4 + 1024;
+            let want = len + len / 4 + 1024;
             let chunks = want.div_ceil(CHUNK_SLOTS).min(u32::MAX as usize) as u32;
             let opts = libbpf_sys::bpf_map_create_opts {
                 sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
@@ -482,20 +482,8 @@ fn install_image(pin_dir: &Path, img: &[u64]) -> Result<()> {
             map
         }
     };
-    let bytes = img.len().max(1) * 8;
-    // SAFETY: an mmapable array map of at least img.len() u64 values: its fd maps `bytes`
-    // bytes, shared. No packet reads this slot (wait_unused) until the flip below.
-    let mem = unsafe {
-        libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.as_fd().as_raw_fd(), 0)
-    };
-    if mem == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error()).context("mapping the classifier image");
-    }
-    // SAFETY: mem maps at least img.len() u64 values; unmapped right after the copy.
-    unsafe {
-        std::ptr::copy_nonoverlapping(img.as_ptr(), mem.cast::<u64>(), img.len());
-        libc::munmap(mem, bytes);
-    }
+    // No packet reads this slot (wait_unused) until the flip below.
+    fill(ImageMapping::new(&map, len, true)?.slots_mut());
     let mut value = [0u8; 8];
     value[0..4].copy_from_slice(&next.to_ne_bytes());
     active.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).context("switching to the new classifier image")?;
@@ -506,32 +494,67 @@ const GEN_MASK: u32 = skel::types::bpfipt_const::BPFIPT_IMG_GEN_MASK.0;
 const CHUNK_SLOTS: usize = skel::types::bpfipt_const::BPFIPT_IMG_CHUNK_SLOTS.0 as usize;
 const BUSY: u64 = skel::types::bpfipt_const::BPFIPT_IMG_BUSY.0 as u64;
 
-/// A copy of the installed image, if there is one.
-fn read_active_image(pin_dir: &Path) -> Result<Option<Vec<u64>>> {
-    let tables = open_map(pin_dir, "bpfipt_tables")?;
-    let active = open_map(pin_dir, "bpfipt_active")?;
-    let gen = active
+/// An image map's first `len` slots mapped into memory (shared, populated at once: faulting
+/// pages in one by one costs more than the copy).
+struct ImageMapping {
+    mem: *mut libc::c_void,
+    len: usize,
+}
+
+impl ImageMapping {
+    fn new(map: &MapHandle, len: usize, writable: bool) -> Result<ImageMapping> {
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: the caller passes an mmapable array map of at least `len` u64 values.
+        let mem = unsafe {
+            libc::mmap(std::ptr::null_mut(), len.max(1) * 8, prot, libc::MAP_SHARED | libc::MAP_POPULATE, map.as_fd().as_raw_fd(), 0)
+        };
+        if mem == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error()).context("mapping the classifier image");
+        }
+        Ok(ImageMapping { mem, len })
+    }
+
+    /// The installed image (its used slots), if there is one. The programs may update its
+    /// limit/nth state slots meanwhile; a copy takes them as they are.
+    fn active(pin_dir: &Path) -> Result<Option<ImageMapping>> {
+        let tables = open_map(pin_dir, "bpfipt_tables")?;
+        let gen = active_generation(&open_map(pin_dir, "bpfipt_active")?)?;
+        if gen == 0 {
+            return Ok(None);
+        }
+        let Some((map, capacity)) = inner_map(&tables, gen & 1)? else { return Ok(None) };
+        let header = ImageMapping::new(&map, IMG_SLOT_LEN + 1, false)?;
+        let used = header.slots()[IMG_SLOT_LEN] as usize;
+        if used <= IMG_SLOT_LEN || used > capacity as usize {
+            return Ok(None);
+        }
+        Ok(Some(ImageMapping::new(&map, used, false)?))
+    }
+
+    fn slots(&self) -> &[u64] {
+        // SAFETY: mem maps at least len u64 values while self lives.
+        unsafe { std::slice::from_raw_parts(self.mem.cast::<u64>(), self.len) }
+    }
+
+    fn slots_mut(&mut self) -> &mut [u64] {
+        // SAFETY: as slots(); only writable mappings are written through.
+        unsafe { std::slice::from_raw_parts_mut(self.mem.cast::<u64>(), self.len) }
+    }
+}
+
+impl Drop for ImageMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped (munmap rounds to whole pages, as mmap
+        // did); no slice of it outlives self.
+        unsafe { libc::munmap(self.mem, self.len.max(1) * 8) };
+    }
+}
+
+fn active_generation(active: &MapHandle) -> Result<u32> {
+    Ok(active
         .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
         .context("reading the active image generation")?
-        .map_or(0, |v| u32::from_ne_bytes(v[0..4].try_into().expect("4 bytes")));
-    if gen == 0 {
-        return Ok(None);
-    }
-    let Some((map, capacity)) = inner_map(&tables, gen & 1)? else { return Ok(None) };
-    let bytes = capacity as usize * 8;
-    // SAFETY: an mmapable array map of `capacity` u64 values: its fd maps `bytes` bytes, read
-    // only (the programs may update limit/nth state slots meanwhile: a snapshot of them is kept).
-    let mem = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, map.as_fd().as_raw_fd(), 0) };
-    if mem == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error()).context("mapping the classifier image");
-    }
-    // SAFETY: mem maps `capacity` u64 values; LEN is within the header, which every image has.
-    let slots = unsafe { std::slice::from_raw_parts(mem.cast::<u64>(), capacity as usize) };
-    let len = slots.get(IMG_SLOT_LEN).map_or(0, |&l| l as usize);
-    let img = (len <= slots.len()).then(|| slots[..len].to_vec());
-    // SAFETY: unmapping what was mapped above; `slots` is not used after this.
-    unsafe { libc::munmap(mem, bytes) };
-    Ok(img)
+        .map_or(0, |v| u32::from_ne_bytes(v[0..4].try_into().expect("4 bytes"))))
 }
 
 const IMG_SLOT_LEN: usize = skel::types::bpfipt_const::BPFIPT_IMG_SLOT_LEN.0 as usize;

@@ -274,8 +274,14 @@ fn assign_ids(rs: &mut Ruleset, live: &[u32]) -> Result<Vec<(u32, Counters)>> {
     Ok(out)
 }
 
+/// FNV-1a over 8-byte words, then the remaining bytes: the blob's corruption check, cheap
+/// enough to run over megabytes on every command (byte by byte it cost 0.7 ms per 700 KB).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    let step = |h: u64, v: u64| (h ^ v).wrapping_mul(0x100000001b3);
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    let h = words.fold(0xcbf29ce484222325u64, |h, w| step(h, u64::from_le_bytes(w.try_into().expect("8 bytes"))));
+    tail.iter().fold(h, |h, &b| step(h, b as u64))
 }
 
 /// Creates every map of the BPF object, pinned under `dir`, without loading any program (the
