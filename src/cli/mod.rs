@@ -21,7 +21,7 @@ use crate::model::{Policy, Ruleset, Table, TableKind};
 use crate::output::save;
 use crate::parse::cmdline::{self, Parsed};
 use crate::parse::options::{self, OptDef, Value};
-use crate::parse::{Command, Invocation};
+use crate::parse::{Command, Invocation, TargetSpec};
 use crate::store::{self, LockWait, Store};
 
 /// Which program we are.
@@ -227,6 +227,10 @@ fn run(inv: &Invocation) -> Result<()> {
             e
         }
     })?;
+    if let Some(fx) = append_to_builtin(&mut store, kind, inv)? {
+        print(&fx.stdout);
+        return Ok(());
+    }
     let mut rs = store.load()?;
     if matches!(inv.command, Command::List { .. }) {
         store.load_counters(&mut rs)?;
@@ -245,6 +249,30 @@ fn run(inv: &Invocation) -> Result<()> {
     print(&fx.stdout);
     apply_counters(&mut store, kind, &fx)?;
     Ok(())
+}
+
+/// `-A` to a built-in filter chain of rules that do not jump, the common firewall-script
+/// edit: applied to the stored chains without their rules (all that resolving and appending
+/// looks at) and appended to the stored ruleset without decoding it (`Store::commit_append`).
+/// `None`: the general path applies.
+fn append_to_builtin(store: &mut Store, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+    let Command::Append { chain, rule } = &inv.command else { return Ok(None) };
+    let Some(hook) = Hook::ALL.into_iter().find(|h| h.chain_name() == chain) else { return Ok(None) };
+    if kind != TableKind::Filter {
+        return Ok(None);
+    }
+    let outline = store.load_outline()?;
+    let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
+    // A jump needs the loop check on decoded rules; a user chain named like an extension
+    // target (REJECT, LOG, MARK) is a jump too.
+    match &rule.target {
+        TargetSpec::Final(t) if table.chain(crate::output::target_name(t)).is_none() => {}
+        _ => return Ok(None),
+    }
+    let fx = exec::apply(&mut table, inv)?;
+    let Some(c) = table.chain_mut(chain) else { return Ok(None) };
+    store.commit_append(outline, hook, std::mem::take(&mut c.rules))?;
+    Ok(Some(fx))
 }
 
 /// `iptables-save [-c] [-t table] [-f file]`.

@@ -170,22 +170,26 @@ pub fn compile(rs: &Ruleset) -> Result<Compiled> {
     Ok(Compiled { hooks, logs: shared.logs, n_states: shared.states.len() as u32 })
 }
 
-/// The compiled rules that the last `added` rules of `hook`'s built-in chain add, when they
-/// were just appended to it (`-A`) and the hook's table has `base` compiled rules: they go
-/// after those, each field match a `FieldIn` check, so that appending patches the datapath's
-/// image instead of rebuilding it (`HookTable::lbvs_rules`). `None` when they need a rebuild:
-/// interface matches (resolved per interface into the vectors), LOG (a new log target) or
-/// limit/nth (new state slots).
-pub fn compile_tail(rs: &Ruleset, hook: Hook, added: usize, base: u32) -> Result<Option<Vec<tables::Action>>> {
-    let Some(table) = rs.table(TableKind::Filter) else { return Ok(None) };
-    let chain = find_chain(table, hook.chain_name())?;
-    let Some(first) = chain.rules.len().checked_sub(added) else { return Ok(None) };
-    if chain.rules[..first].iter().any(ends_walk) {
+/// The compiled rules that `rules`, just appended to `hook`'s built-in chain of filter table
+/// `table` (`-A`; user chains they jump to are looked up there), add when the hook has `base`
+/// compiled rules: they go after those, each field match a `FieldIn` check, so that appending
+/// patches the datapath's image instead of rebuilding it (`HookTable::lbvs_rules`). `reached`:
+/// no earlier rule of the chain always ends its walk (else they add nothing). `None` when they
+/// need a rebuild: interface matches (resolved per interface into the vectors), LOG (a new log
+/// target) or limit/nth (new state slots).
+pub fn compile_tail(
+    table: &Table,
+    hook: Hook,
+    rules: &[Rule],
+    reached: bool,
+    base: u32,
+) -> Result<Option<Vec<tables::Action>>> {
+    if !reached {
         return Ok(Some(Vec::new()));
     }
     let mut shared = Shared::default();
     let mut f = Flattener { table, hook, out: Vec::new(), offset: base, block_end: vec![Some(tables::POLICY)], shared: &mut shared };
-    f.emit(&chain.rules[first..], &Cond::default(), 0)?;
+    f.emit(rules, &Cond::default(), 0)?;
     let Flattener { out, block_end, .. } = f;
     if !shared.logs.is_empty() || !shared.states.is_empty() {
         return Ok(None);
@@ -209,14 +213,6 @@ fn find_chain<'a>(table: &'a Table, name: &str) -> Result<&'a Chain> {
     table.chain(name).ok_or_else(|| Error::Other(anyhow::anyhow!("chain `{name}' is referenced but does not exist")))
 }
 
-/// Whether a rule always ends its chain's walk: an unconditional ACCEPT, DROP or RETURN. The
-/// kernel's `mark_source_chains` stops there, so jumps after it are never followed.
-fn ends_walk(r: &Rule) -> bool {
-    matches!(r.target, Target::Accept | Target::Drop | Target::Return)
-        && r.matches.is_empty()
-        && r.ip == crate::model::IpHeader::default()
-}
-
 /// Refuses jump/goto cycles reachable from a built-in chain, as the kernel's
 /// `mark_source_chains` does when the table is loaded (iptables-legacy's behaviour): jumps after
 /// an unconditional ACCEPT/DROP/RETURN are not followed, so a loop behind one is accepted.
@@ -229,7 +225,7 @@ pub fn check_loops(table: &Table) -> Result<()> {
     }
     let index: HashMap<&str, usize> = table.chains.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
     let targets = |c: &Chain| -> Vec<usize> {
-        let live = c.rules.iter().position(ends_walk).map_or(c.rules.len(), |p| p + 1);
+        let live = c.rules.iter().position(Rule::ends_walk).map_or(c.rules.len(), |p| p + 1);
         c.rules[..live]
             .iter()
             .filter_map(|r| match &r.target {
@@ -303,7 +299,7 @@ impl Flattener<'_, '_> {
     fn emit(&mut self, rules: &[Rule], outer: &Cond, block: usize) -> Result<()> {
         // Rules after one that always ends the chain are unreachable (and `check_loops` did not
         // follow their jumps), so they are not inlined.
-        let live = rules.iter().position(ends_walk).map_or(rules.len(), |p| p + 1);
+        let live = rules.iter().position(Rule::ends_walk).map_or(rules.len(), |p| p + 1);
         for rule in &rules[..live] {
             let (alts, checks) = self.rule_conds(rule)?;
             for alt in alts {

@@ -445,7 +445,11 @@ fn appended_rules_agree_with_reference() {
         }
         let mut c = before;
         let h = &mut c.hooks[hook as usize];
-        let Some(tail) = super::compile_tail(&rs, hook, added, h.actions.len() as u32).expect("compiles") else { continue };
+        let table = rs.table(TableKind::Filter).expect("filter");
+        let rules = &table.chain(hook.chain_name()).expect("built-in chain").rules;
+        let (old, new) = rules.split_at(rules.len() - added);
+        let reached = !old.iter().any(Rule::ends_walk);
+        let Some(tail) = super::compile_tail(table, hook, new, reached, h.actions.len() as u32).expect("compiles") else { continue };
         h.actions.extend(tail);
         patched += 1;
         let table = rs.table(TableKind::Filter).expect("filter");

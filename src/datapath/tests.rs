@@ -723,7 +723,9 @@ fn appended_rules_patch_the_installed_image() {
     ] {
         input.rules.push(Rule { id, ..r });
     }
-    let tail = |base| crate::compile::compile_tail(&rs, Hook::Input, 3, base);
+    let filter = rs.table(TableKind::Filter).expect("filter");
+    let new = &filter.chain("INPUT").expect("INPUT").rules[2..];
+    let tail = |base| crate::compile::compile_tail(filter, Hook::Input, new, true, base);
     assert!(append_rules(&env.dir, Hook::Input, tail).expect("append"));
 
     let tcp_to = |src: &str, port| frame(src, "198.18.1.1", 6, &tcp(40000, port, 0x02, 1));
@@ -752,5 +754,7 @@ fn appended_rules_patch_the_installed_image() {
 
 /// The FORWARD tail of `rs`'s last `n` rules.
 fn compile_tail_n(rs: &Ruleset, n: usize, base: u32) -> Vec<crate::compile::tables::Action> {
-    crate::compile::compile_tail(rs, Hook::Forward, n, base).expect("compiles").expect("appendable")
+    let filter = rs.table(TableKind::Filter).expect("filter");
+    let rules = &filter.chain("FORWARD").expect("FORWARD").rules;
+    crate::compile::compile_tail(filter, Hook::Forward, &rules[rules.len() - n..], true, base).expect("compiles").expect("appendable")
 }

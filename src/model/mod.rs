@@ -196,6 +196,15 @@ impl Rule {
     pub fn same_spec(&self, other: &Rule) -> bool {
         self.ip == other.ip && self.matches == other.matches && self.target == other.target
     }
+
+    /// Whether the rule always ends its chain's walk: an unconditional ACCEPT, DROP or RETURN.
+    /// The kernel's `mark_source_chains` stops there, so rules after it are never reached (and
+    /// their jumps never followed).
+    pub fn ends_walk(&self) -> bool {
+        matches!(self.target, Target::Accept | Target::Drop | Target::Return)
+            && self.matches.is_empty()
+            && self.ip == IpHeader::default()
+    }
 }
 
 /// A chain. Built-in chains have a policy; user chains have `None`.

@@ -6,6 +6,7 @@
 //! generations, flipped atomically) and the per-rule counters. The CLI keeps nothing between
 //! calls: every invocation opens the store, loads, changes, commits.
 
+mod blob;
 mod counters;
 mod lock;
 mod pins;
@@ -15,8 +16,9 @@ use std::path::PathBuf;
 
 use crate::compile::tables::Hook;
 use crate::error::Result;
-use crate::model::{Counters, Ruleset};
+use crate::model::{Counters, Rule, Ruleset, Table};
 
+pub use blob::Outline;
 pub use lock::LockWait;
 pub use pins::{bpffs_root as pin_root, gc_stale, namespace_dir, netns_cookie, PIN_ROOT_ENV};
 
@@ -46,6 +48,18 @@ impl Store {
         crate::datapath::detach(&dir)?;
         std::fs::remove_dir_all(&dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
         Ok(())
+    }
+
+    /// The stored ruleset with its rules still encoded: enough for `commit_append`.
+    pub fn load_outline(&mut self) -> Result<Outline> {
+        self.pins.load_outline()
+    }
+
+    /// Appends `rules` (new, without jumps) to the end of `hook`'s built-in filter chain of
+    /// `outline` (just loaded) and makes that the live ruleset, as `commit` would, without
+    /// decoding or re-encoding the rules already stored.
+    pub fn commit_append(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>) -> Result<()> {
+        self.pins.commit_append(outline, hook, rules)
     }
 
     /// The stored ruleset (counters not filled in; see `load_counters`).
@@ -90,17 +104,29 @@ pub struct Appended {
     pub count: usize,
 }
 
+/// Rules just appended to the built-in filter chain of `hook`, in `table` (for the user
+/// chains they jump to); `reached`: no earlier rule of the chain always ends its walk.
+struct Tail<'a> {
+    hook: Hook,
+    table: &'a Table,
+    rules: &'a [Rule],
+    reached: bool,
+}
+
+/// Patches the datapath, which enforces the ruleset before the append, with the appended rules
+/// alone (`compile::compile_tail`); false when the ruleset must be enforced whole instead.
+/// Called, as `enforce`, before the new model is made live.
+fn enforce_tail(dir: &std::path::Path, t: &Tail, pass_all: bool) -> Result<bool> {
+    if datapath_off() || pass_all {
+        return Ok(false);
+    }
+    let tail = |base| crate::compile::compile_tail(t.table, t.hook, t.rules, t.reached, base);
+    crate::datapath::append_rules(dir, t.hook, tail)
+}
+
 /// Compiles the ruleset and hands it to the datapath. Called by a commit after the new model is
 /// written but before it is made live, so a ruleset the datapath refuses is never stored.
-/// `appended` (with the datapath enforcing the previous ruleset): the new rules alone are
-/// compiled and appended to the installed image when it has room (`compile::compile_tail`).
-fn enforce(dir: &std::path::Path, rs: &Ruleset, appended: Option<Appended>) -> Result<()> {
-    if let Some(a) = appended.filter(|_| !datapath_off() && !rs.is_pass_all()) {
-        let tail = |base| crate::compile::compile_tail(rs, a.hook, a.count, base);
-        if crate::datapath::append_rules(dir, a.hook, tail)? {
-            return Ok(());
-        }
-    }
+fn enforce(dir: &std::path::Path, rs: &Ruleset) -> Result<()> {
     let compiled = crate::compile::compile(rs)?;
     if datapath_off() {
         return Ok(());

@@ -33,7 +33,9 @@ use super::pod;
 use crate::datapath::skel::types::{bpfipt_const, bpfipt_meta};
 use crate::datapath::skel::DatapathSkelBuilder;
 use crate::error::{Error, Result};
-use crate::model::{Counters, Rule, Ruleset, TableKind};
+use super::blob::Outline;
+use crate::compile::tables::Hook;
+use crate::model::{Chain, Counters, Rule, Ruleset, Table, TableKind};
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -100,10 +102,11 @@ impl Pins {
         })
     }
 
-    pub fn load_ruleset(&mut self) -> Result<Ruleset> {
+    /// The stored ruleset, its rules still encoded (`blob`).
+    pub fn load_outline(&mut self) -> Result<Outline> {
         let m = read_meta(&self.meta)?;
-        let rs = if m.blob_len == 0 {
-            Ruleset::default()
+        let o = if m.blob_len == 0 {
+            Outline::encode(&Ruleset::default()).context("encoding the empty ruleset")?
         } else {
             let mut bytes = Vec::with_capacity(m.blob_chunks as usize * CHUNK);
             for i in 0..m.blob_chunks {
@@ -120,9 +123,13 @@ impl Pins {
             }
             bincode::deserialize(&bytes).context("decoding the stored ruleset")?
         };
-        self.live_ids = Some(rule_ids(&rs));
-        self.live_pass_all = Some(rs.is_pass_all());
-        Ok(rs)
+        self.live_ids = Some(o.rule_ids());
+        self.live_pass_all = Some(o.is_pass_all());
+        Ok(o)
+    }
+
+    pub fn load_ruleset(&mut self) -> Result<Ruleset> {
+        Ok(self.load_outline()?.decode().context("decoding the stored rules")?)
     }
 
     pub fn load_counters(&self, rs: &mut Ruleset) -> Result<()> {
@@ -148,20 +155,72 @@ impl Pins {
     }
 
     pub fn commit(&mut self, rs: &mut Ruleset, appended: Option<super::Appended>) -> Result<()> {
-        if self.live_ids.is_none() {
-            self.load_ruleset()?;
-        }
+        let live = self.live()?;
+        let new_rules = assign_ids(rs, &live)?;
+        self.init_counters(&new_rules)?;
+        let outline = Outline::encode(rs).context("encoding the ruleset")?;
+        let written = self.write_blob(&outline)?;
         // Patching needs the datapath to enforce the loaded ruleset, which is not so for one
         // that passes everything (the programs are detached then).
-        let appended = appended.filter(|_| self.live_pass_all == Some(false));
-        let live = self.live_ids.clone().unwrap_or_default();
-        let new_rules = assign_ids(rs, &live)?;
+        let filter = rs.table(TableKind::Filter);
+        let tail = appended.filter(|_| self.live_pass_all == Some(false)).zip(filter).and_then(|(a, table)| {
+            let rules = &table.chain(a.hook.chain_name())?.rules;
+            let first = rules.len().checked_sub(a.count)?;
+            Some(super::Tail { hook: a.hook, table, rules: &rules[first..], reached: !rules[..first].iter().any(Rule::ends_walk) })
+        });
+        let patched = match tail {
+            Some(t) => super::enforce_tail(&self.dir, &t, rs.is_pass_all())?,
+            None => false,
+        };
+        if !patched {
+            super::enforce(&self.dir, rs)?;
+        }
+        self.flip(written, rs.is_pass_all(), rule_ids(rs))
+    }
 
-        // Counters of new ids first: the datapath may start counting into them at the flip.
-        let writes: Vec<(u32, Counters)> = new_rules.iter().map(|&(id, c)| (id, c)).collect();
-        self.rule_counters.write(&writes).context("initialising rule counters")?;
+    /// Appends `rules` (new: ids unassigned) to the end of `hook`'s built-in filter chain of
+    /// `outline` (just loaded), then stores and enforces it: the stored rules are neither
+    /// decoded nor encoded again, and the datapath's image is patched when it can be. The
+    /// rules must not jump (loops are checked on decoded rules).
+    pub fn commit_append(&mut self, mut outline: Outline, hook: Hook, rules: Vec<Rule>) -> Result<()> {
+        let live = self.live()?;
+        let mut new = Ruleset { tables: vec![Table { kind: TableKind::Filter, chains: vec![Chain::user("new")] }], next_rule_id: outline.next_rule_id() };
+        new.tables[0].chains[0].rules = rules;
+        let new_rules = assign_ids(&mut new, &live)?;
+        self.init_counters(&new_rules)?;
+        outline.set_next_rule_id(new.next_rule_id);
+        let rules = &new.tables[0].chains[0].rules;
+        let reached = outline
+            .append(TableKind::Filter, hook.chain_name(), rules)
+            .context("encoding the new rules")?
+            .ok_or_else(|| anyhow!("the stored ruleset has no filter chain {}", hook.chain_name()))?;
+        let written = self.write_blob(&outline)?;
+        let pass_all = outline.is_pass_all();
+        let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
+        let tail = super::Tail { hook, table: &table, rules, reached };
+        let patched = self.live_pass_all == Some(false) && super::enforce_tail(&self.dir, &tail, pass_all)?;
+        if !patched {
+            super::enforce(&self.dir, &outline.decode().context("decoding the stored rules")?)?;
+        }
+        self.flip(written, pass_all, outline.rule_ids())
+    }
 
-        let bytes = bincode::serialize(&*rs).context("encoding the ruleset")?;
+    /// Ids of the live ruleset (loading it if that was not done).
+    fn live(&mut self) -> Result<Vec<u32>> {
+        if self.live_ids.is_none() {
+            self.load_outline()?;
+        }
+        Ok(self.live_ids.clone().unwrap_or_default())
+    }
+
+    /// Counters of new ids first: the datapath may start counting into them at the flip.
+    fn init_counters(&mut self, new_rules: &[(u32, Counters)]) -> Result<()> {
+        Ok(self.rule_counters.write(new_rules).context("initialising rule counters")?)
+    }
+
+    /// Writes `outline` as the other generation of the blob (not yet live: see `flip`).
+    fn write_blob(&mut self, outline: &Outline) -> Result<Written> {
+        let bytes = bincode::serialize(outline).context("encoding the ruleset")?;
         let nchunks = bytes.len().div_ceil(CHUNK) as u32;
         if nchunks > MAX_CHUNKS {
             return Err(Error::Other(anyhow!("ruleset too large to store ({} bytes)", bytes.len())));
@@ -176,25 +235,21 @@ impl Pins {
                 .update(&chunk_key(gen, i as u32).to_ne_bytes(), &chunk, MapFlags::ANY)
                 .context("writing the ruleset")?;
         }
+        let meta = bpfipt_meta { blob_gen: gen, blob_chunks: nchunks, blob_len: bytes.len() as u64, blob_hash: fnv1a(&bytes), ..old };
+        Ok(Written { old, meta })
+    }
 
-        super::enforce(&self.dir, rs, appended)?;
-
-        let meta = bpfipt_meta {
-            blob_gen: gen,
-            blob_chunks: nchunks,
-            blob_len: bytes.len() as u64,
-            blob_hash: fnv1a(&bytes),
-            ..old
-        };
+    /// Makes the written generation the stored ruleset, and frees the old one.
+    fn flip(&mut self, w: Written, pass_all: bool, ids: Vec<u32>) -> Result<()> {
         self.meta
-            .update(&0u32.to_ne_bytes(), pod::bytes_of(&meta), MapFlags::ANY)
+            .update(&0u32.to_ne_bytes(), pod::bytes_of(&w.meta), MapFlags::ANY)
             .context("switching to the new ruleset")?;
         // The old generation is no longer reachable; free its chunks.
-        for i in 0..old.blob_chunks {
-            let _ = self.blob.delete(&chunk_key(old.blob_gen, i).to_ne_bytes());
+        for i in 0..w.old.blob_chunks {
+            let _ = self.blob.delete(&chunk_key(w.old.blob_gen, i).to_ne_bytes());
         }
-        self.live_ids = Some(rule_ids(rs));
-        self.live_pass_all = Some(rs.is_pass_all());
+        self.live_ids = Some(ids);
+        self.live_pass_all = Some(pass_all);
         Ok(())
     }
 
@@ -221,6 +276,13 @@ fn hook_index(chain: &str) -> Option<usize> {
 
 fn chunk_key(gen: u32, idx: u32) -> u32 {
     (gen << GEN_SHIFT) | idx
+}
+
+/// A blob generation written but not yet live: the meta entry that makes it so, and the one
+/// it replaces.
+struct Written {
+    old: bpfipt_meta,
+    meta: bpfipt_meta,
 }
 
 fn read_meta(meta: &MapHandle) -> Result<bpfipt_meta> {
