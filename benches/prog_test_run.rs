@@ -2,7 +2,8 @@
 //! program, `repeat` times on one packet, for N non-matching rules then a matching last one
 //! (the worst case of a linear search), next to a bare XDP_DROP program run the same way.
 //!
-//!   cargo bench --bench prog_test_run            (as root; BPFIPT_BENCH_N="0 100 ...")
+//!   cargo bench --bench prog_test_run   (as root; BPFIPT_BENCH_N="0 100 ...",
+//!                                        BPFIPT_BENCH_VARIANTS="input deep established")
 //!
 //! Variants per N: `input` (a packet to this host, N rules with distinct source/destination
 //! /32s and ports before the match), `deep` (only the destination port differs), and
@@ -191,6 +192,11 @@ fn main() {
         .split_whitespace()
         .filter_map(|s| s.parse().ok())
         .collect();
+    let variants: Vec<String> = std::env::var("BPFIPT_BENCH_VARIANTS")
+        .unwrap_or_else(|_| "input deep established".into())
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     let reps = 5;
     let bare = bare_drop();
     let data = frame([198, 18, 1, 2], [198, 18, 1, 1], 40000, 22, 0x10, 101, 5001);
@@ -200,7 +206,7 @@ fn main() {
     println!("BPF_PROG_TEST_RUN, {REPEAT} runs x {reps} repetitions, median ns/packet (bare XDP_DROP: {base} ns)\n");
     println!("| variant | N | ns/packet | self-check |\n|---|---:|---:|---|");
     for &n in &sizes {
-        for variant in ["input", "deep", "established"] {
+        for variant in variants.iter().map(String::as_str) {
             let mut rules = Vec::new();
             let last;
             if variant == "established" {

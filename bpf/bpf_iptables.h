@@ -39,8 +39,16 @@
  *                                      [3] lead_off | n_lead << 32
  *   vector table           one slot per vector: words_off | n_words << 32; a vector's words
  *                          are pairs of slots (word index, 64 bits), word index increasing
- *   field descriptor       IMG_FIELD_SLOTS slots: [0] field | n_intervals << 32
- *                          [1] intervals_off  [2] wildcard vector id
+ *   field descriptor       IMG_FIELD_SLOTS slots: [0] field | top_shift << 8 |
+ *                          n_intervals << 32  [1] intervals_off | index_off << 32
+ *                          [2] wildcard vector id
+ *   interval index         (fields with over IMG_INDEX_MIN intervals; index_off 0: none) a
+ *                          radix tree on the value, 8 bits per level from bit top_shift
+ *                          down: nodes of 256 slots, each either node_off with bit
+ *                          IMG_INDEX_CHILD_BIT set (a child, for the next 8 bits),
+ *                          or first | count << 32: the intervals [first, first + count)
+ *                          are all that overlap that bucket of values (the first holds its
+ *                          lowest value), searched by bisection
  *   intervals              one slot each: lo << 32 | vector id; sorted, covering the field's
  *                          whole domain (the first has lo 0). Addresses (host order) come
  *                          from the LPM prefixes; interface fields are keyed by ifindex,
@@ -82,7 +90,7 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 4,
+	BPFIPT_IMG_VERSION = 5,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
@@ -100,6 +108,8 @@ enum bpfipt_const {
 	 * netfilter, where conntrack hooks a namespace only once a rule needs it). */
 	BPFIPT_IMG_F_CONNTRACK = 1,
 	BPFIPT_IMG_FIELD_SLOTS = 3,
+	BPFIPT_IMG_INDEX_MIN = 32,
+	BPFIPT_IMG_INDEX_CHILD_BIT = 63,
 	BPFIPT_IMG_ACTION_SLOTS = 3,
 	BPFIPT_IMG_CHECK_SLOTS = 3,
 	BPFIPT_IMG_LOG_SLOTS = 5,

@@ -233,7 +233,17 @@ static __noinline __u32 seek(struct img *img, __u32 off, __u32 n, __u32 *cur, __
 	__u32 idx = (__u32)slot(img, off + 2 * c);
 	if (idx >= w)
 		return idx;
-	__u32 lo = lower_bound(img, off, 2, c + 1, n, w);
+	/* Word indices strictly increase, so word w can be no later than position p; there it
+	 * is exactly when the words from the cursor to it are consecutive (dense vectors). */
+	__u32 p = c + (w - idx), hi = n;
+	if (p < n) {
+		if ((__u32)slot(img, off + 2 * p) == w) {
+			*cur = p;
+			return w;
+		}
+		hi = p + 1;
+	}
+	__u32 lo = lower_bound(img, off, 2, c + 1, hi, w);
 	*cur = lo;
 	if (lo >= n)
 		return NONE32;
@@ -257,13 +267,24 @@ static long setup_field(__u64 i, struct lctx *x)
 	__u32 desc = x->a + k * BPFIPT_IMG_FIELD_SLOTS, vectab = x->b;
 	if (k >= MAXF)
 		return 1;
-	__u64 d0 = slot(img, desc);
-	__u32 field = d0 & 0xff, n = d0 >> 32;
-	__u32 ivs = (__u32)slot(img, desc + 1);
+	__u64 d0 = slot(img, desc), d1 = slot(img, desc + 1);
+	__u32 field = d0 & 0xff, shift = (d0 >> 8) & 31, n = d0 >> 32;
+	__u32 ivs = (__u32)d1, node = d1 >> 32;
 	__u32 wild = (__u32)slot(img, desc + 2);
 	__u32 v = field_value(&c->p, field);
-	/* last interval with lo <= v (the first interval starts at 0) */
+	/* last interval with lo <= v (the first interval starts at 0): the index narrows the
+	 * range, bisection does the rest */
 	__u32 lo = 0, hi = n;
+	for (int i = 0; node && i < 4; i++) {
+		__u64 e = slot(img, node + ((v >> shift) & 0xff));
+		if (!(e >> BPFIPT_IMG_INDEX_CHILD_BIT)) {
+			lo = (__u32)e;
+			hi = lo + (__u32)(e >> 32);
+			break;
+		}
+		node = (__u32)e;
+		shift = (shift - 8) & 31;
+	}
 	for (int i = 0; i < 21; i++) {
 		if (hi - lo <= 1)
 			break;

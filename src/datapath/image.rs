@@ -30,6 +30,8 @@ const LOG_PREFIX: usize = k(bpfipt_const::BPFIPT_LOG_PREFIX);
 const MAX_RULES: usize = k(bpfipt_const::BPFIPT_MAX_RULES);
 const MAX_LEAD: usize = k(bpfipt_const::BPFIPT_IMG_MAX_LEAD);
 const MAX_CHECKS: usize = k(bpfipt_const::BPFIPT_MAX_CHECKS);
+const INDEX_MIN: usize = k(bpfipt_const::BPFIPT_IMG_INDEX_MIN);
+const INDEX_CHILD: u64 = 1 << bpfipt_const::BPFIPT_IMG_INDEX_CHILD_BIT.0;
 const TAIL_CAP: usize = k(bpfipt_const::BPFIPT_IMG_TAIL_CAP);
 const SLOT_LEN: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_LEN);
 const SLOT_FLAGS: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLAGS);
@@ -109,9 +111,17 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             }
             let off = img.len();
             img.extend(intervals.iter().map(|&(lo, v)| (lo as u64) << 32 | (base + v) as u64));
+            let shift = top_shift(f.field);
+            let index = if intervals.len() > INDEX_MIN {
+                let los: Vec<u32> = intervals.iter().map(|iv| iv.0).collect();
+                let mut budget = 4 * los.len() + 256;
+                index_node(&los, 0, shift, &mut budget, &mut img)
+            } else {
+                0
+            };
             let d = fields + i * FIELD_SLOTS;
-            img[d] = pack(f.field as u32, intervals.len() as u32);
-            img[d + 1] = off as u64;
+            img[d] = f.field as u64 | (shift as u64) << 8 | (intervals.len() as u64) << 32;
+            img[d + 1] = pack(off as u32, index as u32);
             img[d + 2] = (base + f.wildcard) as u64;
         }
 
@@ -165,6 +175,38 @@ fn encode_action(a: &Action, img: &mut Vec<u64>, base: usize) -> [u64; ACTION_SL
         ActionKind::Enter { end } => (bpfipt_action::BPFIPT_A_ENTER, end, 0),
     };
     [pack(kind.0, a.rule_id.unwrap_or(NO_RULE)), pack(arg0, arg1), pack((base + checks) as u32, a.checks.len() as u32)]
+}
+
+/// The bit the interval index of a field starts at: its top byte.
+fn top_shift(f: Field) -> u32 {
+    match f {
+        Field::Src | Field::Dst | Field::InIface | Field::OutIface => 24,
+        Field::Sport | Field::Dport | Field::Icmp => 8,
+        Field::Proto | Field::TcpFlags | Field::CtState => 0,
+    }
+}
+
+/// Appends the interval index node for the values `base..base + 256 << shift` of a field
+/// whose sorted intervals start at `los` (`los[0]` = 0), returning its offset. A bucket
+/// overlapping more than 8 intervals gets a child for its next 8 bits while `budget` (slots)
+/// lasts; the programs bisect the rest.
+fn index_node(los: &[u32], base: u64, shift: u32, budget: &mut usize, img: &mut Vec<u64>) -> usize {
+    let off = img.len();
+    img.resize(off + 256, 0);
+    *budget = budget.saturating_sub(256);
+    for b in 0..256u64 {
+        let lo = base + (b << shift);
+        let hi = lo + (1u64 << shift) - 1;
+        // the interval holding `lo`, and the end of those starting at or below `hi`
+        let first = los.partition_point(|&l| l as u64 <= lo) - 1;
+        let end = los.partition_point(|&l| l as u64 <= hi);
+        img[off + b as usize] = if end - first > 8 && shift >= 8 && *budget >= 256 {
+            INDEX_CHILD | index_node(los, lo, shift - 8, budget, img) as u64
+        } else {
+            pack(first as u32, (end - first) as u32)
+        };
+    }
+    off
 }
 
 /// How many compiled rules `hook` has in image `img`.
@@ -493,6 +535,43 @@ mod tests {
         fwd.rules.push(Rule { id: 0, ..rule(IpHeader::default(), vec![], Target::Accept) });
         let c = crate::compile::compile(&rs).expect("compiles");
         assert_eq!(lead_masks(&c.hooks[1]), vec![u64::MAX]);
+    }
+
+    /// The interval index narrows every value to a range of intervals that holds the one
+    /// containing it, as the programs walk it (bpf/lbvs.h, setup_field).
+    #[test]
+    fn interval_index_narrows_to_the_right_interval() {
+        let mut g = crate::testutil::SplitMix64(42);
+        for (field, max) in [(Field::Src, u32::MAX as u64), (Field::Dport, 65535), (Field::Proto, 255)] {
+            for n in [40usize, 300, 5000] {
+                let mut los: Vec<u32> = (0..n).map(|_| (g.next() % (max + 1)) as u32).collect();
+                // clusters, as real rulesets have (many hosts of one subnet, many ports)
+                los.extend((0..n as u32).map(|i| (max as u32 / 3).wrapping_add(i * 3) & max as u32));
+                los.push(0);
+                los.sort_unstable();
+                los.dedup();
+                let mut img = vec![0u64; 8];
+                let shift = top_shift(field);
+                let mut budget = 4 * los.len() + 256;
+                let root = index_node(&los, 0, shift, &mut budget, &mut img);
+                let probes = los.iter().flat_map(|&l| [l, l.wrapping_sub(1), l.saturating_add(1)]).chain((0..2000).map(|_| (g.next() % (max + 1)) as u32));
+                for v in probes.map(|v| v & max as u32) {
+                    let (mut node, mut sh, mut lo, mut hi) = (root, shift, 0usize, los.len());
+                    for _ in 0..4 {
+                        let e = img[node + ((v >> sh) & 0xff) as usize];
+                        if e & INDEX_CHILD == 0 {
+                            (lo, hi) = (e as u32 as usize, (e as u32 + (e >> 32) as u32) as usize);
+                            break;
+                        }
+                        node = e as u32 as usize;
+                        sh -= 8;
+                    }
+                    let want = los.partition_point(|&l| l <= v) - 1;
+                    assert!(lo <= want && want < hi && los[lo] <= v, "{field:?} v={v}: [{lo}, {hi}) misses {want}");
+                    assert!(hi - lo <= 8 || budget < 256 || sh == 0, "{field:?} v={v}: {} intervals left to bisect", hi - lo);
+                }
+            }
+        }
     }
 
     #[test]
