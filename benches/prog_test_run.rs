@@ -6,7 +6,9 @@
 //!                                        BPFIPT_BENCH_VARIANTS="input deep established")
 //!
 //! Variants per N: `input` (a packet to this host, N rules with distinct source/destination
-//! /32s and ports before the match), `deep` (only the destination port differs), and
+//! /32s and ports before the match), `deep` (only the destination port differs), `appended`
+//! (N rules installed, then as many appended by `-A` as the hook takes in place, the matching
+//! one last: the worst case of the appended rules' linear walk; not run by default), and
 //! `established` (rule 1 `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`, N rules after
 //! it; the packet belongs to a connection tracked beforehand, so it stops at rule 1).
 //! Each point checks itself: the rule expected to match counted every run.
@@ -18,7 +20,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bpf_iptables::compile::compile;
+use bpf_iptables::compile::tables::Hook;
+use bpf_iptables::compile::{compile, compile_tail};
 use bpf_iptables::datapath;
 use bpf_iptables::model::*;
 use libbpf_rs::libbpf_sys;
@@ -216,12 +219,30 @@ fn main() {
                 last = 0;
             } else {
                 rules.extend((0..n).map(|i| filler(i, variant == "deep")));
+                if variant == "appended" {
+                    let room = datapath::image::tail_room(n as usize) as u32;
+                    if room == 0 {
+                        continue;
+                    }
+                    rules.extend((n..n + room - 1).map(|i| filler(i, false)));
+                }
                 rules.push(rule(IpHeader { src: host(ip([198, 18, 1, 2])), ..tcp() }, vec![tcp_dport(22)], Target::Accept));
-                last = n;
+                last = rules.len() as u32 - 1;
             }
             let rs = ruleset(rules);
-            let c = compile(&rs).expect("compiles");
-            datapath::apply(&pins.0, &c, false).expect("apply");
+            if variant == "appended" {
+                // The first N rules installed, the others appended one `-A` at a time.
+                let mut first = rs.clone();
+                first.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules.truncate(n as usize);
+                datapath::apply(&pins.0, &compile(&first).expect("compiles"), false).expect("apply");
+                let table = rs.table(TableKind::Filter).expect("filter");
+                for r in &table.chain("INPUT").expect("INPUT").rules[n as usize..] {
+                    let tail = |base| compile_tail(table, Hook::Input, std::slice::from_ref(r), true, base);
+                    assert!(datapath::append_rules(&pins.0, Hook::Input, tail).expect("append"), "appended in place");
+                }
+            } else {
+                datapath::apply(&pins.0, &compile(&rs).expect("compiles"), false).expect("apply");
+            }
             let fd = xdp_fd(&pins.0);
             if variant == "established" {
                 // The connection: the SYN in, then the SYN-ACK (run through the same XDP

@@ -102,8 +102,11 @@ enum bpfipt_const {
 	BPFIPT_IMG_SLOT_FLAGS = 16,
 	BPFIPT_IMG_SLOT_LEN = 17,
 	BPFIPT_IMG_HEADER_SLOTS = 18,
-	/* Compiled rules a hook can take by appending, past its LBVS ones, before a full rebuild. */
-	BPFIPT_IMG_TAIL_CAP = 64,
+	/* Compiled rules a hook can take by appending, past its LBVS ones, before a full rebuild:
+	 * room for TAIL_CAP, used while they number at most one per TAIL_PER LBVS rules (each
+	 * costs a packet that reaches it ~10 ns; rebuilding a small hook costs little). */
+	BPFIPT_IMG_TAIL_CAP = 16,
+	BPFIPT_IMG_TAIL_PER = 1024,
 	/* IMG_SLOT_FLAGS: some rule looks at conntrack state, so packets are tracked (as in
 	 * netfilter, where conntrack hooks a namespace only once a rule needs it). */
 	BPFIPT_IMG_F_CONNTRACK = 1,

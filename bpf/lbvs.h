@@ -494,8 +494,14 @@ static __noinline int check_one(struct img *img, struct cls *c, __u32 off)
 		return ((bpf_get_prandom_u32() & 0x7fffffff) < a) ^ inv;
 	case BPFIPT_C_NTH:
 		return nth_pass(img, c->states_off + a, (__u32)b, b >> 32) ^ inv;
-	case BPFIPT_C_FIELD_IN:
-		return in_ranges(img, a, (__u32)b, field_value(p, field));
+	case BPFIPT_C_FIELD_IN: {
+		__u32 v = field_value(p, field);
+		if ((__u32)b != 1)
+			return in_ranges(img, a, (__u32)b, v);
+		/* one range (a value, a prefix, a port range): no search */
+		__u64 r = slot(img, a);
+		return (__u32)(r >> 32) <= v && v <= (__u32)r;
+	}
 	case BPFIPT_C_PORT_EITHER:
 		r = in_ranges(img, a, (__u32)b, field_value(p, BPFIPT_F_SPORT));
 		return r || in_ranges(img, a, (__u32)b, field_value(p, BPFIPT_F_DPORT));

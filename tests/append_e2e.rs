@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 use common::topo::Topo;
 use common::{ScratchDir, Tools};
 
+const FILLER: u32 = 3000;
+
 #[test]
 fn appended_rules_are_enforced_listed_and_counted() {
     if !common::root_or_skip("appended_rules_are_enforced_listed_and_counted") {
@@ -24,7 +26,8 @@ fn appended_rules_are_enforced_listed_and_counted() {
     t.serve_ports(&t.r, &[80, 81, 82, 83, 84], &[]);
 
     let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:U - [0:0]\n");
-    for i in 0..1000u32 {
+    // 3 000 rules: big enough for FORWARD to take two appended rules in place.
+    for i in 0..FILLER {
         let _ = writeln!(rules, "-A FORWARD -s 10.0.{}.{}/32 -p tcp -m tcp --dport {} -j DROP", i / 250, i % 250 + 1, 1000 + i);
     }
     rules.push_str("-A FORWARD -p tcp -m tcp --dport 82 -j RETURN\nCOMMIT\n");
@@ -81,11 +84,11 @@ fn appended_rules_are_enforced_listed_and_counted() {
             "-A U -p tcp -m tcp --dport 83 -j DROP",
         ]
     );
-    assert_eq!(listed.lines().count(), 1000 + tail.len());
-    // Packets per rule, in `-L FORWARD` order after the 1 000 fillers.
+    assert_eq!(listed.lines().count(), FILLER as usize + tail.len());
+    // Packets per rule, in `-L FORWARD` order after the fillers.
     let counts: Vec<u64> = run(&["-L", "FORWARD", "-v", "-x", "-n"])
         .lines()
-        .skip(2 + 1000)
+        .skip(2 + FILLER as usize)
         .map(|l| l.split_whitespace().next().and_then(|n| n.parse().ok()).expect("packet count"))
         .collect();
     assert_eq!(counts.len(), 6, "{counts:?}");

@@ -33,6 +33,7 @@ const MAX_CHECKS: usize = k(bpfipt_const::BPFIPT_MAX_CHECKS);
 const INDEX_MIN: usize = k(bpfipt_const::BPFIPT_IMG_INDEX_MIN);
 const INDEX_CHILD: u64 = 1 << bpfipt_const::BPFIPT_IMG_INDEX_CHILD_BIT.0;
 const TAIL_CAP: usize = k(bpfipt_const::BPFIPT_IMG_TAIL_CAP);
+const TAIL_PER: usize = k(bpfipt_const::BPFIPT_IMG_TAIL_PER);
 const SLOT_LEN: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_LEN);
 const SLOT_FLAGS: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLAGS);
 const NO_RULE: u32 = bpfipt_const::BPFIPT_NO_RULE.0;
@@ -209,6 +210,11 @@ fn index_node(los: &[u32], base: u64, shift: u32, budget: &mut usize, img: &mut 
     off
 }
 
+/// How many compiled rules a hook of `lbvs` LBVS rules takes appended in place.
+pub fn tail_room(lbvs: usize) -> usize {
+    TAIL_CAP.min(lbvs / TAIL_PER)
+}
+
 /// How many compiled rules `hook` has in image `img`.
 pub fn hook_rules(img: &[u64], hook: Hook) -> Result<u32> {
     if img.len() < HEADER || img[0] != pack(bpfipt_const::BPFIPT_IMG_MAGIC.0, bpfipt_const::BPFIPT_IMG_VERSION.0) {
@@ -250,7 +256,7 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Appende
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
     let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
     if used > img.len()
-        || n + tail.len() > lbvs + TAIL_CAP
+        || n + tail.len() > lbvs + tail_room(lbvs)
         || n + tail.len() > MAX_RULES
         || tail.iter().any(|a| a.checks.len() > MAX_CHECKS)
     {

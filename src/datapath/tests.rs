@@ -703,29 +703,33 @@ fn addrtype_types_of_addresses() {
 
 /// `-A` to a built-in chain patches the installed image: the appended rules (as field checks
 /// after the LBVS rules) decide packets no earlier rule takes, a RETURN of the built-in chain
-/// still goes to the policy past them, and a full hook takes no more than its room.
+/// still goes to the policy past them, and a hook takes no more in place than its size allows.
 #[test]
 fn appended_rules_patch_the_installed_image() {
     let Some(env) = Env::new("append") else { return };
-    let mut rs = ruleset(
-        &[],
-        vec![
-            ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Drop)),
-            ("INPUT", rule(proto(17), vec![], Target::Return)),
-        ],
-    );
+    let per = skel::types::bpfipt_const::BPFIPT_IMG_TAIL_PER.0;
+    // Rules no test packet matches (sources in 10/8), for hooks big enough to append to.
+    let filler = |chain, k: u32| (0..k).map(move |i| (chain, rule(IpHeader { src: net(&std::net::Ipv4Addr::from(ip("10.0.0.0") + i).to_string(), 32), ..proto(6) }, vec![dport(9, false)], Target::Drop)));
+    let mut rules = vec![
+        ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Drop)),
+        ("INPUT", rule(proto(17), vec![], Target::Return)),
+    ];
+    rules.extend(filler("INPUT", 3 * per));
+    rules.extend(filler("FORWARD", 2 * per));
+    let mut rs = ruleset(&[], rules);
     env.apply(&rs).expect("apply");
+    let first_new = 5 * per + 2;
     let input = rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT");
     for (id, r) in [
-        (2, rule(proto(17), vec![], Target::Drop)),
-        (3, rule(proto(6), vec![dport(80, false)], Target::Drop)),
-        (4, rule(IpHeader { src: net("198.18.6.0", 24), ..Default::default() }, vec![], Target::Drop)),
+        (first_new, rule(proto(17), vec![], Target::Drop)),
+        (first_new + 1, rule(proto(6), vec![dport(80, false)], Target::Drop)),
+        (first_new + 2, rule(IpHeader { src: net("198.18.6.0", 24), ..Default::default() }, vec![], Target::Drop)),
     ] {
         input.rules.push(Rule { id, ..r });
     }
     let filter = rs.table(TableKind::Filter).expect("filter");
-    let new = &filter.chain("INPUT").expect("INPUT").rules[2..];
-    let tail = |base| crate::compile::compile_tail(filter, Hook::Input, new, true, base);
+    let rules = &filter.chain("INPUT").expect("INPUT").rules;
+    let tail = |base| crate::compile::compile_tail(filter, Hook::Input, &rules[rules.len() - 3..], true, base);
     assert!(append_rules(&env.dir, Hook::Input, tail).expect("append"));
 
     let tcp_to = |src: &str, port| frame(src, "198.18.1.1", 6, &tcp(40000, port, 0x02, 1));
@@ -735,20 +739,22 @@ fn appended_rules_patch_the_installed_image() {
     assert_eq!(env.xdp(&tcp_to("198.18.5.9", 443), env.d0).0, XDP_PASS);
     let dns = frame("198.18.6.9", "198.18.1.1", 17, &udp(5353, 53, b"q"));
     assert_eq!(env.xdp(&dns, env.d0).0, XDP_PASS, "RETURN skips the appended rules");
-    assert_eq!(env.rule(2), Counters::default());
-    assert_eq!(env.rule(3), Counters { packets: 1, bytes: 40 });
-    assert_eq!(env.rule(4), Counters { packets: 1, bytes: 40 });
+    assert_eq!(env.rule(first_new), Counters::default());
+    assert_eq!(env.rule(first_new + 1), Counters { packets: 1, bytes: 40 });
+    assert_eq!(env.rule(first_new + 2), Counters { packets: 1, bytes: 40 });
     assert_eq!(env.policy(Hook::Input), Counters { packets: 2, bytes: 40 + 29 });
 
-    // Room for BPFIPT_IMG_TAIL_CAP appended compiled rules per hook, then a rebuild is due.
+    // One appended compiled rule in place per BPFIPT_IMG_TAIL_PER LBVS rules, at most
+    // BPFIPT_IMG_TAIL_CAP; past that a rebuild is due.
     let cap = skel::types::bpfipt_const::BPFIPT_IMG_TAIL_CAP.0 as usize;
+    assert_eq!([0, per as usize - 1, per as usize, 100 * per as usize].map(image::tail_room), [0, 0, 1, cap]);
     let forward = rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD");
-    for id in 0..=cap as u32 {
-        forward.rules.push(Rule { id: 100 + id, ..rule(proto(6), vec![dport(1000 + id as u16, false)], Target::Drop) });
+    for id in 0..3 {
+        forward.rules.push(Rule { id: first_new + 3 + id, ..rule(proto(6), vec![dport(1000 + id as u16, false)], Target::Drop) });
     }
     let fits = |n: usize| append_rules(&env.dir, Hook::Forward, |base| Ok(Some(compile_tail_n(&rs, n, base)))).expect("append");
-    assert!(!fits(cap + 1));
-    assert!(fits(cap));
+    assert!(!fits(3));
+    assert!(fits(2));
     assert!(!fits(1));
 }
 
