@@ -388,6 +388,8 @@ struct bpfipt_ct_result {
 	__u8 dir;       /* enum bpfipt_ct_dir */
 	__u8 proto;     /* the connection's protocol (for RELATED: the quoted flow's) */
 	__u8 tcp_state; /* after this packet */
+	__u8 in_table;  /* the table had an entry under `key` (live or not) at lookup */
+	__u64 now;      /* the clock the lookup read, for the update */
 };
 /* `-m conntrack` options (bpfipt_ct_match.flags and .invert), as XT_CONNTRACK_* bits. */
 enum bpfipt_ctm_flags {

@@ -705,6 +705,8 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	ct_key_of(&r->key, &ti);
 
 	e = bpf_map_lookup_elem(&bpfipt_ct, &r->key);
+	r->in_table = e != NULL;
+	r->now = now;
 	if (e && !ct_expired(e, now)) {
 		snap = *e;
 		dir = ct_dir_of(&snap, &ti);
@@ -787,10 +789,13 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 
 	if (r->state != BPFIPT_CT_NEW && r->state != BPFIPT_CT_ESTABLISHED)
 		return;
+	/* a dropped packet of no entry leaves no trace (nor would it below, found none) */
+	if (!accepted && !r->in_table)
+		return;
 	if (ct_tuple_of(&ti, p->proto, p->saddr, p->daddr, p->sport, p->dport, p->icmp_type,
 			p->icmp_code) < 0)
 		return;
-	now = bpf_ktime_get_ns();
+	now = r->now;
 	e = bpf_map_lookup_elem(&bpfipt_ct, &r->key);
 	if (!e) {
 		if (!accepted)
