@@ -110,6 +110,8 @@ enum bpfipt_const {
 	/* IMG_SLOT_FLAGS: some rule looks at conntrack state, so packets are tracked (as in
 	 * netfilter, where conntrack hooks a namespace only once a rule needs it). */
 	BPFIPT_IMG_F_CONNTRACK = 1,
+	/* IMG_SLOT_FLAGS: some rule checks TCP options, so they are read from each TCP packet. */
+	BPFIPT_IMG_F_TCP_OPTIONS = 2,
 	BPFIPT_IMG_FIELD_SLOTS = 3,
 	BPFIPT_IMG_INDEX_MIN = 32,
 	BPFIPT_IMG_INDEX_CHILD_BIT = 63,

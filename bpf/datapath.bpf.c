@@ -100,6 +100,13 @@ static __always_inline int tracks(struct img *img)
 	return slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_CONNTRACK;
 }
 
+/* The TCP options, read only when a rule checks them (a helper call per packet otherwise). */
+static __always_inline void tcp_options_if_used(void *ctx, int kind, struct img *img, struct pkt *p)
+{
+	if (slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_TCP_OPTIONS)
+		load_tcp_options(ctx, kind, p);
+}
+
 /* Fills c->ctp from the parsed packet; [data, data_end) is the linear window parse_packet
  * read (an ICMP error's quoted header is read from it). */
 static __always_inline void ct_fill(struct cls *c, void *data, void *data_end, int from_local)
@@ -281,7 +288,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 		ct_fill(c, data, data_end, 0);
 		ct_lookup_cls(c);
 	}
-	load_tcp_options(ctx, PROG_XDP, &c->p);
+	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
 	int hook = ingress_hook(ctx, c);
 	if (hook < 0)
 		return XDP_PASS;
@@ -531,7 +538,7 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, str
 		ct_fill(c, data, data_end, from_local);
 		ct_lookup_cls(c);
 	}
-	load_tcp_options(skb, kind, &c->p);
+	tcp_options_if_used(skb, kind, img, &c->p);
 	return c;
 }
 

@@ -253,7 +253,14 @@ static __noinline __u32 seek(struct img *img, __u32 off, __u32 n, __u32 *cur, __
 /* Word w of a vector (0 when absent), moving its cursor forward. */
 static __always_inline __u64 word_at(struct img *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
 {
-	if (seek(img, off, n, cur, w) != w)
+	/* the cursor is often on w or past it already: no call then */
+	__u32 c = *cur;
+	if (c >= n)
+		return 0;
+	__u32 at = (__u32)slot(img, off + 2 * c);
+	if (at > w)
+		return 0;
+	if (at < w && seek(img, off, n, cur, w) != w)
 		return 0;
 	return slot(img, off + 2 * *cur + 1);
 }
@@ -392,7 +399,7 @@ static long tcpopt_cb(__u64 n, struct lctx *x)
 	if (k < 2) {
 		x->a = i + 1;
 	} else {
-		__u8 l = i + 1 < 40 ? p->tcp_opt[(i + 1) & 63] : 0;
+		__u8 l = i + 1 < p->tcp_opt_len ? p->tcp_opt[(i + 1) & 63] : 0;
 		x->a = i + (l ? l : 1);
 	}
 	return 0;
@@ -535,7 +542,10 @@ static __noinline int take_rule(struct img *img, struct cls *c, __u32 r)
 
 	if (nck) {
 		struct lctx y = { .img = img, .c = c, .a = coff, .ok = 1 };
-		bpf_loop(nck < BPFIPT_MAX_CHECKS ? nck : BPFIPT_MAX_CHECKS, check_cb, &y, 0);
+		if (nck == 1)
+			y.ok = check_one(img, c, coff);
+		else
+			bpf_loop(nck < BPFIPT_MAX_CHECKS ? nck : BPFIPT_MAX_CHECKS, check_cb, &y, 0);
 		if (!y.ok) {
 			c->pos = kind == BPFIPT_A_ENTER ? arg0 : r + 1;
 			return 0;

@@ -16,7 +16,6 @@ struct pkt {
 	__u32 in_ifindex, out_ifindex; /* 0 where netfilter sees no interface */
 	__u32 mark;
 	__u32 tcp_seq, tcp_ack;        /* host order */
-	__u8 tcp_opt[64];              /* TCP options, 40 bytes at most (loaded after parsing) */
 	__u8 tcp_opt_len;              /* bytes of tcp_opt[] loaded */
 	__u16 sport, dport;
 	__u16 icmp;                    /* type << 8 | code */
@@ -36,6 +35,8 @@ struct pkt {
 	__u16 tcp_win;                 /* TCP window, raw */
 	__u8 ct_state;                 /* enum bpfipt_ct_state, when the ruleset tracks */
 	__u8 ihl;                      /* IP header length, bytes */
+	/* last, and not cleared by parse_packet: only its first tcp_opt_len bytes are read */
+	__u8 tcp_opt[64];              /* TCP options, 40 bytes at most (loaded after parsing) */
 };
 
 static __always_inline int is_port_proto(__u8 p)
@@ -51,7 +52,7 @@ static __always_inline int parse_packet(struct pkt *p, void *data, void *data_en
 {
 	__u32 off = 0;
 
-	__builtin_memset(p, 0, sizeof(*p));
+	__builtin_memset(p, 0, __builtin_offsetof(struct pkt, tcp_opt));
 	if (l2) {
 		struct ethhdr *eth = data;
 		if ((void *)(eth + 1) > data_end)

@@ -90,9 +90,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     let states = img.len();
     img.resize(states + c.n_states as usize, 0);
     img[k(bpfipt_const::BPFIPT_IMG_SLOT_STATES)] = pack(states as u32, c.n_states);
-    if c.hooks.iter().any(uses_conntrack) {
-        img[SLOT_FLAGS] = F_CONNTRACK;
-    }
+    img[SLOT_FLAGS] = c.hooks.iter().map(|h| flags_for(&h.actions, h.fields.iter().any(|f| f.field == Field::CtState))).fold(0, |a, b| a | b);
 
     for (h, base) in c.hooks.iter().zip(&bases) {
         let hook = h.hook as usize;
@@ -155,6 +153,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
 }
 
 const F_CONNTRACK: u64 = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
+const F_TCP_OPTIONS: u64 = bpfipt_const::BPFIPT_IMG_F_TCP_OPTIONS.0 as u64;
 
 /// The slots of action `a`; its checks are appended to `img`, whose slot 0 is image slot
 /// `base`.
@@ -268,7 +267,7 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Appende
         let s = encode_action(a, &mut extra, used);
         writes.extend((0..ACTION_SLOTS).map(|i| (actions + (n + j) * ACTION_SLOTS + i, s[i])));
     }
-    let flags = if uses_conntrack_checks(tail) { img[SLOT_FLAGS] | F_CONNTRACK } else { img[SLOT_FLAGS] };
+    let flags = img[SLOT_FLAGS] | flags_for(tail, false);
     writes.push((SLOT_FLAGS, flags));
     writes.push((hs, (n + tail.len()) as u64 | img[hs] >> 32 << 32));
     writes.push((SLOT_LEN, (used + extra.len()) as u64));
@@ -307,16 +306,14 @@ fn lead_masks(h: &HookTable) -> Vec<u64> {
     out
 }
 
-/// Whether a rule of the hook looks at conntrack state, which turns tracking on.
-fn uses_conntrack(h: &HookTable) -> bool {
-    h.fields.iter().any(|f| f.field == Field::CtState) || uses_conntrack_checks(&h.actions)
-}
-
-fn uses_conntrack_checks(actions: &[Action]) -> bool {
-    actions
-        .iter()
-        .flat_map(|a| &a.checks)
-        .any(|ch| matches!(ch, Check::Conntrack(_) | Check::FieldIn { field: Field::CtState, .. }))
+/// The IMG_SLOT_FLAGS bits `actions` call for (`ct_field`: a field on conntrack state):
+/// tracking is on once a rule looks at conntrack state, TCP options are read once a rule
+/// checks them.
+fn flags_for(actions: &[Action], ct_field: bool) -> u64 {
+    let checks = || actions.iter().flat_map(|a| &a.checks);
+    let ct = ct_field || checks().any(|ch| matches!(ch, Check::Conntrack(_) | Check::FieldIn { field: Field::CtState, .. }));
+    let opts = checks().any(|ch| matches!(ch, Check::TcpOption { .. }));
+    (if ct { F_CONNTRACK } else { 0 }) | (if opts { F_TCP_OPTIONS } else { 0 })
 }
 
 /// `struct bpfipt_ct_match` as image slots.

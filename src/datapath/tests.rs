@@ -764,3 +764,41 @@ fn compile_tail_n(rs: &Ruleset, n: usize, base: u32) -> Vec<crate::compile::tabl
     let rules = &filter.chain("FORWARD").expect("FORWARD").rules;
     crate::compile::compile_tail(filter, Hook::Forward, &rules[rules.len() - n..], true, base).expect("compiles").expect("appendable")
 }
+
+/// `--tcp-option`: the options are read (only) when a rule checks them, at XDP and TC alike.
+#[test]
+fn tcp_option_rules_read_the_options() {
+    let Some(env) = Env::new("tcpopt") else { return };
+    let opt = |kind: u8, invert| Match::Tcp(TcpMatch { option: Some(Inv::new(kind, invert)), ..Default::default() });
+    let rs = ruleset(
+        &[],
+        vec![
+            ("INPUT", rule(proto(6), vec![opt(8, false)], Target::Drop)),
+            ("INPUT", rule(proto(6), vec![opt(2, true), dport(22, false)], Target::Drop)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    // NOP, NOP, timestamps (kind 8, 10 bytes): 12 bytes of options
+    let with_ts = |port| {
+        let mut t = tcp(40000, port, 0x10, 1);
+        t[12] = 8 << 4;
+        t.extend([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        frame("198.18.5.9", "198.18.1.1", 6, &t)
+    };
+    let mss = {
+        let mut t = tcp(40000, 22, 0x02, 1);
+        t[12] = 6 << 4;
+        t.extend([2, 4, 5, 0xb4]);
+        frame("198.18.5.9", "198.18.1.1", 6, &t)
+    };
+    let bare = frame("198.18.5.9", "198.18.1.1", 6, &tcp(40000, 80, 0x10, 1));
+    for (f, want, what) in [(&with_ts(80), XDP_DROP, "timestamps"), (&mss, XDP_PASS, "MSS on 22"), (&with_ts(22), XDP_DROP, "timestamps on 22"), (&bare, XDP_PASS, "no options")] {
+        assert_eq!(env.xdp(f, env.d0).0, want, "XDP: {what}");
+        let tc_want = if want == XDP_DROP { TC_ACT_SHOT } else { TC_ACT_OK };
+        assert_eq!(env.tc(Prog::TcIngress, f, env.d0, 0).0, tc_want, "TC: {what}");
+    }
+    let no_opts = frame("198.18.5.9", "198.18.1.1", 6, &tcp(40000, 22, 0x10, 1));
+    assert_eq!(env.xdp(&no_opts, env.d0).0, XDP_DROP, "! --tcp-option 2 on 22 without options");
+    assert_eq!(env.rule(0).packets, 4);
+    assert_eq!(env.rule(1).packets, 1);
+}
