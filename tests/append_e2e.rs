@@ -23,7 +23,7 @@ fn appended_rules_are_enforced_listed_and_counted() {
     let ipt = ipt.to_str().expect("utf-8 path");
     let mut t = Topo::new("append");
     t.on_drop_in_fw(&[env!("CARGO_BIN_EXE_bpf-iptables"), "--reset"]);
-    t.serve_ports(&t.r, &[80, 81, 82, 83, 84], &[]);
+    t.serve_ports(&t.r, &[80, 81, 82, 83, 84, 85], &[]);
 
     let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:U - [0:0]\n");
     // 3 000 rules: big enough for FORWARD to take two appended rules in place.
@@ -94,4 +94,12 @@ fn appended_rules_are_enforced_listed_and_counted() {
     assert_eq!(counts.len(), 6, "{counts:?}");
     assert!(counts[0] >= 2, "RETURN counted port 82's SYN and more: {counts:?}");
     assert!(counts[1] >= 1 && counts[2] == 0 && counts[3] >= 1 && counts[4] >= 1 && counts[5] >= 1, "{counts:?}");
+
+    // After `--detach` the next change attaches the programs again, an append too.
+    let o = t.exec(&t.f, &[env!("CARGO_BIN_EXE_bpf-iptables"), "--detach"]);
+    assert!(o.status.success(), "--detach: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 81), "open", "detached: nothing filters");
+    run(&["-A", "FORWARD", "-p", "tcp", "--dport", "85", "-j", "DROP"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 85), "timeout", "appended after --detach");
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 81), "timeout", "attached again");
 }

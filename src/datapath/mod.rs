@@ -109,8 +109,8 @@ pub fn apply(pin_dir: &Path, compiled: &Compiled, pass_all: bool) -> Result<()> 
 /// of it with the rules added goes in as the next generation; no program, vector or field
 /// table is rebuilt. Returns false, changing nothing, when a full `apply` is needed instead:
 /// no room left for appended rules, interfaces changed since the image was written (their
-/// names resolve into it), or the rules would change how ingress is attached (REJECT or MARK
-/// outside OUTPUT).
+/// names resolve into it) or not all attached (`--detach`), or the rules would change how
+/// ingress is attached (REJECT or MARK outside OUTPUT).
 /// `tail(n)` compiles the rules for a hook of `n` compiled rules (None: not appendable).
 pub fn append_rules(
     pin_dir: &Path,
@@ -125,7 +125,8 @@ pub fn append_rules(
     }
     let Some(new) = image::append(img.slots(), hook, &tail)? else { return Ok(false) };
     let devs = netdev::list().context("listing the interfaces of this namespace")?;
-    if !netdev_maps_current(pin_dir, &devs)? {
+    let links = pinned_links(pin_dir);
+    if !devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) || !netdev_maps_current(pin_dir, &devs)? {
         return Ok(false);
     }
     install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;

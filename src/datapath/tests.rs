@@ -717,7 +717,8 @@ fn appended_rules_patch_the_installed_image() {
     rules.extend(filler("INPUT", 3 * per));
     rules.extend(filler("FORWARD", 2 * per));
     let mut rs = ruleset(&[], rules);
-    env.apply(&rs).expect("apply");
+    // attached for real: appending in place needs the programs on every interface
+    apply(&env.dir, &compile(&rs).expect("compiles"), false).expect("apply");
     let first_new = 5 * per + 2;
     let input = rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT");
     for (id, r) in [

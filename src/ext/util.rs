@@ -8,7 +8,6 @@
 //! parallel. Host names go through `getaddrinfo`/`getnameinfo` like iptables does.
 
 use std::ffi::{CStr, CString};
-use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
 use crate::error::{param, Result};
@@ -223,9 +222,9 @@ pub fn port_to_service(port: u16, proto: &str) -> Option<&'static str> {
 
 /// A port as `-L` prints it: the service name for `proto` unless `numeric` or unnamed.
 pub fn fmt_port_list(port: u16, proto: &str, numeric: bool) -> String {
-    match (numeric, port_to_service(port, proto)) {
-        (false, Some(name)) => name.to_string(),
-        _ => port.to_string(),
+    match (!numeric).then(|| port_to_service(port, proto)).flatten() {
+        Some(name) => name.to_string(),
+        None => port.to_string(),
     }
 }
 
@@ -522,7 +521,29 @@ pub fn parse_ipv4_numeric(s: &str) -> Option<u32> {
 
 /// Dotted-quad text of a host-order address.
 pub fn fmt_ipv4(addr: u32) -> String {
-    Ipv4Addr::from(addr).to_string()
+    let mut s = String::with_capacity(15);
+    push_ipv4(&mut s, addr);
+    s
+}
+
+/// Appends the dotted quad of `addr` (listings print tens of thousands: no `fmt` machinery).
+pub fn push_ipv4(out: &mut String, addr: u32) {
+    for (i, b) in addr.to_be_bytes().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_u8(out, b);
+    }
+}
+
+fn push_u8(out: &mut String, b: u8) {
+    if b >= 100 {
+        out.push(char::from(b'0' + b / 100));
+    }
+    if b >= 10 {
+        out.push(char::from(b'0' + b / 10 % 10));
+    }
+    out.push(char::from(b'0' + b % 10));
 }
 
 /// `xtables_ipmask_to_numeric`, the `-L` mask suffix: empty for /32, `/N` for a CIDR mask,
@@ -539,9 +560,18 @@ pub fn fmt_mask_list(mask: u32) -> String {
 /// `save_ipv4_addr`'s address form for `-S`/save: `a.b.c.d/N`, or `a.b.c.d/m.m.m.m` for a
 /// non-CIDR mask (always with a mask, `/32` included).
 pub fn fmt_addr_mask_save(m: &Ipv4Mask) -> String {
+    let mut s = String::with_capacity(31);
+    push_addr_mask_save(&mut s, m);
+    s
+}
+
+/// Appends [`fmt_addr_mask_save`]'s form of `m`.
+pub fn push_addr_mask_save(out: &mut String, m: &Ipv4Mask) {
+    push_ipv4(out, m.addr);
+    out.push('/');
     match m.prefix_len() {
-        Some(n) => format!("{}/{n}", fmt_ipv4(m.addr)),
-        None => format!("{}/{}", fmt_ipv4(m.addr), fmt_ipv4(m.mask)),
+        Some(n) => push_u8(out, n),
+        None => push_ipv4(out, m.mask),
     }
 }
 

@@ -24,8 +24,13 @@ fn save_addr(out: &mut String, letter: char, a: &Option<Inv<Ipv4Mask>>) {
     if a.value.mask == 0 && a.value.addr == 0 && !a.invert {
         return;
     }
-    let bang = if a.invert { " !" } else { "" };
-    let _ = write!(out, "{bang} -{letter} {}", util::fmt_addr_mask_save(&a.value));
+    if a.invert {
+        out.push_str(" !");
+    }
+    out.push_str(" -");
+    out.push(letter);
+    out.push(' ');
+    util::push_addr_mask_save(out, &a.value);
 }
 
 fn save_iface(out: &mut String, letter: char, i: &Option<Inv<Iface>>) {

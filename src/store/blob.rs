@@ -81,7 +81,11 @@ impl RuleBlock {
 
     fn decode(&self) -> bincode::Result<Vec<Rule>> {
         let mut rest = &self.bytes.0[..];
-        let rules = self.ids.iter().map(|_| bincode::deserialize_from(&mut rest)).collect::<bincode::Result<Vec<Rule>>>()?;
+        // (collecting a Result would lose the size and grow the vector by copies)
+        let mut rules = Vec::with_capacity(self.ids.len());
+        for _ in &self.ids {
+            rules.push(bincode::deserialize_from(&mut rest)?);
+        }
         if !rest.is_empty() {
             return Err(Box::new(bincode::ErrorKind::Custom("trailing bytes after a chain's rules".into())));
         }

@@ -35,7 +35,7 @@ use crate::datapath::skel::DatapathSkelBuilder;
 use crate::error::{Error, Result};
 use super::blob::Outline;
 use crate::compile::tables::Hook;
-use crate::model::{Chain, Counters, Rule, Ruleset, Table, TableKind};
+use crate::model::{Counters, Rule, Ruleset, Table, TableKind};
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -156,7 +156,10 @@ impl Pins {
 
     pub fn commit(&mut self, rs: &mut Ruleset, appended: Option<super::Appended>) -> Result<()> {
         let live = self.live()?;
-        let new_rules = assign_ids(rs, &live)?;
+        let mut used = live;
+        used.extend(rule_ids(rs));
+        let rules = rs.tables.iter_mut().flat_map(|t| &mut t.chains).flat_map(|c| &mut c.rules);
+        let new_rules = assign_ids(rules, &used, &mut rs.next_rule_id)?;
         self.init_counters(&new_rules)?;
         let outline = Outline::encode(rs).context("encoding the ruleset")?;
         let written = self.write_blob(&outline)?;
@@ -182,14 +185,13 @@ impl Pins {
     /// `outline` (just loaded), then stores and enforces it: the stored rules are neither
     /// decoded nor encoded again, and the datapath's image is patched when it can be. The
     /// rules must not jump (loops are checked on decoded rules).
-    pub fn commit_append(&mut self, mut outline: Outline, hook: Hook, rules: Vec<Rule>) -> Result<()> {
+    pub fn commit_append(&mut self, mut outline: Outline, hook: Hook, mut rules: Vec<Rule>) -> Result<()> {
         let live = self.live()?;
-        let mut new = Ruleset { tables: vec![Table { kind: TableKind::Filter, chains: vec![Chain::user("new")] }], next_rule_id: outline.next_rule_id() };
-        new.tables[0].chains[0].rules = rules;
-        let new_rules = assign_ids(&mut new, &live)?;
+        let mut next = outline.next_rule_id();
+        let new_rules = assign_ids(rules.iter_mut(), &live, &mut next)?;
         self.init_counters(&new_rules)?;
-        outline.set_next_rule_id(new.next_rule_id);
-        let rules = &new.tables[0].chains[0].rules;
+        outline.set_next_rule_id(next);
+        let rules = &rules;
         let reached = outline
             .append(TableKind::Filter, hook.chain_name(), rules)
             .context("encoding the new rules")?
@@ -297,42 +299,33 @@ fn rule_ids(rs: &Ruleset) -> Vec<u32> {
     rs.tables.iter().flat_map(|t| t.rules()).map(|r| r.id).filter(|&id| id != Rule::UNASSIGNED).collect()
 }
 
-/// Gives every new rule an id that is neither live nor used elsewhere in `rs`, the smallest
-/// free one after the last allocated (so ids cycle through the space rather than being reused
-/// at once). Returns the new ids with the counters the rules asked for.
-fn assign_ids(rs: &mut Ruleset, live: &[u32]) -> Result<Vec<(u32, Counters)>> {
-    let mut used = vec![false; MAX_RULE_IDS as usize];
-    for &id in live.iter().chain(rule_ids(rs).iter()) {
-        if let Some(slot) = used.get_mut(id as usize) {
+/// Gives every new rule (`Rule::UNASSIGNED`) of `rules` an id not in `used` (live ids and
+/// those of the ruleset being committed), the smallest free one from `next` on (so ids cycle
+/// through the space rather than being reused at once), advancing `next`. Returns the new ids
+/// with the counters the rules asked for.
+fn assign_ids<'a>(rules: impl Iterator<Item = &'a mut Rule>, used: &[u32], next: &mut u32) -> Result<Vec<(u32, Counters)>> {
+    let mut taken = vec![false; MAX_RULE_IDS as usize];
+    for &id in used {
+        if let Some(slot) = taken.get_mut(id as usize) {
             *slot = true;
         }
     }
-    let mut next = rs.next_rule_id % MAX_RULE_IDS;
-    let mut free = used.iter().filter(|u| !**u).count();
+    let mut at = *next % MAX_RULE_IDS;
+    let mut free = taken.iter().filter(|u| !**u).count();
     let mut out = Vec::new();
-    for table in &mut rs.tables {
-        for chain in &mut table.chains {
-            for rule in &mut chain.rules {
-                if rule.id != Rule::UNASSIGNED {
-                    continue;
-                }
-                if free == 0 {
-                    return Err(Error::Other(anyhow!(
-                        "too many rules: at most {} rules can exist (live and new together)",
-                        MAX_RULE_IDS
-                    )));
-                }
-                while used[next as usize] {
-                    next = (next + 1) % MAX_RULE_IDS;
-                }
-                used[next as usize] = true;
-                free -= 1;
-                rule.id = next;
-                out.push((next, rule.counters));
-            }
+    for rule in rules.filter(|r| r.id == Rule::UNASSIGNED) {
+        if free == 0 {
+            return Err(Error::Other(anyhow!("too many rules: at most {} rules can exist (live and new together)", MAX_RULE_IDS)));
         }
+        while taken[at as usize] {
+            at = (at + 1) % MAX_RULE_IDS;
+        }
+        taken[at as usize] = true;
+        free -= 1;
+        rule.id = at;
+        out.push((at, rule.counters));
     }
-    rs.next_rule_id = next;
+    *next = at;
     Ok(out)
 }
 
