@@ -150,19 +150,32 @@ struct Ruleset {
     input_policy: &'static str,
     output_policy: &'static str,
     rules: Vec<(String, String)>,
+    /// FORWARD starts with this many rules no packet matches: big enough a hook for rules
+    /// appended with `-A` to go in place (after the classifier's rules, see README).
+    padding: u32,
+    /// The last this many FORWARD rules are added with `iptables -A` after the restore.
+    appended: usize,
 }
 
 impl Ruleset {
-    fn restore_input(&self) -> String {
+    /// The restore input, and the FORWARD rules held back for `-A`.
+    fn restore_input(&self) -> (String, Vec<&str>) {
         let mut s = format!(
             "*filter\n:INPUT {} [0:0]\n:FORWARD {} [0:0]\n:OUTPUT {} [0:0]\n:u1 - [0:0]\n:u2 - [0:0]\n",
             self.input_policy, self.policy, self.output_policy
         );
-        for (c, spec) in &self.rules {
-            let _ = writeln!(s, "-A {c} {spec}");
+        for i in 0..self.padding {
+            let _ = writeln!(s, "-A FORWARD -s 100.64.{}.{}/32 -p udp -m udp --dport {} -j DROP", i >> 8, i & 255, 1 + i);
+        }
+        let forward: Vec<usize> = (0..self.rules.len()).filter(|&i| self.rules[i].0 == "FORWARD").collect();
+        let held: Vec<usize> = forward[forward.len() - self.appended.min(forward.len())..].to_vec();
+        for (i, (c, spec)) in self.rules.iter().enumerate() {
+            if !held.contains(&i) {
+                let _ = writeln!(s, "-A {c} {spec}");
+            }
         }
         s.push_str("COMMIT\n");
-        s
+        (s, held.iter().map(|&i| self.rules[i].1.as_str()).collect())
     }
 }
 
@@ -192,11 +205,16 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
             }
         }
     }
+    // One ruleset in four ends its FORWARD chain with rules appended in place.
+    let per = bpf_iptables::datapath::skel::types::bpfipt_const::BPFIPT_IMG_TAIL_PER.0;
+    let (padding, appended) = if r.pct(25) { (2 * per, 2) } else { (0, 0) };
     Ruleset {
         policy: r.pick(&["ACCEPT", "DROP"]),
         input_policy: r.pick(&["ACCEPT", "DROP"]),
         output_policy: r.pick(&["ACCEPT", "ACCEPT", "DROP"]),
         rules,
+        padding,
+        appended,
     }
 }
 
@@ -653,14 +671,22 @@ impl Twin {
 
     fn load(&self, rs: &Ruleset, dir: &ScratchDir) -> Result<(), String> {
         let file = dir.path().join(format!("rules-{}", self.tools.label()));
-        fs::write(&file, rs.restore_input()).expect("write rules");
+        let (input, held) = rs.restore_input();
+        fs::write(&file, input).expect("write rules");
         let restore = self.tools.bin("iptables-restore");
         let o = self.t.exec(&self.t.f, &[restore.to_str().expect("path"), file.to_str().expect("path")]);
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        if !o.status.success() {
+            return Err(String::from_utf8_lossy(&o.stderr).into_owned());
         }
+        let iptables = self.tools.bin("iptables");
+        for spec in held {
+            let cmd = format!("{} -A FORWARD {spec}", iptables.to_str().expect("path"));
+            let o = self.t.exec(&self.t.f, &["sh", "-c", &cmd]);
+            if !o.status.success() {
+                return Err(format!("-A FORWARD {spec}: {}", String::from_utf8_lossy(&o.stderr)));
+            }
+        }
+        Ok(())
     }
 
     /// Sends the packets (IP ids 0..), returns their outcomes and the counters.
@@ -804,11 +830,13 @@ fn random_rulesets_give_netfilters_verdicts_and_counters() {
             let (small, why) = shrink(&ours, &legacy, rs, &packets, &dir);
             let rules: Vec<String> = small.rules.iter().map(|(c, s)| format!("  iptables -A {c} {s}")).collect();
             failures.push(format!(
-                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}\n{}\n  {why}",
+                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}, FORWARD padded with {} rules, its last {} added with -A\n{}\n  {why}",
                 if stateful { "stateful" } else { "stateless" },
                 small.input_policy,
                 small.policy,
                 small.output_policy,
+                small.padding,
+                small.appended,
                 rules.join("\n")
             ));
         }
