@@ -59,7 +59,7 @@
  *   appended rules         the compiled rules n_lbvs..n_rules of a hook are not in its vectors:
  *                          `-A` to a built-in chain appends them in place (their field
  *                          matches as FIELD_IN checks), and the programs walk them in order
- *                          once LBVS finds no candidate (see `compile::tail`)
+ *                          once LBVS finds no candidate (see `compile::compile_tail`)
  *   check                  IMG_CHECK_SLOTS slots: [0] kind | invert << 8 | field << 16 |
  *                          op << 24 | a << 32  [1] b  [2] c
  *   log target             IMG_LOG_SLOTS slots: [0] level | flags << 8, [1..] prefix (NUL

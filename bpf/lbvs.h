@@ -7,7 +7,9 @@
  *   3. walk the pivot's word indices >= pos/64 in increasing order, AND over fields of
  *      (V_f[w] | W_f[w]), lowest bit >= pos is the candidate;
  *   4. residual checks, then the action (terminal verdict, or continue at pos);
- *   5. nothing left: the hook's policy.
+ *   5. no candidate among the LBVS rules: the appended ones (n_lbvs..n_rules), in order from
+ *      pos, as 4;
+ *   6. nothing left: the hook's policy.
  * One bpf_loop iteration is one step of 3/4, so a hook of BPFIPT_MAX_RULES rules verifies
  * whatever its size. Each field keeps two cursors (into V_f and W_f) that only move forward,
  * because the words visited only increase; a cursor that lags seeks forward by binary search.

@@ -23,7 +23,10 @@
 //!      `Accept`/`Drop`/`Reject` end the search with that verdict; `Log`, `Mark` (the mark
 //!      becomes `(mark & !mask) ^ value`, seen by later `Mark` checks), `Continue` and
 //!      `Enter` set `pos = r + 1`; `SkipTo(to)` sets `pos = to`. Back to 3.
-//! 5. No candidate left at or after `pos`: the hook's policy.
+//! 5. No candidate left among the vectors' rules (the first `t.lbvs_rules`): the appended
+//!    rules after them are candidates in order, from `pos` on (from the first of them if
+//!    `pos` is below it), each as in 4 (their field matches are checks).
+//! 6. No candidate left at or after `pos`: the hook's policy.
 //!
 //! Every taken rule has a larger index than the previous one, so the search ends after at most
 //! `actions.len()` steps.

@@ -294,7 +294,7 @@ impl Flattener<'_, '_> {
         Ok(())
     }
 
-    /// Emits `chain`'s rules under the conditions `outer`, as block `block` (whose end is
+    /// Emits a chain's `rules` under the conditions `outer`, as block `block` (whose end is
     /// where RETURN goes, and where the end of a chain it goes to with `-g` returns).
     fn emit(&mut self, rules: &[Rule], outer: &Cond, block: usize) -> Result<()> {
         // Rules after one that always ends the chain are unreachable (and `check_loops` did not
