@@ -22,7 +22,7 @@ use crate::output::save;
 use crate::parse::cmdline::{self, Parsed};
 use crate::parse::options::{self, OptDef, Value};
 use crate::parse::{Command, Invocation, TargetSpec};
-use crate::store::{self, LockWait, Store};
+use crate::store::{self, LockWait, Outline, Store};
 
 /// Which program we are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,11 +227,13 @@ fn run(inv: &Invocation) -> Result<()> {
             e
         }
     })?;
-    if let Some(fx) = append_to_builtin(&mut store, kind, inv)? {
+    // Loaded once: `-A` to a built-in chain may need no more than this outline.
+    let mut outline = store.load_outline()?;
+    if let Some(fx) = append_to_builtin(&mut store, &mut outline, kind, inv)? {
         print(&fx.stdout);
         return Ok(());
     }
-    let mut rs = store.load()?;
+    let mut rs = outline.decode()?;
     if matches!(inv.command, Command::List { .. }) {
         store.load_counters(&mut rs)?;
     }
@@ -241,8 +243,7 @@ fn run(inv: &Invocation) -> Result<()> {
         exec::validate(rs.table_mut(kind))?;
         drop_unenforced(&mut rs)?;
         let appended = fx.appended.as_ref().filter(|_| kind == TableKind::Filter).and_then(|(chain, count)| {
-            let hook = Hook::ALL.into_iter().find(|h| h.chain_name() == chain)?;
-            Some(store::Appended { hook, count: *count })
+            Some(store::Appended { hook: Hook::of_chain(chain)?, count: *count })
         });
         store.commit(&mut rs, appended)?;
     }
@@ -254,14 +255,13 @@ fn run(inv: &Invocation) -> Result<()> {
 /// `-A` to a built-in filter chain of rules that do not jump, the common firewall-script
 /// edit: applied to the stored chains without their rules (all that resolving and appending
 /// looks at) and appended to the stored ruleset without decoding it (`Store::commit_append`).
-/// `None`: the general path applies.
-fn append_to_builtin(store: &mut Store, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+/// `None`, `outline` untouched: the general path applies.
+fn append_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     let Command::Append { chain, rule } = &inv.command else { return Ok(None) };
-    let Some(hook) = Hook::ALL.into_iter().find(|h| h.chain_name() == chain) else { return Ok(None) };
+    let Some(hook) = Hook::of_chain(chain) else { return Ok(None) };
     if kind != TableKind::Filter {
         return Ok(None);
     }
-    let outline = store.load_outline()?;
     let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
     // A jump needs the loop check on decoded rules; a user chain named like an extension
     // target (REJECT, LOG, MARK) is a jump too.
@@ -271,7 +271,7 @@ fn append_to_builtin(store: &mut Store, kind: TableKind, inv: &Invocation) -> Re
     }
     let fx = exec::apply(&mut table, inv)?;
     let Some(c) = table.chain_mut(chain) else { return Ok(None) };
-    store.commit_append(outline, hook, std::mem::take(&mut c.rules))?;
+    store.commit_append(std::mem::take(outline), hook, std::mem::take(&mut c.rules))?;
     Ok(Some(fx))
 }
 

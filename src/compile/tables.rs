@@ -31,6 +31,11 @@ pub enum Hook {
 impl Hook {
     pub const ALL: [Hook; 3] = [Hook::Input, Hook::Forward, Hook::Output];
 
+    /// The hook of built-in chain `name`.
+    pub fn of_chain(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.chain_name() == name)
+    }
+
     pub fn chain_name(self) -> &'static str {
         match self {
             Hook::Input => "INPUT",

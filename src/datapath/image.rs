@@ -90,7 +90,8 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     let states = img.len();
     img.resize(states + c.n_states as usize, 0);
     img[k(bpfipt_const::BPFIPT_IMG_SLOT_STATES)] = pack(states as u32, c.n_states);
-    img[SLOT_FLAGS] = c.hooks.iter().map(|h| flags_for(&h.actions, h.fields.iter().any(|f| f.field == Field::CtState))).fold(0, |a, b| a | b);
+    let ct_field = |h: &HookTable| h.fields.iter().any(|f| f.field == Field::CtState);
+    img[SLOT_FLAGS] = c.hooks.iter().fold(0, |flags, h| flags | flags_for(&h.actions, ct_field(h)));
 
     for (h, base) in c.hooks.iter().zip(&bases) {
         let hook = h.hook as usize;

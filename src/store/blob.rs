@@ -4,13 +4,14 @@
 //! and appends the new rules' encoding to one block, never decoding or re-encoding the rules
 //! already stored; everything else decodes the whole model.
 
+use anyhow::Context;
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::model::{Chain, Counters, Policy, Rule, Ruleset, Table, TableKind};
 
 /// The stored ruleset with every chain's rules still encoded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Outline {
     tables: Vec<StoredTable>,
     next_rule_id: u32,
@@ -110,12 +111,14 @@ impl Outline {
         Ok(Outline { tables, next_rule_id: rs.next_rule_id })
     }
 
-    pub fn decode(&self) -> bincode::Result<Ruleset> {
+    /// The whole model, every chain's rules decoded.
+    pub fn decode(&self) -> crate::error::Result<Ruleset> {
         let mut tables = Vec::with_capacity(self.tables.len());
         for t in &self.tables {
             let mut chains = Vec::with_capacity(t.chains.len());
             for c in &t.chains {
-                chains.push(Chain { name: c.name.clone(), policy: c.policy, counters: c.counters, rules: c.rules.decode()? });
+                let rules = c.rules.decode().context("decoding the stored rules")?;
+                chains.push(Chain { name: c.name.clone(), policy: c.policy, counters: c.counters, rules });
             }
             tables.push(Table { kind: t.kind, chains });
         }

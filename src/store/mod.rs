@@ -57,7 +57,8 @@ impl Store {
 
     /// Appends `rules` (new, without jumps) to the end of `hook`'s built-in filter chain of
     /// `outline` (just loaded) and makes that the live ruleset, as `commit` would, without
-    /// decoding or re-encoding the rules already stored.
+    /// decoding or re-encoding the rules already stored. (`Outline::decode` gives the model
+    /// when this does not apply.)
     pub fn commit_append(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>) -> Result<()> {
         self.pins.commit_append(outline, hook, rules)
     }

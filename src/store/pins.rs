@@ -129,7 +129,7 @@ impl Pins {
     }
 
     pub fn load_ruleset(&mut self) -> Result<Ruleset> {
-        Ok(self.load_outline()?.decode().context("decoding the stored rules")?)
+        self.load_outline()?.decode()
     }
 
     pub fn load_counters(&self, rs: &mut Ruleset) -> Result<()> {
@@ -163,22 +163,27 @@ impl Pins {
         self.init_counters(&new_rules)?;
         let outline = Outline::encode(rs).context("encoding the ruleset")?;
         let written = self.write_blob(&outline)?;
-        // Patching needs the datapath to enforce the loaded ruleset, which is not so for one
-        // that passes everything (the programs are detached then).
+        let pass_all = rs.is_pass_all();
         let filter = rs.table(TableKind::Filter);
-        let tail = appended.filter(|_| self.live_pass_all == Some(false)).zip(filter).and_then(|(a, table)| {
+        let tail = appended.filter(|_| self.patchable()).zip(filter).and_then(|(a, table)| {
             let rules = &table.chain(a.hook.chain_name())?.rules;
             let first = rules.len().checked_sub(a.count)?;
             Some(super::Tail { hook: a.hook, table, rules: &rules[first..], reached: !rules[..first].iter().any(Rule::ends_walk) })
         });
         let patched = match tail {
-            Some(t) => super::enforce_tail(&self.dir, &t, rs.is_pass_all())?,
+            Some(t) => super::enforce_tail(&self.dir, &t, pass_all)?,
             None => false,
         };
         if !patched {
             super::enforce(&self.dir, rs)?;
         }
-        self.flip(written, rs.is_pass_all(), rule_ids(rs))
+        self.flip(written, pass_all, rule_ids(rs))
+    }
+
+    /// Whether the datapath enforces the loaded ruleset, so that appended rules can be patched
+    /// into it: not so for one that passes everything (the programs are detached then).
+    fn patchable(&self) -> bool {
+        self.live_pass_all == Some(false)
     }
 
     /// Appends `rules` (new: ids unassigned) to the end of `hook`'s built-in filter chain of
@@ -191,18 +196,17 @@ impl Pins {
         let new_rules = assign_ids(rules.iter_mut(), &live, &mut next)?;
         self.init_counters(&new_rules)?;
         outline.set_next_rule_id(next);
-        let rules = &rules;
         let reached = outline
-            .append(TableKind::Filter, hook.chain_name(), rules)
+            .append(TableKind::Filter, hook.chain_name(), &rules)
             .context("encoding the new rules")?
             .ok_or_else(|| anyhow!("the stored ruleset has no filter chain {}", hook.chain_name()))?;
         let written = self.write_blob(&outline)?;
         let pass_all = outline.is_pass_all();
         let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
-        let tail = super::Tail { hook, table: &table, rules, reached };
-        let patched = self.live_pass_all == Some(false) && super::enforce_tail(&self.dir, &tail, pass_all)?;
+        let tail = super::Tail { hook, table: &table, rules: &rules, reached };
+        let patched = self.patchable() && super::enforce_tail(&self.dir, &tail, pass_all)?;
         if !patched {
-            super::enforce(&self.dir, &outline.decode().context("decoding the stored rules")?)?;
+            super::enforce(&self.dir, &outline.decode()?)?;
         }
         self.flip(written, pass_all, outline.rule_ids())
     }
