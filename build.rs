@@ -15,7 +15,7 @@ fn main() {
     SkeletonBuilder::new()
         .source(SRC)
         .obj(&obj)
-        .clang_args(["-I", "bpf", "-Wall", "-Wno-unused-function"])
+        .clang_args(["-I", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"])
         .build_and_generate(&out)
         .expect("building bpf/datapath.bpf.c (needs clang; see README)");
     let bytes = std::fs::read(&obj).expect("reading the built BPF object");
@@ -24,7 +24,7 @@ fn main() {
     // The conntrack test harness (tests/conntrack*.rs include its skeleton from OUT_DIR).
     SkeletonBuilder::new()
         .source("bpf/ct_test.bpf.c")
-        .clang_args(["-I", "bpf", "-Wall", "-Wno-unused-function"])
+        .clang_args(["-I", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"])
         .build_and_generate(out.with_file_name("ct_test.skel.rs"))
         .expect("building bpf/ct_test.bpf.c (needs clang; see README)");
     println!("cargo:rerun-if-changed=bpf");

@@ -3,7 +3,8 @@
 //! (the worst case of a linear search), next to a bare XDP_DROP program run the same way.
 //!
 //!   cargo bench --bench prog_test_run   (as root; BPFIPT_BENCH_N="0 100 ...",
-//!                                        BPFIPT_BENCH_VARIANTS="input deep established")
+//!                                        BPFIPT_BENCH_VARIANTS="input deep established",
+//!                                        BPFIPT_BENCH_REPEAT=200000 runs per repetition)
 //!
 //! Variants per N: `input` (a packet to this host, N rules with distinct source/destination
 //! /32s and ports before the match), `deep` (only the destination port differs), `appended`
@@ -26,7 +27,6 @@ use bpf_iptables::datapath;
 use bpf_iptables::model::*;
 use libbpf_rs::libbpf_sys;
 
-const REPEAT: u32 = 200_000;
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
 
@@ -201,12 +201,14 @@ fn main() {
         .map(String::from)
         .collect();
     let reps = 5;
+    // runs per repetition (more to profile the programs rather than their verification)
+    let repeat: u32 = std::env::var("BPFIPT_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let bare = bare_drop();
     let data = frame([198, 18, 1, 2], [198, 18, 1, 1], 40000, 22, 0x10, 101, 5001);
-    let base = median((0..reps).map(|_| test_run(bare, &data, d0, REPEAT).1).collect());
+    let base = median((0..reps).map(|_| test_run(bare, &data, d0, repeat).1).collect());
     // In this mode a program run does no packet I/O, so the bare program's cost is only the
     // test-run loop's: what the table shows is what our program adds to a packet's path.
-    println!("BPF_PROG_TEST_RUN, {REPEAT} runs x {reps} repetitions, median ns/packet (bare XDP_DROP: {base} ns)\n");
+    println!("BPF_PROG_TEST_RUN, {repeat} runs x {reps} repetitions, median ns/packet (bare XDP_DROP: {base} ns)\n");
     println!("| variant | N | ns/packet | self-check |\n|---|---:|---:|---|");
     for &n in &sizes {
         for variant in variants.iter().map(String::as_str) {
@@ -255,12 +257,12 @@ fn main() {
                 }
             }
             let before = counter(&pins.0, last);
-            let ns = median((0..reps).map(|_| test_run(fd, &data, d0, REPEAT)).map(|(rv, ns)| {
+            let ns = median((0..reps).map(|_| test_run(fd, &data, d0, repeat)).map(|(rv, ns)| {
                 assert_eq!(rv, XDP_PASS, "{variant} N={n}: verdict");
                 ns
             }).collect());
             let counted = counter(&pins.0, last) - before;
-            let check = if counted == (REPEAT as u64) * reps as u64 { "ok".to_string() } else { format!("FAIL: rule counted {counted}") };
+            let check = if counted == (repeat as u64) * reps as u64 { "ok".to_string() } else { format!("FAIL: rule counted {counted}") };
             println!("| {variant} | {n} | {ns} | {check} |");
             // SAFETY: closing our fd.
             unsafe { libc::close(fd) };

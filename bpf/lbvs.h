@@ -719,15 +719,18 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 
 	if (c->n_rules > BPFIPT_MAX_RULES)
 		c->n_rules = BPFIPT_MAX_RULES;
-	/* The leading rules on conntrack state alone (see "lead" in bpf_iptables.h). */
+	/* The leading rules on conntrack state alone (see "lead" in bpf_iptables.h). One loop
+	 * context serves both loops: the stack of this call chain is at its limit. */
 	__u64 h3 = slot(img, h + 3);
+	struct lctx x = { .img = img, .c = c, .a = (__u32)h3, .b = h3 >> 32 };
 	if (h3 >> 32) {
-		struct lctx y = { .img = img, .c = c, .a = (__u32)h3, .b = h3 >> 32 };
-		bpf_loop(BPFIPT_IMG_MAX_LEAD, lead_step, &y, 0);
+		bpf_loop(BPFIPT_IMG_MAX_LEAD, lead_step, &x, 0);
 		if (c->verdict != NONE32)
 			return c->verdict;
 	}
-	struct lctx x = { .img = img, .c = c, .a = fields, .b = vectab, .w = NONE32 };
+	x.a = fields;
+	x.b = vectab;
+	x.w = NONE32;
 	if (nf)
 		bpf_loop(nf < MAXF ? nf : MAXF, setup_field, &x, 0);
 	if (c->n_rules) {
