@@ -78,7 +78,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 5,
+	BPFIPT_LAYOUT_VERSION = 6,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -137,6 +137,10 @@ enum bpfipt_const {
 	BPFIPT_LOG_DATA = 192,
 	BPFIPT_LOG_RINGBUF = 1 << 20,
 	BPFIPT_MAX_IFACES = 4096,
+	/* struct bpfipt_local_fast: 2^BITS slots, Fibonacci hashing */
+	BPFIPT_LOCAL_FAST_BITS = 10,
+	BPFIPT_LOCAL_FAST_MULT = 0x9e3779b1,
+	BPFIPT_LOCAL_FAST_SHARED = 0xffffffff,
 	/* Reject code for a TCP reset (ICMP codes are 0..15). */
 	BPFIPT_REJECT_TCP_RESET = 255,
 	/* skb->mark of a REJECT reply to a packet this host sent, judged already: our egress
@@ -440,6 +444,16 @@ struct bpfipt_local_addr {
 	__u32 ifindex;  /* the interface the address belongs to */
 	__u32 rtn_type; /* RTN_LOCAL (an address of this host) or RTN_BROADCAST (a subnet's) */
 };
+
+/* `bpfipt_local_fast`, kept by userspace with `bpfipt_local`: a direct-mapped table in front of
+ * it for the question every arriving packet asks (is its destination local?), a load instead
+ * of a hash lookup. Slot LOCAL_FAST_HASH(a) of address a (host order) holds a when a is the
+ * only address of `bpfipt_local` hashing there, 0 when none does, and LOCAL_FAST_SHARED when
+ * several do (or while userspace rewrites the slot): then `bpfipt_local` answers. */
+struct bpfipt_local_fast {
+	__u32 slot[1 << BPFIPT_LOCAL_FAST_BITS];
+};
+#define BPFIPT_LOCAL_FAST_HASH(a) ((__u32)((a) * (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_LOCAL_FAST_BITS))
 
 /* `bpfipt_ifaces`, keyed by ifindex, kept by userspace: what the programs need to know about
  * an interface of this namespace. */

@@ -65,6 +65,7 @@ struct bpfipt_log_event _bpfipt_log_event_type = {};
 struct bpfipt_stats _bpfipt_stats_type = {};
 struct bpfipt_active _bpfipt_active_type = {};
 struct bpfipt_local_addr _bpfipt_local_addr_type = {};
+struct bpfipt_local_fast _bpfipt_local_fast_type = {};
 enum bpfipt_const _bpfipt_const_type = BPFIPT_LAYOUT_VERSION;
 enum bpfipt_hook _bpfipt_hook_type = BPFIPT_HOOK_INPUT;
 enum bpfipt_field _bpfipt_field_type = BPFIPT_F_SRC;
@@ -197,8 +198,16 @@ static __always_inline void ct_update_cls(struct cls *c, int accepted)
 /* Whether `a` (host order) is an address of this host. */
 static __always_inline int is_local(__u32 a)
 {
-	__u32 key = bpf_htonl(a);
-	return (a >> 24) == 127 || bpf_map_lookup_elem(&bpfipt_local, &key) != NULL;
+	__u32 zero = 0, key = bpf_htonl(a);
+	if ((a >> 24) == 127)
+		return 1;
+	struct bpfipt_local_fast *f = bpf_map_lookup_elem(&bpfipt_local_fast, &zero);
+	if (f) {
+		__u32 s = f->slot[BPFIPT_LOCAL_FAST_HASH(a) & ((1 << BPFIPT_LOCAL_FAST_BITS) - 1)];
+		if (s != BPFIPT_LOCAL_FAST_SHARED)
+			return s == a && a;
+	}
+	return bpf_map_lookup_elem(&bpfipt_local, &key) != NULL;
 }
 
 /* The hook an arriving packet goes through, or -1 when netfilter would not filter it. */

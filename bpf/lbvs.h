@@ -83,6 +83,13 @@ struct {
 	__type(value, struct bpfipt_local_addr);
 } bpfipt_local SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfipt_local_fast);
+} bpfipt_local_fast SEC(".maps");
+
 /* The image template; real images are created by userspace at the ruleset's size. */
 struct bpfipt_image {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -39,7 +39,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::compile::tables::{Action, ActionKind, Compiled, Hook};
-use skel::types::{bpfipt_iface, bpfipt_local_addr};
+use skel::types::{bpfipt_iface, bpfipt_local_addr, bpfipt_local_fast};
 use skel::DatapathSkelBuilder;
 
 /// Environment switch for the ingress program: `tc` attaches TC ingress everywhere, `xdp`
@@ -624,11 +624,47 @@ fn netdev_maps_for(devs: &[netdev::Netdev]) -> (MapContent, MapContent) {
     )
 }
 
-/// Makes `bpfipt_ifaces` and `bpfipt_local` describe `devs`.
+const LOCAL_FAST_BITS: u32 = skel::types::bpfipt_const::BPFIPT_LOCAL_FAST_BITS.0;
+const LOCAL_FAST_MULT: u32 = skel::types::bpfipt_const::BPFIPT_LOCAL_FAST_MULT.0;
+const LOCAL_FAST_SHARED: u32 = skel::types::bpfipt_const::BPFIPT_LOCAL_FAST_SHARED.0;
+
+/// `bpfipt_local_fast` for the keys of `bpfipt_local` (see bpf_iptables.h).
+fn local_fast_for(local: &MapContent) -> bpfipt_local_fast {
+    let mut t = bpfipt_local_fast::default();
+    for k in local.keys() {
+        let a = u32::from_be_bytes(k[0..4].try_into().expect("IPv4 key"));
+        let s = &mut t.slot[(a.wrapping_mul(LOCAL_FAST_MULT) >> (32 - LOCAL_FAST_BITS)) as usize];
+        *s = if *s == 0 { a } else { LOCAL_FAST_SHARED };
+    }
+    t
+}
+
+fn read_local_fast(map: &MapHandle) -> Result<bpfipt_local_fast> {
+    let v = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY)?.ok_or_else(|| anyhow!("bpfipt_local_fast is empty"))?;
+    let mut t = bpfipt_local_fast::default();
+    for (s, c) in t.slot.iter_mut().zip(v.chunks_exact(4)) {
+        *s = u32::from_ne_bytes(c.try_into().expect("4 bytes"));
+    }
+    Ok(t)
+}
+
+/// Makes `bpfipt_ifaces`, `bpfipt_local` and `bpfipt_local_fast` describe `devs`. The slots
+/// of the fast table that change read "shared" while `bpfipt_local` changes, so a packet
+/// meanwhile asks the hash map, as it would without the table.
 fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
     let (want_if, want_local) = netdev_maps_for(devs);
     sync_map(&open_map(pin_dir, "bpfipt_ifaces")?, &want_if).context("updating bpfipt_ifaces")?;
+    let fast = open_map(pin_dir, "bpfipt_local_fast")?;
+    let want_fast = local_fast_for(&want_local);
+    let mut during = read_local_fast(&fast)?;
+    for (d, w) in during.slot.iter_mut().zip(want_fast.slot) {
+        if *d != w {
+            *d = LOCAL_FAST_SHARED;
+        }
+    }
+    fast.update(&0u32.to_ne_bytes(), pod_bytes(&during), MapFlags::ANY).context("updating bpfipt_local_fast")?;
     sync_map(&open_map(pin_dir, "bpfipt_local")?, &want_local).context("updating bpfipt_local")?;
+    fast.update(&0u32.to_ne_bytes(), pod_bytes(&want_fast), MapFlags::ANY).context("updating bpfipt_local_fast")?;
     Ok(())
 }
 
@@ -636,7 +672,7 @@ fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
 /// with them) still describe `devs`.
 fn netdev_maps_current(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<bool> {
     let (want_if, want_local) = netdev_maps_for(devs);
-    for (name, want) in [("bpfipt_ifaces", want_if), ("bpfipt_local", want_local)] {
+    for (name, want) in [("bpfipt_ifaces", &want_if), ("bpfipt_local", &want_local)] {
         let map = open_map(pin_dir, name)?;
         let mut have = MapContent::new();
         for k in map.keys() {
@@ -644,11 +680,11 @@ fn netdev_maps_current(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<bool> 
                 have.insert(k, v);
             }
         }
-        if have != want {
+        if have != *want {
             return Ok(false);
         }
     }
-    Ok(true)
+    Ok(read_local_fast(&open_map(pin_dir, "bpfipt_local_fast")?)?.slot == local_fast_for(&want_local).slot)
 }
 
 /// Sets a hash map to exactly `want`: stale keys deleted, the rest written.

@@ -803,3 +803,36 @@ fn tcp_option_rules_read_the_options() {
     assert_eq!(env.rule(0).packets, 4);
     assert_eq!(env.rule(1).packets, 1);
 }
+
+#[test]
+fn local_destinations_through_the_fast_table() {
+    let Some(env) = Env::new("localfast") else { return };
+    let slot = |a: u32| (a.wrapping_mul(LOCAL_FAST_MULT) >> (32 - LOCAL_FAST_BITS)) as usize;
+    // z: routed out of d1; x and w: made local, both in z's slot of the table (so it reads
+    // "shared" and the hash map decides).
+    let z = ip("198.18.2.77");
+    let mut same = (ip("198.18.0.0")..ip("198.18.255.255")).filter(|&a| slot(a) == slot(z) && a >> 8 != z >> 8 && a >> 8 != ip("198.18.1.0") >> 8);
+    let (x, w) = (same.next().expect("a colliding address"), same.next().expect("another"));
+    let dotted = |a: u32| std::net::Ipv4Addr::from(a).to_string();
+    for a in [x, w] {
+        sh(&["ip", "addr", "add", &format!("{}/32", dotted(a)), "dev", "d1"]);
+    }
+    env.apply(&ruleset(&[("INPUT", Policy::Drop)], vec![])).expect("apply");
+    let t = read_local_fast(&open_map(&env.dir, "bpfipt_local_fast").expect("map")).expect("table");
+    assert_eq!(t.slot[slot(z)], LOCAL_FAST_SHARED);
+    assert_eq!(t.slot[slot(ip("198.18.1.1"))], ip("198.18.1.1"));
+    let to = |d: u32| frame("198.18.1.7", &dotted(d), 17, &udp(1, 2, b""));
+    assert_eq!(env.xdp(&to(x), env.d0).0, XDP_DROP, "local (shared slot): INPUT");
+    assert_eq!(env.xdp(&to(w), env.d0).0, XDP_DROP, "local (shared slot): INPUT");
+    assert_eq!(env.xdp(&to(ip("198.18.1.1")), env.d0).0, XDP_DROP, "local (own slot): INPUT");
+    assert_eq!(env.xdp(&to(z), env.d0).0, XDP_PASS, "not local (shared slot): FORWARD");
+    assert_eq!(env.xdp(&to(ip("198.18.2.78")), env.d0).0, XDP_PASS, "not local: FORWARD");
+    assert_eq!(env.policy(Hook::Input).packets, 3);
+    // An address removed: its slot no longer says local.
+    sh(&["ip", "addr", "del", &format!("{}/32", dotted(x)), "dev", "d1"]);
+    env.apply(&ruleset(&[("INPUT", Policy::Drop)], vec![])).expect("apply");
+    let t = read_local_fast(&open_map(&env.dir, "bpfipt_local_fast").expect("map")).expect("table");
+    assert_eq!(t.slot[slot(z)], w);
+    assert_eq!(env.xdp(&to(w), env.d0).0, XDP_DROP, "local (own slot): INPUT");
+    assert_eq!(env.xdp(&to(z), env.d0).0, XDP_PASS, "not local: FORWARD");
+}
