@@ -10,7 +10,8 @@
 # we time, as whole processes (median of REPS runs, in ms):
 #   restore  replacing the whole ruleset from a file (iptables-restore / nft -f)
 #   append   one -A with N rules present (nft: add rule)
-#   delete   deleting that rule again by spec (nft: delete rule by handle)
+#   insert   one -I at the head with N rules present (nft: insert rule)
+#   delete   deleting the appended rule again by spec (nft: delete rule by handle)
 #   save     iptables-save (nft list ruleset)
 #   list     -L -n (nft list table)
 # and for bpf-iptables the bytes of its BPF maps (bpftool's memlock: the pinned maps and the
@@ -87,8 +88,8 @@ check_count() { # impl expected-rules
 }
 
 rule='-A INPUT -s 203.0.113.7/32 -p tcp -m tcp --dport 4242 -j DROP'
-printf '| impl | N | restore ms | append ms | delete ms | save ms | list ms | map bytes |\n'
-printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| impl | N | restore ms | append ms | insert ms | delete ms | save ms | list ms | map bytes |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in "${sizes[@]}"; do
   gen_rules "$n" > "$work/rules.$n"
   gen_nft "$n" > "$work/rules.$n.nft"
@@ -107,6 +108,8 @@ for n in "${sizes[@]}"; do
       check_count nft nft $((n + 1))
       a=$(median_pair_ms "nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop" \
         "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}")
+      i=$(median_pair_ms "nft insert rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop" \
+        "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}")
       d=$(median_pair_ms "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}" \
         "nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop")
       s=$(median_ms nft list ruleset)
@@ -115,6 +118,7 @@ for n in "${sizes[@]}"; do
       r=$(median_ms sh -c "$restore < $work/rules.$n")
       check_count "$impl" "$ipt" $((n + 1))
       a=$(median_pair_ms "$ipt $rule" "$ipt ${rule/-A/-D}")
+      i=$(median_pair_ms "$ipt ${rule/-A INPUT/-I INPUT 1}" "$ipt -D INPUT 1")
       ip netns exec "$ns" $ipt $rule
       d=$(median_pair_ms "$ipt ${rule/-A/-D}" "$ipt $rule")
       ip netns exec "$ns" $ipt ${rule/-A/-D}
@@ -132,6 +136,6 @@ for n in "${sizes[@]}"; do
         fi
       fi
     fi
-    printf '| %s | %d | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$d" "$s" "$l" "$mem"
+    printf '| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$i" "$d" "$s" "$l" "$mem"
   done
 done

@@ -17,7 +17,7 @@ use std::io::Write;
 
 use crate::compile::tables::Hook;
 use crate::error::{param, Error, Result, VARIANT, VERSION};
-use crate::model::{Policy, Ruleset, Table, TableKind};
+use crate::model::{Policy, Rule, Ruleset, Table, TableKind};
 use crate::output::save;
 use crate::parse::cmdline::{self, Parsed};
 use crate::parse::options::{self, OptDef, Value};
@@ -233,6 +233,10 @@ fn run(inv: &Invocation) -> Result<()> {
         print(&fx.stdout);
         return Ok(());
     }
+    if let Some(fx) = delete_from_builtin(&mut store, &mut outline, kind, inv)? {
+        print(&fx.stdout);
+        return Ok(());
+    }
     let mut rs = outline.decode()?;
     if matches!(inv.command, Command::List { .. }) {
         store.load_counters(&mut rs)?;
@@ -272,6 +276,31 @@ fn append_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, 
     let fx = exec::apply(&mut table, inv)?;
     let Some(c) = table.chain_mut(chain) else { return Ok(None) };
     store.commit_append(std::mem::take(outline), hook, std::mem::take(&mut c.rules))?;
+    Ok(Some(fx))
+}
+
+/// `-D` in a built-in filter chain, the other common edit (Docker, fail2ban): applied to that
+/// chain alone, decoded with the other chains' names (all that resolving a rule spec looks
+/// at), stored by encoding that chain alone, and deleted from the datapath's image in place
+/// when it can be (`Store::commit_delete`). `None`, `outline` untouched: the general path
+/// applies.
+fn delete_from_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+    let (Command::Delete { chain, .. } | Command::DeleteNum { chain, .. }) = &inv.command else { return Ok(None) };
+    let Some(hook) = Hook::of_chain(chain) else { return Ok(None) };
+    if kind != TableKind::Filter {
+        return Ok(None);
+    }
+    let (Some(mut table), Some(before)) = (outline.chains_of(TableKind::Filter), outline.rules_of(TableKind::Filter, chain)) else {
+        return Ok(None);
+    };
+    let before = before?;
+    let Some(c) = table.chain_mut(chain) else { return Ok(None) };
+    c.rules = before.clone();
+    let fx = exec::apply(&mut table, inv)?;
+    let Some(c) = table.chain_mut(chain) else { return Ok(None) };
+    let kept: std::collections::HashSet<u32> = c.rules.iter().map(|r| r.id).collect();
+    let deleted: Vec<Rule> = before.into_iter().filter(|r| !kept.contains(&r.id)).collect();
+    store.commit_delete(std::mem::take(outline), hook, &c.rules, &deleted)?;
     Ok(Some(fx))
 }
 

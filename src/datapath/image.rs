@@ -223,16 +223,16 @@ pub fn hook_rules(img: &[u64], hook: Hook) -> Result<u32> {
     Ok(img[HOOK0 + hook as usize * HOOK_SLOTS] as u32)
 }
 
-/// An image with compiled rules appended: the old image's first `keep` slots, then `extra`,
-/// with the slots `writes` changed.
+/// An image derived from an installed one (rules appended or deleted in place): the old
+/// image's first `keep` slots, then `extra`, with the slots `writes` changed.
 #[derive(Debug)]
-pub struct Appended {
+pub struct Patch {
     pub keep: usize,
     pub extra: Vec<u64>,
     pub writes: Vec<(usize, u64)>,
 }
 
-impl Appended {
+impl Patch {
     pub fn len(&self) -> usize {
         self.keep + self.extra.len()
     }
@@ -250,7 +250,7 @@ impl Appended {
 /// Appends compiled rules (`compile::compile_tail`) to `hook` of image `img` (as built by
 /// `build`, possibly appended to before), in the room `build` left after the hook's actions.
 /// `None` when they do not fit: a full rebuild is needed.
-pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Appended>> {
+pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Patch>> {
     let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
@@ -272,7 +272,34 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Appende
     writes.push((SLOT_FLAGS, flags));
     writes.push((hs, (n + tail.len()) as u64 | img[hs] >> 32 << 32));
     writes.push((SLOT_LEN, (used + extra.len()) as u64));
-    Ok(Some(Appended { keep: used, extra, writes }))
+    Ok(Some(Patch { keep: used, extra, writes }))
+}
+
+/// Turns the compiled rules of `hook` that came from rules `ids` into no-ops that count
+/// nothing (`-D`): every rule after them is compiled already, unless a deleted rule jumped to
+/// a chain (its inlined body would stay) or always ended its chain's walk (what follows it is
+/// not compiled), which the caller rules out. `None` when a compiled rule of `ids` enters an
+/// inlined chain: a full rebuild is needed.
+pub fn delete(img: &[u64], hook: Hook, ids: &[u32]) -> Result<Option<Patch>> {
+    let n = hook_rules(img, hook)? as usize;
+    let used = img[SLOT_LEN] as usize;
+    let actions = img[HOOK0 + hook as usize * HOOK_SLOTS + 1] as u32 as usize;
+    if used > img.len() || actions + n * ACTION_SLOTS > used {
+        return Ok(None);
+    }
+    let mut writes = Vec::new();
+    for a in (0..n).map(|r| actions + r * ACTION_SLOTS) {
+        if !ids.contains(&((img[a] >> 32) as u32)) {
+            continue;
+        }
+        if img[a] as u32 == bpfipt_action::BPFIPT_A_ENTER.0 {
+            return Ok(None);
+        }
+        writes.push((a, pack(bpfipt_action::BPFIPT_A_CONTINUE.0, NO_RULE)));
+        writes.push((a + 1, 0));
+        writes.push((a + 2, 0)); // no checks: nothing to evaluate, no limit or nth state to spend
+    }
+    Ok(Some(Patch { keep: used, extra: Vec::new(), writes }))
 }
 
 /// The leading compiled rules of a hook that constrain nothing but the conntrack state and

@@ -124,13 +124,44 @@ pub fn append_rules(
         return Ok(false);
     }
     let Some(new) = image::append(img.slots(), hook, &tail)? else { return Ok(false) };
-    let devs = netdev::list().context("listing the interfaces of this namespace")?;
-    let links = pinned_links(pin_dir);
-    if !devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) || !netdev_maps_current(pin_dir, &devs)? {
+    if !attached_and_current(pin_dir)? {
         return Ok(false);
     }
     install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;
     Ok(true)
+}
+
+/// Deletes the rules `ids` of `hook`'s built-in filter chain from the installed image (`-D`;
+/// see `image::delete` for which rules can be), by installing a copy where their compiled
+/// rules do nothing: as atomic as any install, without compiling. Ingress stays attached as
+/// it is (the last REJECT or MARK of INPUT/FORWARD deleted, TC ingress stays until the next
+/// rebuild: the same verdicts). Returns false, changing nothing, when a full `apply` is
+/// needed instead (as for `append_rules`).
+pub fn delete_rules(pin_dir: &Path, hook: Hook, ids: &[u32]) -> crate::error::Result<bool> {
+    let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
+    let Some(new) = image::delete(img.slots(), hook, ids)? else { return Ok(false) };
+    if !attached_and_current(pin_dir)? {
+        return Ok(false);
+    }
+    install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;
+    Ok(true)
+}
+
+/// Compiled rules of `hook` in the installed image, deleted ones included (None: no image).
+/// For diagnostics and tests: a rule deleted in place leaves its compiled rule behind, a
+/// rebuild does not.
+pub fn installed_rules(pin_dir: &Path, hook: Hook) -> Result<Option<u32>> {
+    let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(None) };
+    Ok(Some(image::hook_rules(img.slots(), hook)?))
+}
+
+/// Whether a patch of the installed image is all a change needs: the programs are attached
+/// to every interface (not `--detach`ed) and the interface maps, which the image's interface
+/// matches were resolved against, still describe them.
+fn attached_and_current(pin_dir: &Path) -> Result<bool> {
+    let devs = netdev::list().context("listing the interfaces of this namespace")?;
+    let links = pinned_links(pin_dir);
+    Ok(devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) && netdev_maps_current(pin_dir, &devs)?)
 }
 
 /// For interfaces created (or addresses changed) since the last `apply`: refreshes the

@@ -759,6 +759,44 @@ fn appended_rules_patch_the_installed_image() {
     assert!(!fits(1));
 }
 
+#[test]
+fn deleted_rules_are_patched_out_of_the_installed_image() {
+    let Some(env) = Env::new("delete") else { return };
+    let mut rs = ruleset(
+        &[],
+        vec![
+            ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Drop)),
+            ("INPUT", rule(IpHeader { src: net("198.18.6.0", 24), ..Default::default() }, vec![], Target::Drop)),
+            ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Reject(RejectWith::TcpReset))),
+        ],
+    );
+    let t = rs.table_mut(TableKind::Filter);
+    t.add_user_chain(Chain::user("U"));
+    t.chain_mut("U").expect("U").rules.push(Rule { id: 4, ..rule(proto(6), vec![dport(80, false)], Target::Drop) });
+    let length = Match::Length(LengthMatch { lo: 0, hi: 1000, invert: false });
+    t.chain_mut("INPUT").expect("INPUT").rules.push(Rule { id: 3, ..rule(IpHeader::default(), vec![length], Target::Jump("U".into())) });
+    // attached for real: patching in place needs the programs on every interface
+    apply(&env.dir, &compile(&rs).expect("compiles"), false).expect("apply");
+    let tcp_to = |src: &str, port| frame(src, "198.18.1.1", 6, &tcp(40000, port, 0x02, 1));
+    assert_eq!(env.xdp(&tcp_to("198.18.5.9", 22), env.d0).0, XDP_DROP);
+    assert_eq!(env.rule(0).packets, 1);
+
+    assert!(delete_rules(&env.dir, Hook::Input, &[0]).expect("delete"));
+    let (v, reply) = env.xdp(&tcp_to("198.18.5.9", 22), env.d0);
+    assert_eq!(v, XDP_TX, "the REJECT after the deleted DROP answers");
+    assert_eq!(ip_of(&reply).2, 6, "with a TCP reset");
+    assert_eq!(env.rule(0).packets, 1, "a deleted rule counts nothing");
+    assert_eq!(env.rule(2).packets, 1);
+    assert_eq!(env.xdp(&tcp_to("198.18.6.9", 443), env.d0).0, XDP_DROP, "the other rules stay");
+    assert!(delete_rules(&env.dir, Hook::Input, &[1, 2]).expect("delete"));
+    assert_eq!(env.xdp(&tcp_to("198.18.6.9", 22), env.d0).0, XDP_PASS);
+    assert_eq!(env.xdp(&tcp_to("198.18.6.9", 80), env.d0).0, XDP_DROP, "through the jump to U");
+    // The jump checks the length before entering U: deleting it needs a rebuild.
+    assert!(!delete_rules(&env.dir, Hook::Input, &[3]).expect("delete"));
+    assert_eq!(env.xdp(&tcp_to("198.18.6.9", 80), env.d0).0, XDP_DROP, "nothing changed");
+    assert_eq!(env.rule(4).packets, 2);
+}
+
 /// The FORWARD tail of `rs`'s last `n` rules.
 fn compile_tail_n(rs: &Ruleset, n: usize, base: u32) -> Vec<crate::compile::tables::Action> {
     let filter = rs.table(TableKind::Filter).expect("filter");

@@ -152,14 +152,33 @@ impl Outline {
         self.next_rule_id = id;
     }
 
+    fn chain_mut(&mut self, kind: TableKind, chain: &str) -> Option<&mut StoredChain> {
+        self.tables.iter_mut().filter(|t| t.kind == kind).flat_map(|t| &mut t.chains).find(|c| c.name == chain)
+    }
+
+    /// The rules of chain `chain` of table `kind`, decoded (None if there is no such chain).
+    pub fn rules_of(&self, kind: TableKind, chain: &str) -> Option<crate::error::Result<Vec<Rule>>> {
+        let c = self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).find(|c| c.name == chain)?;
+        Some(c.rules.decode().context("decoding the stored rules").map_err(Into::into))
+    }
+
+    /// Replaces the rules of chain `chain` of table `kind` (ids assigned), encoding only them.
+    /// Returns false if there is no such chain.
+    pub fn set_rules(&mut self, kind: TableKind, chain: &str, rules: &[Rule]) -> bincode::Result<bool> {
+        let Some(c) = self.chain_mut(kind, chain) else { return Ok(false) };
+        let mut block = RuleBlock::default();
+        for r in rules {
+            block.push(r)?;
+        }
+        c.rules = block;
+        Ok(true)
+    }
+
     /// Appends `rules` (ids assigned) to chain `chain` of table `kind`. Returns whether the
     /// chain's walk reaches them (no earlier rule always ends it); None if there is no such
     /// chain.
     pub fn append(&mut self, kind: TableKind, chain: &str, rules: &[Rule]) -> bincode::Result<Option<bool>> {
-        let Some(c) = self.tables.iter_mut().filter(|t| t.kind == kind).flat_map(|t| &mut t.chains).find(|c| c.name == chain)
-        else {
-            return Ok(None);
-        };
+        let Some(c) = self.chain_mut(kind, chain) else { return Ok(None) };
         let reached = c.rules.first_end.is_none();
         for r in rules {
             c.rules.push(r)?;
@@ -207,5 +226,16 @@ mod tests {
         assert_eq!(o.append(TableKind::Filter, "NOPE", &[]).expect("appends"), None);
         let t = o.chains_of(TableKind::Filter).expect("filter");
         assert!(t.chains.iter().all(|c| c.rules.is_empty()) && t.chain("U").is_some());
+
+        // One chain's rules decoded and replaced, the others untouched.
+        let mut input = o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes");
+        assert_eq!(input.iter().map(|r| r.id).collect::<Vec<_>>(), vec![0, 2, 7, 8, 9]);
+        input.remove(1);
+        assert!(o.set_rules(TableKind::Filter, "INPUT", &input).expect("encodes"));
+        assert!(!o.set_rules(TableKind::Filter, "NOPE", &[]).expect("encodes"));
+        assert!(o.rules_of(TableKind::Filter, "NOPE").is_none());
+        rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = input;
+        assert_eq!(o.decode().expect("decodes"), rs);
+        assert_eq!(o.rule_ids(), vec![0, 7, 8, 9, 1]);
     }
 }

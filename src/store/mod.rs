@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use crate::compile::tables::Hook;
 use crate::error::Result;
-use crate::model::{Counters, Rule, Ruleset, Table};
+use crate::model::{Counters, Rule, Ruleset, Table, Target};
 
 pub use blob::Outline;
 pub use lock::LockWait;
@@ -61,6 +61,14 @@ impl Store {
     /// when this does not apply.)
     pub fn commit_append(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>) -> Result<()> {
         self.pins.commit_append(outline, hook, rules)
+    }
+
+    /// Deletes rules from `hook`'s built-in filter chain of `outline` (just loaded): `rules`
+    /// are what remains of it, `deleted` what went. Stored and enforced as `commit` would,
+    /// decoding and encoding that chain alone, and without compiling when the datapath can
+    /// patch its image (see `Deleted`).
+    pub fn commit_delete(&mut self, outline: Outline, hook: Hook, rules: &[Rule], deleted: &[Rule]) -> Result<()> {
+        self.pins.commit_delete(outline, hook, rules, deleted)
     }
 
     /// The stored ruleset (counters not filled in; see `load_counters`).
@@ -123,6 +131,25 @@ fn enforce_tail(dir: &std::path::Path, t: &Tail, pass_all: bool) -> Result<bool>
     }
     let tail = |base| crate::compile::compile_tail(t.table, t.hook, t.rules, t.reached, base);
     crate::datapath::append_rules(dir, t.hook, tail)
+}
+
+/// Rules just deleted from the built-in filter chain of `hook`.
+struct Deleted<'a> {
+    hook: Hook,
+    rules: &'a [Rule],
+}
+
+/// Patches the datapath, which enforces the ruleset before the deletion, so that the deleted
+/// rules do nothing; false when the ruleset must be enforced whole instead. Only rules that
+/// neither jump (their chain is inlined after them) nor always end the chain's walk (the rules
+/// after them are not compiled) can go that way.
+fn enforce_delete(dir: &std::path::Path, d: &Deleted, pass_all: bool) -> Result<bool> {
+    let simple = |r: &Rule| !r.ends_walk() && !matches!(r.target, Target::Jump(_) | Target::Goto(_));
+    if datapath_off() || pass_all || !d.rules.iter().all(simple) {
+        return Ok(false);
+    }
+    let ids: Vec<u32> = d.rules.iter().map(|r| r.id).collect();
+    crate::datapath::delete_rules(dir, d.hook, &ids)
 }
 
 /// Compiles the ruleset and hands it to the datapath. Called by a commit after the new model is

@@ -211,6 +211,24 @@ impl Pins {
         self.flip(written, pass_all, outline.rule_ids())
     }
 
+    /// Makes `rules` the rules of `hook`'s built-in filter chain of `outline` (just loaded),
+    /// which were those minus `deleted` (`-D`), then stores and enforces it: only that chain is
+    /// encoded again, and the datapath's image is patched when it can be (`super::Deleted`).
+    pub fn commit_delete(&mut self, mut outline: Outline, hook: Hook, rules: &[Rule], deleted: &[Rule]) -> Result<()> {
+        let chain = hook.chain_name();
+        if !outline.set_rules(TableKind::Filter, chain, rules).context("encoding the rules")? {
+            return Err(Error::Other(anyhow!("the stored ruleset has no filter chain {chain}")));
+        }
+        let written = self.write_blob(&outline)?;
+        let pass_all = outline.is_pass_all();
+        let d = super::Deleted { hook, rules: deleted };
+        let patched = self.patchable() && super::enforce_delete(&self.dir, &d, pass_all)?;
+        if !patched {
+            super::enforce(&self.dir, &outline.decode()?)?;
+        }
+        self.flip(written, pass_all, outline.rule_ids())
+    }
+
     /// Ids of the live ruleset (loading it if that was not done).
     fn live(&mut self) -> Result<Vec<u32>> {
         if self.live_ids.is_none() {

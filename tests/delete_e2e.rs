@@ -1,0 +1,114 @@
+//! `-D` through the command line with real traffic (root only): rules deleted from a built-in
+//! chain of a loaded ruleset stop filtering at once, and the rest is listed and counted as
+//! before, whether the deletion is patched into the datapath's image (a rule that neither
+//! jumps nor ends the chain, by spec or by number) or rebuilds it (a jump); a rule that does
+//! not exist gets iptables' error and changes nothing.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use bpf_iptables::compile::tables::Hook;
+use common::topo::Topo;
+use common::{ScratchDir, Tools};
+
+const FILLER: u32 = 3000;
+
+#[test]
+fn deleted_rules_stop_filtering_and_the_rest_stays() {
+    if !common::root_or_skip("deleted_rules_stop_filtering_and_the_rest_stays") {
+        return;
+    }
+    let tools = Tools::ours();
+    let ipt = tools.bin("iptables");
+    let ipt = ipt.to_str().expect("utf-8 path");
+    let ours = env!("CARGO_BIN_EXE_bpf-iptables");
+    let mut t = Topo::new("delete");
+    t.on_drop_in_fw(&[ours, "--reset"]);
+    t.serve_ports(&t.r, &[80, 81, 82, 83, 84], &[]);
+
+    let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:U - [0:0]\n");
+    for i in 0..FILLER {
+        let _ = writeln!(rules, "-A FORWARD -s 10.0.{}.{}/32 -p tcp -m tcp --dport {} -j DROP", i / 250, i % 250 + 1, 1000 + i);
+    }
+    rules.push_str(
+        "-A FORWARD -p tcp -m tcp --dport 81 -j DROP\n\
+         -A FORWARD -p tcp -m tcp --dport 82 -j DROP\n\
+         -A FORWARD -p tcp -m tcp --dport 83 -j REJECT --reject-with tcp-reset\n\
+         -A FORWARD -j U\n\
+         -A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT\n\
+         -A U -p tcp -m tcp --dport 84 -j DROP\n\
+         COMMIT\n",
+    );
+    let files = ScratchDir::new("delete");
+    let file = files.path().join("rules");
+    std::fs::write(&file, rules).expect("write rules");
+    let restore = tools.bin("iptables-restore");
+    let o = t.exec(&t.f, &[restore.to_str().expect("utf-8 path"), file.to_str().expect("utf-8 path")]);
+    assert!(o.status.success(), "restore: {}", String::from_utf8_lossy(&o.stderr));
+    let run = |args: &[&str]| {
+        let mut all = vec![ipt];
+        all.extend_from_slice(args);
+        t.exec(&t.f, &all)
+    };
+    let ok = |args: &[&str]| {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stdout.is_empty() || args.contains(&"-S") || args.contains(&"-L"), "{args:?} printed");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
+    let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
+
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 81), "timeout");
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open");
+    let before = compiled();
+
+    // By spec, and by number (the 82 rule is number FILLER + 1 once the 81 one is gone).
+    ok(&["-D", "FORWARD", "-p", "tcp", "--dport", "81", "-j", "DROP"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 81), "open", "deleted by spec");
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 82), "timeout", "the next rule stays");
+    ok(&["-D", "FORWARD", &(FILLER + 1).to_string()]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 82), "open", "deleted by number");
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 83), "refused", "REJECT stays");
+    assert_eq!(compiled(), before, "deleted in place: the compiled rules stay, doing nothing");
+    ok(&["-D", "FORWARD", "-p", "tcp", "--dport", "83", "-j", "REJECT", "--reject-with", "tcp-reset"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 83), "open", "deleted REJECT");
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "timeout", "through the jump to U");
+
+    // A rule that is not there, a number past the end: iptables' errors, nothing changed.
+    let o = run(&["-D", "FORWARD", "-p", "tcp", "--dport", "81", "-j", "DROP"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "iptables: Bad rule (does a matching rule exist in that chain?).\n");
+    let o = run(&["-D", "FORWARD", "9999"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "iptables: Index of deletion too big.\n");
+    assert_eq!(compiled(), before);
+
+    // A jump: its chain is inlined after it, so the image is rebuilt without them.
+    ok(&["-D", "FORWARD", "-j", "U"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "open", "deleted jump");
+    assert!(compiled() < before, "rebuilt without the deleted rules");
+
+    let listed = ok(&["-S"]);
+    let tail: Vec<&str> = listed.lines().filter(|l| !l.contains("-s 10.0.")).collect();
+    assert_eq!(
+        tail,
+        [
+            "-P INPUT ACCEPT",
+            "-P FORWARD ACCEPT",
+            "-P OUTPUT ACCEPT",
+            "-N U",
+            "-A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT",
+            "-A U -p tcp -m tcp --dport 84 -j DROP",
+        ]
+    );
+    assert_eq!(listed.lines().count(), FILLER as usize + tail.len());
+    // The ACCEPT kept counting through every change.
+    let accept = ok(&["-L", "FORWARD", "-v", "-x", "-n"]).lines().last().map(str::to_string).expect("a rule");
+    let n: u64 = accept.split_whitespace().next().and_then(|n| n.parse().ok()).expect("packet count");
+    assert!(n >= 2 && accept.contains("tcp dpt:80"), "{accept}");
+    ok(&["-D", "FORWARD", "-p", "tcp", "--dport", "80", "-j", "ACCEPT"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "policy ACCEPT");
+}
