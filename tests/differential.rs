@@ -12,7 +12,10 @@
 //! ranges and multiport, TCP flags, ICMP types, interfaces with wildcards, user chains with
 //! -j/-g/RETURN, policies, rules without target, REJECT (in OUTPUT too). Packets aim at the
 //! edges of the pools the rules draw from (prefix ends, range ends +-1, each flag
-//! combination); one in ten stateless packets has a wrong transport checksum.
+//! combination); one in ten stateless packets has a wrong transport checksum. One ruleset in
+//! four pads FORWARD so that the datapath patches changes in: two random FORWARD rules are
+//! deleted with `iptables -D` after the restore and the last two added with `iptables -A`,
+//! on both firewalls.
 //!
 //! `BPFIPT_DIFF_SEED` (default fixed), `BPFIPT_DIFF_RULESETS` (default 12) and
 //! `BPFIPT_DIFF_PACKETS` (per ruleset, default 40) set the budget; `scripts/differential.sh`
@@ -155,6 +158,9 @@ struct Ruleset {
     padding: u32,
     /// The last this many FORWARD rules are added with `iptables -A` after the restore.
     appended: usize,
+    /// FORWARD rules restored after the padding, then deleted by spec with `iptables -D` (so
+    /// deletions in place are compared too).
+    decoys: Vec<String>,
 }
 
 impl Ruleset {
@@ -166,6 +172,9 @@ impl Ruleset {
         );
         for i in 0..self.padding {
             let _ = writeln!(s, "-A FORWARD -s 100.64.{}.{}/32 -p udp -m udp --dport {} -j DROP", i >> 8, i & 255, 1 + i);
+        }
+        for spec in &self.decoys {
+            let _ = writeln!(s, "-A FORWARD {spec}");
         }
         let forward: Vec<usize> = (0..self.rules.len()).filter(|&i| self.rules[i].0 == "FORWARD").collect();
         let held: Vec<usize> = forward[forward.len() - self.appended.min(forward.len())..].to_vec();
@@ -205,9 +214,11 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
             }
         }
     }
-    // One ruleset in four ends its FORWARD chain with rules appended in place.
+    // One ruleset in four ends its FORWARD chain with rules appended in place, and has two
+    // more that are deleted (in place unless they jump or end the chain).
     let per = bpf_iptables::datapath::skel::types::bpfipt_const::BPFIPT_IMG_TAIL_PER.0;
     let (padding, appended) = if r.pct(25) { (2 * per, 2) } else { (0, 0) };
+    let decoys = if padding > 0 { (0..2).map(|_| gen_rule(r, &["u1", "u2"], false, stateful, "FORWARD")).collect() } else { Vec::new() };
     Ruleset {
         policy: r.pick(&["ACCEPT", "DROP"]),
         input_policy: r.pick(&["ACCEPT", "DROP"]),
@@ -215,6 +226,7 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
         rules,
         padding,
         appended,
+        decoys,
     }
 }
 
@@ -679,6 +691,13 @@ impl Twin {
             return Err(String::from_utf8_lossy(&o.stderr).into_owned());
         }
         let iptables = self.tools.bin("iptables");
+        for spec in &rs.decoys {
+            let cmd = format!("{} -D FORWARD {spec}", iptables.to_str().expect("path"));
+            let o = self.t.exec(&self.t.f, &["sh", "-c", &cmd]);
+            if !o.status.success() {
+                return Err(format!("-D FORWARD {spec}: {}", String::from_utf8_lossy(&o.stderr)));
+            }
+        }
         for spec in held {
             let cmd = format!("{} -A FORWARD {spec}", iptables.to_str().expect("path"));
             let o = self.t.exec(&self.t.f, &["sh", "-c", &cmd]);
@@ -830,12 +849,13 @@ fn random_rulesets_give_netfilters_verdicts_and_counters() {
             let (small, why) = shrink(&ours, &legacy, rs, &packets, &dir);
             let rules: Vec<String> = small.rules.iter().map(|(c, s)| format!("  iptables -A {c} {s}")).collect();
             failures.push(format!(
-                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}, FORWARD padded with {} rules, its last {} added with -A\n{}\n  {why}",
+                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}, FORWARD padded with {} rules, then {:?} deleted with -D, its last {} added with -A\n{}\n  {why}",
                 if stateful { "stateful" } else { "stateless" },
                 small.input_policy,
                 small.policy,
                 small.output_policy,
                 small.padding,
+                small.decoys,
                 small.appended,
                 rules.join("\n")
             ));
