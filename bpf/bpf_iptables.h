@@ -33,10 +33,11 @@
  *   IMG_SLOT_STATES        states_off | n_states << 32
  *   IMG_SLOT_FLAGS         BPFIPT_IMG_F_* bits
  *   IMG_SLOT_LEN           slots in use (appended rules go after them)
- *   IMG_SLOT_HOOK0 + 4*h   per hook h: [0] n_rules | policy_accept << 32
+ *   IMG_SLOT_HOOK0 + 5*h   per hook h: [0] n_rules | policy_accept << 32
  *                                      [1] actions_off | n_lbvs << 32
  *                                      [2] fields_off | n_fields << 32
  *                                      [3] lead_off | n_lead << 32
+ *                                      [4] head_first | n_head << 32
  *   vector table           one slot per vector: words_off | n_words << 32; a vector's words
  *                          are pairs of slots (word index, 64 bits), word index increasing
  *   field descriptor       IMG_FIELD_SLOTS slots: [0] field | top_shift << 8 |
@@ -55,11 +56,16 @@
  *                          resolved against the names by userspace (see `bpfipt_ifaces`).
  *   action                 IMG_ACTION_SLOTS slots: [0] kind | rule_id << 32 (NO_RULE: none)
  *                          [1] arg0 | arg1 << 32  [2] checks_off | n_checks << 32
- *                          per hook n_rules of them, with room for IMG_TAIL_CAP more
+ *                          per hook n_rules of them, with room for IMG_TAIL_CAP more,
+ *                          then IMG_TAIL_CAP for head rules
  *   appended rules         the compiled rules n_lbvs..n_rules of a hook are not in its vectors:
  *                          `-A` to a built-in chain appends them in place (their field
  *                          matches as FIELD_IN checks), and the programs walk them in order
  *                          once LBVS finds no candidate (see `compile::compile_tail`)
+ *   head rules             `-I` at the head of a built-in chain puts its compiled rules in
+ *                          the actions head_first..head_first + n_head (past the room for
+ *                          appended ones, filled from the end down), and the programs walk
+ *                          them in order before anything else, the lead included
  *   check                  IMG_CHECK_SLOTS slots: [0] kind | invert << 8 | field << 16 |
  *                          op << 24 | a << 32  [1] b  [2] c
  *   log target             IMG_LOG_SLOTS slots: [0] level | flags << 8, [1..] prefix (NUL
@@ -90,21 +96,22 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 5,
+	BPFIPT_IMG_VERSION = 6,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
 	BPFIPT_IMG_SLOT_HOOK0 = 4,
-	BPFIPT_IMG_HOOK_SLOTS = 4,
+	BPFIPT_IMG_HOOK_SLOTS = 5,
 	/* bpfipt_inuse: the generation a CPU's packet uses, with this bit while it does. */
 	BPFIPT_IMG_BUSY = 0x80000000,
 	BPFIPT_IMG_GEN_MASK = 0x7fffffff,
-	BPFIPT_IMG_SLOT_FLAGS = 16,
-	BPFIPT_IMG_SLOT_LEN = 17,
-	BPFIPT_IMG_HEADER_SLOTS = 18,
+	BPFIPT_IMG_SLOT_FLAGS = 19,
+	BPFIPT_IMG_SLOT_LEN = 20,
+	BPFIPT_IMG_HEADER_SLOTS = 21,
 	/* Compiled rules a hook can take by appending, past its LBVS ones, before a full rebuild:
 	 * room for TAIL_CAP, used while they number at most one per TAIL_PER LBVS rules (each
-	 * costs a packet that reaches it ~10 ns; rebuilding a small hook costs little). */
+	 * costs a packet that reaches it ~10 ns; rebuilding a small hook costs little). The same
+	 * holds for rules inserted at the head. */
 	BPFIPT_IMG_TAIL_CAP = 16,
 	BPFIPT_IMG_TAIL_PER = 1024,
 	/* IMG_SLOT_FLAGS: some rule looks at conntrack state, so packets are tracked (as in

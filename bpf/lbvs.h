@@ -2,6 +2,7 @@
 /*
  * Linear Bit Vector Search over the classifier image (layout: bpf_iptables.h), step by step
  * as `src/compile/lbvs.rs` describes it:
+ *   0. the rules `-I` inserted at the head, in order, as 4 below;
  *   1. per used field, the packet's value -> interval -> vector V_f, plus the wildcard W_f;
  *   2. pivot = the field with the fewest words in V_f + W_f;
  *   3. walk the pivot's word indices >= pos/64 in increasing order, AND over fields of
@@ -652,11 +653,12 @@ static long lead_step(__u64 i, struct lctx *x)
 	return take_rule(x->img, c, r);
 }
 
-/* Without used fields every rule is a candidate: walk them in order. */
+/* Rules walked in order, from c->pos up to x->b: the head rules, the appended ones, or all
+ * of them when no field is used. */
 static long linear_step(__u64 i, struct lctx *x)
 {
 	struct cls *c = x->c;
-	if (c->pos >= c->n_rules)
+	if (c->pos >= x->b)
 		return 1;
 	return take_rule(x->img, c, c->pos);
 }
@@ -710,36 +712,47 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 	c->by_policy = 0;
 	if (hook >= BPFIPT_NR_HOOKS)
 		return V_ACCEPT;
+	/* Slots are read where they are used, not kept in locals across the loops: the stack of
+	 * this call chain is at its limit (and one loop context serves every loop). */
 	__u32 h = BPFIPT_IMG_SLOT_HOOK0 + hook * BPFIPT_IMG_HOOK_SLOTS;
-	__u64 h0 = slot(img, h), h1 = slot(img, h + 1), h2 = slot(img, h + 2);
-	__u32 policy_accept = h0 >> 32;
+	__u64 h0 = slot(img, h), h1 = slot(img, h + 1);
 	c->n_rules = (__u32)h0;
 	c->n_lbvs = h1 >> 32;
 	c->actions_off = (__u32)h1;
 	c->states_off = (__u32)slot(img, BPFIPT_IMG_SLOT_STATES);
-	__u32 fields = (__u32)h2, nf = h2 >> 32;
-	__u32 vectab = (__u32)slot(img, BPFIPT_IMG_SLOT_VECTAB);
 	c->pos = 0;
 	c->nf = 0;
 	c->pivot = 0;
 	c->verdict = NONE32;
-
 	if (c->n_rules > BPFIPT_MAX_RULES)
 		c->n_rules = BPFIPT_MAX_RULES;
-	/* The leading rules on conntrack state alone (see "lead" in bpf_iptables.h). One loop
-	 * context serves both loops: the stack of this call chain is at its limit. */
-	__u64 h3 = slot(img, h + 3);
-	struct lctx x = { .img = img, .c = c, .a = (__u32)h3, .b = h3 >> 32 };
-	if (h3 >> 32) {
+
+	struct lctx x = { .img = img, .c = c };
+	/* The rules inserted at the head (see "head rules" in bpf_iptables.h). */
+	__u64 hd = slot(img, h + 4);
+	if (hd >> 32) {
+		c->pos = (__u32)hd;
+		x.b = (__u32)hd + (__u32)(hd >> 32);
+		bpf_loop(BPFIPT_IMG_TAIL_CAP, linear_step, &x, 0);
+		if (c->verdict != NONE32)
+			return c->verdict;
+		c->pos = 0;
+	}
+	/* The leading rules on conntrack state alone (see "lead" in bpf_iptables.h). */
+	__u64 ld = slot(img, BPFIPT_IMG_SLOT_HOOK0 + c->p.hook * BPFIPT_IMG_HOOK_SLOTS + 3);
+	if (ld >> 32) {
+		x.a = (__u32)ld;
+		x.b = ld >> 32;
 		bpf_loop(BPFIPT_IMG_MAX_LEAD, lead_step, &x, 0);
 		if (c->verdict != NONE32)
 			return c->verdict;
 	}
-	x.a = fields;
-	x.b = vectab;
+	__u64 h2 = slot(img, BPFIPT_IMG_SLOT_HOOK0 + c->p.hook * BPFIPT_IMG_HOOK_SLOTS + 2);
+	x.a = (__u32)h2;
+	x.b = (__u32)slot(img, BPFIPT_IMG_SLOT_VECTAB);
 	x.w = NONE32;
-	if (nf)
-		bpf_loop(nf < MAXF ? nf : MAXF, setup_field, &x, 0);
+	if (h2 >> 32)
+		bpf_loop((h2 >> 32) < MAXF ? (h2 >> 32) : MAXF, setup_field, &x, 0);
 	if (c->n_rules) {
 		long n = 0;
 		if (c->nf)
@@ -748,6 +761,7 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 		if (c->verdict == NONE32 && n < BPFIPT_MAX_STEPS && c->n_rules > (c->nf ? c->n_lbvs : 0)) {
 			if (c->nf && c->pos < c->n_lbvs)
 				c->pos = c->n_lbvs;
+			x.b = c->n_rules;
 			n = bpf_loop(BPFIPT_MAX_STEPS, linear_step, &x, 0);
 		}
 		if (n >= BPFIPT_MAX_STEPS && c->verdict == NONE32) {
@@ -759,8 +773,9 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 	if (c->verdict != NONE32)
 		return c->verdict;
 	c->by_policy = 1;
+	hook = c->p.hook;
 	count(&bpfipt_policy_counters, hook, c->p.len);
-	return policy_accept ? V_ACCEPT : V_DROP;
+	return slot(img, BPFIPT_IMG_SLOT_HOOK0 + hook * BPFIPT_IMG_HOOK_SLOTS) >> 32 ? V_ACCEPT : V_DROP;
 }
 
 #endif

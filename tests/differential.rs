@@ -14,8 +14,8 @@
 //! edges of the pools the rules draw from (prefix ends, range ends +-1, each flag
 //! combination); one in ten stateless packets has a wrong transport checksum. One ruleset in
 //! four pads FORWARD so that the datapath patches changes in: two random FORWARD rules are
-//! deleted with `iptables -D` after the restore and the last two added with `iptables -A`,
-//! on both firewalls.
+//! deleted with `iptables -D` after the restore, the first added with `iptables -I FORWARD 1`
+//! (before the padding) and the last two with `iptables -A`, on both firewalls.
 //!
 //! `BPFIPT_DIFF_SEED` (default fixed), `BPFIPT_DIFF_RULESETS` (default 12) and
 //! `BPFIPT_DIFF_PACKETS` (per ruleset, default 40) set the budget; `scripts/differential.sh`
@@ -161,11 +161,15 @@ struct Ruleset {
     /// FORWARD rules restored after the padding, then deleted by spec with `iptables -D` (so
     /// deletions in place are compared too).
     decoys: Vec<String>,
+    /// The first this many FORWARD rules are added with `iptables -I FORWARD 1` after the
+    /// restore (before the padding, which no packet matches).
+    inserted: usize,
 }
 
 impl Ruleset {
-    /// The restore input, and the FORWARD rules held back for `-A`.
-    fn restore_input(&self) -> (String, Vec<&str>) {
+    /// The restore input, the FORWARD rules held back for `-I` (in order), and those held back
+    /// for `-A`.
+    fn restore_input(&self) -> (String, Vec<&str>, Vec<&str>) {
         let mut s = format!(
             "*filter\n:INPUT {} [0:0]\n:FORWARD {} [0:0]\n:OUTPUT {} [0:0]\n:u1 - [0:0]\n:u2 - [0:0]\n",
             self.input_policy, self.policy, self.output_policy
@@ -178,13 +182,15 @@ impl Ruleset {
         }
         let forward: Vec<usize> = (0..self.rules.len()).filter(|&i| self.rules[i].0 == "FORWARD").collect();
         let held: Vec<usize> = forward[forward.len() - self.appended.min(forward.len())..].to_vec();
+        let head: Vec<usize> = forward.iter().copied().filter(|i| !held.contains(i)).take(self.inserted).collect();
         for (i, (c, spec)) in self.rules.iter().enumerate() {
-            if !held.contains(&i) {
+            if !held.contains(&i) && !head.contains(&i) {
                 let _ = writeln!(s, "-A {c} {spec}");
             }
         }
         s.push_str("COMMIT\n");
-        (s, held.iter().map(|&i| self.rules[i].1.as_str()).collect())
+        let specs = |v: Vec<usize>| v.into_iter().map(|i| self.rules[i].1.as_str()).collect();
+        (s, specs(head), specs(held))
     }
 }
 
@@ -219,6 +225,7 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
     let per = bpf_iptables::datapath::skel::types::bpfipt_const::BPFIPT_IMG_TAIL_PER.0;
     let (padding, appended) = if r.pct(25) { (2 * per, 2) } else { (0, 0) };
     let decoys = if padding > 0 { (0..2).map(|_| gen_rule(r, &["u1", "u2"], false, stateful, "FORWARD")).collect() } else { Vec::new() };
+    let inserted = if padding > 0 { 1 } else { 0 };
     Ruleset {
         policy: r.pick(&["ACCEPT", "DROP"]),
         input_policy: r.pick(&["ACCEPT", "DROP"]),
@@ -227,6 +234,7 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
         padding,
         appended,
         decoys,
+        inserted,
     }
 }
 
@@ -683,7 +691,7 @@ impl Twin {
 
     fn load(&self, rs: &Ruleset, dir: &ScratchDir) -> Result<(), String> {
         let file = dir.path().join(format!("rules-{}", self.tools.label()));
-        let (input, held) = rs.restore_input();
+        let (input, head, held) = rs.restore_input();
         fs::write(&file, input).expect("write rules");
         let restore = self.tools.bin("iptables-restore");
         let o = self.t.exec(&self.t.f, &[restore.to_str().expect("path"), file.to_str().expect("path")]);
@@ -696,6 +704,13 @@ impl Twin {
             let o = self.t.exec(&self.t.f, &["sh", "-c", &cmd]);
             if !o.status.success() {
                 return Err(format!("-D FORWARD {spec}: {}", String::from_utf8_lossy(&o.stderr)));
+            }
+        }
+        for spec in head.iter().rev() {
+            let cmd = format!("{} -I FORWARD 1 {spec}", iptables.to_str().expect("path"));
+            let o = self.t.exec(&self.t.f, &["sh", "-c", &cmd]);
+            if !o.status.success() {
+                return Err(format!("-I FORWARD 1 {spec}: {}", String::from_utf8_lossy(&o.stderr)));
             }
         }
         for spec in held {
@@ -849,13 +864,14 @@ fn random_rulesets_give_netfilters_verdicts_and_counters() {
             let (small, why) = shrink(&ours, &legacy, rs, &packets, &dir);
             let rules: Vec<String> = small.rules.iter().map(|(c, s)| format!("  iptables -A {c} {s}")).collect();
             failures.push(format!(
-                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}, FORWARD padded with {} rules, then {:?} deleted with -D, its last {} added with -A\n{}\n  {why}",
+                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}, FORWARD padded with {} rules, then {:?} deleted with -D, its first {} added with -I FORWARD 1, its last {} with -A\n{}\n  {why}",
                 if stateful { "stateful" } else { "stateless" },
                 small.input_policy,
                 small.policy,
                 small.output_policy,
                 small.padding,
                 small.decoys,
+                small.inserted,
                 small.appended,
                 rules.join("\n")
             ));

@@ -227,9 +227,9 @@ fn run(inv: &Invocation) -> Result<()> {
             e
         }
     })?;
-    // Loaded once: `-A` to a built-in chain may need no more than this outline.
+    // Loaded once: `-A`, `-I` and `-D` in a built-in chain may need no more than this outline.
     let mut outline = store.load_outline()?;
-    if let Some(fx) = append_to_builtin(&mut store, &mut outline, kind, inv)? {
+    if let Some(fx) = add_to_builtin(&mut store, &mut outline, kind, inv)? {
         print(&fx.stdout);
         return Ok(());
     }
@@ -256,12 +256,17 @@ fn run(inv: &Invocation) -> Result<()> {
     Ok(())
 }
 
-/// `-A` to a built-in filter chain of rules that do not jump, the common firewall-script
-/// edit: applied to the stored chains without their rules (all that resolving and appending
-/// looks at) and appended to the stored ruleset without decoding it (`Store::commit_append`).
-/// `None`, `outline` untouched: the general path applies.
-fn append_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
-    let Command::Append { chain, rule } = &inv.command else { return Ok(None) };
+/// `-A` to a built-in filter chain, or `-I` at its head, of rules that do not jump: the common
+/// firewall-script edits. Applied to the stored chains without their rules (all that
+/// resolving and adding looks at) and added to the stored ruleset without decoding it
+/// (`Store::commit_append`, `Store::commit_insert`). `None`, `outline` untouched: the general
+/// path applies.
+fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+    let (chain, rule, at_head) = match &inv.command {
+        Command::Append { chain, rule } => (chain, rule, false),
+        Command::Insert { chain, num: 1, rule } => (chain, rule, true),
+        _ => return Ok(None),
+    };
     let Some(hook) = Hook::of_chain(chain) else { return Ok(None) };
     if kind != TableKind::Filter {
         return Ok(None);
@@ -275,7 +280,12 @@ fn append_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, 
     }
     let fx = exec::apply(&mut table, inv)?;
     let Some(c) = table.chain_mut(chain) else { return Ok(None) };
-    store.commit_append(std::mem::take(outline), hook, std::mem::take(&mut c.rules))?;
+    let rules = std::mem::take(&mut c.rules);
+    if at_head {
+        store.commit_insert(std::mem::take(outline), hook, rules)?;
+    } else {
+        store.commit_append(std::mem::take(outline), hook, rules)?;
+    }
     Ok(Some(fx))
 }
 

@@ -125,9 +125,10 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             img[d + 2] = (base + f.wildcard) as u64;
         }
 
-        // Room for rules appended later (`append`).
+        // Room for rules appended later (`append`), then for rules inserted at the head
+        // (`insert_head`).
         let actions = img.len();
-        img.resize(actions + (h.actions.len() + TAIL_CAP) * ACTION_SLOTS, 0);
+        img.resize(actions + (h.actions.len() + 2 * TAIL_CAP) * ACTION_SLOTS, 0);
         for (r, a) in h.actions.iter().enumerate() {
             if a.checks.len() > MAX_CHECKS {
                 bail!("a rule of {} has {} residual checks; at most {MAX_CHECKS}", h.hook.chain_name(), a.checks.len());
@@ -145,6 +146,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
         img[hs + 1] = pack(actions as u32, h.lbvs_rules);
         img[hs + 2] = pack(fields as u32, h.fields.len() as u32);
         img[hs + 3] = pack(lead_off as u32, lead.len() as u32);
+        img[hs + 4] = pack((h.actions.len() + 2 * TAIL_CAP) as u32, 0);
     }
     if img.len() > u32::MAX as usize / 2 {
         bail!("ruleset too large for the datapath ({} slots)", img.len());
@@ -275,20 +277,54 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Patch>>
     Ok(Some(Patch { keep: used, extra, writes }))
 }
 
-/// Turns the compiled rules of `hook` that came from rules `ids` into no-ops that count
-/// nothing (`-D`): every rule after them is compiled already, unless a deleted rule jumped to
+/// Inserts compiled rules (`compile::compile_tail` of rules inserted at the head of the
+/// built-in chain) before every rule of `hook` of image `img`, in the head room `build` left
+/// after the room for appended rules: the programs walk them first. `None` when they do not
+/// fit (as many as `append` takes), or one of them jumps or returns (it would skip within
+/// the hook): a full rebuild is needed.
+pub fn insert_head(img: &[u64], hook: Hook, head: &[Action]) -> Result<Option<Patch>> {
+    hook_rules(img, hook)?;
+    let used = img[SLOT_LEN] as usize;
+    let hs = HOOK0 + hook as usize * HOOK_SLOTS;
+    let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
+    let (first, n) = (img[hs + 4] as u32 as usize, (img[hs + 4] >> 32) as usize);
+    let flows = |a: &Action| matches!(a.kind, ActionKind::SkipTo(_) | ActionKind::Enter { .. });
+    if used > img.len()
+        || n + head.len() > tail_room(lbvs)
+        || head.len() > first
+        || head.iter().any(|a| a.checks.len() > MAX_CHECKS || flows(a))
+    {
+        return Ok(None);
+    }
+    let first = first - head.len();
+    let mut extra = Vec::new();
+    let mut writes = Vec::new();
+    for (j, a) in head.iter().enumerate() {
+        let s = encode_action(a, &mut extra, used);
+        writes.extend((0..ACTION_SLOTS).map(|i| (actions + (first + j) * ACTION_SLOTS + i, s[i])));
+    }
+    writes.push((SLOT_FLAGS, img[SLOT_FLAGS] | flags_for(head, false)));
+    writes.push((hs + 4, pack(first as u32, (n + head.len()) as u32)));
+    writes.push((SLOT_LEN, (used + extra.len()) as u64));
+    Ok(Some(Patch { keep: used, extra, writes }))
+}
+
+/// Turns the compiled rules of `hook` that came from rules `ids` (inserted at the head or
+/// not) into no-ops that count nothing (`-D`): every rule after them is compiled already, unless a deleted rule jumped to
 /// a chain (its inlined body would stay) or always ended its chain's walk (what follows it is
 /// not compiled), which the caller rules out. `None` when a compiled rule of `ids` enters an
 /// inlined chain: a full rebuild is needed.
 pub fn delete(img: &[u64], hook: Hook, ids: &[u32]) -> Result<Option<Patch>> {
     let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;
-    let actions = img[HOOK0 + hook as usize * HOOK_SLOTS + 1] as u32 as usize;
-    if used > img.len() || actions + n * ACTION_SLOTS > used {
+    let hs = HOOK0 + hook as usize * HOOK_SLOTS;
+    let actions = img[hs + 1] as u32 as usize;
+    let head = img[hs + 4] as u32 as usize..(img[hs + 4] as u32 as usize + (img[hs + 4] >> 32) as usize);
+    if used > img.len() || actions + n.max(head.end) * ACTION_SLOTS > used {
         return Ok(None);
     }
     let mut writes = Vec::new();
-    for a in (0..n).map(|r| actions + r * ACTION_SLOTS) {
+    for a in (0..n).chain(head).map(|r| actions + r * ACTION_SLOTS) {
         if !ids.contains(&((img[a] >> 32) as u32)) {
             continue;
         }

@@ -117,13 +117,35 @@ pub fn append_rules(
     hook: Hook,
     tail: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
 ) -> crate::error::Result<bool> {
+    patch_rules(pin_dir, hook, tail, image::append)
+}
+
+/// Inserts compiled rules (`compile::compile_tail` of rules just inserted at the head of the
+/// built-in chain, `-I chain 1`) before every rule of `hook` in the installed image, as
+/// `append_rules` appends (see `image::insert_head`); false when a full `apply` is needed.
+pub fn insert_rules(
+    pin_dir: &Path,
+    hook: Hook,
+    head: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
+) -> crate::error::Result<bool> {
+    patch_rules(pin_dir, hook, head, image::insert_head)
+}
+
+/// The image patch of `append_rules` and `insert_rules`: `patch` puts the compiled `rules`
+/// into a copy of the installed image.
+fn patch_rules(
+    pin_dir: &Path,
+    hook: Hook,
+    rules: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
+    patch: fn(&[u64], Hook, &[Action]) -> Result<Option<image::Patch>>,
+) -> crate::error::Result<bool> {
     let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
-    let Some(tail) = tail(image::hook_rules(img.slots(), hook)?)? else { return Ok(false) };
+    let Some(rules) = rules(image::hook_rules(img.slots(), hook)?)? else { return Ok(false) };
     let attach_changes = |a: &Action| matches!(a.kind, ActionKind::Reject(_) | ActionKind::Mark { .. });
-    if hook != Hook::Output && tail.iter().any(attach_changes) {
+    if hook != Hook::Output && rules.iter().any(attach_changes) {
         return Ok(false);
     }
-    let Some(new) = image::append(img.slots(), hook, &tail)? else { return Ok(false) };
+    let Some(new) = patch(img.slots(), hook, &rules)? else { return Ok(false) };
     if !attached_and_current(pin_dir)? {
         return Ok(false);
     }

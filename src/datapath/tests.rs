@@ -760,6 +760,47 @@ fn appended_rules_patch_the_installed_image() {
 }
 
 #[test]
+fn rules_inserted_at_the_head_go_before_every_other() {
+    let Some(env) = Env::new("insert") else { return };
+    let per = skel::types::bpfipt_const::BPFIPT_IMG_TAIL_PER.0;
+    let mut rules = vec![
+        ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Accept)),
+        ("INPUT", rule(proto(17), vec![], Target::Drop)),
+    ];
+    rules.extend((0..2 * per).map(|i| ("INPUT", rule(IpHeader { src: net(&std::net::Ipv4Addr::from(ip("10.0.0.0") + i).to_string(), 32), ..proto(6) }, vec![dport(9, false)], Target::Drop))));
+    let mut rs = ruleset(&[], rules);
+    // attached for real: patching in place needs the programs on every interface
+    apply(&env.dir, &compile(&rs).expect("compiles"), false).expect("apply");
+    let ssh = |src: &str| frame(src, "198.18.1.1", 6, &tcp(40000, 22, 0x02, 1));
+    assert_eq!(env.xdp(&ssh("198.18.7.9"), env.d0).0, XDP_PASS);
+    let first_new = 2 * per + 2;
+    let head = |rs: &mut Ruleset, id, r: Rule| {
+        let input = rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT");
+        input.rules.insert(0, Rule { id, ..r });
+        let filter = rs.table(TableKind::Filter).expect("filter");
+        let new = filter.chain("INPUT").expect("INPUT").rules[..1].to_vec();
+        insert_rules(&env.dir, Hook::Input, |base| crate::compile::compile_tail(filter, Hook::Input, &new, true, base)).expect("insert")
+    };
+    // -I INPUT -s 198.18.7.0/24 -j DROP, then -I INPUT -p udp --dport 53 -j ACCEPT before it
+    assert!(head(&mut rs, first_new, rule(IpHeader { src: net("198.18.7.0", 24), ..Default::default() }, vec![], Target::Drop)));
+    assert_eq!(env.xdp(&ssh("198.18.7.9"), env.d0).0, XDP_DROP, "the inserted DROP goes before the ACCEPT");
+    assert_eq!(env.xdp(&ssh("198.18.8.9"), env.d0).0, XDP_PASS);
+    let dns = |src: &str| frame(src, "198.18.1.1", 17, &udp(5353, 53, b"q"));
+    assert_eq!(env.xdp(&dns("198.18.8.9"), env.d0).0, XDP_DROP);
+    assert!(head(&mut rs, first_new + 1, rule(proto(17), vec![udp_dport(53)], Target::Accept)));
+    assert_eq!(env.xdp(&dns("198.18.8.9"), env.d0).0, XDP_PASS, "the newest goes first");
+    assert_eq!(env.xdp(&dns("198.18.7.9"), env.d0).0, XDP_PASS, "before the first inserted");
+    assert_eq!(env.rule(first_new), Counters { packets: 1, bytes: 40 });
+    assert_eq!(env.rule(first_new + 1).packets, 2);
+    assert_eq!(env.rule(0).packets, 2);
+    // The head takes as many as the tail: one per BPFIPT_IMG_TAIL_PER LBVS rules.
+    assert!(!head(&mut rs, first_new + 2, rule(proto(1), vec![], Target::Drop)));
+    // Deleting an inserted rule patches it out too.
+    assert!(delete_rules(&env.dir, Hook::Input, &[first_new]).expect("delete"));
+    assert_eq!(env.xdp(&ssh("198.18.7.9"), env.d0).0, XDP_PASS);
+}
+
+#[test]
 fn deleted_rules_are_patched_out_of_the_installed_image() {
     let Some(env) = Env::new("delete") else { return };
     let mut rs = ruleset(

@@ -80,6 +80,20 @@ impl RuleBlock {
         Ok(())
     }
 
+    /// Puts `rules` before the block's rules, re-encoding none of those.
+    fn prepend(&mut self, rules: &[Rule]) -> bincode::Result<()> {
+        let mut head = RuleBlock::default();
+        for r in rules {
+            head.push(r)?;
+        }
+        let k = head.ids.len() as u32;
+        head.first_end = head.first_end.or(self.first_end.map(|e| e + k));
+        head.ids.extend_from_slice(&self.ids);
+        head.bytes.0.extend_from_slice(&self.bytes.0);
+        *self = head;
+        Ok(())
+    }
+
     fn decode(&self) -> bincode::Result<Vec<Rule>> {
         let mut rest = &self.bytes.0[..];
         // (collecting a Result would lose the size and grow the vector by copies)
@@ -174,6 +188,14 @@ impl Outline {
         Ok(true)
     }
 
+    /// Puts `rules` (ids assigned) at the head of chain `chain` of table `kind`. Returns false
+    /// if there is no such chain.
+    pub fn prepend(&mut self, kind: TableKind, chain: &str, rules: &[Rule]) -> bincode::Result<bool> {
+        let Some(c) = self.chain_mut(kind, chain) else { return Ok(false) };
+        c.rules.prepend(rules)?;
+        Ok(true)
+    }
+
     /// Appends `rules` (ids assigned) to chain `chain` of table `kind`. Returns whether the
     /// chain's walk reaches them (no earlier rule always ends it); None if there is no such
     /// chain.
@@ -237,5 +259,17 @@ mod tests {
         rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = input;
         assert_eq!(o.decode().expect("decodes"), rs);
         assert_eq!(o.rule_ids(), vec![0, 7, 8, 9, 1]);
+
+        // Rules put at the head, the rest as it was; an unconditional one there ends the walk.
+        let head = [rule(10, 10, Target::Drop), Rule { ip: IpHeader::default(), ..rule(11, 0, Target::Drop) }];
+        assert!(o.prepend(TableKind::Filter, "FORWARD", &head[..1]).expect("encodes"));
+        assert_eq!(o.append(TableKind::Filter, "FORWARD", &[]).expect("appends"), Some(true));
+        assert!(o.prepend(TableKind::Filter, "FORWARD", &head[1..]).expect("encodes"));
+        assert_eq!(o.append(TableKind::Filter, "FORWARD", &[]).expect("appends"), Some(false));
+        assert!(!o.prepend(TableKind::Filter, "NOPE", &head).expect("encodes"));
+        let forward = &mut rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD").rules;
+        forward.insert(0, head[0].clone());
+        forward.insert(0, head[1].clone());
+        assert_eq!(o.decode().expect("decodes"), rs);
     }
 }

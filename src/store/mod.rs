@@ -63,6 +63,14 @@ impl Store {
         self.pins.commit_append(outline, hook, rules)
     }
 
+    /// Inserts `rules` (new, without jumps) at the head of `hook`'s built-in filter chain of
+    /// `outline` (just loaded; `-I chain 1`) and makes that the live ruleset as `commit` would,
+    /// without decoding or re-encoding the rules already stored, nor compiling them when the
+    /// datapath can patch its image.
+    pub fn commit_insert(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>) -> Result<()> {
+        self.pins.commit_insert(outline, hook, rules)
+    }
+
     /// Deletes rules from `hook`'s built-in filter chain of `outline` (just loaded): `rules`
     /// are what remains of it, `deleted` what went. Stored and enforced as `commit` would,
     /// decoding and encoding that chain alone, and without compiling when the datapath can
@@ -113,24 +121,30 @@ pub struct Appended {
     pub count: usize,
 }
 
-/// Rules just appended to the built-in filter chain of `hook`, in `table` (for the user
-/// chains they jump to); `reached`: no earlier rule of the chain always ends its walk.
-struct Tail<'a> {
+/// Rules just added to the built-in filter chain of `hook`, at its end (`-A`) or its head
+/// (`-I chain 1`), in `table` (for the user chains they jump to); `reached`: no earlier rule
+/// of the chain always ends its walk.
+struct Added<'a> {
     hook: Hook,
     table: &'a Table,
     rules: &'a [Rule],
     reached: bool,
+    at_head: bool,
 }
 
-/// Patches the datapath, which enforces the ruleset before the append, with the appended rules
+/// Patches the datapath, which enforces the ruleset before the change, with the added rules
 /// alone (`compile::compile_tail`); false when the ruleset must be enforced whole instead.
 /// Called, as `enforce`, before the new model is made live.
-fn enforce_tail(dir: &std::path::Path, t: &Tail, pass_all: bool) -> Result<bool> {
+fn enforce_added(dir: &std::path::Path, a: &Added, pass_all: bool) -> Result<bool> {
     if datapath_off() || pass_all {
         return Ok(false);
     }
-    let tail = |base| crate::compile::compile_tail(t.table, t.hook, t.rules, t.reached, base);
-    crate::datapath::append_rules(dir, t.hook, tail)
+    let compiled = |base| crate::compile::compile_tail(a.table, a.hook, a.rules, a.reached, base);
+    if a.at_head {
+        crate::datapath::insert_rules(dir, a.hook, compiled)
+    } else {
+        crate::datapath::append_rules(dir, a.hook, compiled)
+    }
 }
 
 /// Rules just deleted from the built-in filter chain of `hook`.

@@ -168,10 +168,11 @@ impl Pins {
         let tail = appended.filter(|_| self.patchable()).zip(filter).and_then(|(a, table)| {
             let rules = &table.chain(a.hook.chain_name())?.rules;
             let first = rules.len().checked_sub(a.count)?;
-            Some(super::Tail { hook: a.hook, table, rules: &rules[first..], reached: !rules[..first].iter().any(Rule::ends_walk) })
+            let reached = !rules[..first].iter().any(Rule::ends_walk);
+            Some(super::Added { hook: a.hook, table, rules: &rules[first..], reached, at_head: false })
         });
         let patched = match tail {
-            Some(t) => super::enforce_tail(&self.dir, &t, pass_all)?,
+            Some(t) => super::enforce_added(&self.dir, &t, pass_all)?,
             None => false,
         };
         if !patched {
@@ -203,8 +204,33 @@ impl Pins {
         let written = self.write_blob(&outline)?;
         let pass_all = outline.is_pass_all();
         let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
-        let tail = super::Tail { hook, table: &table, rules: &rules, reached };
-        let patched = self.patchable() && super::enforce_tail(&self.dir, &tail, pass_all)?;
+        let tail = super::Added { hook, table: &table, rules: &rules, reached, at_head: false };
+        let patched = self.patchable() && super::enforce_added(&self.dir, &tail, pass_all)?;
+        if !patched {
+            super::enforce(&self.dir, &outline.decode()?)?;
+        }
+        self.flip(written, pass_all, outline.rule_ids())
+    }
+
+    /// Inserts `rules` (new: ids unassigned) at the head of `hook`'s built-in filter chain of
+    /// `outline` (just loaded), then stores and enforces it: the stored rules are neither
+    /// decoded nor encoded again, and the datapath's image is patched when it can be. The
+    /// rules must not jump (loops are checked on decoded rules).
+    pub fn commit_insert(&mut self, mut outline: Outline, hook: Hook, mut rules: Vec<Rule>) -> Result<()> {
+        let live = self.live()?;
+        let mut next = outline.next_rule_id();
+        let new_rules = assign_ids(rules.iter_mut(), &live, &mut next)?;
+        self.init_counters(&new_rules)?;
+        outline.set_next_rule_id(next);
+        let name = hook.chain_name();
+        if !outline.prepend(TableKind::Filter, name, &rules).context("encoding the new rules")? {
+            return Err(Error::Other(anyhow!("the stored ruleset has no filter chain {name}")));
+        }
+        let written = self.write_blob(&outline)?;
+        let pass_all = outline.is_pass_all();
+        let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
+        let head = super::Added { hook, table: &table, rules: &rules, reached: true, at_head: true };
+        let patched = self.patchable() && super::enforce_added(&self.dir, &head, pass_all)?;
         if !patched {
             super::enforce(&self.dir, &outline.decode()?)?;
         }

@@ -1,8 +1,9 @@
-//! `-D` through the command line with real traffic (root only): rules deleted from a built-in
-//! chain of a loaded ruleset stop filtering at once, and the rest is listed and counted as
-//! before, whether the deletion is patched into the datapath's image (a rule that neither
-//! jumps nor ends the chain, by spec or by number) or rebuilds it (a jump); a rule that does
-//! not exist gets iptables' error and changes nothing.
+//! `-I` and `-D` through the command line with real traffic (root only): rules inserted at the
+//! head of a built-in chain of a loaded ruleset, or deleted from it, take effect at once, and
+//! the rest is listed and counted as before, whether the change is patched into the
+//! datapath's image (rules that neither jump nor, for `-D`, end the chain; `-D` by spec and by
+//! number) or rebuilds it (a jump, an insert further down); a rule that does not exist gets
+//! iptables' error and changes nothing.
 
 mod common;
 
@@ -16,8 +17,8 @@ use common::{ScratchDir, Tools};
 const FILLER: u32 = 3000;
 
 #[test]
-fn deleted_rules_stop_filtering_and_the_rest_stays() {
-    if !common::root_or_skip("deleted_rules_stop_filtering_and_the_rest_stays") {
+fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
+    if !common::root_or_skip("inserted_and_deleted_rules_take_effect_and_the_rest_stays") {
         return;
     }
     let tools = Tools::ours();
@@ -65,6 +66,23 @@ fn deleted_rules_stop_filtering_and_the_rest_stays() {
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open");
     let before = compiled();
 
+    // At the head, in place: the compiled rules of the hook stay as they were.
+    ok(&["-I", "FORWARD", "-p", "tcp", "--dport", "80", "-j", "DROP"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "timeout", "inserted before the ACCEPT");
+    ok(&["-I", "FORWARD", "1", "-p", "tcp", "--dport", "80", "-s", "198.18.1.2", "-j", "ACCEPT"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "the newest first");
+    assert_eq!(compiled(), before, "inserted in place");
+    let listed = ok(&["-S", "FORWARD"]);
+    assert_eq!(
+        listed.lines().take(3).collect::<Vec<_>>(),
+        ["-P FORWARD ACCEPT", "-A FORWARD -s 198.18.1.2/32 -p tcp -m tcp --dport 80 -j ACCEPT", "-A FORWARD -p tcp -m tcp --dport 80 -j DROP"]
+    );
+    ok(&["-D", "FORWARD", "1"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "timeout", "deleted the inserted ACCEPT");
+    ok(&["-D", "FORWARD", "-p", "tcp", "--dport", "80", "-j", "DROP"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "deleted the inserted DROP");
+    assert_eq!(compiled(), before);
+
     // By spec, and by number (the 82 rule is number FILLER + 1 once the 81 one is gone).
     ok(&["-D", "FORWARD", "-p", "tcp", "--dport", "81", "-j", "DROP"]);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 81), "open", "deleted by spec");
@@ -90,6 +108,12 @@ fn deleted_rules_stop_filtering_and_the_rest_stays() {
     ok(&["-D", "FORWARD", "-j", "U"]);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "open", "deleted jump");
     assert!(compiled() < before, "rebuilt without the deleted rules");
+    // Not at the head: rebuilt too, with the rule where it was inserted.
+    let rebuilt = compiled();
+    ok(&["-I", "FORWARD", &(FILLER + 1).to_string(), "-p", "tcp", "--dport", "84", "-j", "DROP"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "timeout", "inserted further down");
+    assert_eq!(compiled(), rebuilt + 1);
+    ok(&["-D", "FORWARD", &(FILLER + 1).to_string()]);
 
     let listed = ok(&["-S"]);
     let tail: Vec<&str> = listed.lines().filter(|l| !l.contains("-s 10.0.")).collect();
