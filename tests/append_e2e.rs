@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::fmt::Write as _;
-
-use common::topo::Topo;
-use common::{ScratchDir, Tools};
+use common::topo::PaddedFirewall;
 
 const FILLER: u32 = 3000;
 
@@ -18,33 +15,9 @@ fn appended_rules_are_enforced_listed_and_counted() {
     if !common::root_or_skip("appended_rules_are_enforced_listed_and_counted") {
         return;
     }
-    let tools = Tools::ours();
-    let ipt = tools.bin("iptables");
-    let ipt = ipt.to_str().expect("utf-8 path");
-    let mut t = Topo::new("append");
-    t.on_drop_in_fw(&[env!("CARGO_BIN_EXE_bpf-iptables"), "--reset"]);
-    t.serve_ports(&t.r, &[80, 81, 82, 83, 84, 85], &[]);
-
-    let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:U - [0:0]\n");
     // 3 000 rules: big enough for FORWARD to take two appended rules in place.
-    for i in 0..FILLER {
-        let _ = writeln!(rules, "-A FORWARD -s 10.0.{}.{}/32 -p tcp -m tcp --dport {} -j DROP", i / 250, i % 250 + 1, 1000 + i);
-    }
-    rules.push_str("-A FORWARD -p tcp -m tcp --dport 82 -j RETURN\nCOMMIT\n");
-    let files = ScratchDir::new("append");
-    let file = files.path().join("rules");
-    std::fs::write(&file, rules).expect("write rules");
-    let run = |args: &[&str]| {
-        let mut all = vec![ipt];
-        all.extend_from_slice(args);
-        let o = t.exec(&t.f, &all);
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        assert!(o.stdout.is_empty() || args.contains(&"-S") || args.contains(&"-L"), "{args:?} printed");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let restore = tools.bin("iptables-restore");
-    let o = t.exec(&t.f, &[restore.to_str().expect("utf-8 path"), file.to_str().expect("utf-8 path")]);
-    assert!(o.status.success(), "restore: {}", String::from_utf8_lossy(&o.stderr));
+    let fw = PaddedFirewall::new("append", FILLER, "-A FORWARD -p tcp -m tcp --dport 82 -j RETURN\nCOMMIT\n", &[80, 81, 82, 83, 84, 85]);
+    let (t, run) = (&fw.t, |args: &[&str]| fw.ok(args));
     for port in [80, 81, 82, 83, 84] {
         assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", port), "open", "port {port} before the appends");
     }

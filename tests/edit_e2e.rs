@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use bpf_iptables::compile::tables::Hook;
-use common::topo::Topo;
-use common::{ScratchDir, Tools};
+use common::topo::PaddedFirewall;
 
 const FILLER: u32 = 3000;
 
@@ -21,44 +19,16 @@ fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
     if !common::root_or_skip("inserted_and_deleted_rules_take_effect_and_the_rest_stays") {
         return;
     }
-    let tools = Tools::ours();
-    let ipt = tools.bin("iptables");
-    let ipt = ipt.to_str().expect("utf-8 path");
     let ours = env!("CARGO_BIN_EXE_bpf-iptables");
-    let mut t = Topo::new("delete");
-    t.on_drop_in_fw(&[ours, "--reset"]);
-    t.serve_ports(&t.r, &[80, 81, 82, 83, 84], &[]);
-
-    let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:U - [0:0]\n");
-    for i in 0..FILLER {
-        let _ = writeln!(rules, "-A FORWARD -s 10.0.{}.{}/32 -p tcp -m tcp --dport {} -j DROP", i / 250, i % 250 + 1, 1000 + i);
-    }
-    rules.push_str(
-        "-A FORWARD -p tcp -m tcp --dport 81 -j DROP\n\
-         -A FORWARD -p tcp -m tcp --dport 82 -j DROP\n\
-         -A FORWARD -p tcp -m tcp --dport 83 -j REJECT --reject-with tcp-reset\n\
-         -A FORWARD -j U\n\
-         -A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT\n\
-         -A U -p tcp -m tcp --dport 84 -j DROP\n\
-         COMMIT\n",
-    );
-    let files = ScratchDir::new("delete");
-    let file = files.path().join("rules");
-    std::fs::write(&file, rules).expect("write rules");
-    let restore = tools.bin("iptables-restore");
-    let o = t.exec(&t.f, &[restore.to_str().expect("utf-8 path"), file.to_str().expect("utf-8 path")]);
-    assert!(o.status.success(), "restore: {}", String::from_utf8_lossy(&o.stderr));
-    let run = |args: &[&str]| {
-        let mut all = vec![ipt];
-        all.extend_from_slice(args);
-        t.exec(&t.f, &all)
-    };
-    let ok = |args: &[&str]| {
-        let o = run(args);
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        assert!(o.stdout.is_empty() || args.contains(&"-S") || args.contains(&"-L"), "{args:?} printed");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let rules = "-A FORWARD -p tcp -m tcp --dport 81 -j DROP\n\
+                 -A FORWARD -p tcp -m tcp --dport 82 -j DROP\n\
+                 -A FORWARD -p tcp -m tcp --dport 83 -j REJECT --reject-with tcp-reset\n\
+                 -A FORWARD -j U\n\
+                 -A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT\n\
+                 -A U -p tcp -m tcp --dport 84 -j DROP\n\
+                 COMMIT\n";
+    let fw = PaddedFirewall::new("edit", FILLER, rules, &[80, 81, 82, 83, 84]);
+    let (t, run, ok) = (&fw.t, |args: &[&str]| fw.run(args), |args: &[&str]| fw.ok(args));
     let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
     let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
 

@@ -259,8 +259,7 @@ fn run(inv: &Invocation) -> Result<()> {
 /// `-A` to a built-in filter chain, or `-I` at its head, of rules that do not jump: the common
 /// firewall-script edits. Applied to the stored chains without their rules (all that
 /// resolving and adding looks at) and added to the stored ruleset without decoding it
-/// (`Store::commit_append`, `Store::commit_insert`). `None`, `outline` untouched: the general
-/// path applies.
+/// (`Store::commit_added`). `None`, `outline` untouched: the general path applies.
 fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     let (chain, rule, at_head) = match &inv.command {
         Command::Append { chain, rule } => (chain, rule, false),
@@ -280,12 +279,7 @@ fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv
     }
     let fx = exec::apply(&mut table, inv)?;
     let Some(c) = table.chain_mut(chain) else { return Ok(None) };
-    let rules = std::mem::take(&mut c.rules);
-    if at_head {
-        store.commit_insert(std::mem::take(outline), hook, rules)?;
-    } else {
-        store.commit_append(std::mem::take(outline), hook, rules)?;
-    }
+    store.commit_added(std::mem::take(outline), hook, std::mem::take(&mut c.rules), at_head)?;
     Ok(Some(fx))
 }
 

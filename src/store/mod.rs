@@ -50,25 +50,19 @@ impl Store {
         Ok(())
     }
 
-    /// The stored ruleset with its rules still encoded: enough for `commit_append`.
+    /// The stored ruleset with its rules still encoded: enough for `commit_added` and
+    /// `commit_delete`.
     pub fn load_outline(&mut self) -> Result<Outline> {
         self.pins.load_outline()
     }
 
-    /// Appends `rules` (new, without jumps) to the end of `hook`'s built-in filter chain of
-    /// `outline` (just loaded) and makes that the live ruleset, as `commit` would, without
-    /// decoding or re-encoding the rules already stored. (`Outline::decode` gives the model
-    /// when this does not apply.)
-    pub fn commit_append(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>) -> Result<()> {
-        self.pins.commit_append(outline, hook, rules)
-    }
-
-    /// Inserts `rules` (new, without jumps) at the head of `hook`'s built-in filter chain of
-    /// `outline` (just loaded; `-I chain 1`) and makes that the live ruleset as `commit` would,
-    /// without decoding or re-encoding the rules already stored, nor compiling them when the
-    /// datapath can patch its image.
-    pub fn commit_insert(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>) -> Result<()> {
-        self.pins.commit_insert(outline, hook, rules)
+    /// Adds `rules` (new, without jumps) to `hook`'s built-in filter chain of `outline` (just
+    /// loaded), at its end (`-A`) or its head (`at_head`: `-I chain 1`), and makes that the
+    /// live ruleset as `commit` would, without decoding or re-encoding the rules already
+    /// stored, nor compiling them when the datapath can patch its image. (`Outline::decode`
+    /// gives the model when this does not apply.)
+    pub fn commit_added(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>, at_head: bool) -> Result<()> {
+        self.pins.commit_added(outline, hook, rules, at_head)
     }
 
     /// Deletes rules from `hook`'s built-in filter chain of `outline` (just loaded): `rules`

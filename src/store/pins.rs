@@ -187,50 +187,30 @@ impl Pins {
         self.live_pass_all == Some(false)
     }
 
-    /// Appends `rules` (new: ids unassigned) to the end of `hook`'s built-in filter chain of
-    /// `outline` (just loaded), then stores and enforces it: the stored rules are neither
-    /// decoded nor encoded again, and the datapath's image is patched when it can be. The
-    /// rules must not jump (loops are checked on decoded rules).
-    pub fn commit_append(&mut self, mut outline: Outline, hook: Hook, mut rules: Vec<Rule>) -> Result<()> {
-        let live = self.live()?;
-        let mut next = outline.next_rule_id();
-        let new_rules = assign_ids(rules.iter_mut(), &live, &mut next)?;
-        self.init_counters(&new_rules)?;
-        outline.set_next_rule_id(next);
-        let reached = outline
-            .append(TableKind::Filter, hook.chain_name(), &rules)
-            .context("encoding the new rules")?
-            .ok_or_else(|| anyhow!("the stored ruleset has no filter chain {}", hook.chain_name()))?;
-        let written = self.write_blob(&outline)?;
-        let pass_all = outline.is_pass_all();
-        let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
-        let tail = super::Added { hook, table: &table, rules: &rules, reached, at_head: false };
-        let patched = self.patchable() && super::enforce_added(&self.dir, &tail, pass_all)?;
-        if !patched {
-            super::enforce(&self.dir, &outline.decode()?)?;
-        }
-        self.flip(written, pass_all, outline.rule_ids())
-    }
-
-    /// Inserts `rules` (new: ids unassigned) at the head of `hook`'s built-in filter chain of
-    /// `outline` (just loaded), then stores and enforces it: the stored rules are neither
-    /// decoded nor encoded again, and the datapath's image is patched when it can be. The
-    /// rules must not jump (loops are checked on decoded rules).
-    pub fn commit_insert(&mut self, mut outline: Outline, hook: Hook, mut rules: Vec<Rule>) -> Result<()> {
+    /// Adds `rules` (new: ids unassigned) to `hook`'s built-in filter chain of `outline` (just
+    /// loaded), at its end or (`at_head`) its head, then stores and enforces it: the stored
+    /// rules are neither decoded nor encoded again, and the datapath's image is patched when
+    /// it can be. The rules must not jump (loops are checked on decoded rules).
+    pub fn commit_added(&mut self, mut outline: Outline, hook: Hook, mut rules: Vec<Rule>, at_head: bool) -> Result<()> {
         let live = self.live()?;
         let mut next = outline.next_rule_id();
         let new_rules = assign_ids(rules.iter_mut(), &live, &mut next)?;
         self.init_counters(&new_rules)?;
         outline.set_next_rule_id(next);
         let name = hook.chain_name();
-        if !outline.prepend(TableKind::Filter, name, &rules).context("encoding the new rules")? {
-            return Err(Error::Other(anyhow!("the stored ruleset has no filter chain {name}")));
-        }
+        let reached = if at_head {
+            outline.prepend(TableKind::Filter, name, &rules).map(|found| found.then_some(true))
+        } else {
+            outline.append(TableKind::Filter, name, &rules)
+        };
+        let reached = reached
+            .context("encoding the new rules")?
+            .ok_or_else(|| anyhow!("the stored ruleset has no filter chain {name}"))?;
         let written = self.write_blob(&outline)?;
         let pass_all = outline.is_pass_all();
         let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
-        let head = super::Added { hook, table: &table, rules: &rules, reached: true, at_head: true };
-        let patched = self.patchable() && super::enforce_added(&self.dir, &head, pass_all)?;
+        let added = super::Added { hook, table: &table, rules: &rules, reached, at_head };
+        let patched = self.patchable() && super::enforce_added(&self.dir, &added, pass_all)?;
         if !patched {
             super::enforce(&self.dir, &outline.decode()?)?;
         }

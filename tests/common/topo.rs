@@ -133,3 +133,50 @@ impl Drop for Topo {
         }
     }
 }
+
+/// A topology whose firewall runs our iptables with a FORWARD chain padded by `filler` rules
+/// no test packet matches (a hook big enough to take changes in place), then `rules` (lines
+/// of a filter table, COMMIT included), restored; the receiver serves TCP `ports`. Our pinned
+/// state of the firewall goes with it.
+pub struct PaddedFirewall {
+    pub t: Topo,
+    tools: super::Tools,
+    _files: super::ScratchDir,
+}
+
+impl PaddedFirewall {
+    pub fn new(purpose: &str, filler: u32, rules: &str, ports: &[u16]) -> PaddedFirewall {
+        let tools = super::Tools::ours();
+        let mut t = Topo::new(purpose);
+        t.on_drop_in_fw(&[env!("CARGO_BIN_EXE_bpf-iptables"), "--reset"]);
+        t.serve_ports(&t.r, ports, &[]);
+        let mut text = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:U - [0:0]\n");
+        for i in 0..filler {
+            text += &format!("-A FORWARD -s 10.0.{}.{}/32 -p tcp -m tcp --dport {} -j DROP\n", i / 250, i % 250 + 1, 1000 + i);
+        }
+        text += rules;
+        let files = super::ScratchDir::new(purpose);
+        let file = files.path().join("rules");
+        std::fs::write(&file, text).expect("write rules");
+        let restore = tools.bin("iptables-restore");
+        let o = t.exec(&t.f, &[restore.to_str().expect("utf-8 path"), file.to_str().expect("utf-8 path")]);
+        assert!(o.status.success(), "restore: {}", String::from_utf8_lossy(&o.stderr));
+        PaddedFirewall { t, tools, _files: files }
+    }
+
+    /// Our `iptables args` in the firewall.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let ipt = self.tools.bin("iptables");
+        let mut all = vec![ipt.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        self.t.exec(&self.t.f, &all)
+    }
+
+    /// As `run`, which must succeed, printing nothing unless it lists; its output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stdout.is_empty() || args.contains(&"-S") || args.contains(&"-L"), "{args:?} printed");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
