@@ -140,6 +140,7 @@ impl Drop for Topo {
 /// state of the firewall goes with it.
 pub struct PaddedFirewall {
     pub t: Topo,
+    filler: u32,
     tools: super::Tools,
     _files: super::ScratchDir,
 }
@@ -161,7 +162,7 @@ impl PaddedFirewall {
         let restore = tools.bin("iptables-restore");
         let o = t.exec(&t.f, &[restore.to_str().expect("utf-8 path"), file.to_str().expect("utf-8 path")]);
         assert!(o.status.success(), "restore: {}", String::from_utf8_lossy(&o.stderr));
-        PaddedFirewall { t, tools, _files: files }
+        PaddedFirewall { t, filler, tools, _files: files }
     }
 
     /// Our `iptables args` in the firewall.
@@ -178,5 +179,13 @@ impl PaddedFirewall {
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
         assert!(o.stdout.is_empty() || args.contains(&"-S") || args.contains(&"-L"), "{args:?} printed");
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `-S`, the filler rules (all there) left out.
+    pub fn listed_past_filler(&self) -> Vec<String> {
+        let listed = self.ok(&["-S"]);
+        let rest: Vec<String> = listed.lines().filter(|l| !l.contains("-s 10.0.")).map(String::from).collect();
+        assert_eq!(listed.lines().count(), self.filler as usize + rest.len(), "the filler rules");
+        rest
     }
 }
