@@ -283,7 +283,7 @@ fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv
     Ok(Some(fx))
 }
 
-/// `-D` in a built-in filter chain, the other common edit (Docker, fail2ban): applied to that
+/// `-D` in a built-in filter chain, the other common edit of a firewall script: applied to that
 /// chain alone, decoded with the other chains' names (all that resolving a rule spec looks
 /// at), stored by encoding that chain alone, and deleted from the datapath's image in place
 /// when it can be (`Store::commit_delete`). `None`, `outline` untouched: the general path

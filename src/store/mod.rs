@@ -68,7 +68,7 @@ impl Store {
     /// Deletes rules from `hook`'s built-in filter chain of `outline` (just loaded): `rules`
     /// are what remains of it, `deleted` what went. Stored and enforced as `commit` would,
     /// decoding and encoding that chain alone, and without compiling when the datapath can
-    /// patch its image (see `Deleted`).
+    /// patch its image (see `enforce_delete`).
     pub fn commit_delete(&mut self, outline: Outline, hook: Hook, rules: &[Rule], deleted: &[Rule]) -> Result<()> {
         self.pins.commit_delete(outline, hook, rules, deleted)
     }
@@ -141,23 +141,18 @@ fn enforce_added(dir: &std::path::Path, a: &Added, pass_all: bool) -> Result<boo
     }
 }
 
-/// Rules just deleted from the built-in filter chain of `hook`.
-struct Deleted<'a> {
-    hook: Hook,
-    rules: &'a [Rule],
-}
-
-/// Patches the datapath, which enforces the ruleset before the deletion, so that the deleted
-/// rules do nothing; false when the ruleset must be enforced whole instead. Only rules that
-/// neither jump (their chain is inlined after them) nor always end the chain's walk (the rules
-/// after them are not compiled) can go that way.
-fn enforce_delete(dir: &std::path::Path, d: &Deleted, pass_all: bool) -> Result<bool> {
+/// Patches the datapath, which enforces the ruleset before the deletion, so that the rules
+/// just `deleted` from `hook`'s built-in filter chain do nothing; false when the ruleset must
+/// be enforced whole instead. Only rules that neither jump (their chain is inlined after
+/// them) nor always end the chain's walk (the rules after them are not compiled) can go that
+/// way.
+fn enforce_delete(dir: &std::path::Path, hook: Hook, deleted: &[Rule], pass_all: bool) -> Result<bool> {
     let simple = |r: &Rule| !r.ends_walk() && !matches!(r.target, Target::Jump(_) | Target::Goto(_));
-    if datapath_off() || pass_all || !d.rules.iter().all(simple) {
+    if datapath_off() || pass_all || !deleted.iter().all(simple) {
         return Ok(false);
     }
-    let ids: Vec<u32> = d.rules.iter().map(|r| r.id).collect();
-    crate::datapath::delete_rules(dir, d.hook, &ids)
+    let ids: Vec<u32> = deleted.iter().map(|r| r.id).collect();
+    crate::datapath::delete_rules(dir, hook, &ids)
 }
 
 /// Compiles the ruleset and hands it to the datapath. Called by a commit after the new model is

@@ -219,7 +219,7 @@ impl Pins {
 
     /// Makes `rules` the rules of `hook`'s built-in filter chain of `outline` (just loaded),
     /// which were those minus `deleted` (`-D`), then stores and enforces it: only that chain is
-    /// encoded again, and the datapath's image is patched when it can be (`super::Deleted`).
+    /// encoded again, and the datapath's image is patched when it can be (`super::enforce_delete`).
     pub fn commit_delete(&mut self, mut outline: Outline, hook: Hook, rules: &[Rule], deleted: &[Rule]) -> Result<()> {
         let chain = hook.chain_name();
         if !outline.set_rules(TableKind::Filter, chain, rules).context("encoding the rules")? {
@@ -227,8 +227,7 @@ impl Pins {
         }
         let written = self.write_blob(&outline)?;
         let pass_all = outline.is_pass_all();
-        let d = super::Deleted { hook, rules: deleted };
-        let patched = self.patchable() && super::enforce_delete(&self.dir, &d, pass_all)?;
+        let patched = self.patchable() && super::enforce_delete(&self.dir, hook, deleted, pass_all)?;
         if !patched {
             super::enforce(&self.dir, &outline.decode()?)?;
         }
