@@ -249,6 +249,22 @@ impl Patch {
     }
 }
 
+/// A patch of `img` (`used` slots in use) that writes the compiled `rules` as the actions from
+/// index `at` of a hook whose actions start at slot `actions`, their checks after the image,
+/// plus the hook-slot writes `hook_writes`.
+fn place_rules(img: &[u64], used: usize, actions: usize, at: usize, rules: &[Action], hook_writes: [(usize, u64); 1]) -> Patch {
+    let mut extra = Vec::new();
+    let mut writes = Vec::new();
+    for (j, a) in rules.iter().enumerate() {
+        let s = encode_action(a, &mut extra, used);
+        writes.extend((0..ACTION_SLOTS).map(|i| (actions + (at + j) * ACTION_SLOTS + i, s[i])));
+    }
+    writes.push((SLOT_FLAGS, img[SLOT_FLAGS] | flags_for(rules, false)));
+    writes.extend(hook_writes);
+    writes.push((SLOT_LEN, (used + extra.len()) as u64));
+    Patch { keep: used, extra, writes }
+}
+
 /// Appends compiled rules (`compile::compile_tail`) to `hook` of image `img` (as built by
 /// `build`, possibly appended to before), in the room `build` left after the hook's actions.
 /// `None` when they do not fit: a full rebuild is needed.
@@ -264,17 +280,8 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Patch>>
     {
         return Ok(None);
     }
-    let mut extra = Vec::new();
-    let mut writes = Vec::new();
-    for (j, a) in tail.iter().enumerate() {
-        let s = encode_action(a, &mut extra, used);
-        writes.extend((0..ACTION_SLOTS).map(|i| (actions + (n + j) * ACTION_SLOTS + i, s[i])));
-    }
-    let flags = img[SLOT_FLAGS] | flags_for(tail, false);
-    writes.push((SLOT_FLAGS, flags));
-    writes.push((hs, (n + tail.len()) as u64 | img[hs] >> 32 << 32));
-    writes.push((SLOT_LEN, (used + extra.len()) as u64));
-    Ok(Some(Patch { keep: used, extra, writes }))
+    let count = (hs, (n + tail.len()) as u64 | img[hs] >> 32 << 32);
+    Ok(Some(place_rules(img, used, actions, n, tail, [count])))
 }
 
 /// Inserts compiled rules (`compile::compile_tail` of rules inserted at the head of the
@@ -297,23 +304,15 @@ pub fn insert_head(img: &[u64], hook: Hook, head: &[Action]) -> Result<Option<Pa
         return Ok(None);
     }
     let first = first - head.len();
-    let mut extra = Vec::new();
-    let mut writes = Vec::new();
-    for (j, a) in head.iter().enumerate() {
-        let s = encode_action(a, &mut extra, used);
-        writes.extend((0..ACTION_SLOTS).map(|i| (actions + (first + j) * ACTION_SLOTS + i, s[i])));
-    }
-    writes.push((SLOT_FLAGS, img[SLOT_FLAGS] | flags_for(head, false)));
-    writes.push((hs + 4, pack(first as u32, (n + head.len()) as u32)));
-    writes.push((SLOT_LEN, (used + extra.len()) as u64));
-    Ok(Some(Patch { keep: used, extra, writes }))
+    let range = (hs + 4, pack(first as u32, (n + head.len()) as u32));
+    Ok(Some(place_rules(img, used, actions, first, head, [range])))
 }
 
 /// Turns the compiled rules of `hook` that came from rules `ids` (inserted at the head or
-/// not) into no-ops that count nothing (`-D`): every rule after them is compiled already, unless a deleted rule jumped to
-/// a chain (its inlined body would stay) or always ended its chain's walk (what follows it is
-/// not compiled), which the caller rules out. `None` when a compiled rule of `ids` enters an
-/// inlined chain: a full rebuild is needed.
+/// not) into no-ops that count nothing (`-D`): every rule after them is compiled already,
+/// unless a deleted rule jumped to a chain (its inlined body would stay) or always ended its
+/// chain's walk (what follows it is not compiled), which the caller rules out. `None` when a
+/// compiled rule of `ids` enters an inlined chain: a full rebuild is needed.
 pub fn delete(img: &[u64], hook: Hook, ids: &[u32]) -> Result<Option<Patch>> {
     let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;

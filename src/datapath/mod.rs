@@ -117,7 +117,7 @@ pub fn append_rules(
     hook: Hook,
     tail: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
 ) -> crate::error::Result<bool> {
-    patch_rules(pin_dir, hook, tail, image::append)
+    add_rules(pin_dir, hook, tail, image::append)
 }
 
 /// Inserts compiled rules (`compile::compile_tail` of rules just inserted at the head of the
@@ -128,29 +128,24 @@ pub fn insert_rules(
     hook: Hook,
     head: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
 ) -> crate::error::Result<bool> {
-    patch_rules(pin_dir, hook, head, image::insert_head)
+    add_rules(pin_dir, hook, head, image::insert_head)
 }
 
-/// The image patch of `append_rules` and `insert_rules`: `patch` puts the compiled `rules`
-/// into a copy of the installed image.
-fn patch_rules(
+/// `append_rules` and `insert_rules`: `place` puts the compiled `rules` into the image.
+fn add_rules(
     pin_dir: &Path,
     hook: Hook,
     rules: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
-    patch: fn(&[u64], Hook, &[Action]) -> Result<Option<image::Patch>>,
+    place: fn(&[u64], Hook, &[Action]) -> Result<Option<image::Patch>>,
 ) -> crate::error::Result<bool> {
-    let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
-    let Some(rules) = rules(image::hook_rules(img.slots(), hook)?)? else { return Ok(false) };
-    let attach_changes = |a: &Action| matches!(a.kind, ActionKind::Reject(_) | ActionKind::Mark { .. });
-    if hook != Hook::Output && rules.iter().any(attach_changes) {
-        return Ok(false);
-    }
-    let Some(new) = patch(img.slots(), hook, &rules)? else { return Ok(false) };
-    if !attached_and_current(pin_dir)? {
-        return Ok(false);
-    }
-    install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;
-    Ok(true)
+    patch_installed(pin_dir, |img| {
+        let Some(rules) = rules(image::hook_rules(img, hook)?)? else { return Ok(None) };
+        let attach_changes = |a: &Action| matches!(a.kind, ActionKind::Reject(_) | ActionKind::Mark { .. });
+        if hook != Hook::Output && rules.iter().any(attach_changes) {
+            return Ok(None);
+        }
+        Ok(place(img, hook, &rules)?)
+    })
 }
 
 /// Deletes the rules `ids` of `hook`'s built-in filter chain from the installed image (`-D`;
@@ -160,9 +155,22 @@ fn patch_rules(
 /// rebuild: the same verdicts). Returns false, changing nothing, when a full `apply` is
 /// needed instead (as for `append_rules`).
 pub fn delete_rules(pin_dir: &Path, hook: Hook, ids: &[u32]) -> crate::error::Result<bool> {
+    patch_installed(pin_dir, |img| Ok(image::delete(img, hook, ids)?))
+}
+
+/// Installs, as the next generation, a copy of the installed image with the changes `patch`
+/// makes of it (None: it cannot, a full `apply` is needed; false is returned, nothing
+/// changed). Not when the programs are not all attached (`--detach`) or the interfaces
+/// changed since the image was written (their names resolve into it).
+fn patch_installed(
+    pin_dir: &Path,
+    patch: impl FnOnce(&[u64]) -> crate::error::Result<Option<image::Patch>>,
+) -> crate::error::Result<bool> {
     let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
-    let Some(new) = image::delete(img.slots(), hook, ids)? else { return Ok(false) };
-    if !attached_and_current(pin_dir)? {
+    let Some(new) = patch(img.slots())? else { return Ok(false) };
+    let devs = netdev::list().context("listing the interfaces of this namespace")?;
+    let links = pinned_links(pin_dir);
+    if !devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) || !netdev_maps_current(pin_dir, &devs)? {
         return Ok(false);
     }
     install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;
@@ -175,15 +183,6 @@ pub fn delete_rules(pin_dir: &Path, hook: Hook, ids: &[u32]) -> crate::error::Re
 pub fn installed_rules(pin_dir: &Path, hook: Hook) -> Result<Option<u32>> {
     let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(None) };
     Ok(Some(image::hook_rules(img.slots(), hook)?))
-}
-
-/// Whether a patch of the installed image is all a change needs: the programs are attached
-/// to every interface (not `--detach`ed) and the interface maps, which the image's interface
-/// matches were resolved against, still describe them.
-fn attached_and_current(pin_dir: &Path) -> Result<bool> {
-    let devs = netdev::list().context("listing the interfaces of this namespace")?;
-    let links = pinned_links(pin_dir);
-    Ok(devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) && netdev_maps_current(pin_dir, &devs)?)
 }
 
 /// For interfaces created (or addresses changed) since the last `apply`: refreshes the
@@ -681,12 +680,17 @@ const LOCAL_FAST_BITS: u32 = skel::types::bpfipt_const::BPFIPT_LOCAL_FAST_BITS.0
 const LOCAL_FAST_MULT: u32 = skel::types::bpfipt_const::BPFIPT_LOCAL_FAST_MULT.0;
 const LOCAL_FAST_SHARED: u32 = skel::types::bpfipt_const::BPFIPT_LOCAL_FAST_SHARED.0;
 
+/// The slot of `bpfipt_local_fast` for address `a` (host order): BPFIPT_LOCAL_FAST_HASH.
+fn local_fast_slot(a: u32) -> usize {
+    (a.wrapping_mul(LOCAL_FAST_MULT) >> (32 - LOCAL_FAST_BITS)) as usize
+}
+
 /// `bpfipt_local_fast` for the keys of `bpfipt_local` (see bpf_iptables.h).
 fn local_fast_for(local: &MapContent) -> bpfipt_local_fast {
     let mut t = bpfipt_local_fast::default();
     for k in local.keys() {
         let a = u32::from_be_bytes(k[0..4].try_into().expect("IPv4 key"));
-        let s = &mut t.slot[(a.wrapping_mul(LOCAL_FAST_MULT) >> (32 - LOCAL_FAST_BITS)) as usize];
+        let s = &mut t.slot[local_fast_slot(a)];
         *s = if *s == 0 { a } else { LOCAL_FAST_SHARED };
     }
     t

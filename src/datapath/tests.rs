@@ -886,7 +886,7 @@ fn tcp_option_rules_read_the_options() {
 #[test]
 fn local_destinations_through_the_fast_table() {
     let Some(env) = Env::new("localfast") else { return };
-    let slot = |a: u32| (a.wrapping_mul(LOCAL_FAST_MULT) >> (32 - LOCAL_FAST_BITS)) as usize;
+    let slot = local_fast_slot;
     // z: routed out of d1; x and w: made local, both in z's slot of the table (so it reads
     // "shared" and the hash map decides).
     let z = ip("198.18.2.77");
