@@ -84,7 +84,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 6,
+	BPFIPT_LAYOUT_VERSION = 7,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -148,6 +148,8 @@ enum bpfipt_const {
 	BPFIPT_LOCAL_FAST_BITS = 10,
 	BPFIPT_LOCAL_FAST_MULT = 0x9e3779b1,
 	BPFIPT_LOCAL_FAST_SHARED = 0xffffffff,
+	/* bpfipt_routes: 2^BITS entries per CPU */
+	BPFIPT_ROUTE_CACHE_BITS = 10,
 	/* Reject code for a TCP reset (ICMP codes are 0..15). */
 	BPFIPT_REJECT_TCP_RESET = 255,
 	/* skb->mark of a REJECT reply to a packet this host sent, judged already: our egress
@@ -461,6 +463,28 @@ struct bpfipt_local_fast {
 	__u32 slot[1 << BPFIPT_LOCAL_FAST_BITS];
 };
 #define BPFIPT_LOCAL_FAST_HASH(a) ((__u32)((a) * (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_LOCAL_FAST_BITS))
+
+/* `bpfipt_routes`, per CPU, kept by the ingress programs alone: the route lookups of arriving
+ * packets (which hook judges them, and their output interface), direct-mapped by flow, as the
+ * FIB lookup costs a forwarded packet more than the rest of its classification. An entry
+ * answers while the namespace's route generation (net->ipv4.rt_genid) is the one it was looked
+ * up under: the kernel moves it on every change a lookup could see (routes added, changed or
+ * removed once used, policy rules, addresses, links going down or up, the forwarding switch),
+ * so a change applies from the next packet on. */
+struct bpfipt_route {
+	__u32 src, dst; /* the lookup's key: addresses in host order, */
+	__u32 ports;    /* sport << 16 | dport, */
+	__u32 in_ifindex;
+	__u8 proto, tos;
+	__s8 hook;      /* the answer: BPFIPT_HOOK_INPUT/FORWARD, or -1 (not judged) */
+	__u8 valid;
+	__u32 genid;    /* the route generation it was looked up under */
+	__u32 out_ifindex;
+	__u32 pad;
+};
+#define BPFIPT_ROUTE_HASH(src, dst, ports, ifindex) \
+	((__u32)(((src) ^ ((dst) * 0x85ebca6bu) ^ ((ports) * 0xc2b2ae35u) ^ (ifindex)) * \
+		 (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_ROUTE_CACHE_BITS))
 
 /* `bpfipt_ifaces`, keyed by ifindex, kept by userspace: what the programs need to know about
  * an interface of this namespace. */

@@ -57,6 +57,13 @@ struct {
 	__type(value, struct bpfipt_blob_chunk);
 } bpfipt_blob SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << BPFIPT_ROUTE_CACHE_BITS);
+	__type(key, __u32);
+	__type(value, struct bpfipt_route);
+} bpfipt_routes SEC(".maps");
+
 /* Keeps the struct types in BTF so the skeleton exports them to Rust. */
 struct bpfipt_meta _bpfipt_meta_type = {};
 struct bpfipt_counter _bpfipt_counter_type = {};
@@ -210,13 +217,25 @@ static __always_inline int is_local(__u32 a)
 	return bpf_map_lookup_elem(&bpfipt_local, &key) != NULL;
 }
 
-/* The hook an arriving packet goes through, or -1 when netfilter would not filter it. */
-static __always_inline int ingress_hook(void *ctx, struct cls *c)
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* The route generation of the namespace a packet arrives in (see struct bpfipt_route). */
+static __always_inline __u32 xdp_route_gen(struct xdp_md *ctx)
+{
+	struct xdp_buff *x = bpf_cast_to_kern_ctx(ctx);
+	return x->rxq->dev->nd_net.net->ipv4.rt_genid.counter;
+}
+
+static __always_inline __u32 skb_route_gen(struct __sk_buff *skb)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+	return k->dev->nd_net.net->ipv4.rt_genid.counter;
+}
+
+/* ingress_hook for a destination that is not local: the FIB's answer. */
+static __always_inline int route_lookup(void *ctx, struct cls *c)
 {
 	struct pkt *p = &c->p;
-	__u32 dst = bpf_htonl(p->dst);
-	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
-		return BPFIPT_HOOK_INPUT;
 	/* in the scratch: the programs' stacks are full */
 	struct bpf_fib_lookup *f = &c->fib;
 	__builtin_memset(f, 0, sizeof(*f));
@@ -226,7 +245,7 @@ static __always_inline int ingress_hook(void *ctx, struct cls *c)
 	f->sport = bpf_htons(p->sport);
 	f->dport = bpf_htons(p->dport);
 	f->ipv4_src = bpf_htonl(p->src);
-	f->ipv4_dst = dst;
+	f->ipv4_dst = bpf_htonl(p->dst);
 	f->ifindex = p->in_ifindex;
 	long rc = bpf_fib_lookup(ctx, f, sizeof(*f), BPF_FIB_LOOKUP_SKIP_NEIGH);
 	switch (rc) {
@@ -241,6 +260,37 @@ static __always_inline int ingress_hook(void *ctx, struct cls *c)
 		/* NOT_FWDED also means "no route" (local destinations were caught above). */
 		return -1;
 	}
+}
+
+/* The hook an arriving packet goes through, or -1 when netfilter would not filter it;
+ * `route_gen`: the namespace's route generation, read before anything is looked up. */
+static __always_inline int ingress_hook(void *ctx, struct cls *c, __u32 route_gen)
+{
+	struct pkt *p = &c->p;
+	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
+		return BPFIPT_HOOK_INPUT;
+	__u32 ports = (__u32)p->sport << 16 | p->dport;
+	__u32 k = BPFIPT_ROUTE_HASH(p->src, p->dst, ports, p->in_ifindex);
+	struct bpfipt_route *e = bpf_map_lookup_elem(&bpfipt_routes, &k);
+	if (e && e->valid && e->genid == route_gen && e->dst == p->dst && e->src == p->src && e->ports == ports &&
+	    e->in_ifindex == p->in_ifindex && e->proto == p->proto && e->tos == p->tos) {
+		p->out_ifindex = e->out_ifindex;
+		return e->hook;
+	}
+	int hook = route_lookup(ctx, c);
+	if (e) {
+		e->src = p->src;
+		e->dst = p->dst;
+		e->ports = ports;
+		e->in_ifindex = p->in_ifindex;
+		e->proto = p->proto;
+		e->tos = p->tos;
+		e->hook = hook;
+		e->genid = route_gen;
+		e->out_ifindex = p->out_ifindex;
+		e->valid = 1;
+	}
+	return hook;
 }
 
 /* Netfilter sends a REJECT's reply (icmp_send, nf_send_reset) through OUTPUT, and a reply to
@@ -291,6 +341,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 		stat_parse_pass();
 		return XDP_PASS;
 	}
+	__u32 route_gen = xdp_route_gen(ctx);
 	c->p.in_ifindex = ctx->ingress_ifindex;
 	int track = tracks(img);
 	if (track) {
@@ -298,7 +349,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 		ct_lookup_cls(c);
 	}
 	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
-	int hook = ingress_hook(ctx, c);
+	int hook = ingress_hook(ctx, c, route_gen);
 	if (hook < 0)
 		return XDP_PASS;
 	c->p.hook = hook;
@@ -394,8 +445,6 @@ static __always_inline int reject_sent_by_us(struct __sk_buff *skb, struct cls *
 	 * refuse a local source as martian). */
 	return bpf_redirect_neigh(out, NULL, 0, 0);
 }
-
-extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
 struct csum_walk {
 	struct __sk_buff *skb;
@@ -554,10 +603,11 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, str
 static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 {
 	int track;
+	__u32 route_gen = skb_route_gen(skb);
 	struct cls *c = tc_start(skb, PROG_TC_IN, img, &track, skb->ifindex == LOOPBACK_IFINDEX);
 	if (!c)
 		return TC_ACT_OK;
-	int hook = ingress_hook(skb, c);
+	int hook = ingress_hook(skb, c, route_gen);
 	if (hook < 0)
 		return TC_ACT_OK;
 	c->p.hook = hook;

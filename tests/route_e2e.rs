@@ -1,0 +1,121 @@
+//! Route changes with real traffic (root only): the ingress programs remember the route
+//! lookups of arriving packets (`bpfipt_routes`), and a change of the firewall's routes,
+//! interfaces or forwarding switch must apply from the next packet on, as it does for
+//! netfilter: the output interface a FORWARD rule's `-o` sees, whether a packet is forwarded
+//! at all (no route: netfilter never judges it), and whether it goes to INPUT instead
+//! (forwarding off). Through XDP and TC ingress alike.
+
+mod common;
+
+use std::thread::sleep;
+use std::time::Duration;
+
+use common::topo::Topo;
+use common::Tools;
+
+const RULES: &str = "*filter\n\
+    :INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+    -A INPUT -d 198.18.9.9/32 -j ACCEPT\n\
+    -A FORWARD -d 198.18.9.9/32 -o f1 -j ACCEPT\n\
+    -A FORWARD -d 198.18.9.9/32 -o f2 -j ACCEPT\n\
+    -A FORWARD -d 198.18.9.9/32 -j ACCEPT\n\
+    COMMIT\n";
+
+/// The firewall with RULES loaded (`ingress`: INGRESS_ENV), and a second way out (`f2`, a veth
+/// to the receiver's `r1`).
+fn firewall(purpose: &str, ingress: &str, tools: &Tools) -> Topo {
+    let ours = env!("CARGO_BIN_EXE_bpf-iptables");
+    let mut t = Topo::new(purpose);
+    t.on_drop_in_fw(&[ours, "--reset"]);
+    common::topo::sh(&["ip", "link", "add", "f2", "netns", &t.f, "type", "veth", "peer", "name", "r1", "netns", &t.r]);
+    common::topo::sh(&["ip", "-n", &t.r, "link", "set", "r1", "up"]);
+    common::topo::sh(&["ip", "-n", &t.f, "link", "set", "f2", "up"]);
+    let restore = format!("BPF_IPTABLES_INGRESS={ingress} {} <<'EOF'\n{RULES}EOF\n", tools.bin("iptables-restore").display());
+    let o = t.exec(&t.f, &["sh", "-c", &restore]);
+    assert!(o.status.success(), "restore: {}", String::from_utf8_lossy(&o.stderr));
+    t
+}
+
+/// Sends `n` UDP datagrams of one flow (the same ports every time: one entry of the programs'
+/// route memory) from the sender to 198.18.9.9 (nobody answers) and waits for them to be
+/// through the firewall.
+fn send(t: &Topo, n: u32) {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 40000))\nfor i in range({n}): s.sendto(b'x', ('198.18.9.9', 9))\n"
+    );
+    assert!(t.exec(&t.s, &["python3", "-c", &script]).status.success(), "sending");
+    sleep(Duration::from_millis(200));
+}
+
+/// Packets counted so far by the INPUT rule, the FORWARD rules (-o f1, -o f2, any) and the
+/// FORWARD policy, as `iptables-save -c` shows them.
+fn counts(t: &Topo, tools: &Tools) -> [u64; 5] {
+    let save = tools.bin("iptables-save");
+    let o = t.exec(&t.f, &[save.to_str().expect("utf-8 path"), "-c"]);
+    assert!(o.status.success(), "save: {}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let packets = |needle: &str| -> u64 {
+        let line = text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?} in\n{text}"));
+        let counters = &line[line.find('[').expect("[") + 1..];
+        counters[..counters.find(':').expect(":")].parse().expect("packet count")
+    };
+    [
+        packets("-A INPUT -d 198.18.9.9"),
+        packets("-o f1 -j ACCEPT"),
+        packets("-o f2 -j ACCEPT"),
+        packets("-A FORWARD -d 198.18.9.9/32 -j ACCEPT"),
+        packets(":FORWARD ACCEPT"),
+    ]
+}
+
+fn in_fw(t: &Topo, args: &[&str]) {
+    let o = t.exec(&t.f, args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn route_changes_apply_from_the_next_packet(ingress: &str) {
+    let tools = Tools::ours();
+    let t = firewall(&format!("route-{ingress}"), ingress, &tools);
+    let step = |what: &str, expect: [u64; 5]| {
+        let before = counts(&t, &tools);
+        send(&t, 3);
+        let after = counts(&t, &tools);
+        let grew: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        assert_eq!(grew, expect, "{ingress}: {what} (INPUT, -o f1, -o f2, FORWARD, FORWARD policy)");
+    };
+    // No route to 198.18.9.0/24 (the firewall has no default route): never judged.
+    step("no route", [0, 0, 0, 0, 0]);
+    in_fw(&t, &["ip", "route", "add", "198.18.9.0/24", "via", "198.18.2.2", "dev", "f1"]);
+    step("routed out of f1", [0, 3, 0, 0, 0]);
+    in_fw(&t, &["ip", "route", "replace", "198.18.9.0/24", "dev", "f2"]);
+    step("the route replaced: out of f2", [0, 0, 3, 0, 0]);
+    in_fw(&t, &["ip", "link", "set", "f2", "down"]);
+    step("its interface down: no route", [0, 0, 0, 0, 0]);
+    in_fw(&t, &["ip", "link", "set", "f2", "up"]);
+    in_fw(&t, &["ip", "route", "add", "198.18.9.0/24", "dev", "f2"]);
+    step("up again, routed out of f2", [0, 0, 3, 0, 0]);
+    in_fw(&t, &["ip", "route", "add", "198.18.9.9/32", "via", "198.18.2.2", "dev", "f1"]);
+    step("a more specific route added: out of f1", [0, 3, 0, 0, 0]);
+    in_fw(&t, &["ip", "route", "del", "198.18.9.9/32"]);
+    step("and removed: out of f2", [0, 0, 3, 0, 0]);
+    in_fw(&t, &["sysctl", "-qw", "net.ipv4.conf.f0.forwarding=0"]);
+    step("forwarding off on the way in: INPUT", [3, 0, 0, 0, 0]);
+    in_fw(&t, &["sysctl", "-qw", "net.ipv4.conf.f0.forwarding=1"]);
+    step("forwarding on again", [0, 0, 3, 0, 0]);
+    in_fw(&t, &["ip", "route", "del", "198.18.9.0/24"]);
+    step("the route removed: never judged", [0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn route_changes_apply_from_the_next_packet_through_tc() {
+    if common::root_or_skip("route_changes_apply_from_the_next_packet_through_tc") {
+        route_changes_apply_from_the_next_packet("tc");
+    }
+}
+
+#[test]
+fn route_changes_apply_from_the_next_packet_through_xdp() {
+    if common::root_or_skip("route_changes_apply_from_the_next_packet_through_xdp") {
+        route_changes_apply_from_the_next_packet("xdp");
+    }
+}
