@@ -9,6 +9,8 @@
 //! it was written, until `attach_new_interfaces` rewrites it) gets the vector of the
 //! wildcard pattern only.
 
+use std::borrow::Cow;
+
 use anyhow::{anyhow, bail, Result};
 
 use super::skel::types::{bpfipt_action, bpfipt_addrtype_flags, bpfipt_check, bpfipt_const, bpfipt_ct_match, bpfipt_ctm_const};
@@ -56,18 +58,21 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     let mut img = vec![0u64; HEADER];
     img[0] = pack(bpfipt_const::BPFIPT_IMG_MAGIC.0, bpfipt_const::BPFIPT_IMG_VERSION.0);
 
-    // Vectors of every hook in one table; a hook's local VecId v is global id base + v.
+    // Vectors of every hook in one table; a hook's local VecId v is global id base + v. The
+    // programs try a hook's lead (`lead_masks`) first and walk the vectors from past it, so the
+    // lead's rules are left out of them, and a field only they constrain out of the image.
+    let leads: Vec<Vec<u64>> = c.hooks.iter().map(lead_masks).collect();
     let mut bases = Vec::new();
-    let mut all: Vec<&Vector> = Vec::new();
-    for h in &c.hooks {
+    let mut all: Vec<Cow<[(u32, u64)]>> = Vec::new();
+    for (h, lead) in c.hooks.iter().zip(&leads) {
         bases.push(all.len() as u32);
-        all.extend(h.vectors.iter());
+        all.extend(h.vectors.iter().map(|v| past_lead(v, lead.len())));
     }
     let vectab = img.len();
     img.resize(vectab + all.len(), 0);
-    for (i, v) in all.iter().enumerate() {
-        img[vectab + i] = pack(img.len() as u32, v.words.len() as u32);
-        for &(w, bits) in &v.words {
+    for (i, words) in all.iter().enumerate() {
+        img[vectab + i] = pack(img.len() as u32, words.len() as u32);
+        for &(w, bits) in words.iter() {
             img.push(w as u64);
             img.push(bits);
         }
@@ -93,14 +98,20 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     let ct_field = |h: &HookTable| h.fields.iter().any(|f| f.field == Field::CtState);
     img[SLOT_FLAGS] = c.hooks.iter().fold(0, |flags, h| flags | flags_for(&h.actions, ct_field(h)));
 
-    for (h, base) in c.hooks.iter().zip(&bases) {
+    for ((h, base), lead) in c.hooks.iter().zip(&bases).zip(&leads) {
         let hook = h.hook as usize;
         if h.actions.len() > MAX_RULES {
             bail!("{} has {} compiled rules; the datapath walks at most {MAX_RULES}", h.hook.chain_name(), h.actions.len());
         }
+        let past = h.lbvs_rules as usize - lead.len().min(h.lbvs_rules as usize);
+        let constraining: Vec<_> = h
+            .fields
+            .iter()
+            .filter(|f| all[(base + f.wildcard) as usize].iter().map(|w| w.1.count_ones() as usize).sum::<usize>() < past)
+            .collect();
         let fields = img.len();
-        img.resize(fields + h.fields.len() * FIELD_SLOTS, 0);
-        for (i, f) in h.fields.iter().enumerate() {
+        img.resize(fields + constraining.len() * FIELD_SLOTS, 0);
+        for (i, f) in constraining.iter().enumerate() {
             let intervals = match &f.map {
                 FieldMap::Prefixes(p) => prefix_intervals(p),
                 FieldMap::Intervals(iv) => iv.iter().map(|&(lo, _, v)| (lo, v)).collect(),
@@ -137,14 +148,13 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             img[actions + r * ACTION_SLOTS..][..ACTION_SLOTS].copy_from_slice(&s);
         }
 
-        let lead = lead_masks(h);
         let lead_off = img.len();
-        img.extend(&lead);
+        img.extend(lead);
 
         let hs = HOOK0 + hook * HOOK_SLOTS;
         img[hs] = pack(h.actions.len() as u32, h.policy_accept as u32);
         img[hs + 1] = pack(actions as u32, h.lbvs_rules);
-        img[hs + 2] = pack(fields as u32, h.fields.len() as u32);
+        img[hs + 2] = pack(fields as u32, constraining.len() as u32);
         img[hs + 3] = pack(lead_off as u32, lead.len() as u32);
         img[hs + 4] = pack((h.actions.len() + 2 * TAIL_CAP) as u32, 0);
     }
@@ -367,6 +377,19 @@ fn lead_masks(h: &HookTable) -> Vec<u64> {
         out.push(mask);
     }
     out
+}
+
+/// The words of `v` without the bits of its first `n` rules (the lead).
+fn past_lead(v: &Vector, n: usize) -> Cow<'_, [(u32, u64)]> {
+    let low = |w: u32| -> u64 {
+        let from = (w as usize * 64).min(n);
+        let to = (w as usize * 64 + 64).min(n);
+        if to > from { (u64::MAX >> (64 - (to - from))) << (from % 64) } else { 0 }
+    };
+    if !v.words.iter().take_while(|w| (w.0 as usize) * 64 < n).any(|&(w, bits)| bits & low(w) != 0) {
+        return Cow::Borrowed(&v.words);
+    }
+    Cow::Owned(v.words.iter().map(|&(w, bits)| (w, bits & !low(w))).filter(|w| w.1 != 0).collect())
 }
 
 /// The IMG_SLOT_FLAGS bits `actions` call for (`ct_field`: a field on conntrack state):
@@ -601,6 +624,55 @@ mod tests {
         fwd.rules.push(Rule { id: 0, ..rule(IpHeader::default(), vec![], Target::Accept) });
         let c = crate::compile::compile(&rs).expect("compiles");
         assert_eq!(lead_masks(&c.hooks[1]), vec![u64::MAX]);
+    }
+
+    /// The lead's rules are out of the vectors (the programs walk them from past the lead),
+    /// and a field only the lead constrains is out of the image: here the conntrack state,
+    /// while protocol, port and source stay.
+    #[test]
+    fn the_lead_stays_out_of_the_vectors() {
+        use crate::model::*;
+        let rule = |ip: IpHeader, matches: Vec<Match>, target: Target| Rule { id: Rule::UNASSIGNED, ip, matches, target, counters: Counters::default() };
+        let state = |bits: u16| Match::State(StateMatch { state: bits, invert: false });
+        let tcp = IpHeader { proto: Some(Inv::new(6, false)), ..Default::default() };
+        let dport = Match::Tcp(TcpMatch { dport: Some(Inv::new(PortRange { lo: 22, hi: 22 }, false)), ..Default::default() });
+        let src = IpHeader { src: Some(Inv::new(Ipv4Mask::new(0x0a00_0001, u32::MAX), false)), ..Default::default() };
+        let mut rs = Ruleset::default();
+        let input = rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT");
+        for (id, mut r) in [
+            rule(IpHeader::default(), vec![state(ct_state::ESTABLISHED | ct_state::RELATED)], Target::Accept),
+            rule(IpHeader::default(), vec![state(ct_state::INVALID)], Target::Drop),
+            rule(tcp, vec![dport], Target::Accept),
+            rule(src, vec![], Target::Drop),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            r.id = id as u32;
+            input.rules.push(r);
+        }
+        let c = crate::compile::compile(&rs).expect("compiles");
+        let h = &c.hooks[0];
+        assert_eq!(h.hook, Hook::Input);
+        assert!(h.fields.iter().any(|f| f.field == Field::CtState), "compiled with the state as a field");
+        let img = build(&c, &[]).expect("image");
+        let hs = HOOK0 + Hook::Input as usize * HOOK_SLOTS;
+        assert_eq!(img[hs + 3] >> 32, 2, "two lead rules");
+        let (fields, n) = (img[hs + 2] as u32 as usize, (img[hs + 2] >> 32) as usize);
+        let mut kept: Vec<u64> = (0..n).map(|i| img[fields + i * FIELD_SLOTS] & 0xff).collect();
+        kept.sort_unstable();
+        let mut want: Vec<u64> = h.fields.iter().filter(|f| f.field != Field::CtState).map(|f| f.field as u64).collect();
+        want.sort_unstable();
+        assert_eq!(kept, want);
+        let vt = img[k(bpfipt_const::BPFIPT_IMG_SLOT_VECTAB)];
+        for v in 0..(vt >> 32) as usize {
+            let e = img[vt as u32 as usize + v];
+            for w in 0..(e >> 32) as usize {
+                let at = e as u32 as usize + 2 * w;
+                assert!(img[at] != 0 || img[at + 1] & 0b11 == 0, "vector {v} holds a lead rule");
+                assert_ne!(img[at + 1], 0, "an empty word");
+            }
+        }
     }
 
     /// The interval index narrows every value to a range of intervals that holds the one
