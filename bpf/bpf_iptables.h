@@ -73,7 +73,9 @@
  *   lead                   per hook, one slot per leading rule that constrains only the
  *                          conntrack state (no other field, no check), at most IMG_MAX_LEAD:
  *                          bit v set when it accepts ct_state value v. Tried in order before
- *                          the field lookups (established packets then skip them).
+ *                          the field lookups (established packets then skip them); these
+ *                          rules are not in the vectors (LBVS starts past them), and a field
+ *                          only they constrain is not in the hook's fields.
  *   state                  one slot per limit/nth state, written by the programs
  */
 #ifndef BPF_IPTABLES_H

@@ -262,13 +262,15 @@ static __always_inline int route_lookup(void *ctx, struct cls *c)
 	}
 }
 
-/* The hook an arriving packet goes through, or -1 when netfilter would not filter it;
- * `route_gen`: the namespace's route generation, read before anything is looked up. */
-static __always_inline int ingress_hook(void *ctx, struct cls *c, __u32 route_gen)
+/* The hook an arriving packet goes through, or -1 when netfilter would not filter it. `kind`:
+ * the program (XDP or TC ingress). */
+static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind)
 {
 	struct pkt *p = &c->p;
 	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
 		return BPFIPT_HOOK_INPUT;
+	/* read before the lookup: a change in between moves it past what the entry records */
+	__u32 route_gen = kind == PROG_XDP ? xdp_route_gen(ctx) : skb_route_gen(ctx);
 	__u32 ports = (__u32)p->sport << 16 | p->dport;
 	__u32 k = BPFIPT_ROUTE_HASH(p->src, p->dst, ports, p->in_ifindex);
 	struct bpfipt_route *e = bpf_map_lookup_elem(&bpfipt_routes, &k);
@@ -341,7 +343,6 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 		stat_parse_pass();
 		return XDP_PASS;
 	}
-	__u32 route_gen = xdp_route_gen(ctx);
 	c->p.in_ifindex = ctx->ingress_ifindex;
 	int track = tracks(img);
 	if (track) {
@@ -349,7 +350,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 		ct_lookup_cls(c);
 	}
 	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
-	int hook = ingress_hook(ctx, c, route_gen);
+	int hook = ingress_hook(ctx, c, PROG_XDP);
 	if (hook < 0)
 		return XDP_PASS;
 	c->p.hook = hook;
@@ -603,11 +604,10 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, str
 static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 {
 	int track;
-	__u32 route_gen = skb_route_gen(skb);
 	struct cls *c = tc_start(skb, PROG_TC_IN, img, &track, skb->ifindex == LOOPBACK_IFINDEX);
 	if (!c)
 		return TC_ACT_OK;
-	int hook = ingress_hook(skb, c, route_gen);
+	int hook = ingress_hook(skb, c, PROG_TC_IN);
 	if (hook < 0)
 		return TC_ACT_OK;
 	c->p.hook = hook;
