@@ -376,8 +376,8 @@ struct bpfipt_ct_tcp_peer {
 
 /* A connection table entry (value of the bpfipt_ct map). */
 struct bpfipt_ct_entry {
-	__u64 expires;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at which it expires */
-	__u64 created;  /* bpf_ktime_get_ns() at creation */
+	__u64 expires;  /* bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC_COARSE) at which it expires */
+	__u64 created;  /* bpf_ktime_get_coarse_ns() at creation */
 	struct bpfipt_counter acct[2]; /* per direction (enum bpfipt_ct_dir) */
 	struct bpfipt_ct_tuple orig;   /* the reply tuple is its inverse (we do no NAT) */
 	__u16 status;   /* enum bpfipt_ct_status bits */
