@@ -86,7 +86,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 7,
+	BPFIPT_LAYOUT_VERSION = 8,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -406,6 +406,9 @@ struct bpfipt_ct_result {
 	__u8 proto;     /* the connection's protocol (for RELATED: the quoted flow's) */
 	__u8 tcp_state; /* after this packet */
 	__u8 in_table;  /* the table had an entry under `key` (live or not) at lookup */
+	__u8 counts_only; /* the packet changes nothing in the entry but its counters (1) or
+			   * nothing at all (2), */
+	__u32 seq;      /* as long as the seq of the entry's lock is still this */
 	__u64 now;      /* the clock the lookup read, for the update */
 };
 /* `-m conntrack` options (bpfipt_ct_match.flags and .invert), as XT_CONNTRACK_* bits. */

@@ -62,7 +62,15 @@
  * creation is an atomic insert (BPF_NOEXIST) and a loser of that race falls back to updating
  * the winner's entry under its lock. Lookup reads an unlocked snapshot: it may see a state
  * another CPU is replacing, which only affects that one packet's classification, as with
- * netfilter where the ct state is computed before the filter runs.
+ * netfilter where the ct state is computed before the filter runs. An update under a lock
+ * makes the lock's seq odd while it writes and moves it on after (a seqcount over the
+ * entries of that lock), so lookup also learns whether its snapshot was whole and whether
+ * the packet changes nothing but the counters (a UDP stream, a repeated ACK: the deadline
+ * moves once per clock tick); the update then only counts, with atomic adds and without the
+ * lock (taking it, with the interrupts it disables, cost as much as the rest of the
+ * update), provided the seq has not moved since the lookup (an update of another entry of
+ * the lock moves it too: the packet then takes the lock as usual). Counters are always
+ * added atomically, so the two paths never lose a count.
  */
 #ifndef BPFIPT_CONNTRACK_H
 #define BPFIPT_CONNTRACK_H
@@ -81,6 +89,7 @@ struct {
 
 struct bpfipt_ct_lock {
 	struct bpf_spin_lock lock;
+	__u32 seq; /* even; odd while an update under the lock writes (see the top) */
 };
 
 struct {
@@ -341,16 +350,43 @@ static __always_inline void ct_init(struct bpfipt_ct_entry *e, const struct bpfi
 	e->last_index = CT_IDX_NONE;
 }
 
+/* The packet counted in its direction; atomic, as packets that change nothing else count
+ * without the lock (see the top). */
+static __always_inline void ct_count(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p, __u32 dir)
+{
+	struct bpfipt_counter *c = &e->acct[dir & 1];
+
+	__sync_fetch_and_add(&c->packets, 1);
+	__sync_fetch_and_add(&c->bytes, p->ip_len);
+}
+
 /* nf_ct_refresh_acct: a new deadline, and the packet counted in its direction. */
 static __always_inline void ct_refresh(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
 				       __u32 dir, __u64 now, __u32 timeout)
 {
-	struct bpfipt_counter *c = &e->acct[dir & 1];
-
 	e->expires = now + (__u64)timeout * CT_NS_PER_SEC;
-	c->packets += 1;
-	c->bytes += p->ip_len;
+	ct_count(e, p, dir);
 }
+
+/* Whether entries a and b are the same but for their counters. */
+static __always_inline int ct_same_but_counters(const struct bpfipt_ct_entry *a, const struct bpfipt_ct_entry *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	__u64 diff = 0;
+
+	_Static_assert(sizeof(*a) % 8 == 0, "entries are 8-byte words");
+	_Static_assert(__builtin_offsetof(struct bpfipt_ct_entry, acct) == 16 &&
+			       __builtin_offsetof(struct bpfipt_ct_entry, orig) == 48,
+		       "the counters are words 2..5");
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*a) / 8); i++)
+		if (i < 2 || i >= 6)
+			diff |= x[i] ^ y[i];
+	return diff == 0;
+}
+
+/* The lock of the entry under key k. */
+static __always_inline struct bpfipt_ct_lock *ct_lock_of(const struct bpfipt_ct_key *k);
 
 static __always_inline __u32 ct_tcp_index(__u8 flags)
 {
@@ -633,6 +669,13 @@ static __always_inline __u32 ct_lock_index(const struct bpfipt_ct_key *k)
 	return (h ^ (h >> 16)) & (BPFIPT_CT_LOCKS - 1);
 }
 
+static __always_inline struct bpfipt_ct_lock *ct_lock_of(const struct bpfipt_ct_key *k)
+{
+	__u32 idx = ct_lock_index(k);
+
+	return bpf_map_lookup_elem(&bpfipt_ct_locks, &idx);
+}
+
 static __always_inline void ct_fill_result(struct bpfipt_ct_result *r,
 					   const struct bpfipt_ct_entry *e, __u32 dir, __u64 now)
 {
@@ -682,9 +725,11 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	struct bpfipt_ct_entry snap;
 	struct bpfipt_ct_entry *e;
 	__u32 dir = BPFIPT_CT_DIR_ORIGINAL;
+	struct bpfipt_ct_lock *lk = NULL;
 	__u16 status_before;
 	int found = 0, v;
-	__u64 now;
+	__u32 seq = 1;
+	__u64 now, counted;
 
 	__builtin_memset(r, 0, sizeof(*r));
 	r->state = BPFIPT_CT_INVALID;
@@ -710,6 +755,9 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	r->in_table = e != NULL;
 	r->now = now;
 	if (e && !ct_expired(e, now)) {
+		lk = ct_lock_of(&r->key);
+		seq = lk ? *(volatile __u32 *)&lk->seq : 1;
+		asm volatile("" ::: "memory");
 		snap = *e;
 		dir = ct_dir_of(&snap, &ti);
 		found = 1;
@@ -719,6 +767,7 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 		ct_init(&snap, p, &ti.t, now);
 	}
 	status_before = snap.status;
+	counted = snap.acct[dir & 1].packets;
 	v = ct_advance(&snap, p, dir, now);
 	if (v == CT_V_REOPEN) {
 		ct_init(&snap, p, &ti.t, now);
@@ -731,6 +780,17 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 		return r->state;
 	if (dir == BPFIPT_CT_DIR_REPLY)
 		snap.status |= BPFIPT_CT_S_SEEN_REPLY;
+	/* Compared with the entry as it is now, then the seq read again: even and unchanged, no
+	 * update wrote meanwhile (x86 orders loads with loads and stores with stores, and the
+	 * JIT keeps the program's order). */
+	if (found && lk && v == CT_V_ACCEPT && !(seq & 1) && ct_same_but_counters(&snap, e)) {
+		asm volatile("" ::: "memory");
+		if (*(volatile __u32 *)&lk->seq == seq) {
+			/* some packets are not counted (a retransmitted SYN) */
+			r->counts_only = snap.acct[dir & 1].packets != counted ? 1 : 2;
+			r->seq = seq;
+		}
+	}
 	ct_fill_result(r, &snap, dir, now);
 	if (!found)
 		r->state = BPFIPT_CT_NEW;
@@ -785,7 +845,6 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	struct bpfipt_ct_entry fresh;
 	struct bpfipt_ct_entry *e;
 	struct bpfipt_ct_lock *lk;
-	__u32 idx;
 	__u64 now;
 	int kill;
 
@@ -798,7 +857,16 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 			p->icmp_code) < 0)
 		return;
 	now = r->now;
+	lk = ct_lock_of(&r->key);
+	if (!lk)
+		return;
 	e = bpf_map_lookup_elem(&bpfipt_ct, &r->key);
+	/* Most packets of a connection only count (see the top). */
+	if (e && r->counts_only && *(volatile __u32 *)&lk->seq == r->seq) {
+		if (r->counts_only == 1)
+			ct_count(e, p, r->dir);
+		return;
+	}
 	if (!e) {
 		if (!accepted)
 			return;
@@ -817,12 +885,12 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 		if (!e)
 			return;
 	}
-	idx = ct_lock_index(&r->key);
-	lk = bpf_map_lookup_elem(&bpfipt_ct_locks, &idx);
-	if (!lk)
-		return;
 	bpf_spin_lock(&lk->lock);
+	*(volatile __u32 *)&lk->seq = lk->seq + 1;
+	asm volatile("" ::: "memory");
 	kill = ct_apply(e, &fresh, p, &ti, now);
+	asm volatile("" ::: "memory");
+	*(volatile __u32 *)&lk->seq = lk->seq + 1;
 	bpf_spin_unlock(&lk->lock);
 	if (kill)
 		bpf_map_delete_elem(&bpfipt_ct, &r->key);

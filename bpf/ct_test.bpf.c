@@ -93,6 +93,16 @@ int bpfipt_ct_test(struct xdp_md *ctx)
 	ct_test_matched = bpfipt_ct_match(&ct_test_match, &r);
 	if (ct_test_drop == 2)
 		return XDP_DROP;
-	bpfipt_ct_update(&p, &r, !ct_test_drop);
-	return ct_test_drop ? XDP_DROP : XDP_PASS;
+	if (ct_test_drop == 3) {
+		/* another CPU updates the entry between this packet's lookup and its update: a
+		 * deadline one second away */
+		struct bpfipt_ct_entry *e = bpf_map_lookup_elem(&bpfipt_ct, &r.key);
+		struct bpfipt_ct_lock *lk = ct_lock_of(&r.key);
+		if (e && lk) {
+			e->expires = r.now + CT_NS_PER_SEC;
+			lk->seq += 2;
+		}
+	}
+	bpfipt_ct_update(&p, &r, ct_test_drop != 1);
+	return ct_test_drop == 1 || ct_test_drop == 2 ? XDP_DROP : XDP_PASS;
 }

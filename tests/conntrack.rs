@@ -147,8 +147,14 @@ impl Harness {
         self.run_mode(pkt, 2)
     }
 
+    /// An accepted packet, the entry updated by "another CPU" between its lookup and its
+    /// update (its deadline set 1 s away, its seq moved on).
+    fn send_racing(&mut self, pkt: &[u8]) -> bpfipt_ct_result {
+        self.run_mode(pkt, 3)
+    }
+
     fn run_mode(&mut self, pkt: &[u8], mode: u32) -> bpfipt_ct_result {
-        let drop = mode != 0;
+        let drop = mode == 1 || mode == 2;
         let bss = self.skel.maps.bss_data.as_deref_mut().expect("ct_test has a .bss");
         bss.ct_test_drop = mode;
         let out = self
@@ -387,6 +393,36 @@ fn tcp_mid_stream_pickup() {
 }
 
 // ---- UDP, ICMP, others ---------------------------------------------------------------------
+
+/// A packet that changes nothing in its entry but the counters (the deadline moves once per
+/// clock tick) counts without the entry's lock, unless the entry moved on since its lookup:
+/// then it is applied under the lock to the entry as it is, as any other.
+#[test]
+fn packets_that_only_count_skip_the_lock_unless_the_entry_moved() {
+    let Some(mut h) = setup("packets_that_only_count_skip_the_lock_unless_the_entry_moved") else { return };
+    h.send(&udp(CLIENT, 5353, SERVER, 53, 30));
+    h.send(&udp(SERVER, 53, CLIENT, 5353, 30));
+    let counted_only = (0..50).filter(|_| h.send(&udp(CLIENT, 5353, SERVER, 53, 30)).counts_only == 1).count();
+    // 50 runs in a row mostly fall within one tick (a tick is 1 to 10 ms)
+    assert!(counted_only >= 10, "only {counted_only} of 50 packets counted without the lock");
+    let c = h.only_conn();
+    assert_eq!((c.counters[0].packets, c.counters[0].bytes, c.counters[1].packets), (51, 51 * 58, 1), "every packet counted");
+    assert!((29..=30).contains(&c.expire), "UDP timeout: {}", c.expire);
+
+    // A packet whose lookup found it would only count (within one tick: retried until so).
+    let mut sent = 0;
+    let r = loop {
+        let r = h.send_racing(&udp(CLIENT, 5353, SERVER, 53, 30));
+        sent += 1;
+        if r.counts_only == 1 || sent == 50 {
+            break r;
+        }
+    };
+    assert_eq!((r.state, r.counts_only), (ESTABLISHED, 1));
+    let c = h.only_conn();
+    assert!((29..=30).contains(&c.expire), "applied under the lock after the other update, deadline refreshed: {}", c.expire);
+    assert_eq!(c.counters[0].packets, 51 + sent);
+}
 
 #[test]
 fn udp_flow_and_assured_stream() {
