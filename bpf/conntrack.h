@@ -385,9 +385,6 @@ static __always_inline int ct_same_but_counters(const struct bpfipt_ct_entry *a,
 	return diff == 0;
 }
 
-/* The lock of the entry under key k. */
-static __always_inline struct bpfipt_ct_lock *ct_lock_of(const struct bpfipt_ct_key *k);
-
 static __always_inline __u32 ct_tcp_index(__u8 flags)
 {
 	if (flags & CT_TCP_RST)
@@ -669,6 +666,7 @@ static __always_inline __u32 ct_lock_index(const struct bpfipt_ct_key *k)
 	return (h ^ (h >> 16)) & (BPFIPT_CT_LOCKS - 1);
 }
 
+/* The lock of the entry under key k. */
 static __always_inline struct bpfipt_ct_lock *ct_lock_of(const struct bpfipt_ct_key *k)
 {
 	__u32 idx = ct_lock_index(k);
