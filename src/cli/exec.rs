@@ -91,7 +91,7 @@ fn addr(m: Ipv4Mask, invert: bool) -> Option<Inv<Ipv4Mask>> {
 }
 
 /// The rules a spec stands for: one per source x destination, in iptables' order.
-fn expand(table: &Table, spec: &RuleSpec) -> Result<Vec<Rule>> {
+pub fn expand(table: &Table, spec: &RuleSpec) -> Result<Vec<Rule>> {
     let target = resolve_target(table, &spec.target)?;
     let any = [Ipv4Mask::ANY];
     let srcs = if spec.srcs.is_empty() { &any[..] } else { &spec.srcs[..] };

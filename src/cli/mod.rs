@@ -17,7 +17,7 @@ use std::io::Write;
 
 use crate::compile::tables::Hook;
 use crate::error::{param, Error, Result, VARIANT, VERSION};
-use crate::model::{Policy, Rule, Ruleset, Table, TableKind};
+use crate::model::{Policy, Ruleset, Table, TableKind};
 use crate::output::save;
 use crate::parse::cmdline::{self, Parsed};
 use crate::parse::options::{self, OptDef, Value};
@@ -283,29 +283,37 @@ fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv
     Ok(Some(fx))
 }
 
-/// `-D` in a built-in filter chain, the other common edit of a firewall script: applied to that
-/// chain alone, decoded with the other chains' names (all that resolving a rule spec looks
-/// at), stored by encoding that chain alone, and deleted from the datapath's image in place
-/// when it can be (`Store::commit_delete`). `None`, `outline` untouched: the general path
-/// applies.
+/// `-D` in a built-in filter chain, the other common edit of a firewall script: the rule is
+/// found by its encoding (by spec) or its number and cut out of the stored chain, no other
+/// rule decoded or encoded again, and deleted from the datapath's image in place when it can
+/// be (`Store::commit_delete`). `None`, `outline` untouched: the general path applies (it
+/// also gives the errors: no such rule, index too big), as it does for `-v`, which echoes.
 fn delete_from_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     let (Command::Delete { chain, .. } | Command::DeleteNum { chain, .. }) = &inv.command else { return Ok(None) };
     let Some(hook) = Hook::of_chain(chain) else { return Ok(None) };
-    if kind != TableKind::Filter {
+    if kind != TableKind::Filter || inv.verbose > 0 {
         return Ok(None);
     }
-    let (Some(mut table), Some(before)) = (outline.chains_of(TableKind::Filter), outline.rules_of(TableKind::Filter, chain)) else {
-        return Ok(None);
+    let encoding = |e| anyhow::Error::new(e).context("the stored rules");
+    let at = match &inv.command {
+        Command::DeleteNum { num, .. } if *num > 0 => vec![*num as usize - 1],
+        Command::Delete { rule, .. } => {
+            // resolving the spec looks at the chain names only
+            let Some(table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
+            let mut at = Vec::new();
+            for r in exec::expand(&table, rule)? {
+                match outline.find_spec(TableKind::Filter, chain, &r, &at).map_err(encoding)? {
+                    Some(i) => at.push(i),
+                    None => return Ok(None),
+                }
+            }
+            at
+        }
+        _ => return Ok(None),
     };
-    let before = before?;
-    let Some(c) = table.chain_mut(chain) else { return Ok(None) };
-    c.rules = before.clone();
-    let fx = exec::apply(&mut table, inv)?;
-    let Some(c) = table.chain_mut(chain) else { return Ok(None) };
-    let kept: std::collections::HashSet<u32> = c.rules.iter().map(|r| r.id).collect();
-    let deleted: Vec<Rule> = before.into_iter().filter(|r| !kept.contains(&r.id)).collect();
-    store.commit_delete(std::mem::take(outline), hook, &c.rules, &deleted)?;
-    Ok(Some(fx))
+    let Some(deleted) = outline.remove(TableKind::Filter, chain, &at).map_err(encoding)? else { return Ok(None) };
+    store.commit_delete(std::mem::take(outline), hook, &deleted)?;
+    Ok(Some(exec::Effects { changed: true, ..Default::default() }))
 }
 
 /// `iptables-save [-c] [-t table] [-f file]`.

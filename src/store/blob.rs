@@ -1,8 +1,9 @@
 //! The stored form of the ruleset model (what the `bpfipt_blob` chunks hold, bincode): the
 //! model's tables and chains, each chain's rules as one opaque block of encoded rules with
-//! their ids alongside. `-A` to a built-in chain reads the outline (chains, policies, ids)
-//! and appends the new rules' encoding to one block, never decoding or re-encoding the rules
-//! already stored; everything else decodes the whole model.
+//! their ids and ends alongside. `-A` to a built-in chain reads the outline (chains,
+//! policies, ids) and appends the new rules' encoding to one block, `-I` at its head puts them
+//! before it, and `-D` in it finds the rule by its encoding and cuts it out, never decoding or
+//! re-encoding the rules already stored; everything else decodes the whole model.
 
 use anyhow::Context;
 use serde::de::{Deserializer, Visitor};
@@ -32,12 +33,20 @@ struct StoredChain {
 }
 
 /// A chain's rules: `ids[i]` is rule i's id, `bytes` the rules' encodings one after another,
-/// `first_end` the index of the first rule that always ends the chain's walk, if any.
+/// rule i's ending at `ends[i]`, `first_end` the index of the first rule that always ends the
+/// chain's walk, if any.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct RuleBlock {
     ids: Vec<u32>,
+    ends: Vec<u32>,
     first_end: Option<u32>,
     bytes: Bytes,
+}
+
+/// A rule's encoding (bincode, fixed-size integers) without its id (the first field, 4 bytes)
+/// and counters (the last, two u64): equal for two rules exactly when `Rule::same_spec` holds.
+fn spec_bytes(encoded: &[u8]) -> &[u8] {
+    &encoded[4..encoded.len() - 16]
 }
 
 /// Bytes encoded as one length and the raw bytes (serde's default for `Vec<u8>` goes element
@@ -77,7 +86,56 @@ impl RuleBlock {
         }
         bincode::serialize_into(&mut self.bytes.0, r)?;
         self.ids.push(r.id);
+        self.ends.push(self.bytes.0.len() as u32);
         Ok(())
+    }
+
+    /// The encoding of rule i.
+    fn encoded(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes.0[start..self.ends[i] as usize]
+    }
+
+    /// Removes the rules at `at` (distinct indices), returning them decoded; None (nothing
+    /// changed) when an index is out of range.
+    fn remove(&mut self, at: &[usize]) -> bincode::Result<Option<Vec<Rule>>> {
+        if at.iter().any(|&i| i >= self.ids.len()) {
+            return Ok(None);
+        }
+        let removed = at.iter().map(|&i| bincode::deserialize(self.encoded(i))).collect::<bincode::Result<Vec<Rule>>>()?;
+        let mut gone = at.to_vec();
+        gone.sort_unstable();
+        let (mut ids, mut ends, mut bytes) = (Vec::with_capacity(self.ids.len()), Vec::with_capacity(self.ids.len()), Vec::new());
+        bytes.reserve(self.bytes.0.len());
+        let mut next = gone.iter().peekable();
+        for i in 0..self.ids.len() {
+            if next.peek() == Some(&&i) {
+                next.next();
+                continue;
+            }
+            bytes.extend_from_slice(self.encoded(i));
+            ids.push(self.ids[i]);
+            ends.push(bytes.len() as u32);
+        }
+        let first_end = match self.first_end {
+            // the walk's end went: the next rule that ends it, if any (decoding from there)
+            Some(e) if gone.binary_search(&(e as usize)).is_ok() => {
+                let from = e as usize - gone.iter().filter(|&&g| g < e as usize).count();
+                let mut found = None;
+                for i in from..ids.len() {
+                    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+                    if bincode::deserialize::<Rule>(&bytes[start..ends[i] as usize])?.ends_walk() {
+                        found = Some(i as u32);
+                        break;
+                    }
+                }
+                found
+            }
+            Some(e) => Some(e - gone.iter().filter(|&&g| g < e as usize).count() as u32),
+            None => None,
+        };
+        *self = RuleBlock { ids, ends, first_end, bytes: Bytes(bytes) };
+        Ok(Some(removed))
     }
 
     /// Puts `rules` before the block's rules, re-encoding none of those.
@@ -89,6 +147,8 @@ impl RuleBlock {
         let k = head.ids.len() as u32;
         head.first_end = head.first_end.or(self.first_end.map(|e| e + k));
         head.ids.extend_from_slice(&self.ids);
+        let shift = head.bytes.0.len() as u32;
+        head.ends.extend(self.ends.iter().map(|e| e + shift));
         head.bytes.0.extend_from_slice(&self.bytes.0);
         *self = head;
         Ok(())
@@ -176,16 +236,24 @@ impl Outline {
         Some(c.rules.decode().context("decoding the stored rules").map_err(Into::into))
     }
 
-    /// Replaces the rules of chain `chain` of table `kind` (ids assigned), encoding only them.
-    /// Returns false if there is no such chain.
-    pub fn set_rules(&mut self, kind: TableKind, chain: &str, rules: &[Rule]) -> bincode::Result<bool> {
-        let Some(c) = self.chain_mut(kind, chain) else { return Ok(false) };
-        let mut block = RuleBlock::default();
-        for r in rules {
-            block.push(r)?;
-        }
-        c.rules = block;
-        Ok(true)
+    /// The index of the first rule of chain `chain` of table `kind` that is `rule`
+    /// (`Rule::same_spec`), those at `skip` left out; compared encoded, none decoded. None if
+    /// there is none (or no such chain).
+    pub fn find_spec(&self, kind: TableKind, chain: &str, rule: &Rule, skip: &[usize]) -> bincode::Result<Option<usize>> {
+        let Some(c) = self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).find(|c| c.name == chain) else {
+            return Ok(None);
+        };
+        let wanted = bincode::serialize(rule)?;
+        let wanted = spec_bytes(&wanted);
+        Ok((0..c.rules.ids.len()).find(|i| !skip.contains(i) && spec_bytes(c.rules.encoded(*i)) == wanted))
+    }
+
+    /// Removes the rules at indices `at` (distinct) of chain `chain` of table `kind`,
+    /// re-encoding none of the others; returns them decoded. None, nothing changed, when there
+    /// is no such chain or rule.
+    pub fn remove(&mut self, kind: TableKind, chain: &str, at: &[usize]) -> bincode::Result<Option<Vec<Rule>>> {
+        let Some(c) = self.chain_mut(kind, chain) else { return Ok(None) };
+        c.rules.remove(at)
     }
 
     /// Puts `rules` (ids assigned) at the head of chain `chain` of table `kind`. Returns false
@@ -249,12 +317,17 @@ mod tests {
         let t = o.chains_of(TableKind::Filter).expect("filter");
         assert!(t.chains.iter().all(|c| c.rules.is_empty()) && t.chain("U").is_some());
 
-        // One chain's rules decoded and replaced, the others untouched.
+        // A rule found by its spec (whatever its id and counters) and cut out, the others
+        // untouched.
         let mut input = o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes");
         assert_eq!(input.iter().map(|r| r.id).collect::<Vec<_>>(), vec![0, 2, 7, 8, 9]);
-        input.remove(1);
-        assert!(o.set_rules(TableKind::Filter, "INPUT", &input).expect("encodes"));
-        assert!(!o.set_rules(TableKind::Filter, "NOPE", &[]).expect("encodes"));
+        let spec = Rule { id: Rule::UNASSIGNED, counters: Counters::default(), ..input[1].clone() };
+        assert_eq!(o.find_spec(TableKind::Filter, "INPUT", &spec, &[]).expect("encodes"), Some(1));
+        assert_eq!(o.find_spec(TableKind::Filter, "INPUT", &spec, &[1]).expect("encodes"), None);
+        assert_eq!(o.find_spec(TableKind::Filter, "NOPE", &spec, &[]).expect("encodes"), None);
+        assert_eq!(o.remove(TableKind::Filter, "INPUT", &[5]).expect("decodes"), None, "no rule 6");
+        assert_eq!(o.remove(TableKind::Filter, "NOPE", &[0]).expect("decodes"), None);
+        assert_eq!(o.remove(TableKind::Filter, "INPUT", &[1]).expect("decodes"), Some(vec![input.remove(1)]));
         assert!(o.rules_of(TableKind::Filter, "NOPE").is_none());
         rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = input;
         assert_eq!(o.decode().expect("decodes"), rs);
@@ -271,5 +344,58 @@ mod tests {
         forward.insert(0, head[0].clone());
         forward.insert(0, head[1].clone());
         assert_eq!(o.decode().expect("decodes"), rs);
+    }
+
+    /// Rules cut out of a chain by index: the rest decodes as before, ends and all, and the
+    /// first rule that ends the walk moves with them, or to the next one when it goes.
+    #[test]
+    fn removing_rules_keeps_the_rest_and_the_walk_end() {
+        let all = Rule { ip: IpHeader::default(), ..rule(0, 0, Target::Accept) };
+        let mut rules: Vec<Rule> = (0..8).map(|i| rule(i, i + 1, Target::Drop)).collect();
+        rules[3] = Rule { id: 3, ..all.clone() };
+        rules[6] = Rule { id: 6, ..all.clone() };
+        let mut rs = Ruleset::default();
+        rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = rules.clone();
+        let mut o = Outline::encode(&rs).expect("encodes");
+        let walk_end = |o: &mut Outline| o.append(TableKind::Filter, "INPUT", &[]).expect("appends");
+        assert_eq!(walk_end(&mut o), Some(false));
+
+        // before the walk's end, and twice in one go, out of order
+        let gone = o.remove(TableKind::Filter, "INPUT", &[2, 0]).expect("decodes").expect("removed");
+        assert_eq!(gone.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 0]);
+        rules.retain(|r| r.id != 0 && r.id != 2);
+        let input = |o: &Outline| o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes");
+        assert_eq!(input(&o), rules);
+        // the rule that ends the walk (id 3, now index 1): the next one (id 6) ends it
+        assert_eq!(o.remove(TableKind::Filter, "INPUT", &[1]).expect("decodes").expect("removed")[0].id, 3);
+        rules.retain(|r| r.id != 3);
+        assert_eq!(input(&o), rules);
+        assert_eq!(walk_end(&mut o), Some(false));
+        let six = rules.iter().position(|r| r.id == 6).expect("id 6");
+        o.remove(TableKind::Filter, "INPUT", &[six]).expect("decodes").expect("removed");
+        rules.retain(|r| r.id != 6);
+        assert_eq!(input(&o), rules);
+        assert_eq!(walk_end(&mut o), Some(true), "nothing ends the walk any more");
+        // what follows still appends and decodes
+        let new = rule(9, 9, Target::Drop);
+        o.append(TableKind::Filter, "INPUT", std::slice::from_ref(&new)).expect("appends");
+        rules.push(new);
+        assert_eq!(input(&o), rules);
+        let bytes = bincode::serialize(&o).expect("serializes");
+        let back: Outline = bincode::deserialize(&bytes).expect("deserializes");
+        assert_eq!(back.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), rules);
+    }
+
+    /// Encodings compared without id and counters say what `Rule::same_spec` says.
+    #[test]
+    fn spec_bytes_compare_as_same_spec() {
+        let a = rule(1, 5, Target::Drop);
+        let b = Rule { id: 77, counters: Counters { packets: 9, bytes: 99 }, ..a.clone() };
+        let c = rule(1, 6, Target::Drop);
+        let d = rule(1, 5, Target::Accept);
+        let enc = |r: &Rule| bincode::serialize(r).expect("encodes");
+        for (x, y) in [(&a, &b), (&a, &c), (&a, &d), (&c, &d)] {
+            assert_eq!(spec_bytes(&enc(x)) == spec_bytes(&enc(y)), x.same_spec(y), "{x:?} / {y:?}");
+        }
     }
 }

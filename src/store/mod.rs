@@ -65,12 +65,11 @@ impl Store {
         self.pins.commit_added(outline, hook, rules, at_head)
     }
 
-    /// Deletes rules from `hook`'s built-in filter chain of `outline` (just loaded): `rules`
-    /// are what remains of it, `deleted` what went. Stored and enforced as `commit` would,
-    /// decoding and encoding that chain alone, and without compiling when the datapath can
-    /// patch its image (see `enforce_delete`).
-    pub fn commit_delete(&mut self, outline: Outline, hook: Hook, rules: &[Rule], deleted: &[Rule]) -> Result<()> {
-        self.pins.commit_delete(outline, hook, rules, deleted)
+    /// Makes `outline`, loaded and then without the rules `deleted` from `hook`'s built-in
+    /// filter chain (`Outline::remove`), the live ruleset, as `commit` would, without
+    /// compiling when the datapath can patch its image (see `enforce_delete`).
+    pub fn commit_delete(&mut self, outline: Outline, hook: Hook, deleted: &[Rule]) -> Result<()> {
+        self.pins.commit_delete(outline, hook, deleted)
     }
 
     /// The stored ruleset (counters not filled in; see `load_counters`).

@@ -217,14 +217,10 @@ impl Pins {
         self.flip(written, pass_all, outline.rule_ids())
     }
 
-    /// Makes `rules` the rules of `hook`'s built-in filter chain of `outline` (just loaded),
-    /// which were those minus `deleted` (`-D`), then stores and enforces it: only that chain is
-    /// encoded again, and the datapath's image is patched when it can be (`super::enforce_delete`).
-    pub fn commit_delete(&mut self, mut outline: Outline, hook: Hook, rules: &[Rule], deleted: &[Rule]) -> Result<()> {
-        let chain = hook.chain_name();
-        if !outline.set_rules(TableKind::Filter, chain, rules).context("encoding the rules")? {
-            return Err(Error::Other(anyhow!("the stored ruleset has no filter chain {chain}")));
-        }
+    /// Stores and enforces `outline`, which lost the rules `deleted` from `hook`'s built-in
+    /// filter chain (`-D`): the datapath's image is patched when it can be
+    /// (`super::enforce_delete`).
+    pub fn commit_delete(&mut self, outline: Outline, hook: Hook, deleted: &[Rule]) -> Result<()> {
         let written = self.write_blob(&outline)?;
         let pass_all = outline.is_pass_all();
         let patched = self.patchable() && super::enforce_delete(&self.dir, hook, deleted, pass_all)?;
