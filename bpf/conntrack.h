@@ -350,22 +350,28 @@ static __always_inline void ct_init(struct bpfipt_ct_entry *e, const struct bpfi
 	e->last_index = CT_IDX_NONE;
 }
 
-/* The packet counted in its direction; atomic, as packets that change nothing else count
- * without the lock (see the top). */
-static __always_inline void ct_count(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p, __u32 dir)
+/* The packet counted in its direction; atomic in a table entry (`shared`), as packets that
+ * change nothing else count into it without the lock (see the top), plain in a copy. */
+static __always_inline void ct_count(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p, __u32 dir,
+				     int shared)
 {
 	struct bpfipt_counter *c = &e->acct[dir & 1];
 
-	__sync_fetch_and_add(&c->packets, 1);
-	__sync_fetch_and_add(&c->bytes, p->ip_len);
+	if (shared) {
+		__sync_fetch_and_add(&c->packets, 1);
+		__sync_fetch_and_add(&c->bytes, p->ip_len);
+	} else {
+		c->packets += 1;
+		c->bytes += p->ip_len;
+	}
 }
 
 /* nf_ct_refresh_acct: a new deadline, and the packet counted in its direction. */
 static __always_inline void ct_refresh(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
-				       __u32 dir, __u64 now, __u32 timeout)
+				       __u32 dir, __u64 now, __u32 timeout, int shared)
 {
 	e->expires = now + (__u64)timeout * CT_NS_PER_SEC;
-	ct_count(e, p, dir);
+	ct_count(e, p, dir, shared);
 }
 
 /* Whether entries a and b are the same but for their counters. */
@@ -465,7 +471,7 @@ static __always_inline int ct_tcp_window(struct bpfipt_ct_entry *e, const struct
 
 /* nf_conntrack_tcp_packet() (with tcp_error() and tcp_new()). */
 static __always_inline int ct_tcp(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
-				  __u32 dir, __u64 now)
+				  __u32 dir, __u64 now, int shared)
 {
 	__u8 flags = p->tcp_flags;
 	__u32 seq = p->seq;
@@ -600,7 +606,7 @@ in_window:
 	if (!(e->status & BPFIPT_CT_S_SEEN_REPLY)) {
 		if (flags & CT_TCP_RST) {
 			/* the only answer is an RST: no connection */
-			ct_refresh(e, p, dir, now, timeout);
+			ct_refresh(e, p, dir, now, timeout, shared);
 			return CT_V_KILL;
 		}
 		if (index == CT_IDX_SYN && old == sSS)
@@ -610,48 +616,48 @@ in_window:
 	} else if (!(e->status & BPFIPT_CT_S_ASSURED) && (old == sSR || old == sES) && new == sES) {
 		e->status |= BPFIPT_CT_S_ASSURED;
 	}
-	ct_refresh(e, p, dir, now, timeout);
+	ct_refresh(e, p, dir, now, timeout, shared);
 	return CT_V_ACCEPT;
 }
 
 /* nf_conntrack_udp_packet() (UDP and UDPLITE). */
 static __always_inline int ct_udp(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
-				  __u32 dir, __u64 now)
+				  __u32 dir, __u64 now, int shared)
 {
 	/* both directions seen: a stream once it lives longer than 2 s */
 	if ((e->status & BPFIPT_CT_S_SEEN_REPLY) && now - e->created > CT_UDP_STREAM_AFTER_NS) {
-		ct_refresh(e, p, dir, now, CT_TIMEOUT_UDP_STREAM);
+		ct_refresh(e, p, dir, now, CT_TIMEOUT_UDP_STREAM, shared);
 		e->status |= BPFIPT_CT_S_ASSURED;
 		return CT_V_ACCEPT;
 	}
-	ct_refresh(e, p, dir, now, CT_TIMEOUT_UDP);
+	ct_refresh(e, p, dir, now, CT_TIMEOUT_UDP, shared);
 	return CT_V_ACCEPT;
 }
 
-/* Advances entry `e` (the live one under its lock, or a copy for lookup) with packet `p`
+/* Advances entry `e` (the table's under its lock: `shared`, or a copy) with packet `p`
  * travelling in direction `dir`. */
 static __always_inline int ct_advance(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
-				      __u32 dir, __u64 now)
+				      __u32 dir, __u64 now, int shared)
 {
 	switch (e->proto) {
 	case IPPROTO_TCP:
-		return ct_tcp(e, p, dir, now);
+		return ct_tcp(e, p, dir, now, shared);
 	case IPPROTO_UDP:
 	case IPPROTO_UDPLITE:
-		return ct_udp(e, p, dir, now);
+		return ct_udp(e, p, dir, now, shared);
 	case IPPROTO_ICMP:
-		ct_refresh(e, p, dir, now, CT_TIMEOUT_ICMP);
+		ct_refresh(e, p, dir, now, CT_TIMEOUT_ICMP, shared);
 		return CT_V_ACCEPT;
 	case IPPROTO_GRE:
 		if (e->status & BPFIPT_CT_S_SEEN_REPLY) {
-			ct_refresh(e, p, dir, now, CT_TIMEOUT_GRE_STREAM);
+			ct_refresh(e, p, dir, now, CT_TIMEOUT_GRE_STREAM, shared);
 			e->status |= BPFIPT_CT_S_ASSURED;
 		} else {
-			ct_refresh(e, p, dir, now, CT_TIMEOUT_GRE);
+			ct_refresh(e, p, dir, now, CT_TIMEOUT_GRE, shared);
 		}
 		return CT_V_ACCEPT;
 	default:
-		ct_refresh(e, p, dir, now, CT_TIMEOUT_GENERIC);
+		ct_refresh(e, p, dir, now, CT_TIMEOUT_GENERIC, shared);
 		return CT_V_ACCEPT;
 	}
 }
@@ -766,13 +772,13 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	}
 	status_before = snap.status;
 	counted = snap.acct[dir & 1].packets;
-	v = ct_advance(&snap, p, dir, now);
+	v = ct_advance(&snap, p, dir, now, 0);
 	if (v == CT_V_REOPEN) {
 		ct_init(&snap, p, &ti.t, now);
 		dir = BPFIPT_CT_DIR_ORIGINAL;
 		found = 0;
 		status_before = 0;
-		v = ct_advance(&snap, p, dir, now);
+		v = ct_advance(&snap, p, dir, now, 0);
 	}
 	if (v == CT_V_INVALID)
 		return r->state;
@@ -811,14 +817,14 @@ static __always_inline int ct_apply(struct bpfipt_ct_entry *e, struct bpfipt_ct_
 
 	if (!ct_expired(e, now)) {
 		dir = ct_dir_of(e, ti);
-		v = ct_advance(e, p, dir, now);
+		v = ct_advance(e, p, dir, now, 1);
 	}
 	if (v == CT_V_REOPEN) {
 		if (ti->icmp_reply)
 			return 0;
 		ct_init(fresh, p, &ti->t, now);
 		dir = BPFIPT_CT_DIR_ORIGINAL;
-		v = ct_advance(fresh, p, dir, now);
+		v = ct_advance(fresh, p, dir, now, 0);
 		if (v == CT_V_INVALID)
 			return 0;
 		*e = *fresh;
@@ -862,7 +868,7 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	/* Most packets of a connection only count (see the top). */
 	if (e && r->counts_only && *(volatile __u32 *)&lk->seq == r->seq) {
 		if (r->counts_only == 1)
-			ct_count(e, p, r->dir);
+			ct_count(e, p, r->dir, 1);
 		return;
 	}
 	if (!e) {
@@ -873,7 +879,7 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 		if (r->state != BPFIPT_CT_NEW || r->dir != BPFIPT_CT_DIR_ORIGINAL || ti.icmp_reply)
 			return;
 		ct_init(&fresh, p, &ti.t, now);
-		if (ct_advance(&fresh, p, BPFIPT_CT_DIR_ORIGINAL, now) == CT_V_INVALID)
+		if (ct_advance(&fresh, p, BPFIPT_CT_DIR_ORIGINAL, now, 0) == CT_V_INVALID)
 			return;
 		fresh.status |= BPFIPT_CT_S_CONFIRMED;
 		if (bpf_map_update_elem(&bpfipt_ct, &r->key, &fresh, BPF_NOEXIST) == 0)
