@@ -406,9 +406,8 @@ struct bpfipt_ct_result {
 	__u8 proto;     /* the connection's protocol (for RELATED: the quoted flow's) */
 	__u8 tcp_state; /* after this packet */
 	__u8 in_table;  /* the table had an entry under `key` (live or not) at lookup */
-	__u8 counts_only; /* the packet changes nothing in the entry but its counters (1) or
-			   * nothing at all (2), */
-	__u32 seq;      /* as long as the seq of the entry's lock is still this */
+	__u8 done;      /* lookup applied the packet (it changed nothing in the entry but its
+			 * counters): nothing left for the update */
 	__u64 now;      /* the clock the lookup read, for the update */
 };
 /* `-m conntrack` options (bpfipt_ct_match.flags and .invert), as XT_CONNTRACK_* bits. */

@@ -10,7 +10,7 @@
  *   struct bpfipt_ct_pkt p = { ... };      // from the parsed packet, host byte order
  *   (ICMP: bpfipt_ct_parse_icmp(&p, icmp_header, data_end) fills the ICMP fields)
  *   struct bpfipt_ct_result r;
- *   bpfipt_ct_lookup(&p, &r);              // r.state: the packet's ct state, r.*: the entry
+ *   bpfipt_ct_lookup(&p, &r, 1);           // r.state: the packet's ct state, r.*: the entry
  *   ... classify (CtState field = r.state, Check::Conntrack on r) ...
  *   bpfipt_ct_update(&p, &r, verdict == ACCEPT); // advance the entry; create ("confirm")
  *                                                // it only for an accepted packet
@@ -20,9 +20,12 @@
  * tracked again at egress). On loopback a packet is seen at egress and again at ingress:
  * track it at egress, and at ingress call bpfipt_ct_lookup() alone (netfilter keeps the state
  * it computed at OUTPUT; lookup then gives the same state without counting the packet twice).
+ * `apply` (the third argument of lookup) says that the update follows whatever the verdict;
+ * lookup may then apply a packet that only counts (see Concurrency) itself.
  *
  * Semantics (as nf_conntrack with default sysctls):
- *  - lookup never changes the table. It computes what the packet would do to its entry and
+ *  - lookup does not change the table (but for the counters of a packet that changes nothing
+ *    else, when `apply`). It computes what the packet would do to its entry and
  *    reports the state netfilter gives the packet: NEW for the first packet of a connection
  *    and for packets in the original direction until a reply was seen, ESTABLISHED after,
  *    RELATED for ICMP errors quoting a tracked connection, INVALID for what the protocol
@@ -64,13 +67,14 @@
  * another CPU is replacing, which only affects that one packet's classification, as with
  * netfilter where the ct state is computed before the filter runs. An update under a lock
  * makes the lock's seq odd while it writes and moves it on after (a seqcount over the
- * entries of that lock), so lookup also learns whether its snapshot was whole and whether
- * the packet changes nothing but the counters (a UDP stream, a repeated ACK: the deadline
- * moves once per clock tick); the update then only counts, with atomic adds and without the
- * lock (taking it, with the interrupts it disables, cost as much as the rest of the
- * update), provided the seq has not moved since the lookup (an update of another entry of
- * the lock moves it too: the packet then takes the lock as usual). Counters are always
- * added atomically, so the two paths never lose a count.
+ * entries of that lock), so lookup also learns whether its snapshot was whole, and then
+ * whether the packet changes nothing in the entry but its counters (a UDP stream, a
+ * repeated ACK: the deadline moves once per clock tick). Such a packet is applied by lookup
+ * itself, with atomic adds, without the lock (taking it, with the interrupts it disables,
+ * cost as much as the rest of the update) and without the update's second table lookup: it
+ * takes effect at that instant, on the state the snapshot saw (an update after it changes
+ * the state, not the counters, which commute). Counters in the table are always added
+ * atomically, so no count is lost.
  */
 #ifndef BPFIPT_CONNTRACK_H
 #define BPFIPT_CONNTRACK_H
@@ -719,11 +723,12 @@ static __always_inline int ct_lookup_related(const struct bpfipt_ct_pkt *p,
 }
 
 /*
- * Classifies packet `p` against the connection table without changing it. Fills `r` (always
- * completely) and returns r->state (enum bpfipt_ct_state).
+ * Classifies packet `p` against the connection table. Fills `r` (always completely) and
+ * returns r->state (enum bpfipt_ct_state). Changes nothing, unless `apply` (the update
+ * follows whatever the verdict) and the packet only counts: then it counts it (r->done).
  */
 static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
-					    struct bpfipt_ct_result *r)
+					    struct bpfipt_ct_result *r, int apply)
 {
 	struct ct_tuple_info ti;
 	struct bpfipt_ct_entry snap;
@@ -789,10 +794,11 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	 * JIT keeps the program's order). */
 	if (found && lk && v == CT_V_ACCEPT && !(seq & 1) && ct_same_but_counters(&snap, e)) {
 		asm volatile("" ::: "memory");
-		if (*(volatile __u32 *)&lk->seq == seq) {
+		if (apply && *(volatile __u32 *)&lk->seq == seq) {
 			/* some packets are not counted (a retransmitted SYN) */
-			r->counts_only = snap.acct[dir & 1].packets != counted ? 1 : 2;
-			r->seq = seq;
+			if (snap.acct[dir & 1].packets != counted)
+				ct_count(e, p, dir, 1);
+			r->done = 1;
 		}
 	}
 	ct_fill_result(r, &snap, dir, now);
@@ -852,7 +858,7 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	__u64 now;
 	int kill;
 
-	if (r->state != BPFIPT_CT_NEW && r->state != BPFIPT_CT_ESTABLISHED)
+	if (r->done || (r->state != BPFIPT_CT_NEW && r->state != BPFIPT_CT_ESTABLISHED))
 		return;
 	/* a dropped packet of no entry leaves no trace (nor would it below, found none) */
 	if (!accepted && !r->in_table)
@@ -865,12 +871,6 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	if (!lk)
 		return;
 	e = bpf_map_lookup_elem(&bpfipt_ct, &r->key);
-	/* Most packets of a connection only count (see the top). */
-	if (e && r->counts_only && *(volatile __u32 *)&lk->seq == r->seq) {
-		if (r->counts_only == 1)
-			ct_count(e, p, r->dir, 1);
-		return;
-	}
 	if (!e) {
 		if (!accepted)
 			return;

@@ -87,7 +87,7 @@ int bpfipt_ct_test(struct xdp_md *ctx)
 		p.l4_ok = 1;
 	}
 
-	bpfipt_ct_lookup(&p, &r);
+	bpfipt_ct_lookup(&p, &r, ct_test_drop != 2);
 	ct_test_pkt = p;
 	ct_test_result = r;
 	ct_test_matched = bpfipt_ct_match(&ct_test_match, &r);

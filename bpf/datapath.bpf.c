@@ -157,11 +157,11 @@ static __always_inline void ct_fill(struct cls *c, void *data, void *data_end, i
 /* Global functions: the verifier checks each once, on its own, instead of along every path
  * of every caller (the TCP state machine multiplies states), and the tracker's stack stays
  * out of the programs' frames. */
-__noinline int bpfipt_dp_ct_lookup(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r)
+__noinline int bpfipt_dp_ct_lookup(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r, int apply)
 {
 	if (!p || !r)
 		return BPFIPT_CT_INVALID;
-	return bpfipt_ct_lookup(p, r);
+	return bpfipt_ct_lookup(p, r, apply);
 }
 
 __noinline int bpfipt_dp_ct_update(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r, int accepted)
@@ -192,9 +192,10 @@ __noinline int bpfipt_dp_classify(struct cls *c)
 	return classify(&img, c);
 }
 
-static __always_inline void ct_lookup_cls(struct cls *c)
+/* `apply`: the update follows, whatever the verdict (see bpfipt_ct_lookup). */
+static __always_inline void ct_lookup_cls(struct cls *c, int apply)
 {
-	c->p.ct_state = bpfipt_dp_ct_lookup(&c->ctp, &c->ctr);
+	c->p.ct_state = bpfipt_dp_ct_lookup(&c->ctp, &c->ctr, apply);
 }
 
 static __always_inline void ct_update_cls(struct cls *c, int accepted)
@@ -317,7 +318,7 @@ static __always_inline int reply_passes(struct cls *c, __u32 len, __u32 out_ifin
 			c->p.ct_state = BPFIPT_CT_RELATED;
 		} else {
 			ct_fill(c, c->reply, c->reply + len, 1);
-			ct_lookup_cls(c);
+			ct_lookup_cls(c, 0);
 		}
 	}
 	c->p.pkttype = PACKET_HOST;
@@ -347,7 +348,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 	int track = tracks(img);
 	if (track) {
 		ct_fill(c, data, data_end, 0);
-		ct_lookup_cls(c);
+		ct_lookup_cls(c, 1);
 	}
 	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
 	int hook = ingress_hook(ctx, c, PROG_XDP);
@@ -595,7 +596,8 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, str
 	*track = tracks(img);
 	if (*track) {
 		ct_fill(c, data, data_end, from_local);
-		ct_lookup_cls(c);
+		/* on lo, egress updates only what OUTPUT drops (see tc_egress) */
+		ct_lookup_cls(c, kind != PROG_TC_EG || skb->ifindex != LOOPBACK_IFINDEX);
 	}
 	tcp_options_if_used(skb, kind, img, &c->p);
 	return c;
