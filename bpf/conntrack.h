@@ -764,7 +764,8 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	r->in_table = e != NULL;
 	r->now = now;
 	if (e && !ct_expired(e, now)) {
-		lk = ct_lock_of(&r->key);
+		/* the seq only matters to a lookup that may apply the packet */
+		lk = apply ? ct_lock_of(&r->key) : NULL;
 		seq = lk ? *(volatile __u32 *)&lk->seq : 1;
 		asm volatile("" ::: "memory");
 		snap = *e;

@@ -105,26 +105,20 @@ impl RuleBlock {
         let removed = at.iter().map(|&i| bincode::deserialize(self.encoded(i))).collect::<bincode::Result<Vec<Rule>>>()?;
         let mut gone = at.to_vec();
         gone.sort_unstable();
-        let (mut ids, mut ends, mut bytes) = (Vec::with_capacity(self.ids.len()), Vec::with_capacity(self.ids.len()), Vec::new());
-        bytes.reserve(self.bytes.0.len());
-        let mut next = gone.iter().peekable();
-        for i in 0..self.ids.len() {
-            if next.peek() == Some(&&i) {
-                next.next();
-                continue;
-            }
-            bytes.extend_from_slice(self.encoded(i));
-            ids.push(self.ids[i]);
-            ends.push(bytes.len() as u32);
+        let mut kept = RuleBlock { ids: Vec::with_capacity(self.ids.len()), ends: Vec::with_capacity(self.ids.len()), ..Default::default() };
+        kept.bytes.0.reserve(self.bytes.0.len());
+        for i in (0..self.ids.len()).filter(|i| gone.binary_search(i).is_err()) {
+            kept.bytes.0.extend_from_slice(self.encoded(i));
+            kept.ids.push(self.ids[i]);
+            kept.ends.push(kept.bytes.0.len() as u32);
         }
-        let first_end = match self.first_end {
+        kept.first_end = match self.first_end {
             // the walk's end went: the next rule that ends it, if any (decoding from there)
             Some(e) if gone.binary_search(&(e as usize)).is_ok() => {
                 let from = e as usize - gone.iter().filter(|&&g| g < e as usize).count();
                 let mut found = None;
-                for i in from..ids.len() {
-                    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-                    if bincode::deserialize::<Rule>(&bytes[start..ends[i] as usize])?.ends_walk() {
+                for i in from..kept.ids.len() {
+                    if bincode::deserialize::<Rule>(kept.encoded(i))?.ends_walk() {
                         found = Some(i as u32);
                         break;
                     }
@@ -134,7 +128,7 @@ impl RuleBlock {
             Some(e) => Some(e - gone.iter().filter(|&&g| g < e as usize).count() as u32),
             None => None,
         };
-        *self = RuleBlock { ids, ends, first_end, bytes: Bytes(bytes) };
+        *self = kept;
         Ok(Some(removed))
     }
 
