@@ -599,15 +599,6 @@ static __noinline int take_rule(struct img *img, struct cls *c, __u32 r)
 	}
 }
 
-static long and_cb(__u64 i, struct lctx *x)
-{
-	struct cls *c = x->c;
-	__u32 f = i & 15;
-	x->bits &= word_at(x->img, c->vs[f], c->vn[f], &c->vc[f], x->w) |
-		   word_at(x->img, c->ws[f], c->wn[f], &c->wc[f], x->w);
-	return x->bits == 0;
-}
-
 /* One step of 3/4. Returns 1 to stop the loop. */
 static long lbvs_step(__u64 i, struct lctx *x)
 {
@@ -622,9 +613,13 @@ static long lbvs_step(__u64 i, struct lctx *x)
 	__u32 w = a < b ? a : b;
 	if (w == NONE32)
 		return 1;
-	struct lctx y = { .img = img, .c = c, .bits = ~0ULL, .w = w };
-	bpf_loop(c->nf < MAXF ? c->nf : MAXF, and_cb, &y, 0);
-	__u64 bits = y.bits;
+	__u64 bits = ~0ULL;
+	__u32 nf = c->nf;
+	for (__u32 f = 0; f < MAXF; f++) {
+		if (f >= nf || !bits)
+			break;
+		bits &= word_at(img, c->vs[f], c->vn[f], &c->vc[f], w) | word_at(img, c->ws[f], c->wn[f], &c->wc[f], w);
+	}
 	if (w == first)
 		bits &= ~0ULL << (c->pos & 63);
 	if (!bits) {

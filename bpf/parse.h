@@ -53,6 +53,9 @@ static __always_inline int parse_packet(struct pkt *p, void *data, void *data_en
 	__u32 off = 0;
 
 	__builtin_memset(p, 0, __builtin_offsetof(struct pkt, tcp_opt));
+	/* the fields are stored as they are parsed, not merged with the zeroing into locals
+	 * kept across the protocol switch (which cost the caller's frame ~80 bytes of stack) */
+	asm volatile("" ::: "memory");
 	if (l2) {
 		struct ethhdr *eth = data;
 		if ((void *)(eth + 1) > data_end)
