@@ -22,7 +22,8 @@
  * larger map (through the outer map) only when an image outgrows it.
  * An image map's value is a chunk of IMG_CHUNK_SLOTS slots, and its entries are consecutive
  * chunks, so through mmap it is one array of slots. Programs look up chunk 0 once per packet
- * and read its slots directly; an image of up to ~15 000 rules fits in it.
+ * and read its slots directly; an image of up to ~15 000 rules fits in it (then the installer
+ * sets BPFIPT_IMG_F_ONE_CHUNK, and field lookups read with plain loads).
  * Stateful checks (limit, nth) keep their state in the image: like iptables-legacy, which
  * re-creates every match's private state on each table replace, a new ruleset starts fresh.
  *
@@ -121,6 +122,9 @@ enum bpfipt_const {
 	BPFIPT_IMG_F_CONNTRACK = 1,
 	/* IMG_SLOT_FLAGS: some rule checks TCP options, so they are read from each TCP packet. */
 	BPFIPT_IMG_F_TCP_OPTIONS = 2,
+	/* IMG_SLOT_FLAGS, set by the installer: the whole image is in chunk 0, so the programs
+	 * may read its slots as plain loads. */
+	BPFIPT_IMG_F_ONE_CHUNK = 4,
 	BPFIPT_IMG_FIELD_SLOTS = 3,
 	BPFIPT_IMG_INDEX_MIN = 32,
 	BPFIPT_IMG_INDEX_CHILD_BIT = 63,

@@ -170,6 +170,14 @@ static __always_inline __u64 slot(struct img *img, __u32 i)
 	return v ? *v : 0;
 }
 
+/* slot(), or for a one-chunk image (`one_chunk`, a constant) a masked load from chunk 0. */
+static __always_inline __u64 slot_in(struct img *img, const int one_chunk, __u32 i)
+{
+	if (one_chunk)
+		return img->c0->slot[i & (BPFIPT_IMG_CHUNK_SLOTS - 1)];
+	return slot(img, i);
+}
+
 static __always_inline void count(void *map, __u32 key, __u32 bytes)
 {
 	struct bpfipt_counter *ctr = bpf_map_lookup_elem(map, &key);
@@ -275,8 +283,9 @@ static __always_inline __u64 word_at(struct img *img, __u32 off, __u32 n, __u32 
 	return slot(img, off + 2 * *cur + 1);
 }
 
-/* Step 1 for one field: binary search of the interval holding the packet's value. */
-static long setup_field(__u64 i, struct lctx *x)
+/* Step 1 for one field: binary search of the interval holding the packet's value.
+ * `one_chunk` (a constant): the image is all in chunk 0 (BPFIPT_IMG_F_ONE_CHUNK). */
+static __always_inline long setup_field_in(__u64 i, struct lctx *x, const int one_chunk)
 {
 	struct img *img = x->img;
 	struct cls *c = x->c;
@@ -284,16 +293,16 @@ static long setup_field(__u64 i, struct lctx *x)
 	__u32 desc = x->a + k * BPFIPT_IMG_FIELD_SLOTS, vectab = x->b;
 	if (k >= MAXF)
 		return 1;
-	__u64 d0 = slot(img, desc), d1 = slot(img, desc + 1);
+	__u64 d0 = slot_in(img, one_chunk, desc), d1 = slot_in(img, one_chunk, desc + 1);
 	__u32 field = d0 & 0xff, shift = (d0 >> 8) & 31, n = d0 >> 32;
 	__u32 ivs = (__u32)d1, node = d1 >> 32;
-	__u32 wild = (__u32)slot(img, desc + 2);
+	__u32 wild = (__u32)slot_in(img, one_chunk, desc + 2);
 	__u32 v = field_value(&c->p, field);
 	/* last interval with lo <= v (the first interval starts at 0): the index narrows the
 	 * range, bisection does the rest */
 	__u32 lo = 0, hi = n;
 	for (int i = 0; node && i < 4; i++) {
-		__u64 e = slot(img, node + ((v >> shift) & 0xff));
+		__u64 e = slot_in(img, one_chunk, node + ((v >> shift) & 0xff));
 		if (!(e >> BPFIPT_IMG_INDEX_CHILD_BIT)) {
 			lo = (__u32)e;
 			hi = lo + (__u32)(e >> 32);
@@ -306,14 +315,14 @@ static long setup_field(__u64 i, struct lctx *x)
 		if (hi - lo <= 1)
 			break;
 		__u32 mid = lo + (hi - lo) / 2;
-		if ((__u32)(slot(img, ivs + mid) >> 32) <= v)
+		if ((__u32)(slot_in(img, one_chunk, ivs + mid) >> 32) <= v)
 			lo = mid;
 		else
 			hi = mid;
 	}
-	__u32 vec = (__u32)slot(img, ivs + lo);
-	__u64 e = slot(img, vectab + vec);
-	__u64 we = slot(img, vectab + wild);
+	__u32 vec = (__u32)slot_in(img, one_chunk, ivs + lo);
+	__u64 e = slot_in(img, one_chunk, vectab + vec);
+	__u64 we = slot_in(img, one_chunk, vectab + wild);
 	c->vs[k] = (__u32)e;
 	c->vn[k] = e >> 32;
 	c->vc[k] = 0;
@@ -327,6 +336,16 @@ static long setup_field(__u64 i, struct lctx *x)
 	}
 	c->nf = k + 1;
 	return 0;
+}
+
+/* x->ok: the image is all in chunk 0, so this field's reads are plain loads: a body free of
+ * slot()'s bounds checks, map lookups and the register spills around them (~5 ns a packet
+ * at 4 fields). The other reads gain nothing measurable from it. */
+static long setup_field(__u64 i, struct lctx *x)
+{
+	if (x->ok)
+		return setup_field_in(i, x, 1);
+	return setup_field_in(i, x, 0);
 }
 
 static __always_inline __u32 ctz64(__u64 x)
@@ -746,6 +765,7 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 	x.a = (__u32)h2;
 	x.b = (__u32)slot(img, BPFIPT_IMG_SLOT_VECTAB);
 	x.w = NONE32;
+	x.ok = !!(slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_ONE_CHUNK);
 	if (h2 >> 32)
 		bpf_loop((h2 >> 32) < MAXF ? (h2 >> 32) : MAXF, setup_field, &x, 0);
 	if (c->n_rules) {

@@ -536,7 +536,18 @@ fn install_image_with(pin_dir: &Path, len: usize, fill: impl FnOnce(&mut [u64]))
         }
     };
     // No packet reads this slot (wait_unused) until the flip below.
-    fill(ImageMapping::new(&map, len, true)?.slots_mut());
+    let mut mapping = ImageMapping::new(&map, len, true)?;
+    let slots = mapping.slots_mut();
+    fill(slots);
+    // The programs read no slot past the image: chunk 0 holds all of it when it is that small
+    // (whatever the map's size).
+    if let Some(flags) = slots.get_mut(SLOT_FLAGS) {
+        *flags &= !F_ONE_CHUNK;
+        if len <= CHUNK_SLOTS {
+            *flags |= F_ONE_CHUNK;
+        }
+    }
+    drop(mapping);
     let mut value = [0u8; 8];
     value[0..4].copy_from_slice(&next.to_ne_bytes());
     active.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).context("switching to the new classifier image")?;
@@ -544,6 +555,8 @@ fn install_image_with(pin_dir: &Path, len: usize, fill: impl FnOnce(&mut [u64]))
 }
 
 const GEN_MASK: u32 = skel::types::bpfipt_const::BPFIPT_IMG_GEN_MASK.0;
+const SLOT_FLAGS: usize = skel::types::bpfipt_const::BPFIPT_IMG_SLOT_FLAGS.0 as usize;
+const F_ONE_CHUNK: u64 = skel::types::bpfipt_const::BPFIPT_IMG_F_ONE_CHUNK.0 as u64;
 const CHUNK_SLOTS: usize = skel::types::bpfipt_const::BPFIPT_IMG_CHUNK_SLOTS.0 as usize;
 const BUSY: u64 = skel::types::bpfipt_const::BPFIPT_IMG_BUSY.0 as u64;
 

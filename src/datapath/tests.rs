@@ -503,8 +503,19 @@ fn large_ruleset_classifies_and_flips() {
     let g = frame("198.18.7.7", "198.18.1.1", 17, &udp(1, 2, b""));
     assert_eq!(env.xdp(&g, env.d0).0, XDP_PASS);
     assert_eq!(env.rule(n).packets, 1);
+    // Only an image within chunk 0 may be read with plain loads.
+    let one_chunk = |env: &Env| {
+        let img = ImageMapping::active(&env.dir).expect("read image").expect("an image");
+        img.slots()[SLOT_FLAGS] & F_ONE_CHUNK != 0
+    };
+    assert!(!one_chunk(&env));
     // Flip to an empty ruleset with a DROP policy.
     env.apply(&ruleset(&[("INPUT", Policy::Drop)], vec![])).expect("apply");
+    assert_eq!(env.xdp(&g, env.d0).0, XDP_DROP);
+    assert!(one_chunk(&env));
+    // Into the map the big image grew: still one chunk of image.
+    env.apply(&ruleset(&[("INPUT", Policy::Accept)], vec![("INPUT", rule(proto(17), vec![], Target::Drop))])).expect("apply");
+    assert!(one_chunk(&env));
     assert_eq!(env.xdp(&g, env.d0).0, XDP_DROP);
 }
 
