@@ -187,10 +187,16 @@ static __always_inline void count(void *map, __u32 key, __u32 bytes)
 	}
 }
 
+/* Whether the packet has a whole transport header to match (BPFIPT_C_L4HDR). */
+static __always_inline int has_l4(const struct pkt *p)
+{
+	return p->frag_off == 0 && p->l4_ok;
+}
+
 /* The packet's value of a field, as `compile::reference::Packet::field_value` defines it. */
 static __always_inline __u32 field_value(const struct pkt *p, __u32 f)
 {
-	int l4 = p->frag_off == 0 && p->l4_ok;
+	int l4 = has_l4(p);
 	switch (f) {
 	case BPFIPT_F_SRC:
 		return p->src;
@@ -494,7 +500,7 @@ static __noinline int check_one(struct img *img, struct cls *c, __u32 off)
 
 	switch (kind) {
 	case BPFIPT_C_L4HDR:
-		return p->frag_off == 0 && p->l4_ok;
+		return has_l4(p);
 	case BPFIPT_C_FRAGMENT:
 		return (p->frag_off != 0) == inv;
 	case BPFIPT_C_MARK:
@@ -562,7 +568,7 @@ static long check_cb(__u64 i, struct lctx *x)
 }
 
 /* Step 4: compiled rule r is a candidate. Returns 1 when the search is over. */
-static __noinline int take_rule(struct img *img, struct cls *c, __u32 r)
+static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r)
 {
 	__u32 a = c->actions_off + r * BPFIPT_IMG_ACTION_SLOTS;
 	__u64 a0 = slot(img, a), a1 = slot(img, a + 1), a2 = slot(img, a + 2);
@@ -571,7 +577,10 @@ static __noinline int take_rule(struct img *img, struct cls *c, __u32 r)
 
 	if (nck) {
 		struct lctx y = { .img = img, .c = c, .a = coff, .ok = 1 };
-		if (nck == 1)
+		/* a port match's one check, without a call */
+		if (nck == 1 && (slot(img, coff) & 0xff) == BPFIPT_C_L4HDR)
+			y.ok = has_l4(&c->p);
+		else if (nck == 1)
 			y.ok = check_one(img, c, coff);
 		else
 			bpf_loop(nck < BPFIPT_MAX_CHECKS ? nck : BPFIPT_MAX_CHECKS, check_cb, &y, 0);
