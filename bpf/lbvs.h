@@ -132,7 +132,8 @@ struct img {
 
 /* Context of the bpf_loop callbacks: the image (looked up once per packet), the scratch,
  * and per-loop values. Loops run through bpf_loop so that the verifier checks each body
- * once, whatever the iteration count. */
+ * once, whatever the iteration count; only the short AND over the fields is a plain loop
+ * (a callback per field cost a call each, ~1.5 ns with this kernel's return thunks). */
 struct lctx {
 	struct img *img;
 	struct cls *c;
@@ -646,7 +647,8 @@ static long lbvs_step(__u64 i, struct lctx *x)
 	for (__u32 f = 0; f < MAXF; f++) {
 		if (f >= nf || !bits)
 			break;
-		bits &= word_at(img, c->vs[f], c->vn[f], &c->vc[f], w) | word_at(img, c->ws[f], c->wn[f], &c->wc[f], w);
+		bits &= word_at(img, c->vs[f], c->vn[f], &c->vc[f], w) |
+			word_at(img, c->ws[f], c->wn[f], &c->wc[f], w);
 	}
 	if (w == first)
 		bits &= ~0ULL << (c->pos & 63);
