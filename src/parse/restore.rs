@@ -78,6 +78,14 @@ pub fn parse_counters(word: &str) -> Option<Counters> {
 
 /// Words of a rule line, split like iptables-restore's `add_param_to_argv`.
 pub fn split_args(text: &str) -> Result<Vec<String>> {
+    // Most lines quote nothing: their words are slices of the line.
+    if !text.contains('"') {
+        return text
+            .split([' ', '\t', '\n'])
+            .filter(|w| !w.is_empty())
+            .map(|w| if w.len() >= 1024 { Err(param("Parameter too long!")) } else { Ok(w.to_string()) })
+            .collect();
+    }
     let mut out = Vec::new();
     let mut param_buf: Vec<u8> = Vec::new();
     let mut quote_open = false;
@@ -140,6 +148,12 @@ mod tests {
         assert_eq!(w(r#"a "" b"#), ["a", "", "b"]);
         assert_eq!(w(r#""ab"cd"#), ["ab", "cd"]);
         assert_eq!(w("   "), Vec::<String>::new());
+        assert_eq!(w(" -A\tINPUT\n"), ["-A", "INPUT"]);
+        // A word of 1024 bytes or more is refused, quoted line or not.
+        let long = "a".repeat(1024);
+        assert!(split_args(&format!("-A {long}")).is_err());
+        assert!(split_args(&format!("--comment \"x\" {long}")).is_err());
+        assert_eq!(w(&"a".repeat(1023)).len(), 1);
     }
 
     #[test]
