@@ -51,7 +51,10 @@
  *                          or first | count << 32: the intervals [first, first + count)
  *                          are all that overlap that bucket of values (the first holds its
  *                          lowest value), searched by bisection
- *   intervals              one slot each: lo << 32 | vector id; sorted, covering the field's
+ *   intervals              one slot each: lo << 32 | vector id, with IMG_IV_ALL when that
+ *                          vector and the field's wildcard hold every classifier rule of the
+ *                          hook past its lead (the field then tells no rule apart for such a
+ *                          value, and the walk leaves it out); sorted, covering the field's
  *                          whole domain (the first has lo 0). Addresses (host order) come
  *                          from the LPM prefixes; interface fields are keyed by ifindex,
  *                          resolved against the names by userspace (see `bpfipt_ifaces`).
@@ -125,6 +128,7 @@ enum bpfipt_const {
 	/* IMG_SLOT_FLAGS, set by the installer: the whole image is in chunk 0, so the programs
 	 * may read its slots as plain loads. */
 	BPFIPT_IMG_F_ONE_CHUNK = 4,
+	BPFIPT_IMG_IV_ALL = 0x80000000,
 	BPFIPT_IMG_FIELD_SLOTS = 3,
 	BPFIPT_IMG_INDEX_MIN = 32,
 	BPFIPT_IMG_INDEX_CHILD_BIT = 63,

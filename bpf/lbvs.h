@@ -328,20 +328,26 @@ static __always_inline long setup_field_in(__u64 i, struct lctx *x, const int on
 			hi = mid;
 	}
 	__u32 vec = (__u32)slot_in(img, one_chunk, ivs + lo);
+	/* every rule passes this field for this packet: the walk need not look at it */
+	if (vec & BPFIPT_IMG_IV_ALL)
+		return 0;
 	__u64 e = slot_in(img, one_chunk, vectab + vec);
 	__u64 we = slot_in(img, one_chunk, vectab + wild);
-	c->vs[k] = (__u32)e;
-	c->vn[k] = e >> 32;
-	c->vc[k] = 0;
-	c->ws[k] = (__u32)we;
-	c->wn[k] = we >> 32;
-	c->wc[k] = 0;
-	__u32 cost = c->vn[k] + c->wn[k];
+	__u32 j = c->nf;
+	if (j >= MAXF)
+		return 1;
+	c->vs[j] = (__u32)e;
+	c->vn[j] = e >> 32;
+	c->vc[j] = 0;
+	c->ws[j] = (__u32)we;
+	c->wn[j] = we >> 32;
+	c->wc[j] = 0;
+	__u32 cost = c->vn[j] + c->wn[j];
 	if (cost < x->w) {
 		x->w = cost;
-		c->pivot = k;
+		c->pivot = j;
 	}
-	c->nf = k + 1;
+	c->nf = j + 1;
 	return 0;
 }
 

@@ -10,6 +10,7 @@
 //! wildcard pattern only.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Result};
 
@@ -34,6 +35,7 @@ const MAX_LEAD: usize = k(bpfipt_const::BPFIPT_IMG_MAX_LEAD);
 const MAX_CHECKS: usize = k(bpfipt_const::BPFIPT_MAX_CHECKS);
 const INDEX_MIN: usize = k(bpfipt_const::BPFIPT_IMG_INDEX_MIN);
 const INDEX_CHILD: u64 = 1 << bpfipt_const::BPFIPT_IMG_INDEX_CHILD_BIT.0;
+const IV_ALL: u32 = bpfipt_const::BPFIPT_IMG_IV_ALL.0;
 const TAIL_CAP: usize = k(bpfipt_const::BPFIPT_IMG_TAIL_CAP);
 const TAIL_PER: usize = k(bpfipt_const::BPFIPT_IMG_TAIL_PER);
 const SLOT_LEN: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_LEN);
@@ -120,8 +122,14 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             if intervals.first().map(|iv| iv.0) != Some(0) {
                 bail!("field {:?} of {} does not cover its domain", f.field, h.hook.chain_name());
             }
+            let wild = &all[(base + f.wildcard) as usize];
+            let mut passes_all = HashMap::new();
             let off = img.len();
-            img.extend(intervals.iter().map(|&(lo, v)| (lo as u64) << 32 | (base + v) as u64));
+            for &(lo, v) in &intervals {
+                let id = base + v;
+                let flag = *passes_all.entry(id).or_insert_with(|| if covers(&all[id as usize], wild, past) { IV_ALL } else { 0 });
+                img.push((lo as u64) << 32 | (id | flag) as u64);
+            }
             let shift = top_shift(f.field);
             let index = if intervals.len() > INDEX_MIN {
                 let los: Vec<u32> = intervals.iter().map(|iv| iv.0).collect();
@@ -390,6 +398,39 @@ fn past_lead(v: &Vector, n: usize) -> Cow<'_, [(u32, u64)]> {
         return Cow::Borrowed(&v.words);
     }
     Cow::Owned(v.words.iter().map(|&(w, bits)| (w, bits & !low(w))).filter(|w| w.1 != 0).collect())
+}
+
+/// Whether vector `v` and wildcard `w` (sorted word lists, disjoint or not) together hold
+/// `n` rules, i.e. all of them: the vectors only hold rules past the lead.
+fn covers(v: &[(u32, u64)], w: &[(u32, u64)], n: usize) -> bool {
+    if (v.len() + w.len()) * 64 < n {
+        return false;
+    }
+    let (mut i, mut j, mut count) = (0, 0, 0usize);
+    while i < v.len() || j < w.len() {
+        let bits = match (v.get(i), w.get(j)) {
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                i += 1;
+                j += 1;
+                a.1 | b.1
+            }
+            (Some(a), Some(b)) if a.0 < b.0 => {
+                i += 1;
+                a.1
+            }
+            (Some(a), None) => {
+                i += 1;
+                a.1
+            }
+            (_, Some(b)) => {
+                j += 1;
+                b.1
+            }
+            (None, None) => break,
+        };
+        count += bits.count_ones() as usize;
+    }
+    count == n
 }
 
 /// The IMG_SLOT_FLAGS bits `actions` call for (`ct_field`: a field on conntrack state):
@@ -710,6 +751,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn covers_counts_the_union_of_vector_and_wildcard() {
+        // 70 rules: words 0 (64 rules) and 1 (6 rules)
+        let full0 = (0, u64::MAX);
+        let w1 = (1, 0b11_1111);
+        assert!(covers(&[full0, w1], &[], 70));
+        assert!(covers(&[full0], &[w1], 70));
+        assert!(covers(&[(0, u64::MAX >> 1), w1], &[(0, 1 << 63)], 70));
+        // overlapping bits count once
+        assert!(!covers(&[(0, u64::MAX >> 1), w1], &[(0, 1), (1, 1)], 70));
+        assert!(!covers(&[full0], &[(1, 0b1_1111)], 70));
+        assert!(!covers(&[], &[], 1));
+        assert!(covers(&[], &[], 0));
     }
 
     #[test]
