@@ -407,22 +407,22 @@ fn covers(v: &[(u32, u64)], w: &[(u32, u64)], n: usize) -> bool {
         return false;
     }
     let (mut i, mut j, mut count) = (0, 0, 0usize);
-    while i < v.len() || j < w.len() {
+    loop {
+        // the next word of either list, both when they have the same index
         let bits = match (v.get(i), w.get(j)) {
             (Some(a), Some(b)) if a.0 == b.0 => {
-                i += 1;
-                j += 1;
+                (i, j) = (i + 1, j + 1);
                 a.1 | b.1
             }
-            (Some(a), Some(b)) if a.0 < b.0 => {
+            (Some(a), Some(b)) if b.0 < a.0 => {
+                j += 1;
+                b.1
+            }
+            (Some(a), _) => {
                 i += 1;
                 a.1
             }
-            (Some(a), None) => {
-                i += 1;
-                a.1
-            }
-            (_, Some(b)) => {
+            (None, Some(b)) => {
                 j += 1;
                 b.1
             }
