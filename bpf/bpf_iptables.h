@@ -128,6 +128,7 @@ enum bpfipt_const {
 	/* IMG_SLOT_FLAGS, set by the installer: the whole image is in chunk 0, so the programs
 	 * may read its slots as plain loads. */
 	BPFIPT_IMG_F_ONE_CHUNK = 4,
+	/* In an interval slot: the field tells no rule apart there (see "intervals" above). */
 	BPFIPT_IMG_IV_ALL = 0x80000000,
 	BPFIPT_IMG_FIELD_SLOTS = 3,
 	BPFIPT_IMG_INDEX_MIN = 32,

@@ -795,7 +795,7 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	 * JIT keeps the program's order). */
 	if (found && lk && v == CT_V_ACCEPT && !(seq & 1) && ct_same_but_counters(&snap, e)) {
 		asm volatile("" ::: "memory");
-		if (apply && *(volatile __u32 *)&lk->seq == seq) {
+		if (*(volatile __u32 *)&lk->seq == seq) {
 			/* some packets are not counted (a retransmitted SYN) */
 			if (snap.acct[dir & 1].packets != counted)
 				ct_count(e, p, dir, 1);

@@ -333,7 +333,7 @@ static __always_inline long setup_field_in(__u64 i, struct lctx *x, const int on
 		return 0;
 	__u64 e = slot_in(img, one_chunk, vectab + vec);
 	__u64 we = slot_in(img, one_chunk, vectab + wild);
-	__u32 j = c->nf;
+	__u32 j = c->nf; /* the fields kept so far: j <= k, bounded for the verifier */
 	if (j >= MAXF)
 		return 1;
 	c->vs[j] = (__u32)e;

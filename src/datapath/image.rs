@@ -109,7 +109,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
         let constraining: Vec<_> = h
             .fields
             .iter()
-            .filter(|f| all[(base + f.wildcard) as usize].iter().map(|w| w.1.count_ones() as usize).sum::<usize>() < past)
+            .filter(|f| !covers(&[], &all[(base + f.wildcard) as usize], past))
             .collect();
         let fields = img.len();
         img.resize(fields + constraining.len() * FIELD_SLOTS, 0);

@@ -76,6 +76,10 @@ pub fn parse_counters(word: &str) -> Option<Counters> {
     Some(Counters { packets, bytes })
 }
 
+/// iptables-restore's limit on an unquoted word (`param_buffer`), and its message.
+const MAX_PARAM: usize = 1024;
+const TOO_LONG: &str = "Parameter too long!";
+
 /// Words of a rule line, split like iptables-restore's `add_param_to_argv`.
 pub fn split_args(text: &str) -> Result<Vec<String>> {
     // Most lines quote nothing: their words are slices of the line.
@@ -83,7 +87,7 @@ pub fn split_args(text: &str) -> Result<Vec<String>> {
         return text
             .split([' ', '\t', '\n'])
             .filter(|w| !w.is_empty())
-            .map(|w| if w.len() >= 1024 { Err(param("Parameter too long!")) } else { Ok(w.to_string()) })
+            .map(|w| if w.len() >= MAX_PARAM { Err(param(TOO_LONG)) } else { Ok(w.to_string()) })
             .collect();
     }
     let mut out = Vec::new();
@@ -119,8 +123,8 @@ pub fn split_args(text: &str) -> Result<Vec<String>> {
             }
             _ => {
                 param_buf.push(c);
-                if param_buf.len() >= 1024 {
-                    return Err(param("Parameter too long!"));
+                if param_buf.len() >= MAX_PARAM {
+                    return Err(param(TOO_LONG));
                 }
                 continue;
             }

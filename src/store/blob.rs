@@ -112,10 +112,12 @@ impl RuleBlock {
             kept.ids.push(self.ids[i]);
             kept.ends.push(kept.bytes.0.len() as u32);
         }
+        // where rule i of the block is in the kept one
+        let moved = |i: usize| i - gone.iter().filter(|&&g| g < i).count();
         kept.first_end = match self.first_end {
             // the walk's end went: the next rule that ends it, if any (decoding from there)
             Some(e) if gone.binary_search(&(e as usize)).is_ok() => {
-                let from = e as usize - gone.iter().filter(|&&g| g < e as usize).count();
+                let from = moved(e as usize);
                 let mut found = None;
                 for i in from..kept.ids.len() {
                     if bincode::deserialize::<Rule>(kept.encoded(i))?.ends_walk() {
@@ -125,7 +127,7 @@ impl RuleBlock {
                 }
                 found
             }
-            Some(e) => Some(e - gone.iter().filter(|&&g| g < e as usize).count() as u32),
+            Some(e) => Some(moved(e as usize) as u32),
             None => None,
         };
         *self = kept;
