@@ -27,7 +27,7 @@ fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
                  -A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT\n\
                  -A U -p tcp -m tcp --dport 84 -j DROP\n\
                  COMMIT\n";
-    let fw = PaddedFirewall::new("edit", FILLER, rules, &[80, 81, 82, 83, 84]);
+    let fw = PaddedFirewall::new("edit", FILLER, rules, &[80, 81, 82, 83, 84, 85]);
     let (t, run, ok) = (&fw.t, |args: &[&str]| fw.run(args), |args: &[&str]| fw.ok(args));
     let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
     let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
@@ -61,6 +61,20 @@ fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 82), "open", "deleted by number");
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 83), "refused", "REJECT stays");
     assert_eq!(compiled(), before, "deleted in place: the compiled rules stay, doing nothing");
+
+    // Chains no packet reaches, and policies: the installed image is kept (a rebuild would
+    // drop the rules deleted in place above) or has its policy slot set.
+    ok(&["-N", "V"]);
+    ok(&["-A", "V", "-p", "tcp", "--dport", "80", "-j", "DROP"]);
+    ok(&["-E", "V", "W"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "no jump to W");
+    ok(&["-P", "FORWARD", "DROP"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 85), "timeout", "policy DROP (replies too)");
+    ok(&["-P", "FORWARD", "ACCEPT"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 85), "open", "policy ACCEPT again");
+    ok(&["-F", "W"]);
+    ok(&["-X", "W"]);
+    assert_eq!(compiled(), before, "nothing compiled for these");
     ok(&["-D", "FORWARD", "-p", "tcp", "--dport", "83", "-j", "REJECT", "--reject-with", "tcp-reset"]);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 83), "open", "deleted REJECT");
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "timeout", "through the jump to U");

@@ -249,7 +249,7 @@ fn run(inv: &Invocation) -> Result<()> {
         let appended = fx.appended.as_ref().filter(|_| kind == TableKind::Filter).and_then(|(chain, count)| {
             Some(store::Appended { hook: Hook::of_chain(chain)?, count: *count })
         });
-        store.commit(&mut rs, appended)?;
+        store.commit(&mut rs, appended, Some(&outline))?;
     }
     print(&fx.stdout);
     apply_counters(&mut store, kind, &fx)?;

@@ -292,7 +292,7 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
         return Ok(());
     };
     rs.tables.retain(|t| t.kind.supported());
-    store.commit(&mut rs, None).map_err(|e| Failure::at(e, lineno))?;
+    store.commit(&mut rs, None, None).map_err(|e| Failure::at(e, lineno))?;
     for (chain, c) in policy_counters {
         store.set_policy_counters(&chain, c).map_err(|e| Failure::at(e, lineno))?;
     }

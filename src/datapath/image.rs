@@ -355,6 +355,24 @@ pub fn delete(img: &[u64], hook: Hook, ids: &[u32]) -> Result<Option<Patch>> {
     Ok(Some(Patch { keep: used, extra: Vec::new(), writes }))
 }
 
+/// Sets the policies of hooks in image `img` (true: accept): one slot each. `None` when the
+/// image is not whole.
+pub fn set_policies(img: &[u64], policies: &[(Hook, bool)]) -> Result<Option<Patch>> {
+    hook_rules(img, Hook::Input)?;
+    let used = img[SLOT_LEN] as usize;
+    if used > img.len() {
+        return Ok(None);
+    }
+    let writes = policies
+        .iter()
+        .map(|&(h, accept)| {
+            let hs = HOOK0 + h as usize * HOOK_SLOTS;
+            (hs, pack(img[hs] as u32, accept as u32))
+        })
+        .collect();
+    Ok(Some(Patch { keep: used, extra: Vec::new(), writes }))
+}
+
 /// The leading compiled rules of a hook that constrain nothing but the conntrack state and
 /// have no residual checks, each as the mask of the `Field::CtState` values it accepts (bit
 /// v: value v). `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT` heads most firewalls:

@@ -168,13 +168,31 @@ fn patch_installed(
 ) -> crate::error::Result<bool> {
     let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
     let Some(new) = patch(img.slots())? else { return Ok(false) };
-    let devs = netdev::list().context("listing the interfaces of this namespace")?;
-    let links = pinned_links(pin_dir);
-    if !devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) || !netdev_maps_current(pin_dir, &devs)? {
+    if !attached_everywhere(pin_dir)? {
         return Ok(false);
     }
     install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;
     Ok(true)
+}
+
+/// Whether the installed image goes on enforcing the live ruleset as it is, for a change
+/// that left every rule a packet reaches alone: programs attached everywhere, interface maps
+/// current (as `patch_installed` requires). False: a full `apply` is needed.
+pub fn enforces_installed(pin_dir: &Path) -> Result<bool> {
+    Ok(ImageMapping::active(pin_dir)?.is_some() && attached_everywhere(pin_dir)?)
+}
+
+/// Sets the built-in chains' policies in the installed image (`-P`; true: accept), as
+/// `patch_installed` does; false, changing nothing, when a full `apply` is needed.
+pub fn set_policies(pin_dir: &Path, policies: &[(Hook, bool)]) -> crate::error::Result<bool> {
+    patch_installed(pin_dir, |img| Ok(image::set_policies(img, policies)?))
+}
+
+/// The programs are attached to every interface and the interface maps are current.
+fn attached_everywhere(pin_dir: &Path) -> Result<bool> {
+    let devs = netdev::list().context("listing the interfaces of this namespace")?;
+    let links = pinned_links(pin_dir);
+    Ok(devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) && netdev_maps_current(pin_dir, &devs)?)
 }
 
 /// Compiled rules of `hook` in the installed image, deleted ones included (None: no image).

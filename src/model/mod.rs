@@ -13,6 +13,8 @@
 pub mod matches;
 pub mod targets;
 
+use std::collections::{HashMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 
 pub use matches::*;
@@ -282,6 +284,27 @@ impl Table {
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.chains.iter().flat_map(|c| c.rules.iter())
+    }
+
+    /// The names of the chains a packet can walk: the built-in ones, then every chain a rule
+    /// of a chain so reached jumps or goes to (whether or not an earlier rule always ends
+    /// the walk: what the compiler would look at).
+    pub fn reachable_chains(&self) -> Vec<&str> {
+        let by_name: HashMap<&str, &Chain> = self.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+        let mut order: Vec<&str> = self.builtins().map(|c| c.name.as_str()).collect();
+        let mut seen: HashSet<&str> = order.iter().copied().collect();
+        let mut i = 0;
+        while let Some(chain) = order.get(i).and_then(|n| by_name.get(n)) {
+            i += 1;
+            for r in &chain.rules {
+                if let Target::Jump(n) | Target::Goto(n) = &r.target {
+                    if seen.insert(n) {
+                        order.push(n);
+                    }
+                }
+            }
+        }
+        order
     }
 }
 

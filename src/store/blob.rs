@@ -5,6 +5,8 @@
 //! before it, and `-D` in it finds the rule by its encoding and cuts it out, never decoding or
 //! re-encoding the rules already stored; everything else decodes the whole model.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -30,6 +32,17 @@ struct StoredChain {
     policy: Option<Policy>,
     counters: Counters,
     rules: RuleBlock,
+}
+
+/// What a change did to the rules the datapath enforces (`Outline::filter_change`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterChange {
+    /// Nothing: only chains no packet reaches changed.
+    None,
+    /// Only built-in chains' policies.
+    Policies,
+    /// Rules a packet can reach.
+    Rules,
 }
 
 /// A chain's rules: `ids[i]` is rule i's id, `bytes` the rules' encodings one after another,
@@ -205,6 +218,35 @@ impl Outline {
         self.tables.iter().flat_map(|t| &t.chains).all(|c| c.rules.ids.is_empty() && c.policy != Some(Policy::Drop))
     }
 
+    /// How the filter table of `new` (this outline after a change) differs from this one in
+    /// what the datapath enforces: the built-in chains' policies, and the rules (ids, specs,
+    /// stored counters) of the chains `reachable` from them in `new`
+    /// (`Table::reachable_chains`). When those rules are equal, the same chains are reachable
+    /// here too (the same rules jump to the same names), so nothing else can differ.
+    pub fn filter_change(&self, new: &Outline, reachable: &[&str]) -> FilterChange {
+        fn filter(o: &Outline) -> &[StoredChain] {
+            o.tables.iter().find(|t| t.kind == TableKind::Filter).map_or(&[], |t| &t.chains)
+        }
+        fn by_name(chains: &[StoredChain]) -> HashMap<&str, &StoredChain> {
+            chains.iter().map(|c| (c.name.as_str(), c)).collect()
+        }
+        let (old, new) = (by_name(filter(self)), by_name(filter(new)));
+        let mut policies = false;
+        for name in reachable {
+            match (old.get(name), new.get(name)) {
+                (Some(a), Some(b)) if a.rules.ids == b.rules.ids && a.rules.bytes.0 == b.rules.bytes.0 => {
+                    policies |= a.policy != b.policy;
+                }
+                _ => return FilterChange::Rules,
+            }
+        }
+        if policies {
+            FilterChange::Policies
+        } else {
+            FilterChange::None
+        }
+    }
+
     /// Table `kind` with its chains and policies but no rules (what resolving and appending
     /// rules needs), if it exists.
     pub fn chains_of(&self, kind: TableKind) -> Option<Table> {
@@ -281,6 +323,42 @@ mod tests {
     fn rule(id: u32, src: u32, target: Target) -> Rule {
         let ip = IpHeader { src: Some(Inv::new(Ipv4Mask::new(src, u32::MAX), false)), ..Default::default() };
         Rule { id, ip, matches: Vec::new(), target, counters: Counters { packets: id as u64, bytes: 1 } }
+    }
+
+    /// Only the chains a packet reaches count as a change for the datapath: edits of a chain
+    /// nothing jumps to do not, a policy is told apart, and a jump makes its chain count.
+    #[test]
+    fn filter_change_looks_at_reachable_chains_only() {
+        let mut rs = Ruleset::default();
+        let t = rs.table_mut(TableKind::Filter);
+        t.add_user_chain(Chain::user("U"));
+        t.add_user_chain(Chain::user("V"));
+        t.chain_mut("INPUT").expect("INPUT").rules.push(rule(0, 1, Target::Jump("U".into())));
+        t.chain_mut("U").expect("U").rules.push(rule(1, 2, Target::Drop));
+        let before = Outline::encode(&rs).expect("encodes");
+        let change = |rs: &Ruleset| {
+            let reachable = rs.table(TableKind::Filter).expect("filter").reachable_chains();
+            before.filter_change(&Outline::encode(rs).expect("encodes"), &reachable)
+        };
+        assert_eq!(rs.table(TableKind::Filter).expect("filter").reachable_chains(), ["INPUT", "FORWARD", "OUTPUT", "U"]);
+        assert_eq!(change(&rs), FilterChange::None);
+
+        let mut unreached = rs.clone();
+        unreached.table_mut(TableKind::Filter).chain_mut("V").expect("V").rules.push(rule(2, 3, Target::Accept));
+        unreached.table_mut(TableKind::Filter).add_user_chain(Chain::user("W"));
+        assert_eq!(change(&unreached), FilterChange::None);
+
+        let mut policy = rs.clone();
+        policy.table_mut(TableKind::Filter).chain_mut("OUTPUT").expect("OUTPUT").policy = Some(Policy::Drop);
+        assert_eq!(change(&policy), FilterChange::Policies);
+
+        let mut reached = rs.clone();
+        reached.table_mut(TableKind::Filter).chain_mut("U").expect("U").rules.push(rule(2, 3, Target::Accept));
+        assert_eq!(change(&reached), FilterChange::Rules);
+
+        let mut jump = unreached.clone();
+        jump.table_mut(TableKind::Filter).chain_mut("U").expect("U").rules[0].target = Target::Jump("V".into());
+        assert_eq!(change(&jump), FilterChange::Rules);
     }
 
     /// The outline round-trips the model through bincode, and appending to it is appending

@@ -16,9 +16,9 @@ use std::path::PathBuf;
 
 use crate::compile::tables::Hook;
 use crate::error::Result;
-use crate::model::{Counters, Rule, Ruleset, Table, Target};
+use crate::model::{Counters, Policy, Rule, Ruleset, Table, TableKind, Target};
 
-pub use blob::Outline;
+pub use blob::{FilterChange, Outline};
 pub use lock::LockWait;
 pub use pins::{bpffs_root as pin_root, gc_stale, namespace_dir, netns_cookie, PIN_ROOT_ENV};
 
@@ -86,9 +86,11 @@ impl Store {
     /// (`Rule::UNASSIGNED`) and sets their counters to `Rule::counters` (what `-c` gave, or 0),
     /// compiles, writes the datapath tables and the serialized model. On error nothing changed.
     /// `appended`: the only change since `load` is rules appended to a built-in filter chain,
-    /// which the datapath may then patch in rather than rebuild.
-    pub fn commit(&mut self, rs: &mut Ruleset, appended: Option<Appended>) -> Result<()> {
-        self.pins.commit(rs, appended)
+    /// which the datapath may then patch in rather than rebuild. `before`: the outline `rs`
+    /// was decoded from, when it is the live one: a change that leaves what the datapath
+    /// enforces alone (or touches only policies) then compiles nothing.
+    pub fn commit(&mut self, rs: &mut Ruleset, appended: Option<Appended>, before: Option<&Outline>) -> Result<()> {
+        self.pins.commit(rs, appended, before)
     }
 
     /// Sets the counters of existing rules (by id), e.g. to zero for `-Z`.
@@ -152,6 +154,25 @@ fn enforce_delete(dir: &std::path::Path, hook: Hook, deleted: &[Rule], pass_all:
     }
     let ids: Vec<u32> = deleted.iter().map(|r| r.id).collect();
     crate::datapath::delete_rules(dir, hook, &ids)
+}
+
+/// Keeps the datapath, which enforces `before`, for `after`, the same ruleset changed into
+/// `rs` (not passing everything), when the change leaves alone every rule a packet can reach
+/// (`Outline::filter_change`): `-N`, `-X`, `-E` or edits of chains nothing jumps to need no
+/// compiling, and a new policy is one slot of the installed image. False when the ruleset
+/// must be enforced whole instead. Compiling looks only at what packets reach (loops
+/// included), so nothing this skips could have refused the ruleset.
+fn enforce_same(dir: &std::path::Path, before: &Outline, after: &Outline, rs: &Ruleset, pass_all: bool) -> Result<bool> {
+    let Some(filter) = rs.table(TableKind::Filter).filter(|_| !datapath_off() && !pass_all) else { return Ok(false) };
+    match before.filter_change(after, &filter.reachable_chains()) {
+        FilterChange::Rules => Ok(false),
+        FilterChange::None => Ok(crate::datapath::enforces_installed(dir)?),
+        FilterChange::Policies => {
+            let accepts = |h: Hook| filter.chain(h.chain_name()).is_some_and(|c| c.policy != Some(Policy::Drop));
+            let policies: Vec<(Hook, bool)> = Hook::ALL.into_iter().map(|h| (h, accepts(h))).collect();
+            Ok(crate::datapath::set_policies(dir, &policies)?)
+        }
+    }
 }
 
 /// Compiles the ruleset and hands it to the datapath. Called by a commit after the new model is

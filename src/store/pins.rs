@@ -154,7 +154,7 @@ impl Pins {
         Ok(())
     }
 
-    pub fn commit(&mut self, rs: &mut Ruleset, appended: Option<super::Appended>) -> Result<()> {
+    pub fn commit(&mut self, rs: &mut Ruleset, appended: Option<super::Appended>, before: Option<&Outline>) -> Result<()> {
         let live = self.live()?;
         let mut used = live;
         used.extend(rule_ids(rs));
@@ -171,9 +171,10 @@ impl Pins {
             let reached = !rules[..first].iter().any(Rule::ends_walk);
             Some(super::Added { hook: a.hook, table, rules: &rules[first..], reached, at_head: false })
         });
-        let patched = match tail {
-            Some(t) => super::enforce_added(&self.dir, &t, pass_all)?,
-            None => false,
+        let patched = match (tail, before) {
+            (Some(t), _) => super::enforce_added(&self.dir, &t, pass_all)?,
+            (None, Some(before)) if self.patchable() => super::enforce_same(&self.dir, before, &outline, rs, pass_all)?,
+            (None, _) => false,
         };
         if !patched {
             super::enforce(&self.dir, rs)?;
