@@ -58,7 +58,7 @@ fn commit_load_round_trip_with_stable_ids_and_counters() {
         let mut r2 = rule(Target::Drop);
         r2.counters = Counters { packets: 7, bytes: 700 };
         filter_input(&mut rs).push(r2);
-        st.commit(&mut rs, None).expect("commit");
+        st.commit(&mut rs, None, None).expect("commit");
         let ids: Vec<u32> = filter_input(&mut rs).iter().map(|r| r.id).collect();
         assert!(ids.iter().all(|&i| i != Rule::UNASSIGNED));
         assert_ne!(ids[0], ids[1]);
@@ -73,7 +73,7 @@ fn commit_load_round_trip_with_stable_ids_and_counters() {
 
         // Inserting before them keeps their ids and counters.
         filter_input(&mut back).insert(0, rule(Target::Return));
-        st.commit(&mut back, None).expect("commit insert");
+        st.commit(&mut back, None, None).expect("commit insert");
         let mut again = st.load().expect("load");
         st.load_counters(&mut again).expect("counters");
         let rules = filter_input(&mut again);
@@ -96,7 +96,7 @@ fn namespaces_are_separate() {
         let mut st = Store::open(LockWait::Block).expect("open");
         let mut rs = st.load().expect("load");
         filter_input(&mut rs).push(rule(Target::Drop));
-        st.commit(&mut rs, None).expect("commit");
+        st.commit(&mut rs, None, None).expect("commit");
         let dir_a = st.pin_dir().clone();
         drop(st);
         let other = in_fresh_netns(move || {
