@@ -11,12 +11,16 @@
 #   restore  replacing the whole ruleset from a file (iptables-restore / nft -f)
 #   append   one -A with N rules present (nft: add rule)
 #   insert   one -I at the head with N rules present (nft: insert rule)
+#   mid      one -I in the middle, before rule N/2 + 1 (nft: insert rule position)
+#   replace  one -R of rule N/2 + 1 (nft: replace rule handle)
 #   delete   deleting the appended rule again by spec (nft: delete rule by handle)
+#   chain    one -N of a new chain, nothing jumping to it (nft: add chain)
 #   save     iptables-save (nft list ruleset)
 #   list     -L -n (nft list table)
 # and for bpf-iptables the bytes of its BPF maps (bpftool's memlock: the pinned maps and the
 # classifier image maps they hold) per N.
-# Each point checks itself: the listing must contain N+1 rules, else the run aborts.
+# Each point checks itself: the listing must contain N+1 rules, after the restore and after
+# the edits, else the run aborts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
@@ -88,8 +92,8 @@ check_count() { # impl expected-rules
 }
 
 rule='-A INPUT -s 203.0.113.7/32 -p tcp -m tcp --dport 4242 -j DROP'
-printf '| impl | N | restore ms | append ms | insert ms | delete ms | save ms | list ms | map bytes |\n'
-printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| impl | N | restore ms | append ms | insert ms | mid ms | replace ms | delete ms | chain ms | save ms | list ms | map bytes |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in "${sizes[@]}"; do
   gen_rules "$n" > "$work/rules.$n"
   gen_nft "$n" > "$work/rules.$n.nft"
@@ -103,6 +107,7 @@ for n in "${sizes[@]}"; do
       nft) ;;
     esac
     mem=-
+    k=$((n / 2 + 1))
     if [ "$impl" = nft ]; then
       r=$(median_ms nft -f "$work/rules.$n.nft")
       check_count nft nft $((n + 1))
@@ -110,8 +115,15 @@ for n in "${sizes[@]}"; do
         "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}")
       i=$(median_pair_ms "nft insert rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop" \
         "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}")
+      # the handle of rule k (handles stay when other rules come and go)
+      hk=$(ip netns exec "$ns" nft -a list chain ip filter INPUT | grep -E ' (drop|accept) # handle' | sed -n "${k}p" | awk '{print $NF}')
+      m=$(median_pair_ms "nft insert rule ip filter INPUT position $hk ip saddr 203.0.113.7 tcp dport 4242 drop" \
+        "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}")
+      p=$(median_ms nft replace rule ip filter INPUT handle "$hk" ip saddr 203.0.113.8 tcp dport 4243 drop)
       d=$(median_pair_ms "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}" \
         "nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop")
+      c=$(median_pair_ms "nft add chain ip filter BENCHX" "nft delete chain ip filter BENCHX")
+      check_count nft nft $((n + 1))
       s=$(median_ms nft list ruleset)
       l=$(median_ms nft list table ip filter)
     else
@@ -119,9 +131,13 @@ for n in "${sizes[@]}"; do
       check_count "$impl" "$ipt" $((n + 1))
       a=$(median_pair_ms "$ipt $rule" "$ipt ${rule/-A/-D}")
       i=$(median_pair_ms "$ipt ${rule/-A INPUT/-I INPUT 1}" "$ipt -D INPUT 1")
+      m=$(median_pair_ms "$ipt ${rule/-A INPUT/-I INPUT $k}" "$ipt -D INPUT $k")
+      p=$(median_ms "$ipt" -R INPUT "$k" -s 203.0.113.8/32 -p tcp -m tcp --dport 4243 -j DROP)
       ip netns exec "$ns" $ipt $rule
       d=$(median_pair_ms "$ipt ${rule/-A/-D}" "$ipt $rule")
       ip netns exec "$ns" $ipt ${rule/-A/-D}
+      c=$(median_pair_ms "$ipt -N BENCHX" "$ipt -X BENCHX")
+      check_count "$impl" "$ipt" $((n + 1))
       s=$(median_ms "$save")
       l=$(median_ms "$ipt" -L -n)
       if [ "$impl" = bpf ]; then
@@ -136,6 +152,6 @@ for n in "${sizes[@]}"; do
         fi
       fi
     fi
-    printf '| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$i" "$d" "$s" "$l" "$mem"
+    printf '| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$i" "$m" "$p" "$d" "$c" "$s" "$l" "$mem"
   done
 done

@@ -34,11 +34,12 @@
  *   IMG_SLOT_STATES        states_off | n_states << 32
  *   IMG_SLOT_FLAGS         BPFIPT_IMG_F_* bits
  *   IMG_SLOT_LEN           slots in use (appended rules go after them)
- *   IMG_SLOT_HOOK0 + 5*h   per hook h: [0] n_rules | policy_accept << 32
+ *   IMG_SLOT_HOOK0 + 6*h   per hook h: [0] n_rules | policy_accept << 32
  *                                      [1] actions_off | n_lbvs << 32
  *                                      [2] fields_off | n_fields << 32
  *                                      [3] lead_off | n_lead << 32
- *                                      [4] head_first | n_head << 32
+ *                                      [4] inserted_off | n_inserted << 32
+ *                                      [5] the first action of the room for inserted rules
  *   vector table           one slot per vector: words_off | n_words << 32; a vector's words
  *                          are pairs of slots (word index, 64 bits), word index increasing
  *   field descriptor       IMG_FIELD_SLOTS slots: [0] field | top_shift << 8 |
@@ -61,15 +62,23 @@
  *   action                 IMG_ACTION_SLOTS slots: [0] kind | rule_id << 32 (NO_RULE: none)
  *                          [1] arg0 | arg1 << 32  [2] checks_off | n_checks << 32
  *                          per hook n_rules of them, with room for IMG_TAIL_CAP more,
- *                          then IMG_TAIL_CAP for head rules
+ *                          then IMG_TAIL_CAP for inserted rules
  *   appended rules         the compiled rules n_lbvs..n_rules of a hook are not in its vectors:
  *                          `-A` to a built-in chain appends them in place (their field
  *                          matches as FIELD_IN checks), and the programs walk them in order
  *                          once LBVS finds no candidate (see `compile::compile_tail`)
- *   head rules             `-I` at the head of a built-in chain puts its compiled rules in
- *                          the actions head_first..head_first + n_head (past the room for
- *                          appended ones, filled from the end down), and the programs walk
- *                          them in order before anything else, the lead included
+ *   inserted rules         `-I` in a built-in chain (not at its end) and `-R` of one of its
+ *                          rules put the new compiled rules in the room for inserted ones
+ *                          (in the order they come), and list them in n_inserted slots,
+ *                          each `before | action << 32`: evaluate action `action` before
+ *                          compiled rule `before`, the rule the new one precedes in the
+ *                          chain (always a rule of the built-in chain itself, never one
+ *                          inlined from a user chain, so no skip jumps over it), sorted by
+ *                          `before`, in chain order. The programs take the next one due
+ *                          before any rule at or past `before` is considered (a candidate,
+ *                          or the walk past it), the lead included; inserted rules neither
+ *                          jump nor return. `-R` also turns the replaced compiled rule into
+ *                          a no-op (as `-D` does)
  *   check                  IMG_CHECK_SLOTS slots: [0] kind | invert << 8 | field << 16 |
  *                          op << 24 | a << 32  [1] b  [2] c
  *   log target             IMG_LOG_SLOTS slots: [0] level | flags << 8, [1..] prefix (NUL
@@ -102,22 +111,22 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 6,
+	BPFIPT_IMG_VERSION = 7,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
 	BPFIPT_IMG_SLOT_HOOK0 = 4,
-	BPFIPT_IMG_HOOK_SLOTS = 5,
+	BPFIPT_IMG_HOOK_SLOTS = 6,
 	/* bpfipt_inuse: the generation a CPU's packet uses, with this bit while it does. */
 	BPFIPT_IMG_BUSY = 0x80000000,
 	BPFIPT_IMG_GEN_MASK = 0x7fffffff,
-	BPFIPT_IMG_SLOT_FLAGS = 19,
-	BPFIPT_IMG_SLOT_LEN = 20,
-	BPFIPT_IMG_HEADER_SLOTS = 21,
+	BPFIPT_IMG_SLOT_FLAGS = 22,
+	BPFIPT_IMG_SLOT_LEN = 23,
+	BPFIPT_IMG_HEADER_SLOTS = 24,
 	/* Compiled rules a hook can take by appending, past its LBVS ones, before a full rebuild:
 	 * room for TAIL_CAP, used while they number at most one per TAIL_PER LBVS rules (each
 	 * costs a packet that reaches it ~10 ns; rebuilding a small hook costs little). The same
-	 * holds for rules inserted at the head. */
+	 * holds for inserted rules. */
 	BPFIPT_IMG_TAIL_CAP = 16,
 	BPFIPT_IMG_TAIL_PER = 1024,
 	/* IMG_SLOT_FLAGS: some rule looks at conntrack state, so packets are tracked (as in
@@ -147,8 +156,8 @@ enum bpfipt_const {
 	BPFIPT_MAX_FIELDS = 10,
 	BPFIPT_MAX_CHECKS = 32,
 	/* Classification steps (bpf_loop iterations): every rule once, every word of the
-	 * pivot's two vectors once, plus one step per empty word. */
-	BPFIPT_MAX_STEPS = 262144 + 4 * 4096 + 16,
+	 * pivot's two vectors once, plus one step per empty word, and per inserted rule. */
+	BPFIPT_MAX_STEPS = 262144 + 4 * 4096 + 16 + BPFIPT_IMG_TAIL_CAP,
 	/* LOG hits recorded per packet (events are emitted after classification). */
 	BPFIPT_MAX_LOGS_PER_PKT = 16,
 	/* Packet bytes (from the IP header) copied into a LOG event. */

@@ -2,7 +2,8 @@
 /*
  * Linear Bit Vector Search over the classifier image (layout: bpf_iptables.h), step by step
  * as `src/compile/lbvs.rs` describes it:
- *   0. the rules `-I` inserted at the head, in order, as 4 below;
+ *   0. before any compiled rule r is considered (as a candidate, or walked past), the rules
+ *      inserted in place before it (`-I`, `-R`: see "inserted rules" in bpf_iptables.h), as 4;
  *   1. per used field, the packet's value -> interval -> vector V_f, plus the wildcard W_f;
  *   2. pivot = the field with the fewest words in V_f + W_f;
  *   3. walk the pivot's word indices >= pos/64 in increasing order, AND over fields of
@@ -38,6 +39,7 @@ struct cls {
 	struct bpfipt_ct_match ctm;  /* the -m conntrack being checked (off the stack) */
 	struct bpf_fib_lookup fib;   /* the route lookup of an arriving packet (off the stack) */
 	__u32 nf, pivot, pos, n_rules, n_lbvs, actions_off, states_off;
+	__u32 ins_off, n_ins, ins_i; /* the hook's inserted rules, and the next one due */
 	__u32 verdict, verdict_arg, by_policy;
 	/* per used field (indexed & 15: the verifier needs the bound on every access) */
 	__u32 vs[16], vn[16], vc[16]; /* value vector: words offset, words, cursor */
@@ -574,8 +576,10 @@ static long check_cb(__u64 i, struct lctx *x)
 	return 0;
 }
 
-/* Step 4: compiled rule r is a candidate. Returns 1 when the search is over. */
-static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r)
+/* Step 4: compiled rule r is a candidate; the walk goes on at `next` unless the rule
+ * says where (r + 1 for a compiled rule, the same position for an inserted one). Returns 1
+ * when the search is over. */
+static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r, __u32 next)
 {
 	__u32 a = c->actions_off + r * BPFIPT_IMG_ACTION_SLOTS;
 	__u64 a0 = slot(img, a), a1 = slot(img, a + 1), a2 = slot(img, a + 2);
@@ -592,13 +596,13 @@ static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r)
 		else
 			bpf_loop(nck < BPFIPT_MAX_CHECKS ? nck : BPFIPT_MAX_CHECKS, check_cb, &y, 0);
 		if (!y.ok) {
-			c->pos = kind == BPFIPT_A_ENTER ? arg0 : r + 1;
+			c->pos = kind == BPFIPT_A_ENTER ? arg0 : next;
 			return 0;
 		}
 	}
 	if (rule_id != BPFIPT_NO_RULE)
 		count(&bpfipt_rule_counters, rule_id, c->p.len);
-	c->pos = r + 1;
+	c->pos = next;
 	switch (kind) {
 	case BPFIPT_A_ACCEPT:
 		c->verdict = V_ACCEPT;
@@ -634,6 +638,23 @@ static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r)
 	}
 }
 
+/* Takes compiled rule r, or first the next inserted rule due before it (inserted rules are
+ * in the order of the compiled rule each goes before). One call site per step, so that
+ * take_rule is inlined once per loop body. */
+static __always_inline int take_at(struct img *img, struct cls *c, __u32 r)
+{
+	__u32 next = r + 1;
+	if (c->ins_i < c->n_ins) {
+		__u64 e = slot(img, c->ins_off + c->ins_i);
+		if ((__u32)e <= r) {
+			c->ins_i++;
+			next = c->pos;
+			r = e >> 32;
+		}
+	}
+	return take_rule(img, c, r, next);
+}
+
 /* One step of 3/4. Returns 1 to stop the loop. */
 static long lbvs_step(__u64 i, struct lctx *x)
 {
@@ -667,7 +688,7 @@ static long lbvs_step(__u64 i, struct lctx *x)
 	__u32 r = (w << 6) + ctz64(bits);
 	if (r >= c->n_lbvs)
 		return 1;
-	return take_rule(img, c, r);
+	return take_at(img, c, r);
 }
 
 /* One leading rule (x->a: the masks' offset, x->b: how many). Returns 1 to stop. */
@@ -677,21 +698,24 @@ static long lead_step(__u64 i, struct lctx *x)
 	__u32 r = c->pos;
 	if (r >= x->b || r >= c->n_rules)
 		return 1;
-	if (!((slot(x->img, x->a + r) >> (c->p.ct_state & 63)) & 1)) {
+	int due = c->ins_i < c->n_ins && (__u32)slot(x->img, c->ins_off + c->ins_i) <= r;
+	if (!due && !((slot(x->img, x->a + r) >> (c->p.ct_state & 63)) & 1)) {
 		c->pos = r + 1;
 		return 0;
 	}
-	return take_rule(x->img, c, r);
+	return take_at(x->img, c, r);
 }
 
-/* Rules walked in order, from c->pos up to x->b: the head rules, the appended ones, or all
- * of them when no field is used. */
+/* Rules walked in order, from c->pos up to x->b = n_rules: the appended ones, or all of
+ * them when no field is used; at the end, the inserted rules still due (none is, when the
+ * walk skipped to the policy: past n_rules). */
 static long linear_step(__u64 i, struct lctx *x)
 {
 	struct cls *c = x->c;
-	if (c->pos >= x->b)
+	__u32 r = c->pos;
+	if (r > x->b || (r == x->b && c->ins_i >= c->n_ins))
 		return 1;
-	return take_rule(x->img, c, c->pos);
+	return take_at(x->img, c, r);
 }
 
 /* Fills `img` with the installed image, announced in bpfipt_inuse until image_exit() (see
@@ -758,23 +782,19 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 	if (c->n_rules > BPFIPT_MAX_RULES)
 		c->n_rules = BPFIPT_MAX_RULES;
 
+	__u64 ins = slot(img, h + 4);
+	c->ins_off = (__u32)ins;
+	c->n_ins = ins >> 32;
+	c->ins_i = 0;
+
 	struct lctx x = { .img = img, .c = c };
-	/* The rules inserted at the head (see "head rules" in bpf_iptables.h). */
-	__u64 hd = slot(img, h + 4);
-	if (hd >> 32) {
-		c->pos = (__u32)hd;
-		x.b = (__u32)hd + (__u32)(hd >> 32);
-		bpf_loop(BPFIPT_IMG_TAIL_CAP, linear_step, &x, 0);
-		if (c->verdict != NONE32)
-			return c->verdict;
-		c->pos = 0;
-	}
 	/* The leading rules on conntrack state alone (see "lead" in bpf_iptables.h). */
 	__u64 ld = slot(img, BPFIPT_IMG_SLOT_HOOK0 + c->p.hook * BPFIPT_IMG_HOOK_SLOTS + 3);
 	if (ld >> 32) {
 		x.a = (__u32)ld;
 		x.b = ld >> 32;
-		bpf_loop(BPFIPT_IMG_MAX_LEAD, lead_step, &x, 0);
+		/* inserted rules due before a lead rule take a step each too */
+		bpf_loop(BPFIPT_IMG_MAX_LEAD + BPFIPT_IMG_TAIL_CAP, lead_step, &x, 0);
 		if (c->verdict != NONE32)
 			return c->verdict;
 	}
@@ -789,8 +809,10 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 		long n = 0;
 		if (c->nf)
 			n = bpf_loop(BPFIPT_MAX_STEPS, lbvs_step, &x, 0);
-		/* then the appended rules, in order (all rules when no field is used) */
-		if (c->verdict == NONE32 && n < BPFIPT_MAX_STEPS && c->n_rules > (c->nf ? c->n_lbvs : 0)) {
+		/* then the appended rules, in order (all rules when no field is used), and the
+		 * inserted ones still due */
+		if (c->verdict == NONE32 && n < BPFIPT_MAX_STEPS &&
+		    (c->n_rules > (c->nf ? c->n_lbvs : 0) || c->ins_i < c->n_ins)) {
 			if (c->nf && c->pos < c->n_lbvs)
 				c->pos = c->n_lbvs;
 			x.b = c->n_rules;

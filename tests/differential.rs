@@ -15,7 +15,9 @@
 //! combination); one in ten stateless packets has a wrong transport checksum. One ruleset in
 //! four pads FORWARD so that the datapath patches changes in: two random FORWARD rules are
 //! deleted with `iptables -D` after the restore, the first added with `iptables -I FORWARD 1`
-//! (before the padding) and the last two with `iptables -A`, on both firewalls.
+//! (before the padding), one further down with `iptables -I FORWARD n` where it belongs, one
+//! restored as a placeholder and then put in its place with `iptables -R FORWARD n`, and the
+//! last two with `iptables -A`, on both firewalls.
 //!
 //! `BPFIPT_DIFF_SEED` (default fixed), `BPFIPT_DIFF_RULESETS` (default 12) and
 //! `BPFIPT_DIFF_PACKETS` (per ruleset, default 40) set the budget; `scripts/differential.sh`
@@ -164,12 +166,19 @@ struct Ruleset {
     /// The first this many FORWARD rules are added with `iptables -I FORWARD 1` after the
     /// restore (before the padding, which no packet matches).
     inserted: usize,
+    /// Of the FORWARD rules left after those (and before the appended ones), the second is
+    /// added with `iptables -I FORWARD n` and the fourth restored as a placeholder that
+    /// `iptables -R FORWARD n` replaces with it, when `in_place` (and there are so many).
+    in_place: bool,
 }
 
+/// What `-R` replaces: a rule no packet matches, whose place a patch can take.
+const PLACEHOLDER: &str = "-s 192.0.2.99/32 -p udp -j DROP";
+
 impl Ruleset {
-    /// The restore input, the FORWARD rules held back for `-I` (in order), and those held back
-    /// for `-A`.
-    fn restore_input(&self) -> (String, Vec<&str>, Vec<&str>) {
+    /// The restore input, then the commands that complete the ruleset after it (`iptables`
+    /// arguments, in order).
+    fn restore_input(&self) -> (String, Vec<String>) {
         let mut s = format!(
             "*filter\n:INPUT {} [0:0]\n:FORWARD {} [0:0]\n:OUTPUT {} [0:0]\n:u1 - [0:0]\n:u2 - [0:0]\n",
             self.input_policy, self.policy, self.output_policy
@@ -183,14 +192,27 @@ impl Ruleset {
         let forward: Vec<usize> = (0..self.rules.len()).filter(|&i| self.rules[i].0 == "FORWARD").collect();
         let held: Vec<usize> = forward[forward.len() - self.appended.min(forward.len())..].to_vec();
         let head: Vec<usize> = forward.iter().copied().filter(|i| !held.contains(i)).take(self.inserted).collect();
+        let rest: Vec<usize> = forward.iter().copied().filter(|i| !held.contains(i) && !head.contains(i)).collect();
+        let (middle, replaced) = match self.in_place {
+            true => (rest.get(1).copied(), rest.get(3).copied()),
+            false => (None, None),
+        };
         for (i, (c, spec)) in self.rules.iter().enumerate() {
-            if !held.contains(&i) && !head.contains(&i) {
+            if Some(i) == replaced {
+                let _ = writeln!(s, "-A {c} {PLACEHOLDER}");
+            } else if !held.contains(&i) && !head.contains(&i) && Some(i) != middle {
                 let _ = writeln!(s, "-A {c} {spec}");
             }
         }
         s.push_str("COMMIT\n");
-        let specs = |v: Vec<usize>| v.into_iter().map(|i| self.rules[i].1.as_str()).collect();
-        (s, specs(head), specs(held))
+        let mut cmds: Vec<String> = self.decoys.iter().map(|spec| format!("-D FORWARD {spec}")).collect();
+        cmds.extend(head.iter().rev().map(|&i| format!("-I FORWARD 1 {}", self.rules[i].1)));
+        // rule numbers once everything is in: the head, the padding, the rest in order
+        let number = |i: usize| head.len() + self.padding as usize + rest.iter().position(|&r| r == i).expect("in the rest") + 1;
+        cmds.extend(middle.map(|i| format!("-I FORWARD {} {}", number(i), self.rules[i].1)));
+        cmds.extend(replaced.map(|i| format!("-R FORWARD {} {}", number(i), self.rules[i].1)));
+        cmds.extend(held.iter().map(|&i| format!("-A FORWARD {}", self.rules[i].1)));
+        (s, cmds)
     }
 }
 
@@ -226,6 +248,7 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
     let (padding, appended) = if r.pct(25) { (2 * per, 2) } else { (0, 0) };
     let decoys = if padding > 0 { (0..2).map(|_| gen_rule(r, &["u1", "u2"], false, stateful, "FORWARD")).collect() } else { Vec::new() };
     let inserted = if padding > 0 { 1 } else { 0 };
+    let in_place = padding > 0;
     Ruleset {
         policy: r.pick(&["ACCEPT", "DROP"]),
         input_policy: r.pick(&["ACCEPT", "DROP"]),
@@ -235,6 +258,7 @@ fn gen_ruleset(r: &mut Rng, stateful: bool) -> Ruleset {
         appended,
         decoys,
         inserted,
+        in_place,
     }
 }
 
@@ -691,7 +715,7 @@ impl Twin {
 
     fn load(&self, rs: &Ruleset, dir: &ScratchDir) -> Result<(), String> {
         let file = dir.path().join(format!("rules-{}", self.tools.label()));
-        let (input, head, held) = rs.restore_input();
+        let (input, cmds) = rs.restore_input();
         fs::write(&file, input).expect("write rules");
         let restore = self.tools.bin("iptables-restore");
         let o = self.t.exec(&self.t.f, &[restore.to_str().expect("path"), file.to_str().expect("path")]);
@@ -699,25 +723,10 @@ impl Twin {
             return Err(String::from_utf8_lossy(&o.stderr).into_owned());
         }
         let iptables = self.tools.bin("iptables");
-        for spec in &rs.decoys {
-            let cmd = format!("{} -D FORWARD {spec}", iptables.to_str().expect("path"));
-            let o = self.t.exec(&self.t.f, &["sh", "-c", &cmd]);
+        for args in cmds {
+            let o = self.t.exec(&self.t.f, &["sh", "-c", &format!("{} {args}", iptables.to_str().expect("path"))]);
             if !o.status.success() {
-                return Err(format!("-D FORWARD {spec}: {}", String::from_utf8_lossy(&o.stderr)));
-            }
-        }
-        for spec in head.iter().rev() {
-            let cmd = format!("{} -I FORWARD 1 {spec}", iptables.to_str().expect("path"));
-            let o = self.t.exec(&self.t.f, &["sh", "-c", &cmd]);
-            if !o.status.success() {
-                return Err(format!("-I FORWARD 1 {spec}: {}", String::from_utf8_lossy(&o.stderr)));
-            }
-        }
-        for spec in held {
-            let cmd = format!("{} -A FORWARD {spec}", iptables.to_str().expect("path"));
-            let o = self.t.exec(&self.t.f, &["sh", "-c", &cmd]);
-            if !o.status.success() {
-                return Err(format!("-A FORWARD {spec}: {}", String::from_utf8_lossy(&o.stderr)));
+                return Err(format!("{args}: {}", String::from_utf8_lossy(&o.stderr)));
             }
         }
         Ok(())
@@ -864,7 +873,7 @@ fn random_rulesets_give_netfilters_verdicts_and_counters() {
             let (small, why) = shrink(&ours, &legacy, rs, &packets, &dir);
             let rules: Vec<String> = small.rules.iter().map(|(c, s)| format!("  iptables -A {c} {s}")).collect();
             failures.push(format!(
-                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}, FORWARD padded with {} rules, then {:?} deleted with -D, its first {} added with -I FORWARD 1, its last {} with -A\n{}\n  {why}",
+                "seed {seed:#x}, ruleset {n} ({}): INPUT policy {}, FORWARD policy {}, OUTPUT policy {}, FORWARD padded with {} rules, then {:?} deleted with -D, its first {} added with -I FORWARD 1, {} its last {} with -A\n{}\n  {why}",
                 if stateful { "stateful" } else { "stateless" },
                 small.input_policy,
                 small.policy,
@@ -872,6 +881,7 @@ fn random_rulesets_give_netfilters_verdicts_and_counters() {
                 small.padding,
                 small.decoys,
                 small.inserted,
+                if small.in_place { "its 2nd after those with -I FORWARD n, its 4th put in place of a placeholder with -R," } else { "" },
                 small.appended,
                 rules.join("\n")
             ));

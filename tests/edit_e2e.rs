@@ -1,9 +1,10 @@
-//! `-I` and `-D` through the command line with real traffic (root only): rules inserted at the
-//! head of a built-in chain of a loaded ruleset, or deleted from it, take effect at once, and
-//! the rest is listed and counted as before, whether the change is patched into the
-//! datapath's image (rules that neither jump nor, for `-D`, end the chain; `-D` by spec and by
-//! number) or rebuilds it (a jump, an insert further down); a rule that does not exist gets
-//! iptables' error and changes nothing.
+//! `-I`, `-R` and `-D` through the command line with real traffic (root only): rules inserted
+//! in a built-in chain of a loaded ruleset (at its head or further down), replacing one of
+//! its rules or deleted from it take effect at once, and the rest is listed and counted as
+//! before, whether the change is patched into the datapath's image (rules that neither jump
+//! nor, for `-D`, end the chain; `-D` by spec and by number) or rebuilds it (a jump); a rule
+//! that does not exist gets iptables' error and changes nothing. Changes no packet sees
+//! (chains nothing jumps to) compile nothing, and a policy is patched in.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use bpf_iptables::compile::tables::Hook;
 use common::topo::PaddedFirewall;
 
-const FILLER: u32 = 3000;
+const FILLER: u32 = 4100;
 
 #[test]
 fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
@@ -92,12 +93,30 @@ fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
     ok(&["-D", "FORWARD", "-j", "U"]);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "open", "deleted jump");
     assert!(compiled() < before, "rebuilt without the deleted rules");
-    // Not at the head: rebuilt too, with the rule where it was inserted.
+    // Further down, and in place of a rule: in place too, each where it was put.
     let rebuilt = compiled();
     ok(&["-I", "FORWARD", &(FILLER + 1).to_string(), "-p", "tcp", "--dport", "84", "-j", "DROP"]);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "timeout", "inserted further down");
-    assert_eq!(compiled(), rebuilt + 1);
+    ok(&["-I", "FORWARD", &(FILLER + 1).to_string(), "-p", "tcp", "--dport", "84", "-j", "ACCEPT"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "open", "inserted before that");
+    ok(&["-R", "FORWARD", &(FILLER + 1).to_string(), "-p", "tcp", "--dport", "85", "-j", "DROP"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "timeout", "the ACCEPT replaced");
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 85), "timeout", "by a DROP");
+    assert_eq!(compiled(), rebuilt, "in place");
+    assert_eq!(
+        ok(&["-S", "FORWARD"]).lines().skip(1 + FILLER as usize).take(2).collect::<Vec<_>>(),
+        ["-A FORWARD -p tcp -m tcp --dport 85 -j DROP", "-A FORWARD -p tcp -m tcp --dport 84 -j DROP"]
+    );
+    let o = run(&["-R", "FORWARD", &(FILLER + 4).to_string(), "-j", "DROP"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "iptables: Index of replacement too big.\n");
+    let o = run(&["-I", "FORWARD", &(FILLER + 5).to_string(), "-j", "DROP"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "iptables: Index of insertion too big.\n");
     ok(&["-D", "FORWARD", &(FILLER + 1).to_string()]);
+    ok(&["-D", "FORWARD", &(FILLER + 1).to_string()]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 84), "open");
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 85), "open");
 
     assert_eq!(
         fw.listed_past_filler(),

@@ -22,7 +22,7 @@ use crate::output::save;
 use crate::parse::cmdline::{self, Parsed};
 use crate::parse::options::{self, OptDef, Value};
 use crate::parse::{Command, Invocation, TargetSpec};
-use crate::store::{self, LockWait, Outline, Store};
+use crate::store::{self, LockWait, Outline, Place, Store};
 
 /// Which program we are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,14 +256,16 @@ fn run(inv: &Invocation) -> Result<()> {
     Ok(())
 }
 
-/// `-A` to a built-in filter chain, or `-I` at its head, of rules that do not jump: the common
+/// `-A`, `-I` or `-R` in a built-in filter chain, of rules that do not jump: the common
 /// firewall-script edits. Applied to the stored chains without their rules (all that
 /// resolving and adding looks at) and added to the stored ruleset without decoding it
-/// (`Store::commit_added`). `None`, `outline` untouched: the general path applies.
+/// (`Store::commit_added`). `None`, `outline` untouched: the general path applies (it also
+/// gives the errors: an index past the end).
 fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
-    let (chain, rule, at_head) = match &inv.command {
-        Command::Append { chain, rule } => (chain, rule, false),
-        Command::Insert { chain, num: 1, rule } => (chain, rule, true),
+    let (chain, rule, place) = match &inv.command {
+        Command::Append { chain, rule } => (chain, rule, Place::End),
+        Command::Insert { chain, num, rule } => (chain, rule, Place::Before(*num as usize - 1)),
+        Command::Replace { chain, num, rule } => (chain, rule, Place::Replacing(*num as usize - 1)),
         _ => return Ok(None),
     };
     let Some(hook) = Hook::of_chain(chain) else { return Ok(None) };
@@ -277,9 +279,24 @@ fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv
         TargetSpec::Final(t) if table.chain(crate::output::target_name(t)).is_none() => {}
         _ => return Ok(None),
     }
-    let fx = exec::apply(&mut table, inv)?;
+    let len = outline.chain_len(TableKind::Filter, chain).unwrap_or(0);
+    let at_or_before_end = match place {
+        Place::End => true,
+        Place::Before(i) => i <= len,
+        Place::Replacing(i) => i < len,
+    };
+    if !at_or_before_end {
+        return Ok(None);
+    }
+    // The rules as they go into the chain, in its order: applied at the head of the chain
+    // without its rules (what `-I` and `-R` do with the rule's words is what `-I 1` does).
+    let mut at_head = inv.clone();
+    if let Command::Insert { chain, rule, .. } | Command::Replace { chain, rule, .. } = &inv.command {
+        at_head.command = Command::Insert { chain: chain.clone(), num: 1, rule: rule.clone() };
+    }
+    let fx = exec::apply(&mut table, &at_head)?;
     let Some(c) = table.chain_mut(chain) else { return Ok(None) };
-    store.commit_added(std::mem::take(outline), hook, std::mem::take(&mut c.rules), at_head)?;
+    store.commit_added(std::mem::take(outline), hook, std::mem::take(&mut c.rules), place)?;
     Ok(Some(fx))
 }
 

@@ -58,7 +58,7 @@ fn pack(lo: u32, hi: u32) -> u64 {
 /// Builds the image of `c` for the interfaces `ifaces`.
 pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     let mut img = vec![0u64; HEADER];
-    img[0] = pack(bpfipt_const::BPFIPT_IMG_MAGIC.0, bpfipt_const::BPFIPT_IMG_VERSION.0);
+    img[0] = magic();
 
     // Vectors of every hook in one table; a hook's local VecId v is global id base + v. The
     // programs try a hook's lead (`lead_masks`) first and walk the vectors from past it, so the
@@ -144,8 +144,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             img[d + 2] = (base + f.wildcard) as u64;
         }
 
-        // Room for rules appended later (`append`), then for rules inserted at the head
-        // (`insert_head`).
+        // Room for rules appended later (`append`), then for rules inserted (`insert`).
         let actions = img.len();
         img.resize(actions + (h.actions.len() + 2 * TAIL_CAP) * ACTION_SLOTS, 0);
         for (r, a) in h.actions.iter().enumerate() {
@@ -164,7 +163,8 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
         img[hs + 1] = pack(actions as u32, h.lbvs_rules);
         img[hs + 2] = pack(fields as u32, constraining.len() as u32);
         img[hs + 3] = pack(lead_off as u32, lead.len() as u32);
-        img[hs + 4] = pack((h.actions.len() + 2 * TAIL_CAP) as u32, 0);
+        img[hs + 4] = 0;
+        img[hs + 5] = (h.actions.len() + TAIL_CAP) as u64;
     }
     if img.len() > u32::MAX as usize / 2 {
         bail!("ruleset too large for the datapath ({} slots)", img.len());
@@ -230,6 +230,11 @@ fn index_node(los: &[u32], base: u64, shift: u32, budget: &mut usize, img: &mut 
     off
 }
 
+/// Slot 0 of an image of this layout.
+pub fn magic() -> u64 {
+    pack(bpfipt_const::BPFIPT_IMG_MAGIC.0, bpfipt_const::BPFIPT_IMG_VERSION.0)
+}
+
 /// How many compiled rules a hook of `lbvs` LBVS rules takes appended in place.
 pub fn tail_room(lbvs: usize) -> usize {
     TAIL_CAP.min(lbvs / TAIL_PER)
@@ -237,7 +242,7 @@ pub fn tail_room(lbvs: usize) -> usize {
 
 /// How many compiled rules `hook` has in image `img`.
 pub fn hook_rules(img: &[u64], hook: Hook) -> Result<u32> {
-    if img.len() < HEADER || img[0] != pack(bpfipt_const::BPFIPT_IMG_MAGIC.0, bpfipt_const::BPFIPT_IMG_VERSION.0) {
+    if img.len() < HEADER || img[0] != magic() {
         bail!("the installed classifier image has another layout");
     }
     Ok(img[HOOK0 + hook as usize * HOOK_SLOTS] as u32)
@@ -264,13 +269,14 @@ impl Patch {
         for &(i, v) in &self.writes {
             dst[i] = v;
         }
+        dst[SLOT_LEN] = self.len() as u64;
     }
 }
 
 /// A patch of `img` (`used` slots in use) that writes the compiled `rules` as the actions from
 /// index `at` of a hook whose actions start at slot `actions`, their checks after the image,
-/// plus the hook-slot writes `hook_writes`.
-fn place_rules(img: &[u64], used: usize, actions: usize, at: usize, rules: &[Action], hook_writes: [(usize, u64); 1]) -> Patch {
+/// plus the slot writes `more`.
+fn place_rules(img: &[u64], used: usize, actions: usize, at: usize, rules: &[Action], more: &[(usize, u64)]) -> Patch {
     let mut extra = Vec::new();
     let mut writes = Vec::new();
     for (j, a) in rules.iter().enumerate() {
@@ -278,8 +284,7 @@ fn place_rules(img: &[u64], used: usize, actions: usize, at: usize, rules: &[Act
         writes.extend((0..ACTION_SLOTS).map(|i| (actions + (at + j) * ACTION_SLOTS + i, s[i])));
     }
     writes.push((SLOT_FLAGS, img[SLOT_FLAGS] | flags_for(rules, false)));
-    writes.extend(hook_writes);
-    writes.push((SLOT_LEN, (used + extra.len()) as u64));
+    writes.extend_from_slice(more);
     Patch { keep: used, extra, writes }
 }
 
@@ -299,49 +304,80 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Patch>>
         return Ok(None);
     }
     let count = (hs, (n + tail.len()) as u64 | img[hs] >> 32 << 32);
-    Ok(Some(place_rules(img, used, actions, n, tail, [count])))
+    Ok(Some(place_rules(img, used, actions, n, tail, &[count])))
 }
 
-/// Inserts compiled rules (`compile::compile_tail` of rules inserted at the head of the
-/// built-in chain) before every rule of `hook` of image `img`, in the head room `build` left
-/// after the room for appended rules: the programs walk them first. `None` when they do not
-/// fit (as many as `append` takes), or one of them jumps or returns (it would skip within
-/// the hook): a full rebuild is needed.
-pub fn insert_head(img: &[u64], hook: Hook, head: &[Action]) -> Result<Option<Patch>> {
-    hook_rules(img, hook)?;
+/// The inserted rules of `hook` in image `img`: its slots `(before, action)` (see "inserted
+/// rules" in bpf_iptables.h).
+fn inserted(img: &[u64], hook: Hook) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let ins = img[HOOK0 + hook as usize * HOOK_SLOTS + 4];
+    let (off, n) = (ins as u32 as usize, (ins >> 32) as usize);
+    img.get(off..off + n).unwrap_or_default().iter().map(|&e| (e as u32, (e >> 32) as u32))
+}
+
+/// Inserts compiled rules (`compile::compile_tail` of rules just inserted in a built-in
+/// chain, `-I`, or replacing one, `-R`) before the chain's rule `before` (its id) in `hook`
+/// of image `img`: the programs take them before the compiled rule that rule starts at (or
+/// before it, when it was inserted itself), and the compiled rules of `replaced` become
+/// no-ops, as `delete` makes them. `None` when they do not fit (as many as `append` takes),
+/// one of them jumps or returns (it would skip within the hook), `before` is not found as a
+/// rule of the chain itself, or `replaced` cannot be deleted in place: a full rebuild is
+/// needed.
+pub fn insert(img: &[u64], hook: Hook, before: u32, rules: &[Action], replaced: &[u32]) -> Result<Option<Patch>> {
+    let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
     let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
-    let (first, n) = (img[hs + 4] as u32 as usize, (img[hs + 4] >> 32) as usize);
+    let room = img[hs + 5] as usize;
+    if rules.is_empty() {
+        return delete(img, hook, replaced);
+    }
+    let list: Vec<(u32, u32)> = inserted(img, hook).collect();
     let flows = |a: &Action| matches!(a.kind, ActionKind::SkipTo(_) | ActionKind::Enter { .. });
     if used > img.len()
-        || n + head.len() > tail_room(lbvs)
-        || head.len() > first
-        || head.iter().any(|a| a.checks.len() > MAX_CHECKS || flows(a))
+        || list.len() + rules.len() > tail_room(lbvs)
+        || n >= MAX_RULES
+        || actions + (room + TAIL_CAP) * ACTION_SLOTS > used
+        || rules.iter().any(|a| a.checks.len() > MAX_CHECKS || flows(a))
     {
         return Ok(None);
     }
-    let first = first - head.len();
-    let range = (hs + 4, pack(first as u32, (n + head.len()) as u32));
-    Ok(Some(place_rules(img, used, actions, first, head, [range])))
+    let rule_id = |a: u32| (img[actions + a as usize * ACTION_SLOTS] >> 32) as u32;
+    // Where the new entries go in the list, and the compiled rule they precede.
+    let (at, pos) = match list.iter().position(|&(_, a)| rule_id(a) == before) {
+        Some(i) => (i, list[i].0),
+        None => {
+            let Some(pos) = (0..n as u32).find(|&r| rule_id(r) == before) else { return Ok(None) };
+            (list.partition_point(|&(p, _)| p <= pos), pos)
+        }
+    };
+    let Some(deleted) = delete(img, hook, replaced)? else { return Ok(None) };
+    let first = room + list.len();
+    let mut patch = place_rules(img, used, actions, first, rules, &deleted.writes);
+    let entries = (first..first + rules.len()).map(|a| (pos, a as u32));
+    let list: Vec<(u32, u32)> = list[..at].iter().copied().chain(entries).chain(list[at..].iter().copied()).collect();
+    patch.writes.push((hs + 4, pack(patch.len() as u32, list.len() as u32)));
+    patch.extra.extend(list.iter().map(|&(p, a)| pack(p, a)));
+    Ok(Some(patch))
 }
 
-/// Turns the compiled rules of `hook` that came from rules `ids` (inserted at the head or
-/// not) into no-ops that count nothing (`-D`): every rule after them is compiled already,
-/// unless a deleted rule jumped to a chain (its inlined body would stay) or always ended its
-/// chain's walk (what follows it is not compiled), which the caller rules out. `None` when a
-/// compiled rule of `ids` enters an inlined chain: a full rebuild is needed.
+/// Turns the compiled rules of `hook` that came from rules `ids` (inserted or not) into
+/// no-ops that count nothing (`-D`): every rule after them is compiled already, unless a
+/// deleted rule jumped to a chain (its inlined body would stay) or always ended its chain's
+/// walk (what follows it is not compiled), which the caller rules out. `None` when a compiled
+/// rule of `ids` enters an inlined chain: a full rebuild is needed.
 pub fn delete(img: &[u64], hook: Hook, ids: &[u32]) -> Result<Option<Patch>> {
     let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
     let actions = img[hs + 1] as u32 as usize;
-    let head = img[hs + 4] as u32 as usize..(img[hs + 4] as u32 as usize + (img[hs + 4] >> 32) as usize);
-    if used > img.len() || actions + n.max(head.end) * ACTION_SLOTS > used {
+    let room = img[hs + 5] as usize;
+    if used > img.len() || actions + n.max(room + TAIL_CAP) * ACTION_SLOTS > used {
         return Ok(None);
     }
     let mut writes = Vec::new();
-    for a in (0..n).chain(head).map(|r| actions + r * ACTION_SLOTS) {
+    let compiled = (0..n).chain(inserted(img, hook).map(|(_, a)| a as usize));
+    for a in compiled.map(|r| actions + r * ACTION_SLOTS) {
         if !ids.contains(&((img[a] >> 32) as u32)) {
             continue;
         }

@@ -117,18 +117,22 @@ pub fn append_rules(
     hook: Hook,
     tail: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
 ) -> crate::error::Result<bool> {
-    add_rules(pin_dir, hook, tail, image::append)
+    add_rules(pin_dir, hook, tail, |img, rules| image::append(img, hook, rules))
 }
 
-/// Inserts compiled rules (`compile::compile_tail` of rules just inserted at the head of the
-/// built-in chain, `-I chain 1`) before every rule of `hook` in the installed image, as
-/// `append_rules` appends (see `image::insert_head`); false when a full `apply` is needed.
+/// Inserts compiled rules (`compile::compile_tail` of rules just inserted in the built-in
+/// chain, `-I`, or replacing its rule `replaced`, `-R`) before its rule `before` (an id) in
+/// `hook` of the installed image, as `append_rules` appends (see `image::insert`); false when
+/// a full `apply` is needed.
 pub fn insert_rules(
     pin_dir: &Path,
     hook: Hook,
-    head: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
+    before: u32,
+    replaced: Option<u32>,
+    rules: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
 ) -> crate::error::Result<bool> {
-    add_rules(pin_dir, hook, head, image::insert_head)
+    let replaced: Vec<u32> = replaced.into_iter().collect();
+    add_rules(pin_dir, hook, rules, |img, rules| image::insert(img, hook, before, rules, &replaced))
 }
 
 /// `append_rules` and `insert_rules`: `place` puts the compiled `rules` into the image.
@@ -136,7 +140,7 @@ fn add_rules(
     pin_dir: &Path,
     hook: Hook,
     rules: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
-    place: fn(&[u64], Hook, &[Action]) -> Result<Option<image::Patch>>,
+    place: impl FnOnce(&[u64], &[Action]) -> Result<Option<image::Patch>>,
 ) -> crate::error::Result<bool> {
     patch_installed(pin_dir, |img| {
         let Some(rules) = rules(image::hook_rules(img, hook)?)? else { return Ok(None) };
@@ -144,7 +148,7 @@ fn add_rules(
         if hook != Hook::Output && rules.iter().any(attach_changes) {
             return Ok(None);
         }
-        Ok(place(img, hook, &rules)?)
+        Ok(place(img, &rules)?)
     })
 }
 
@@ -609,7 +613,8 @@ impl ImageMapping {
         let Some((map, capacity)) = inner_map(&tables, gen & 1)? else { return Ok(None) };
         let header = ImageMapping::new(&map, IMG_SLOT_LEN + 1, false)?;
         let used = header.slots()[IMG_SLOT_LEN] as usize;
-        if used <= IMG_SLOT_LEN || used > capacity as usize {
+        // an image of another layout (an older build's) is rebuilt, never patched
+        if header.slots()[0] != image::magic() || used <= IMG_SLOT_LEN || used > capacity as usize {
             return Ok(None);
         }
         Ok(Some(ImageMapping::new(&map, used, false)?))

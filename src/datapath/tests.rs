@@ -789,8 +789,10 @@ fn rules_inserted_at_the_head_go_before_every_other() {
         let input = rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT");
         input.rules.insert(0, Rule { id, ..r });
         let filter = rs.table(TableKind::Filter).expect("filter");
-        let new = filter.chain("INPUT").expect("INPUT").rules[..1].to_vec();
-        insert_rules(&env.dir, Hook::Input, |base| crate::compile::compile_tail(filter, Hook::Input, &new, true, base)).expect("insert")
+        let rules = &filter.chain("INPUT").expect("INPUT").rules;
+        let (new, before) = (rules[..1].to_vec(), rules[1].id);
+        insert_rules(&env.dir, Hook::Input, before, None, |base| crate::compile::compile_tail(filter, Hook::Input, &new, true, base))
+            .expect("insert")
     };
     // -I INPUT -s 198.18.7.0/24 -j DROP, then -I INPUT -p udp --dport 53 -j ACCEPT before it
     assert!(head(&mut rs, first_new, rule(IpHeader { src: net("198.18.7.0", 24), ..Default::default() }, vec![], Target::Drop)));
@@ -809,6 +811,122 @@ fn rules_inserted_at_the_head_go_before_every_other() {
     // Deleting an inserted rule patches it out too.
     assert!(delete_rules(&env.dir, Hook::Input, &[first_new]).expect("delete"));
     assert_eq!(env.xdp(&ssh("198.18.7.9"), env.d0).0, XDP_PASS);
+}
+
+/// `-I` further down a built-in chain and `-R` of one of its rules patch the installed image:
+/// each new rule is taken right before the rule it precedes, whether that is the lead, a
+/// rule LBVS finds as a candidate, one it passes over, or the chain's last; the replaced rule
+/// stops counting; as many go in as the hook's size allows, and deleting one patches it out.
+#[test]
+fn rules_inserted_further_down_and_replaced_go_where_they_were_put() {
+    let Some(env) = Env::new("insert-mid") else { return };
+    let per = skel::types::bpfipt_const::BPFIPT_IMG_TAIL_PER.0;
+    let established = state(ct_state::ESTABLISHED);
+    let src = |a: &str, len| IpHeader { src: net(a, len), ..Default::default() };
+    let mut rules = vec![
+        ("INPUT", rule(IpHeader::default(), vec![established], Target::Accept)),
+        ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Accept)),
+        ("INPUT", rule(proto(17), vec![], Target::Drop)),
+    ];
+    let filler = |i: u32| rule(IpHeader { src: net(&std::net::Ipv4Addr::from(ip("10.0.0.0") + i).to_string(), 32), ..proto(6) }, vec![dport(9, false)], Target::Drop);
+    rules.extend((0..5 * per).map(|i| ("INPUT", filler(i))));
+    rules.push(("INPUT", rule(proto(6), vec![dport(9, false)], Target::Accept)));
+    let mut rs = ruleset(&[("INPUT", Policy::Drop)], rules);
+    apply(&env.dir, &compile(&rs).expect("compiles"), false).expect("apply");
+    let mut sport = 30000;
+    let mut verdict = |src: &str, proto: u8, port: u16| {
+        sport += 1;
+        let l4 = match proto {
+            6 => tcp(sport, port, 0x02, 1),
+            17 => udp(sport, port, b"q"),
+            _ => echo(),
+        };
+        env.xdp(&frame(src, "198.18.1.1", proto, &l4), env.d0).0
+    };
+    let mut next_id = 5 * per + 4;
+    // Puts `r` at index `at` of INPUT (in place of the rule there: `replace`) in the model and
+    // patches it into the image.
+    let mut edit = |rs: &mut Ruleset, at: usize, replace: bool, r: Rule| {
+        let id = next_id;
+        next_id += 1;
+        let input = &mut rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules;
+        let replaced = replace.then(|| input.remove(at).id);
+        input.insert(at, Rule { id, ..r });
+        let before = replaced.unwrap_or(input[at + 1].id);
+        let filter = rs.table(TableKind::Filter).expect("filter");
+        let new = [filter.chain("INPUT").expect("INPUT").rules[at].clone()];
+        let ok = insert_rules(&env.dir, Hook::Input, before, replaced, |base| crate::compile::compile_tail(filter, Hook::Input, &new, true, base))
+            .expect("insert");
+        (ok, id)
+    };
+    assert_eq!(verdict("198.18.6.9", 6, 22), XDP_PASS);
+    assert_eq!(verdict("198.18.7.9", 6, 22), XDP_PASS);
+    assert_eq!(verdict("198.18.8.9", 17, 53), XDP_DROP);
+    assert_eq!(verdict("10.0.3.232", 6, 9), XDP_DROP, "filler rule 1000");
+    assert_eq!(verdict("198.18.8.9", 1, 0), XDP_DROP, "policy");
+
+    // -I INPUT 1 (before the lead), -I INPUT 3 (after the lead and one more), -I INPUT 5
+    let (ok, head) = edit(&mut rs, 0, false, rule(src("198.18.6.0", 24), vec![], Target::Drop));
+    assert!(ok);
+    assert_eq!(verdict("198.18.6.9", 6, 22), XDP_DROP, "before the lead and the ACCEPT");
+    let (ok, after_lead) = edit(&mut rs, 2, false, rule(IpHeader { src: net("198.18.7.0", 24), ..proto(6) }, vec![], Target::Drop));
+    assert!(ok);
+    assert_eq!(verdict("198.18.7.9", 6, 22), XDP_DROP, "before the ACCEPT of port 22");
+    assert_eq!(verdict("198.18.8.9", 6, 22), XDP_PASS);
+    let (ok, dns) = edit(&mut rs, 4, false, rule(proto(17), vec![udp_dport(53)], Target::Accept));
+    assert!(ok);
+    assert_eq!(verdict("198.18.8.9", 17, 53), XDP_PASS, "before the DROP of UDP");
+    assert_eq!(verdict("198.18.8.9", 17, 54), XDP_DROP);
+    // before filler rule 1000, deep in the LBVS rules
+    let (ok, deep) = edit(&mut rs, 3 + 3 + 1000, false, rule(src("10.0.3.232", 32), vec![], Target::Accept));
+    assert!(ok);
+    assert_eq!(verdict("10.0.3.232", 6, 9), XDP_PASS, "before filler rule 1000");
+    assert_eq!(verdict("10.0.3.233", 6, 9), XDP_DROP, "filler rule 1001");
+    assert_eq!(verdict("10.0.0.5", 6, 9), XDP_DROP, "filler rule 5, before it");
+    assert_eq!(verdict("198.18.8.9", 1, 0), XDP_DROP, "still the policy");
+    // -R of the ACCEPT of port 22 (now rule 4): the old rule stops counting
+    let ssh = rs.table(TableKind::Filter).and_then(|t| t.chain("INPUT")).map(|c| c.rules[3].id).expect("ssh rule");
+    let before = env.rule(ssh);
+    let (ok, replaced) = edit(&mut rs, 3, true, rule(IpHeader { src: net("198.18.9.0", 24), ..proto(6) }, vec![dport(22, false)], Target::Accept));
+    assert!(ok);
+    assert_eq!(verdict("198.18.9.9", 6, 22), XDP_PASS, "the replacement");
+    assert_eq!(verdict("198.18.8.9", 6, 22), XDP_DROP, "the replaced ACCEPT is gone");
+    assert_eq!(verdict("198.18.7.9", 6, 22), XDP_DROP, "the rule inserted before it stays");
+    assert_eq!(env.rule(ssh), before);
+    for (id, packets) in [(head, 1), (after_lead, 2), (dns, 1), (deep, 1), (replaced, 1)] {
+        assert_eq!(env.rule(id).packets, packets, "rule {id}");
+    }
+    // The hook takes as many as it takes appended: one per BPFIPT_IMG_TAIL_PER LBVS rules.
+    assert_eq!(image::tail_room(5 * per as usize + 3), 5);
+    let n = rs.table(TableKind::Filter).and_then(|t| t.chain("INPUT")).map(|c| c.rules.len()).expect("INPUT");
+    assert!(!edit(&mut rs, n - 1, false, rule(proto(1), vec![], Target::Accept)).0, "no room left");
+    // Deleting an inserted rule patches it out too.
+    assert!(delete_rules(&env.dir, Hook::Input, &[deep]).expect("delete"));
+    assert_eq!(verdict("10.0.3.232", 6, 9), XDP_DROP);
+}
+
+/// A rule inserted before the chain's last rule is taken by a packet that no LBVS rule
+/// matches: the inserted rules still due when the walk ends are taken then.
+#[test]
+fn rules_inserted_before_the_end_are_taken_when_the_walk_ends() {
+    let Some(env) = Env::new("insert-end") else { return };
+    let per = skel::types::bpfipt_const::BPFIPT_IMG_TAIL_PER.0;
+    let mut rules: Vec<(&str, Rule)> = (0..per)
+        .map(|i| ("INPUT", rule(IpHeader { src: net(&std::net::Ipv4Addr::from(ip("10.0.0.0") + i).to_string(), 32), ..proto(6) }, vec![dport(9, false)], Target::Drop)))
+        .collect();
+    rules.push(("INPUT", rule(proto(6), vec![dport(9, false)], Target::Accept)));
+    let mut rs = ruleset(&[("INPUT", Policy::Drop)], rules);
+    apply(&env.dir, &compile(&rs).expect("compiles"), false).expect("apply");
+    let ping = frame("198.18.8.9", "198.18.1.1", 1, &echo());
+    assert_eq!(env.xdp(&ping, env.d0).0, XDP_DROP);
+    let input = &mut rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules;
+    let last = input[per as usize].id;
+    input.insert(per as usize, Rule { id: per + 1, ..rule(proto(1), vec![], Target::Accept) });
+    let filter = rs.table(TableKind::Filter).expect("filter");
+    let new = [filter.chain("INPUT").expect("INPUT").rules[per as usize].clone()];
+    assert!(insert_rules(&env.dir, Hook::Input, last, None, |base| crate::compile::compile_tail(filter, Hook::Input, &new, true, base)).expect("insert"));
+    assert_eq!(env.xdp(&ping, env.d0).0, XDP_PASS);
+    assert_eq!(env.rule(per + 1).packets, 1);
 }
 
 #[test]

@@ -128,18 +128,8 @@ impl RuleBlock {
         // where rule i of the block is in the kept one
         let moved = |i: usize| i - gone.iter().filter(|&&g| g < i).count();
         kept.first_end = match self.first_end {
-            // the walk's end went: the next rule that ends it, if any (decoding from there)
-            Some(e) if gone.binary_search(&(e as usize)).is_ok() => {
-                let from = moved(e as usize);
-                let mut found = None;
-                for i in from..kept.ids.len() {
-                    if bincode::deserialize::<Rule>(kept.encoded(i))?.ends_walk() {
-                        found = Some(i as u32);
-                        break;
-                    }
-                }
-                found
-            }
+            // the walk's end went: the next rule that ends it, if any
+            Some(e) if gone.binary_search(&(e as usize)).is_ok() => kept.first_end_from(moved(e as usize))?,
             Some(e) => Some(moved(e as usize) as u32),
             None => None,
         };
@@ -147,20 +137,48 @@ impl RuleBlock {
         Ok(Some(removed))
     }
 
-    /// Puts `rules` before the block's rules, re-encoding none of those.
-    fn prepend(&mut self, rules: &[Rule]) -> bincode::Result<()> {
-        let mut head = RuleBlock::default();
-        for r in rules {
-            head.push(r)?;
+    /// The first rule from index `from` on that always ends the chain's walk (decoding them).
+    fn first_end_from(&self, from: usize) -> bincode::Result<Option<u32>> {
+        for i in from..self.ids.len() {
+            if bincode::deserialize::<Rule>(self.encoded(i))?.ends_walk() {
+                return Ok(Some(i as u32));
+            }
         }
-        let k = head.ids.len() as u32;
-        head.first_end = head.first_end.or(self.first_end.map(|e| e + k));
-        head.ids.extend_from_slice(&self.ids);
-        let shift = head.bytes.0.len() as u32;
-        head.ends.extend(self.ends.iter().map(|e| e + shift));
-        head.bytes.0.extend_from_slice(&self.bytes.0);
-        *self = head;
-        Ok(())
+        Ok(None)
+    }
+
+    /// Puts `rules` in place of the `n` rules from index `at` (n = 0: before the rule at
+    /// `at`), re-encoding none of the others; returns the rules taken out, decoded. None,
+    /// nothing changed, when the block has no such rules.
+    fn splice(&mut self, at: usize, n: usize, rules: &[Rule]) -> bincode::Result<Option<Vec<Rule>>> {
+        if at + n > self.ids.len() {
+            return Ok(None);
+        }
+        let removed = (at..at + n).map(|i| bincode::deserialize(self.encoded(i))).collect::<bincode::Result<Vec<Rule>>>()?;
+        let start = |i: usize| if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        let mut out = RuleBlock {
+            ids: self.ids[..at].to_vec(),
+            ends: self.ends[..at].to_vec(),
+            first_end: self.first_end.filter(|&e| (e as usize) < at),
+            bytes: Bytes(self.bytes.0[..start(at)].to_vec()),
+        };
+        for r in rules {
+            out.push(r)?;
+        }
+        let (k, shift) = (out.ids.len(), out.bytes.0.len() as i64 - start(at + n) as i64);
+        out.ids.extend_from_slice(&self.ids[at + n..]);
+        out.ends.extend(self.ends[at + n..].iter().map(|&e| (e as i64 + shift) as u32));
+        out.bytes.0.extend_from_slice(&self.bytes.0[start(at + n)..]);
+        if out.first_end.is_none() {
+            out.first_end = match self.first_end {
+                Some(e) if e as usize >= at + n => Some((e as usize - n + rules.len()) as u32),
+                // the walk's end was taken out: the next rule that ends it, if any
+                Some(_) => out.first_end_from(k)?,
+                None => None,
+            };
+        }
+        *self = out;
+        Ok(Some(removed))
     }
 
     fn decode(&self) -> bincode::Result<Vec<Rule>> {
@@ -264,13 +282,17 @@ impl Outline {
         self.next_rule_id = id;
     }
 
+    fn chain(&self, kind: TableKind, chain: &str) -> Option<&StoredChain> {
+        self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).find(|c| c.name == chain)
+    }
+
     fn chain_mut(&mut self, kind: TableKind, chain: &str) -> Option<&mut StoredChain> {
         self.tables.iter_mut().filter(|t| t.kind == kind).flat_map(|t| &mut t.chains).find(|c| c.name == chain)
     }
 
     /// The rules of chain `chain` of table `kind`, decoded (None if there is no such chain).
     pub fn rules_of(&self, kind: TableKind, chain: &str) -> Option<crate::error::Result<Vec<Rule>>> {
-        let c = self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).find(|c| c.name == chain)?;
+        let c = self.chain(kind, chain)?;
         Some(c.rules.decode().context("decoding the stored rules").map_err(Into::into))
     }
 
@@ -278,9 +300,7 @@ impl Outline {
     /// (`Rule::same_spec`), those at `skip` left out; compared encoded, none decoded. None if
     /// there is none (or no such chain).
     pub fn find_spec(&self, kind: TableKind, chain: &str, rule: &Rule, skip: &[usize]) -> bincode::Result<Option<usize>> {
-        let Some(c) = self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).find(|c| c.name == chain) else {
-            return Ok(None);
-        };
+        let Some(c) = self.chain(kind, chain) else { return Ok(None) };
         let wanted = bincode::serialize(rule)?;
         let wanted = spec_bytes(&wanted);
         Ok((0..c.rules.ids.len()).find(|i| !skip.contains(i) && spec_bytes(c.rules.encoded(*i)) == wanted))
@@ -294,12 +314,25 @@ impl Outline {
         c.rules.remove(at)
     }
 
-    /// Puts `rules` (ids assigned) at the head of chain `chain` of table `kind`. Returns false
-    /// if there is no such chain.
-    pub fn prepend(&mut self, kind: TableKind, chain: &str, rules: &[Rule]) -> bincode::Result<bool> {
-        let Some(c) = self.chain_mut(kind, chain) else { return Ok(false) };
-        c.rules.prepend(rules)?;
-        Ok(true)
+    /// Puts `rules` (ids assigned) in place of the `n` rules from index `at` of chain `chain`
+    /// of table `kind` (n = 0: before the rule at `at`, or at the end), re-encoding none of
+    /// the others. Returns whether the chain's walk reaches them (no earlier rule always ends
+    /// it) and the rules taken out, decoded; None, nothing changed, when there is no such
+    /// chain or rule.
+    pub fn splice(&mut self, kind: TableKind, chain: &str, at: usize, n: usize, rules: &[Rule]) -> bincode::Result<Option<(bool, Vec<Rule>)>> {
+        let Some(c) = self.chain_mut(kind, chain) else { return Ok(None) };
+        let reached = c.rules.first_end.map_or(true, |e| e as usize >= at);
+        Ok(c.rules.splice(at, n, rules)?.map(|removed| (reached, removed)))
+    }
+
+    /// The id of the rule at index `i` of chain `chain` of table `kind`.
+    pub fn rule_id(&self, kind: TableKind, chain: &str, i: usize) -> Option<u32> {
+        self.chain(kind, chain)?.rules.ids.get(i).copied()
+    }
+
+    /// How many rules chain `chain` of table `kind` has (None: no such chain).
+    pub fn chain_len(&self, kind: TableKind, chain: &str) -> Option<usize> {
+        Some(self.chain(kind, chain)?.rules.ids.len())
     }
 
     /// Appends `rules` (ids assigned) to chain `chain` of table `kind`. Returns whether the
@@ -409,15 +442,65 @@ mod tests {
 
         // Rules put at the head, the rest as it was; an unconditional one there ends the walk.
         let head = [rule(10, 10, Target::Drop), Rule { ip: IpHeader::default(), ..rule(11, 0, Target::Drop) }];
-        assert!(o.prepend(TableKind::Filter, "FORWARD", &head[..1]).expect("encodes"));
+        let prepend = |o: &mut Outline, chain, rules| o.splice(TableKind::Filter, chain, 0, 0, rules).expect("encodes");
+        assert_eq!(prepend(&mut o, "FORWARD", &head[..1]), Some((true, vec![])));
         assert_eq!(o.append(TableKind::Filter, "FORWARD", &[]).expect("appends"), Some(true));
-        assert!(o.prepend(TableKind::Filter, "FORWARD", &head[1..]).expect("encodes"));
+        assert_eq!(prepend(&mut o, "FORWARD", &head[1..]), Some((true, vec![])));
         assert_eq!(o.append(TableKind::Filter, "FORWARD", &[]).expect("appends"), Some(false));
-        assert!(!o.prepend(TableKind::Filter, "NOPE", &head).expect("encodes"));
+        assert_eq!(prepend(&mut o, "NOPE", &head), None);
         let forward = &mut rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD").rules;
         forward.insert(0, head[0].clone());
         forward.insert(0, head[1].clone());
         assert_eq!(o.decode().expect("decodes"), rs);
+    }
+
+    /// Rules put in the middle of a chain, or in place of one (`-I`, `-R`): the others keep
+    /// their encodings, and the first rule that ends the walk is where the chain has it.
+    #[test]
+    fn splicing_rules_keeps_the_rest_and_the_walk_end() {
+        let all = |id| Rule { ip: IpHeader::default(), ..rule(id, 0, Target::Accept) };
+        let mut rs = Ruleset::default();
+        let rules: Vec<Rule> = (0..6).map(|i| if i == 3 { all(3) } else { rule(i, i + 1, Target::Drop) }).collect();
+        rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = rules;
+        let mut o = Outline::encode(&rs).expect("encodes");
+        let mut model = rs.table(TableKind::Filter).expect("filter").chain("INPUT").expect("INPUT").rules.clone();
+        let check = |o: &mut Outline, model: &[Rule]| {
+            assert_eq!(o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), model);
+            let end = model.iter().position(Rule::ends_walk);
+            assert_eq!(o.append(TableKind::Filter, "INPUT", &[]).expect("appends"), Some(end.is_none()), "{end:?}");
+            let block = &o.chain(TableKind::Filter, "INPUT").expect("INPUT").rules;
+            assert_eq!(block.first_end, end.map(|e| e as u32));
+        };
+        let splice = |o: &mut Outline, at, n, rules: &[Rule]| o.splice(TableKind::Filter, "INPUT", at, n, rules).expect("encodes");
+
+        // before the walk's end: reached, the end moves down
+        assert_eq!(splice(&mut o, 2, 0, &[rule(10, 10, Target::Drop), rule(11, 11, Target::Drop)]), Some((true, vec![])));
+        model.splice(2..2, [rule(10, 10, Target::Drop), rule(11, 11, Target::Drop)]);
+        check(&mut o, &model);
+        // past it: not reached
+        assert_eq!(splice(&mut o, 7, 0, &[rule(12, 12, Target::Drop)]), Some((false, vec![])));
+        model.insert(7, rule(12, 12, Target::Drop));
+        check(&mut o, &model);
+        // the end replaced by a rule that does not end it: the next one that does, if any
+        assert_eq!(splice(&mut o, 5, 1, &[rule(13, 13, Target::Drop)]), Some((true, vec![all(3)])));
+        model[5] = rule(13, 13, Target::Drop);
+        check(&mut o, &model);
+        // a new end, then one further up
+        assert_eq!(splice(&mut o, 6, 1, &[all(14)]).map(|r| r.1.len()), Some(1));
+        model[6] = all(14);
+        check(&mut o, &model);
+        assert_eq!(splice(&mut o, 0, 1, &[all(15)]).map(|r| r.1.len()), Some(1));
+        model[0] = all(15);
+        check(&mut o, &model);
+        // at the end; past it nothing changes
+        assert_eq!(splice(&mut o, model.len(), 0, &[rule(16, 16, Target::Drop)]), Some((false, vec![])));
+        model.push(rule(16, 16, Target::Drop));
+        check(&mut o, &model);
+        assert_eq!(splice(&mut o, model.len(), 1, &[]), None);
+        assert_eq!(splice(&mut o, model.len() + 1, 0, &[]), None);
+        check(&mut o, &model);
+        assert_eq!(o.rule_id(TableKind::Filter, "INPUT", 1), Some(model[1].id));
+        assert_eq!(o.chain_len(TableKind::Filter, "INPUT"), Some(model.len()));
     }
 
     /// Rules cut out of a chain by index: the rest decodes as before, ends and all, and the

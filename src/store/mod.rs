@@ -57,12 +57,12 @@ impl Store {
     }
 
     /// Adds `rules` (new, without jumps) to `hook`'s built-in filter chain of `outline` (just
-    /// loaded), at its end (`-A`) or its head (`at_head`: `-I chain 1`), and makes that the
-    /// live ruleset as `commit` would, without decoding or re-encoding the rules already
-    /// stored, nor compiling them when the datapath can patch its image. (`Outline::decode`
-    /// gives the model when this does not apply.)
-    pub fn commit_added(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>, at_head: bool) -> Result<()> {
-        self.pins.commit_added(outline, hook, rules, at_head)
+    /// loaded) where `place` says (`-A`, `-I`, `-R`), and makes that the live ruleset as
+    /// `commit` would, without decoding or re-encoding the rules already stored, nor
+    /// compiling them when the datapath can patch its image. (`Outline::decode` gives the
+    /// model when this does not apply.)
+    pub fn commit_added(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>, place: Place) -> Result<()> {
+        self.pins.commit_added(outline, hook, rules, place)
     }
 
     /// Makes `outline`, loaded and then without the rules `deleted` from `hook`'s built-in
@@ -116,15 +116,32 @@ pub struct Appended {
     pub count: usize,
 }
 
-/// Rules just added to the built-in filter chain of `hook`, at its end (`-A`) or its head
-/// (`-I chain 1`), in `table` (for the user chains they jump to); `reached`: no earlier rule
-/// of the chain always ends its walk.
+/// Where `Store::commit_added` puts new rules in a built-in chain (indices into its rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// At its end (`-A`).
+    End,
+    /// Before the rule at this index, or at the end when it has that many (`-I`).
+    Before(usize),
+    /// In place of the rule at this index (`-R`).
+    Replacing(usize),
+}
+
+/// Where rules just added to a built-in chain went, for the datapath.
+enum AddedAt {
+    End,
+    /// Before the chain's rule `id`, replacing the rule `replaced` (`-R`) if any.
+    Before { id: u32, replaced: Option<Rule> },
+}
+
+/// Rules just added to the built-in filter chain of `hook`, in `table` (for the user chains
+/// they jump to); `reached`: no earlier rule of the chain always ends its walk.
 struct Added<'a> {
     hook: Hook,
     table: &'a Table,
     rules: &'a [Rule],
     reached: bool,
-    at_head: bool,
+    at: AddedAt,
 }
 
 /// Patches the datapath, which enforces the ruleset before the change, with the added rules
@@ -135,21 +152,27 @@ fn enforce_added(dir: &std::path::Path, a: &Added, pass_all: bool) -> Result<boo
         return Ok(false);
     }
     let compiled = |base| crate::compile::compile_tail(a.table, a.hook, a.rules, a.reached, base);
-    if a.at_head {
-        crate::datapath::insert_rules(dir, a.hook, compiled)
-    } else {
-        crate::datapath::append_rules(dir, a.hook, compiled)
+    match &a.at {
+        AddedAt::End => crate::datapath::append_rules(dir, a.hook, compiled),
+        AddedAt::Before { replaced: Some(r), .. } if !deletable_in_place(r) => Ok(false),
+        AddedAt::Before { id, replaced } => {
+            crate::datapath::insert_rules(dir, a.hook, *id, replaced.as_ref().map(|r| r.id), compiled)
+        }
     }
+}
+
+/// Whether the compiled rules of `r` can be turned into no-ops in the datapath's image: it
+/// neither jumps (its chain is inlined after it) nor always ends the chain's walk (the rules
+/// after it are not compiled).
+fn deletable_in_place(r: &Rule) -> bool {
+    !r.ends_walk() && !matches!(r.target, Target::Jump(_) | Target::Goto(_))
 }
 
 /// Patches the datapath, which enforces the ruleset before the deletion, so that the rules
 /// just `deleted` from `hook`'s built-in filter chain do nothing; false when the ruleset must
-/// be enforced whole instead. Only rules that neither jump (their chain is inlined after
-/// them) nor always end the chain's walk (the rules after them are not compiled) can go that
-/// way.
+/// be enforced whole instead (`deletable_in_place`).
 fn enforce_delete(dir: &std::path::Path, hook: Hook, deleted: &[Rule], pass_all: bool) -> Result<bool> {
-    let simple = |r: &Rule| !r.ends_walk() && !matches!(r.target, Target::Jump(_) | Target::Goto(_));
-    if datapath_off() || pass_all || !deleted.iter().all(simple) {
+    if datapath_off() || pass_all || !deleted.iter().all(deletable_in_place) {
         return Ok(false);
     }
     let ids: Vec<u32> = deleted.iter().map(|r| r.id).collect();

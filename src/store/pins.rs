@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use super::blob::Outline;
 use crate::compile::tables::Hook;
 use crate::model::{Counters, Rule, Ruleset, Table, TableKind};
+use super::Place;
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -169,7 +170,7 @@ impl Pins {
             let rules = &table.chain(a.hook.chain_name())?.rules;
             let first = rules.len().checked_sub(a.count)?;
             let reached = !rules[..first].iter().any(Rule::ends_walk);
-            Some(super::Added { hook: a.hook, table, rules: &rules[first..], reached, at_head: false })
+            Some(super::Added { hook: a.hook, table, rules: &rules[first..], reached, at: super::AddedAt::End })
         });
         let patched = match (tail, before) {
             (Some(t), _) => super::enforce_added(&self.dir, &t, pass_all)?,
@@ -189,28 +190,35 @@ impl Pins {
     }
 
     /// Adds `rules` (new: ids unassigned) to `hook`'s built-in filter chain of `outline` (just
-    /// loaded), at its end or (`at_head`) its head, then stores and enforces it: the stored
-    /// rules are neither decoded nor encoded again, and the datapath's image is patched when
-    /// it can be. The rules must not jump (loops are checked on decoded rules).
-    pub fn commit_added(&mut self, mut outline: Outline, hook: Hook, mut rules: Vec<Rule>, at_head: bool) -> Result<()> {
+    /// loaded) where `place` says, then stores and enforces it: the stored rules are neither
+    /// decoded nor encoded again, and the datapath's image is patched when it can be. The
+    /// rules must not jump (loops are checked on decoded rules).
+    pub fn commit_added(&mut self, mut outline: Outline, hook: Hook, mut rules: Vec<Rule>, place: Place) -> Result<()> {
         let live = self.live()?;
         let mut next = outline.next_rule_id();
         let new_rules = assign_ids(rules.iter_mut(), &live, &mut next)?;
         self.init_counters(&new_rules)?;
         outline.set_next_rule_id(next);
         let name = hook.chain_name();
-        let reached = if at_head {
-            outline.prepend(TableKind::Filter, name, &rules).map(|found| found.then_some(true))
-        } else {
-            outline.append(TableKind::Filter, name, &rules)
+        let missing = || anyhow!("the stored ruleset has no filter chain {name} or no such rule in it");
+        let (reached, at) = match place {
+            Place::End => (outline.append(TableKind::Filter, name, &rules).context("encoding the new rules")?.ok_or_else(missing)?, super::AddedAt::End),
+            Place::Before(i) | Place::Replacing(i) => {
+                let n = matches!(place, Place::Replacing(_)) as usize;
+                let (reached, mut removed) =
+                    outline.splice(TableKind::Filter, name, i, n, &rules).context("encoding the new rules")?.ok_or_else(missing)?;
+                // the rule they go before: the one they replace, or the one now after them
+                let before = removed.first().map(|r| r.id).or_else(|| outline.rule_id(TableKind::Filter, name, i + rules.len()));
+                match before {
+                    Some(id) => (reached, super::AddedAt::Before { id, replaced: removed.pop() }),
+                    None => (reached, super::AddedAt::End),
+                }
+            }
         };
-        let reached = reached
-            .context("encoding the new rules")?
-            .ok_or_else(|| anyhow!("the stored ruleset has no filter chain {name}"))?;
         let written = self.write_blob(&outline)?;
         let pass_all = outline.is_pass_all();
         let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
-        let added = super::Added { hook, table: &table, rules: &rules, reached, at_head };
+        let added = super::Added { hook, table: &table, rules: &rules, reached, at };
         let patched = self.patchable() && super::enforce_added(&self.dir, &added, pass_all)?;
         if !patched {
             super::enforce(&self.dir, &outline.decode()?)?;
