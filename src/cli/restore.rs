@@ -193,7 +193,17 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                             Failure::at(e, lineno)
                         }
                     })?;
-                    rs = s.load().map_err(|e| Failure::at(e, lineno))?;
+                    // the tables this input replaces are flushed: their rules need no decoding
+                    let flushed: Vec<TableKind> = match flags.noflush {
+                        true => Vec::new(),
+                        false => input
+                            .lines()
+                            .filter_map(|l| l.strip_prefix('*'))
+                            .filter(|t| !filtered(t))
+                            .filter_map(TableKind::from_name)
+                            .collect(),
+                    };
+                    rs = s.load_but(&flushed).map_err(|e| Failure::at(e, lineno))?;
                     store = Some(s);
                 }
                 let kind = TableKind::from_name(name).ok_or_else(|| {

@@ -214,11 +214,17 @@ impl Outline {
 
     /// The whole model, every chain's rules decoded.
     pub fn decode(&self) -> crate::error::Result<Ruleset> {
+        self.decode_but(&[])
+    }
+
+    /// The model with the rules of every table but `flushed` decoded (those keep their
+    /// chains, without rules: a restore replaces them).
+    pub fn decode_but(&self, flushed: &[TableKind]) -> crate::error::Result<Ruleset> {
         let mut tables = Vec::with_capacity(self.tables.len());
         for t in &self.tables {
             let mut chains = Vec::with_capacity(t.chains.len());
             for c in &t.chains {
-                let rules = c.rules.decode().context("decoding the stored rules")?;
+                let rules = if flushed.contains(&t.kind) { Vec::new() } else { c.rules.decode().context("decoding the stored rules")? };
                 chains.push(Chain { name: c.name.clone(), policy: c.policy, counters: c.counters, rules });
             }
             tables.push(Table { kind: t.kind, chains });

@@ -129,10 +129,6 @@ impl Pins {
         Ok(o)
     }
 
-    pub fn load_ruleset(&mut self) -> Result<Ruleset> {
-        self.load_outline()?.decode()
-    }
-
     pub fn load_counters(&self, rs: &mut Ruleset) -> Result<()> {
         let limit = rule_ids(rs).into_iter().max().map_or(0, |m| m + 1);
         let all = self.rule_counters.read_below(limit).context("reading rule counters")?;
