@@ -12,7 +12,7 @@
 //!
 //! Vectors are sparse and deduplicated within the hook.
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::tables::{
     Action, ActionKind, FieldMap, FieldTable, Hook, HookTable, IfacePattern, Prefix, VecId, Vector,
@@ -73,22 +73,25 @@ pub(super) fn iface_assignments(lits: &[(Iface, bool)]) -> Option<Vec<(IfacePatt
     Some(out)
 }
 
-/// Deduplicated vectors of one hook.
+/// Deduplicated vectors of one hook (each kept once: `list` takes them at the end).
 #[derive(Default)]
 struct Vectors {
-    list: Vec<Vector>,
     ids: HashMap<Vector, VecId>,
 }
 
 impl Vectors {
     fn intern(&mut self, v: Vector) -> VecId {
-        if let Some(&id) = self.ids.get(&v) {
-            return id;
+        let n = self.ids.len() as VecId;
+        *self.ids.entry(v).or_insert(n)
+    }
+
+    /// The vectors by id.
+    fn list(self) -> Vec<Vector> {
+        let mut list = vec![Vector::default(); self.ids.len()];
+        for (v, id) in self.ids {
+            list[id as usize] = v;
         }
-        let id = self.list.len() as VecId;
-        self.list.push(v.clone());
-        self.ids.insert(v, id);
-        id
+        list
     }
 
     fn of_rules(&mut self, rules: impl Iterator<Item = u32>) -> VecId {
@@ -100,31 +103,41 @@ impl Vectors {
     }
 }
 
-/// A mutable rule set kept as non-zero words.
+/// A mutable rule set kept as its non-zero words, sorted: few at a time in the sweeps, so a
+/// search in a short vector (no allocation once it has grown) beats a tree.
 #[derive(Default)]
 struct Bits {
-    words: BTreeMap<u32, u64>,
+    words: Vec<(u32, u64)>,
 }
 
 impl Bits {
     /// Sets rule `r` to `on`, returning its previous state.
     fn set(&mut self, r: u32, on: bool) -> bool {
-        let bit = 1u64 << (r % 64);
-        let w = self.words.entry(r / 64).or_insert(0);
-        let prev = *w & bit != 0;
-        if on {
-            *w |= bit;
-        } else {
-            *w &= !bit;
-            if *w == 0 {
-                self.words.remove(&(r / 64));
+        let (w, bit) = (r / 64, 1u64 << (r % 64));
+        match self.words.binary_search_by_key(&w, |e| e.0) {
+            Ok(i) => {
+                let prev = self.words[i].1 & bit != 0;
+                if on {
+                    self.words[i].1 |= bit;
+                } else {
+                    self.words[i].1 &= !bit;
+                    if self.words[i].1 == 0 {
+                        self.words.remove(i);
+                    }
+                }
+                prev
+            }
+            Err(i) => {
+                if on {
+                    self.words.insert(i, (w, bit));
+                }
+                false
             }
         }
-        prev
     }
 
     fn snapshot(&self) -> Vector {
-        Vector { words: self.words.iter().map(|(&w, &b)| (w, b)).collect() }
+        Vector { words: self.words.clone() }
     }
 }
 
@@ -138,7 +151,7 @@ fn lpm<K: Clone + Eq + std::hash::Hash>(
 ) -> Vec<(K, VecId)> {
     assigned.entry(root).or_default();
     let mut keys: Vec<(K, Vec<(u32, bool)>)> = assigned.into_iter().collect();
-    keys.sort_by(|a, b| order(&a.0, &b.0));
+    keys.sort_unstable_by(|a, b| order(&a.0, &b.0)); // distinct keys
     let mut bits = Bits::default();
     // (key, undo log of (rule, previous state)).
     let mut stack: Vec<(K, Vec<(u32, bool)>)> = Vec::new();
@@ -204,56 +217,69 @@ pub(super) fn resolve(kind: PreKind, block_end: &[Option<u32>]) -> ActionKind {
     }
 }
 
+/// What one field's constraints look like, gathered in one pass over the hook's rules.
+#[derive(Default)]
+struct Gathered<'a> {
+    /// The rules the field constrains, in order.
+    constrained: Vec<u32>,
+    /// Address fields: per prefix, the rules it is assigned for (in or out).
+    prefixes: HashMap<Prefix, Vec<(u32, bool)>>,
+    /// Interface fields: likewise per pattern.
+    ifaces: HashMap<IfacePattern, Vec<(u32, bool)>>,
+    /// Interval fields: each constraining rule's set.
+    sets: Vec<(u32, &'a [(u32, u32)])>,
+}
+
 /// The tables of one hook from its flattened rules; `block_end` resolves block references.
 pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>], policy_accept: bool) -> HookTable {
     let mut vectors = Vectors::default();
-    let mut fields = Vec::new();
-    for f in Field::ALL {
-        let mut constrained = Vec::new();
-        let map = match f {
-            Field::Src | Field::Dst => {
-                let mut assigned: HashMap<Prefix, Vec<(u32, bool)>> = HashMap::new();
-                for (r, p) in pre.iter().enumerate() {
-                    let Some(s) = p.cond.sets[f as usize].as_ref().filter(|s| !s.is_full(u32::MAX)) else { continue };
-                    constrained.push(r as u32);
-                    for (k, on) in s.prefix_assignments() {
-                        assigned.entry(k).or_default().push((r as u32, on));
-                    }
-                }
-                FieldMap::Prefixes(lpm(assigned, Prefix { addr: 0, len: 0 }, Ord::cmp, prefix_covers, &mut vectors))
-            }
-            Field::InIface | Field::OutIface => {
-                let k = (f == Field::OutIface) as usize;
-                let mut assigned: HashMap<IfacePattern, Vec<(u32, bool)>> = HashMap::new();
-                for (r, p) in pre.iter().enumerate() {
-                    let assigns = iface_assignments(&p.cond.ifaces[k]).unwrap_or_default();
+    // One pass over the rules (each field in turn would read them all once per field).
+    let mut gathered: Vec<Gathered> = Field::ALL.iter().map(|_| Gathered::default()).collect();
+    for (r, p) in pre.iter().enumerate() {
+        let r = r as u32;
+        for f in Field::ALL {
+            let g = &mut gathered[f as usize];
+            match f {
+                Field::InIface | Field::OutIface => {
+                    let assigns = iface_assignments(&p.cond.ifaces[(f == Field::OutIface) as usize]).unwrap_or_default();
                     if assigns.is_empty() {
                         continue;
                     }
-                    constrained.push(r as u32);
+                    g.constrained.push(r);
                     for (key, on) in assigns {
-                        assigned.entry(key).or_default().push((r as u32, on));
+                        g.ifaces.entry(key).or_default().push((r, on));
                     }
                 }
-                let order = |a: &IfacePattern, b: &IfacePattern| iface_key(a).cmp(&iface_key(b));
-                FieldMap::Ifaces(lpm(assigned, IFACE_ROOT, order, iface_covers, &mut vectors))
-            }
-            _ => {
-                let max = field_max(f);
-                let mut sets = Vec::new();
-                for (r, p) in pre.iter().enumerate() {
-                    if let Some(s) = p.cond.sets[f as usize].as_ref().filter(|s| !s.is_full(max)) {
-                        constrained.push(r as u32);
-                        sets.push((r as u32, s.ranges()));
+                _ => {
+                    let Some(s) = p.cond.sets[f as usize].as_ref().filter(|s| !s.is_full(field_max(f))) else { continue };
+                    g.constrained.push(r);
+                    if matches!(f, Field::Src | Field::Dst) {
+                        for (k, on) in s.prefix_assignments() {
+                            g.prefixes.entry(k).or_default().push((r, on));
+                        }
+                    } else {
+                        g.sets.push((r, s.ranges()));
                     }
                 }
-                FieldMap::Intervals(intervals(&sets, max, &mut vectors))
             }
-        };
-        if constrained.is_empty() {
+        }
+    }
+    let mut fields = Vec::new();
+    for (f, g) in Field::ALL.into_iter().zip(gathered) {
+        if g.constrained.is_empty() {
             continue;
         }
-        let mut c = constrained.into_iter().peekable();
+        let map = match f {
+            Field::Src | Field::Dst => {
+                FieldMap::Prefixes(lpm(g.prefixes, Prefix { addr: 0, len: 0 }, Ord::cmp, prefix_covers, &mut vectors))
+            }
+            Field::InIface | Field::OutIface => {
+                let order = |a: &IfacePattern, b: &IfacePattern| iface_key(a).cmp(&iface_key(b));
+                FieldMap::Ifaces(lpm(g.ifaces, IFACE_ROOT, order, iface_covers, &mut vectors))
+            }
+            _ => FieldMap::Intervals(intervals(&g.sets, field_max(f), &mut vectors)),
+        };
+        let mut c = g.constrained.into_iter().peekable();
         let wild = (0..pre.len() as u32).filter(|&r| {
             let hit = c.peek() == Some(&r);
             if hit {
@@ -269,7 +295,7 @@ pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>
         .map(|p| Action { rule_id: p.rule_id, kind: resolve(p.kind, block_end), checks: p.checks })
         .collect::<Vec<_>>();
     let lbvs_rules = actions.len() as u32;
-    HookTable { hook, actions, lbvs_rules, vectors: vectors.list, fields, policy_accept }
+    HookTable { hook, actions, lbvs_rules, vectors: vectors.list(), fields, policy_accept }
 }
 
 #[cfg(test)]
@@ -312,7 +338,8 @@ mod tests {
         let a = [(2u32, 5u32)];
         let b = [(4u32, 9u32), (20, 255)];
         let out = intervals(&[(0, &a), (1, &b)], 255, &mut v);
-        let spans: Vec<(u32, u32, Vec<(u32, u64)>)> = out.iter().map(|&(lo, hi, id)| (lo, hi, v.list[id as usize].words.clone())).collect();
+        let list = v.list();
+        let spans: Vec<(u32, u32, Vec<(u32, u64)>)> = out.iter().map(|&(lo, hi, id)| (lo, hi, list[id as usize].words.clone())).collect();
         assert_eq!(
             spans,
             vec![

@@ -161,7 +161,7 @@ pub fn compile(rs: &Ruleset) -> Result<Compiled> {
     for hook in Hook::ALL {
         let chain = find_chain(table, hook.chain_name())?;
         let mut f =
-            Flattener { table, hook, out: Vec::new(), offset: 0, block_end: vec![Some(tables::POLICY)], shared: &mut shared };
+            Flattener { table, hook, out: Vec::with_capacity(chain.rules.len()), offset: 0, block_end: vec![Some(tables::POLICY)], shared: &mut shared };
         f.emit(&chain.rules, &Cond::default(), 0)?;
         let Flattener { out, block_end, .. } = f;
         let policy_accept = chain.policy != Some(Policy::Drop);

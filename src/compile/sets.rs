@@ -5,22 +5,28 @@
 //! `--tcp-flags` mask, their negations and conjunctions) is one `Set`, so conjunction is
 //! intersection and `!` is complement: exact by construction, whatever the combination.
 
+use smallvec::{smallvec, SmallVec};
+
 use super::tables::Prefix;
+
+/// The intervals of a set: most sets (a prefix, a port, a range) are one, kept inline, so
+/// that copying a rule's conditions, as the compiler does for every rule, allocates nothing.
+type Intervals = SmallVec<[(u32, u32); 1]>;
 
 /// A set of values as sorted, disjoint, non-adjacent inclusive intervals.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Set {
-    iv: Vec<(u32, u32)>,
+    iv: Intervals,
 }
 
 impl Set {
     pub fn empty() -> Set {
-        Set { iv: Vec::new() }
+        Set { iv: Intervals::new() }
     }
 
     /// `lo..=hi` (empty when `lo > hi`).
     pub fn range(lo: u32, hi: u32) -> Set {
-        Set { iv: if lo <= hi { vec![(lo, hi)] } else { Vec::new() } }
+        Set { iv: if lo <= hi { smallvec![(lo, hi)] } else { Intervals::new() } }
     }
 
     pub fn full(max: u32) -> Set {
@@ -31,7 +37,7 @@ impl Set {
     pub fn from_ranges(mut ranges: Vec<(u32, u32)>) -> Set {
         ranges.retain(|&(lo, hi)| lo <= hi);
         ranges.sort_unstable();
-        let mut iv: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        let mut iv = Intervals::with_capacity(ranges.len());
         for (lo, hi) in ranges {
             match iv.last_mut() {
                 Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
@@ -54,7 +60,7 @@ impl Set {
         if 1u64 << holes.count_ones() > limit as u64 {
             return None;
         }
-        let mut iv = Vec::with_capacity(1 << holes.count_ones());
+        let mut iv = Intervals::with_capacity(1 << holes.count_ones());
         let mut sub = 0u32;
         loop {
             let lo = value | sub;
@@ -77,7 +83,7 @@ impl Set {
     }
 
     pub fn is_full(&self, max: u32) -> bool {
-        self.iv == [(0, max)]
+        self.iv[..] == [(0, max)]
     }
 
     #[cfg(test)]
@@ -88,7 +94,7 @@ impl Set {
 
     /// Complement within `0..=max`.
     pub fn complement(&self, max: u32) -> Set {
-        let mut iv = Vec::with_capacity(self.iv.len() + 1);
+        let mut iv = Intervals::with_capacity(self.iv.len() + 1);
         let mut next = Some(0u32);
         for &(lo, hi) in &self.iv {
             if let Some(n) = next {
@@ -108,7 +114,7 @@ impl Set {
 
     pub fn intersect(&self, other: &Set) -> Set {
         let (mut i, mut j) = (0, 0);
-        let mut iv = Vec::new();
+        let mut iv = Intervals::new();
         while i < self.iv.len() && j < other.iv.len() {
             let (a, b) = (self.iv[i], other.iv[j]);
             let lo = a.0.max(b.0);

@@ -10,7 +10,7 @@
 //! wildcard pattern only.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use anyhow::{anyhow, bail, Result};
 
@@ -123,7 +123,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
                 bail!("field {:?} of {} does not cover its domain", f.field, h.hook.chain_name());
             }
             let wild = &all[(base + f.wildcard) as usize];
-            let mut passes_all = HashMap::new();
+            let mut passes_all = HashMap::default();
             let off = img.len();
             for &(lo, v) in &intervals {
                 let id = base + v;
