@@ -120,8 +120,10 @@ for n in "${sizes[@]}"; do
       m=$(median_pair_ms "nft insert rule ip filter INPUT position $hk ip saddr 203.0.113.7 tcp dport 4242 drop" \
         "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}")
       p=$(median_ms nft replace rule ip filter INPUT handle "$hk" ip saddr 203.0.113.8 tcp dport 4243 drop)
+      ip netns exec "$ns" nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop
       d=$(median_pair_ms "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}" \
         "nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop")
+      ip netns exec "$ns" sh -c "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}"
       c=$(median_pair_ms "nft add chain ip filter BENCHX" "nft delete chain ip filter BENCHX")
       check_count nft nft $((n + 1))
       s=$(median_ms nft list ruleset)
