@@ -306,8 +306,9 @@ impl<'a> Walker<'a> {
 
     fn walk(mut self) -> Result<Parsed> {
         let mut invert = false;
-        while self.optind < self.args.len() {
-            let word = self.args[self.optind].clone();
+        let args = self.args;
+        while self.optind < args.len() {
+            let word = args[self.optind].as_str();
             self.optind += 1;
             if word == "--" {
                 break;
@@ -326,13 +327,13 @@ impl<'a> Walker<'a> {
                             self.optind -= 1;
                             continue;
                         }
-                        return Err(self.unknown_option(&word));
+                        return Err(self.unknown_option(word));
                     }
                 };
                 let optarg = match found.arg {
                     HasArg::No => {
                         if inline.is_some() {
-                            return Err(self.unknown_option(&word));
+                            return Err(self.unknown_option(word));
                         }
                         None
                     }
@@ -340,7 +341,7 @@ impl<'a> Walker<'a> {
                         Some(v) => Some(v),
                         None => {
                             if self.optind >= self.args.len() {
-                                return Err(self.missing_arg(&word));
+                                return Err(self.missing_arg(word));
                             }
                             self.optind += 1;
                             Some(self.args[self.optind - 1].clone())
@@ -367,7 +368,7 @@ impl<'a> Walker<'a> {
                 } else {
                     None
                 };
-                let chain = self.chain.clone().unwrap_or_default();
+                let chain = self.chain.as_deref().unwrap_or_default();
                 match found.owner {
                     Owner::Base(c) => {
                         if let Some(p) = self.base_option(c, optarg, invert)? {
@@ -380,7 +381,7 @@ impl<'a> Walker<'a> {
                             restore: self.restore,
                             seen: &self.match_seen[i],
                             next: next.as_deref(),
-                            chain: &chain,
+                            chain,
                         };
                         let (def, m) = &mut self.matches[i];
                         (def.parse)(m, found.name, optarg.as_deref(), invert, &ctx)?;
@@ -392,7 +393,7 @@ impl<'a> Walker<'a> {
                             restore: self.restore,
                             seen: &self.target_seen,
                             next: next.as_deref(),
-                            chain: &chain,
+                            chain,
                         };
                         if let Some((def, t)) = &mut self.target {
                             (def.parse)(t, found.name, optarg.as_deref(), invert, &ctx)?;
@@ -404,21 +405,18 @@ impl<'a> Walker<'a> {
             } else if word.len() > 1 && word.starts_with('-') {
                 // A cluster of short options: each letter in turn; one taking an argument
                 // takes the rest of the word, or the next word.
-                let letters: Vec<char> = word[1..].chars().collect();
-                let mut k = 0;
-                while k < letters.len() {
-                    let c = letters[k];
-                    k += 1;
+                let mut letters = word[1..].chars();
+                while let Some(c) = letters.next() {
                     let Some(kind) = short_opt(c) else {
-                        return Err(self.unknown_option(&word));
+                        return Err(self.unknown_option(word));
                     };
-                    let rest: String = letters[k..].iter().collect();
+                    let rest = letters.as_str();
                     let optarg = match kind {
                         HasArg::No => None,
                         HasArg::Required => {
-                            k = letters.len();
+                            letters = "".chars();
                             if !rest.is_empty() {
-                                Some(rest)
+                                Some(rest.to_string())
                             } else if self.optind < self.args.len() {
                                 self.optind += 1;
                                 Some(self.args[self.optind - 1].clone())
@@ -427,8 +425,8 @@ impl<'a> Walker<'a> {
                             }
                         }
                         HasArg::Optional => {
-                            k = letters.len();
-                            (!rest.is_empty()).then_some(rest)
+                            letters = "".chars();
+                            (!rest.is_empty()).then(|| rest.to_string())
                         }
                     };
                     if let Some(p) = self.base_option(c, optarg, invert)? {
