@@ -233,6 +233,8 @@ struct Gathered<'a> {
 /// The tables of one hook from its flattened rules; `block_end` resolves block references.
 pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>], policy_accept: bool) -> HookTable {
     let mut vectors = Vectors::default();
+    // about one vector per interval or prefix of the busiest field
+    vectors.ids.reserve(pre.len());
     // One pass over the rules (each field in turn would read them all once per field).
     let mut gathered: Vec<Gathered> = Field::ALL.iter().map(|_| Gathered::default()).collect();
     for (r, p) in pre.iter().enumerate() {
@@ -254,6 +256,9 @@ pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>
                     let Some(s) = p.cond.sets[f as usize].as_ref().filter(|s| !s.is_full(field_max(f))) else { continue };
                     g.constrained.push(r);
                     if matches!(f, Field::Src | Field::Dst) {
+                        if g.prefixes.is_empty() {
+                            g.prefixes.reserve(pre.len() - r as usize);
+                        }
                         for (k, on) in s.prefix_assignments() {
                             g.prefixes.entry(k).or_default().push((r, on));
                         }

@@ -84,6 +84,11 @@ impl Cond {
         self.sets[f as usize] = Some(new);
     }
 
+    /// Whether it constrains nothing (the conditions of a built-in chain's own rules).
+    fn is_true(&self) -> bool {
+        !self.never && self.sets.iter().all(Option::is_none) && self.ifaces.iter().all(Vec::is_empty)
+    }
+
     fn and(&self, other: &Cond) -> Cond {
         let mut c = self.clone();
         c.never |= other.never;
@@ -303,7 +308,7 @@ impl Flattener<'_, '_> {
         for rule in &rules[..live] {
             let (alts, checks) = self.rule_conds(rule)?;
             for alt in alts {
-                let cond = outer.and(&alt);
+                let cond = if outer.is_true() { alt } else { outer.and(&alt) };
                 if cond.never {
                     continue;
                 }
