@@ -501,9 +501,13 @@ pub fn parse_ipv4_any(spec: &str) -> Result<Vec<Ipv4Mask>> {
 /// of [`parse_ipv4_any`] specs (leading white space of each skipped), in order, without
 /// removing duplicates. Error for an element over 255 bytes: `Hostname too long`.
 pub fn parse_ipv4_multiple(spec: &str) -> Result<Vec<Ipv4Mask>> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(1);
     for item in spec.split(',') {
         let item = item.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+        if let Some(m) = plain_ipv4_mask(item) {
+            out.push(m);
+            continue;
+        }
         if item.len() > 255 {
             return Err(param("Hostname too long"));
         }
@@ -511,6 +515,22 @@ pub fn parse_ipv4_multiple(spec: &str) -> Result<Vec<Ipv4Mask>> {
         out.extend(parse_hostnetwork(host)?.into_iter().map(|a| Ipv4Mask::new(a, mask)));
     }
     Ok(out)
+}
+
+/// The common `a.b.c.d` or `a.b.c.d/len` in its canonical spelling (decimal, no leading
+/// zeros: what `iptables-save` prints), which every other path reads the same way; None for
+/// anything else (short forms, octal, dotted masks, names), left to the general path.
+fn plain_ipv4_mask(item: &str) -> Option<Ipv4Mask> {
+    let (host, len) = match item.split_once('/') {
+        Some((h, l)) => {
+            let b = l.as_bytes();
+            let canonical = matches!(b, [b'0'..=b'9'] | [b'1'..=b'9', b'0'..=b'9']);
+            (h, if canonical { l.parse::<u8>().ok().filter(|&n| n <= 32)? } else { return None })
+        }
+        None => (item, 32),
+    };
+    let addr: std::net::Ipv4Addr = host.parse().ok()?;
+    Some(Ipv4Mask::new(if len == 0 { 0 } else { u32::from(addr) }, prefix_to_mask(len)))
 }
 
 /// `xtables_numeric_to_ipaddr` exposed for single-address options (`--src-range a-b`): full or
@@ -612,6 +632,31 @@ pub fn addr_to_anyname(addr: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The canonical dotted quad (with or without a prefix length) reads as the general path
+    /// reads it; anything else is left to that path.
+    #[test]
+    fn plain_addresses_read_as_the_general_path_does() {
+        let general = |item: &str| -> Vec<Ipv4Mask> {
+            let (host, mask) = split_mask(item).expect("mask");
+            parse_hostnetwork(host).expect("address").into_iter().map(|a| Ipv4Mask::new(a, mask)).collect()
+        };
+        let mut rng = crate::testutil::SplitMix64(7);
+        let mut items: Vec<String> = ["1.2.3.4", "0.0.0.0/0", "10.1.2.3/0", "255.255.255.255/32", "192.168.1.77/24", "9.9.9.9/7"]
+            .map(String::from)
+            .to_vec();
+        for _ in 0..2000 {
+            let a = std::net::Ipv4Addr::from(rng.next() as u32);
+            items.push(format!("{a}/{}", rng.next() % 33));
+            items.push(a.to_string());
+        }
+        for item in &items {
+            assert_eq!(plain_ipv4_mask(item).map(|m| vec![m]), Some(general(item)), "{item}");
+        }
+        for item in ["01.2.3.4", "1.2.3", "1.2.3.4/032", "1.2.3.4/33", "1.2.3.4/255.0.0.0", "0x1.2.3.4", "1.2.3.4/", "localhost"] {
+            assert_eq!(plain_ipv4_mask(item), None, "{item}");
+        }
+    }
 
     #[test]
     fn strtoul_bases_and_bounds() {
