@@ -148,36 +148,35 @@ impl RuleBlock {
     }
 
     /// Puts `rules` in place of the `n` rules from index `at` (n = 0: before the rule at
-    /// `at`), re-encoding none of the others; returns the rules taken out, decoded. None,
-    /// nothing changed, when the block has no such rules.
+    /// `at`, or at the end), re-encoding none of the others; returns the rules taken out,
+    /// decoded. None, nothing changed, when the block has no such rules.
     fn splice(&mut self, at: usize, n: usize, rules: &[Rule]) -> bincode::Result<Option<Vec<Rule>>> {
         if at + n > self.ids.len() {
             return Ok(None);
         }
         let removed = (at..at + n).map(|i| bincode::deserialize(self.encoded(i))).collect::<bincode::Result<Vec<Rule>>>()?;
-        let start = |i: usize| if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        let mut out = RuleBlock {
-            ids: self.ids[..at].to_vec(),
-            ends: self.ends[..at].to_vec(),
-            first_end: self.first_end.filter(|&e| (e as usize) < at),
-            bytes: Bytes(self.bytes.0[..start(at)].to_vec()),
-        };
+        let mut new = RuleBlock::default();
         for r in rules {
-            out.push(r)?;
+            new.push(r)?;
         }
-        let (k, shift) = (out.ids.len(), out.bytes.0.len() as i64 - start(at + n) as i64);
-        out.ids.extend_from_slice(&self.ids[at + n..]);
-        out.ends.extend(self.ends[at + n..].iter().map(|&e| (e as i64 + shift) as u32));
-        out.bytes.0.extend_from_slice(&self.bytes.0[start(at + n)..]);
-        if out.first_end.is_none() {
-            out.first_end = match self.first_end {
-                Some(e) if e as usize >= at + n => Some((e as usize - n + rules.len()) as u32),
-                // the walk's end was taken out: the next rule that ends it, if any
-                Some(_) => out.first_end_from(k)?,
-                None => None,
-            };
+        let start = |b: &RuleBlock, i: usize| if i == 0 { 0 } else { b.ends[i - 1] };
+        let (from, to) = (start(self, at), start(self, at + n));
+        let shift = new.bytes.0.len() as i64 - (to - from) as i64;
+        for e in &mut self.ends[at + n..] {
+            *e = (*e as i64 + shift) as u32;
         }
-        *self = out;
+        self.ends.splice(at..at + n, new.ends.iter().map(|e| e + from));
+        self.ids.splice(at..at + n, new.ids);
+        self.bytes.0.splice(from as usize..to as usize, new.bytes.0);
+        let k = rules.len();
+        self.first_end = match (self.first_end, new.first_end) {
+            (Some(e), _) if (e as usize) < at => Some(e),
+            (_, Some(e)) => Some((at + e as usize) as u32),
+            (Some(e), None) if e as usize >= at + n => Some((e as usize - n + k) as u32),
+            // the walk's end was taken out: the next rule that ends it, if any
+            (Some(_), None) => self.first_end_from(at + k)?,
+            (None, None) => None,
+        };
         Ok(Some(removed))
     }
 
@@ -341,22 +340,17 @@ impl Outline {
         Some(self.chain(kind, chain)?.rules.ids.len())
     }
 
-    /// Appends `rules` (ids assigned) to chain `chain` of table `kind`. Returns whether the
-    /// chain's walk reaches them (no earlier rule always ends it); None if there is no such
-    /// chain.
-    pub fn append(&mut self, kind: TableKind, chain: &str, rules: &[Rule]) -> bincode::Result<Option<bool>> {
-        let Some(c) = self.chain_mut(kind, chain) else { return Ok(None) };
-        let reached = c.rules.first_end.is_none();
-        for r in rules {
-            c.rules.push(r)?;
-        }
-        Ok(Some(reached))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends `rules` to filter chain `chain`: whether the walk reaches them (None: no chain).
+    fn append(o: &mut Outline, chain: &str, rules: &[Rule]) -> Option<bool> {
+        let len = o.chain_len(TableKind::Filter, chain)?;
+        o.splice(TableKind::Filter, chain, len, 0, rules).expect("encodes").map(|(reached, _)| reached)
+    }
     use crate::model::{Inv, IpHeader, Ipv4Mask, Target};
 
     fn rule(id: u32, src: u32, target: Target) -> Rule {
@@ -419,14 +413,14 @@ mod tests {
         assert!(!o.is_pass_all());
 
         let new = [rule(7, 7, Target::Accept), rule(8, 8, Target::None)];
-        assert_eq!(o.append(TableKind::Filter, "INPUT", &new).expect("appends"), Some(true));
+        assert_eq!(append(&mut o, "INPUT", &new), Some(true));
         rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules.extend(new.iter().cloned());
         assert_eq!(o.decode().expect("decodes"), rs);
         // An unconditional ACCEPT ends INPUT's walk: what follows it is never reached.
         let accept_all = Rule { ip: IpHeader::default(), ..rule(9, 0, Target::Accept) };
-        assert_eq!(o.append(TableKind::Filter, "INPUT", &[accept_all]).expect("appends"), Some(true));
-        assert_eq!(o.append(TableKind::Filter, "INPUT", &[]).expect("appends"), Some(false));
-        assert_eq!(o.append(TableKind::Filter, "NOPE", &[]).expect("appends"), None);
+        assert_eq!(append(&mut o, "INPUT", &[accept_all]), Some(true));
+        assert_eq!(append(&mut o, "INPUT", &[]), Some(false));
+        assert_eq!(append(&mut o, "NOPE", &[]), None);
         let t = o.chains_of(TableKind::Filter).expect("filter");
         assert!(t.chains.iter().all(|c| c.rules.is_empty()) && t.chain("U").is_some());
 
@@ -450,9 +444,9 @@ mod tests {
         let head = [rule(10, 10, Target::Drop), Rule { ip: IpHeader::default(), ..rule(11, 0, Target::Drop) }];
         let prepend = |o: &mut Outline, chain, rules| o.splice(TableKind::Filter, chain, 0, 0, rules).expect("encodes");
         assert_eq!(prepend(&mut o, "FORWARD", &head[..1]), Some((true, vec![])));
-        assert_eq!(o.append(TableKind::Filter, "FORWARD", &[]).expect("appends"), Some(true));
+        assert_eq!(append(&mut o, "FORWARD", &[]), Some(true));
         assert_eq!(prepend(&mut o, "FORWARD", &head[1..]), Some((true, vec![])));
-        assert_eq!(o.append(TableKind::Filter, "FORWARD", &[]).expect("appends"), Some(false));
+        assert_eq!(append(&mut o, "FORWARD", &[]), Some(false));
         assert_eq!(prepend(&mut o, "NOPE", &head), None);
         let forward = &mut rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD").rules;
         forward.insert(0, head[0].clone());
@@ -473,7 +467,7 @@ mod tests {
         let check = |o: &mut Outline, model: &[Rule]| {
             assert_eq!(o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), model);
             let end = model.iter().position(Rule::ends_walk);
-            assert_eq!(o.append(TableKind::Filter, "INPUT", &[]).expect("appends"), Some(end.is_none()), "{end:?}");
+            assert_eq!(append(o, "INPUT", &[]), Some(end.is_none()), "{end:?}");
             let block = &o.chain(TableKind::Filter, "INPUT").expect("INPUT").rules;
             assert_eq!(block.first_end, end.map(|e| e as u32));
         };
@@ -520,7 +514,7 @@ mod tests {
         let mut rs = Ruleset::default();
         rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = rules.clone();
         let mut o = Outline::encode(&rs).expect("encodes");
-        let walk_end = |o: &mut Outline| o.append(TableKind::Filter, "INPUT", &[]).expect("appends");
+        let walk_end = |o: &mut Outline| append(o, "INPUT", &[]);
         assert_eq!(walk_end(&mut o), Some(false));
 
         // before the walk's end, and twice in one go, out of order
@@ -541,7 +535,7 @@ mod tests {
         assert_eq!(walk_end(&mut o), Some(true), "nothing ends the walk any more");
         // what follows still appends and decodes
         let new = rule(9, 9, Target::Drop);
-        o.append(TableKind::Filter, "INPUT", std::slice::from_ref(&new)).expect("appends");
+        append(&mut o, "INPUT", std::slice::from_ref(&new));
         rules.push(new);
         assert_eq!(input(&o), rules);
         let bytes = bincode::serialize(&o).expect("serializes");

@@ -197,19 +197,18 @@ impl Pins {
         outline.set_next_rule_id(next);
         let name = hook.chain_name();
         let missing = || anyhow!("the stored ruleset has no filter chain {name} or no such rule in it");
-        let (reached, at) = match place {
-            Place::End => (outline.append(TableKind::Filter, name, &rules).context("encoding the new rules")?.ok_or_else(missing)?, super::AddedAt::End),
-            Place::Before(i) | Place::Replacing(i) => {
-                let n = matches!(place, Place::Replacing(_)) as usize;
-                let (reached, mut removed) =
-                    outline.splice(TableKind::Filter, name, i, n, &rules).context("encoding the new rules")?.ok_or_else(missing)?;
-                // the rule they go before: the one they replace, or the one now after them
-                let before = removed.first().map(|r| r.id).or_else(|| outline.rule_id(TableKind::Filter, name, i + rules.len()));
-                match before {
-                    Some(id) => (reached, super::AddedAt::Before { id, replaced: removed.pop() }),
-                    None => (reached, super::AddedAt::End),
-                }
-            }
+        let len = outline.chain_len(TableKind::Filter, name).ok_or_else(missing)?;
+        let (i, n) = match place {
+            Place::End => (len, 0),
+            Place::Before(i) => (i, 0),
+            Place::Replacing(i) => (i, 1),
+        };
+        let (reached, mut removed) =
+            outline.splice(TableKind::Filter, name, i, n, &rules).context("encoding the new rules")?.ok_or_else(missing)?;
+        // the rule they go before: the one they replace, or the one now after them (none: at the end)
+        let at = match removed.first().map(|r| r.id).or_else(|| outline.rule_id(TableKind::Filter, name, i + rules.len())) {
+            Some(id) => super::AddedAt::Before { id, replaced: removed.pop() },
+            None => super::AddedAt::End,
         };
         let written = self.write_blob(&outline)?;
         let pass_all = outline.is_pass_all();
