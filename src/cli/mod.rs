@@ -238,7 +238,8 @@ fn run(inv: &Invocation) -> Result<()> {
         return Ok(());
     }
     let mut rs = outline.decode()?;
-    if matches!(inv.command, Command::List { .. }) {
+    // listings print counters only with -v
+    if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {
         store.load_counters(&mut rs)?;
     }
     let fx = exec::apply(rs.table_mut(kind), inv)?;
@@ -390,7 +391,12 @@ fn save_main(args: &[String]) -> Result<i32> {
         }
     })?;
     let mut rs = store.load()?;
-    store.load_counters(&mut rs)?;
+    // the chain lines always show policy counters, rules only with -c
+    if counters {
+        store.load_counters(&mut rs)?;
+    } else {
+        store.load_policy_counters(&mut rs)?;
+    }
     drop(store);
     let date = save::ctime_now();
     let mut text = String::new();

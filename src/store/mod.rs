@@ -85,7 +85,13 @@ impl Store {
 
     /// Fills `Rule::counters` and built-in chains' `Chain::counters` with the live counts.
     pub fn load_counters(&self, rs: &mut Ruleset) -> Result<()> {
-        self.pins.load_counters(rs)
+        self.pins.load_counters(rs, true)
+    }
+
+    /// Fills built-in chains' `Chain::counters` with the live counts, not the rules' (what
+    /// `iptables-save` without `-c` prints).
+    pub fn load_policy_counters(&self, rs: &mut Ruleset) -> Result<()> {
+        self.pins.load_counters(rs, false)
     }
 
     /// Makes `rs` the live ruleset, atomically: assigns ids to new rules
