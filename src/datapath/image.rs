@@ -10,9 +10,9 @@
 //! wildcard pattern only.
 
 use std::borrow::Cow;
-use rustc_hash::FxHashMap as HashMap;
 
 use anyhow::{anyhow, bail, Result};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::skel::types::{bpfipt_action, bpfipt_addrtype_flags, bpfipt_check, bpfipt_const, bpfipt_ct_match, bpfipt_ctm_const};
 use crate::compile::tables::{Action, ActionKind, Check, Compiled, Field, FieldMap, Hook, HookTable, IfacePattern, Prefix, Vector};

@@ -326,7 +326,7 @@ impl Outline {
     /// chain or rule.
     pub fn splice(&mut self, kind: TableKind, chain: &str, at: usize, n: usize, rules: &[Rule]) -> bincode::Result<Option<(bool, Vec<Rule>)>> {
         let Some(c) = self.chain_mut(kind, chain) else { return Ok(None) };
-        let reached = c.rules.first_end.map_or(true, |e| e as usize >= at);
+        let reached = c.rules.first_end.is_none_or(|e| e as usize >= at);
         Ok(c.rules.splice(at, n, rules)?.map(|removed| (reached, removed)))
     }
 
