@@ -187,7 +187,9 @@ __noinline int bpfipt_dp_classify(struct cls *c)
 	if (!img.map)
 		return V_ACCEPT;
 	img.c0 = bpf_map_lookup_elem(img.map, &zero);
-	if (!img.c0)
+	/* An image of another layout judges nothing: an upgrade links its new programs a moment
+	 * before it installs their first image, and they must not misread the old one. */
+	if (!img.c0 || img.c0->slot[0] != ((__u64)BPFIPT_IMG_VERSION << 32 | BPFIPT_IMG_MAGIC))
 		return V_ACCEPT;
 	return classify(&img, c);
 }

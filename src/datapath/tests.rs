@@ -519,6 +519,25 @@ fn large_ruleset_classifies_and_flips() {
     assert_eq!(env.xdp(&g, env.d0).0, XDP_DROP);
 }
 
+/// An image of another layout (an older build's, still installed while an upgrade links its
+/// new programs) judges nothing: the packet passes rather than being misread.
+#[test]
+fn an_image_of_another_layout_judges_nothing() {
+    let Some(env) = Env::new("layout") else { return };
+    env.apply(&ruleset(&[], vec![("INPUT", rule(proto(17), vec![], Target::Drop))])).expect("apply");
+    let dns = frame("198.18.1.2", "198.18.1.1", 17, &udp(5353, 53, b"q"));
+    assert_eq!(env.xdp(&dns, env.d0).0, XDP_DROP);
+    let tables = open_map(&env.dir, "bpfipt_tables").expect("tables");
+    let gen = active_generation(&open_map(&env.dir, "bpfipt_active").expect("active")).expect("generation");
+    let (map, _) = inner_map(&tables, gen & 1).expect("read").expect("an image");
+    let mut img = ImageMapping::new(&map, 1, true).expect("mmap");
+    let magic = img.slots()[0];
+    img.slots_mut()[0] = magic + (1 << 32); // the next layout version
+    assert_eq!(env.xdp(&dns, env.d0).0, XDP_PASS);
+    img.slots_mut()[0] = magic;
+    assert_eq!(env.xdp(&dns, env.d0).0, XDP_DROP);
+}
+
 fn state(bits: u16) -> Match {
     Match::State(StateMatch { state: bits, invert: false })
 }
