@@ -136,3 +136,30 @@ fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
     ok(&["-D", "FORWARD", "-p", "tcp", "--dport", "80", "-j", "ACCEPT"]);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "policy ACCEPT");
 }
+
+/// A policy set in an empty ruleset (nothing enforced until then) takes effect: `-P` with
+/// no image to patch enforces the ruleset whole, and back to ACCEPT it passes everything again.
+#[test]
+fn a_policy_alone_is_enforced() {
+    if !common::root_or_skip("a_policy_alone_is_enforced") {
+        return;
+    }
+    let ours = env!("CARGO_BIN_EXE_bpf-iptables");
+    let mut t = common::topo::Topo::new("policy");
+    t.on_drop_in_fw(&[ours, "--reset"]);
+    t.serve_ports(&t.r, &[80], &[]);
+    let tools = common::Tools::ours();
+    let ipt = tools.bin("iptables");
+    let ipt = ipt.to_str().expect("utf-8 path");
+    let ok = |args: &[&str]| {
+        let o = t.exec(&t.f, &[&[ipt][..], args].concat());
+        assert!(o.status.success() && o.stdout.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open");
+    ok(&["-P", "FORWARD", "DROP"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "timeout", "policy DROP");
+    ok(&["-N", "X"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "timeout", "a new chain changes nothing");
+    ok(&["-P", "FORWARD", "ACCEPT"]);
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "policy ACCEPT");
+}

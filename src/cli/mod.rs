@@ -237,6 +237,11 @@ fn run(inv: &Invocation) -> Result<()> {
         print(&fx.stdout);
         return Ok(());
     }
+    if let Some(fx) = change_chains(&mut store, &mut outline, kind, inv)? {
+        print(&fx.stdout);
+        apply_counters(&mut store, kind, &fx)?;
+        return Ok(());
+    }
     let mut rs = outline.decode()?;
     // listings print counters only with -v
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {
@@ -332,6 +337,26 @@ fn delete_from_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind
     let Some(deleted) = outline.remove(TableKind::Filter, chain, &at).map_err(encoding)? else { return Ok(None) };
     store.commit_delete(std::mem::take(outline), hook, &deleted)?;
     Ok(Some(exec::Effects { changed: true, ..Default::default() }))
+}
+
+/// `-N`, or `-P` of a built-in filter chain: changes of the chains alone, applied to the
+/// stored chains without their rules and stored without decoding any (`Store::commit_chains`).
+/// `None`, `outline` untouched: the general path applies.
+fn change_chains(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+    // a new chain is reached by no rule; a policy changes nothing else
+    let change = match &inv.command {
+        Command::NewChain { .. } => store::FilterChange::None,
+        Command::Policy { .. } => store::FilterChange::Policies,
+        _ => return Ok(None),
+    };
+    if kind != TableKind::Filter {
+        return Ok(None);
+    }
+    let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
+    let fx = exec::apply(&mut table, inv)?;
+    outline.set_chains(TableKind::Filter, &table);
+    store.commit_chains(std::mem::take(outline), change, &table)?;
+    Ok(Some(fx))
 }
 
 /// `iptables-save [-c] [-t table] [-f file]`.

@@ -279,6 +279,23 @@ impl Outline {
         Some(Table { kind, chains })
     }
 
+    /// Gives table `kind` the chains of `table` (names, policies, counters), in its order: a
+    /// chain it had keeps its stored rules, a new one has none, and one `table` lacks is gone
+    /// (with its rules: only for changes of the chains alone, `-N` and `-P`, made on
+    /// `chains_of`).
+    pub fn set_chains(&mut self, kind: TableKind, table: &Table) {
+        let Some(t) = self.tables.iter_mut().find(|t| t.kind == kind) else { return };
+        let mut old: HashMap<String, StoredChain> = t.chains.drain(..).map(|c| (c.name.clone(), c)).collect();
+        t.chains = table
+            .chains
+            .iter()
+            .map(|c| match old.remove(&c.name) {
+                Some(kept) => StoredChain { policy: c.policy, counters: c.counters, ..kept },
+                None => StoredChain { name: c.name.clone(), policy: c.policy, counters: c.counters, rules: RuleBlock::default() },
+            })
+            .collect();
+    }
+
     pub fn next_rule_id(&self) -> u32 {
         self.next_rule_id
     }
@@ -451,6 +468,25 @@ mod tests {
         let forward = &mut rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD").rules;
         forward.insert(0, head[0].clone());
         forward.insert(0, head[1].clone());
+        assert_eq!(o.decode().expect("decodes"), rs);
+    }
+
+    /// `-N` and `-P` on the chains alone: the stored rules stay with their chains.
+    #[test]
+    fn set_chains_keeps_every_chain_its_rules() {
+        let mut rs = Ruleset::default();
+        let t = rs.table_mut(TableKind::Filter);
+        t.add_user_chain(Chain::user("B"));
+        t.chain_mut("B").expect("B").rules.push(rule(1, 1, Target::Drop));
+        t.chain_mut("INPUT").expect("INPUT").rules.push(rule(0, 2, Target::Jump("B".into())));
+        let mut o = Outline::encode(&rs).expect("encodes");
+        let mut chains = o.chains_of(TableKind::Filter).expect("filter");
+        chains.add_user_chain(Chain::user("A"));
+        chains.chain_mut("OUTPUT").expect("OUTPUT").policy = Some(Policy::Drop);
+        o.set_chains(TableKind::Filter, &chains);
+        let t = rs.table_mut(TableKind::Filter);
+        t.add_user_chain(Chain::user("A"));
+        t.chain_mut("OUTPUT").expect("OUTPUT").policy = Some(Policy::Drop);
         assert_eq!(o.decode().expect("decodes"), rs);
     }
 

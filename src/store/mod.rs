@@ -65,6 +65,15 @@ impl Store {
         self.pins.commit_added(outline, hook, rules, place)
     }
 
+    /// Makes `outline`, loaded and then given the chains of filter table `filter` (`-N` of a
+    /// chain, or `-P`: `Outline::set_chains`), the live ruleset as `commit` would, decoding
+    /// nothing and compiling nothing when the datapath enforces the ruleset before: a new
+    /// chain is reached by no rule (`change` None), a policy is one slot of its image
+    /// (`change` Policies).
+    pub fn commit_chains(&mut self, outline: Outline, change: FilterChange, filter: &Table) -> Result<()> {
+        self.pins.commit_chains(outline, change, filter)
+    }
+
     /// Makes `outline`, loaded and then without the rules `deleted` from `hook`'s built-in
     /// filter chain (`Outline::remove`), the live ruleset, as `commit` would, without
     /// compiling when the datapath can patch its image (see `enforce_delete`).
@@ -198,8 +207,18 @@ fn enforce_delete(dir: &std::path::Path, hook: Hook, deleted: &[Rule], pass_all:
 /// must be enforced whole instead. Compiling looks only at what packets reach (loops
 /// included), so nothing this skips could have refused the ruleset.
 fn enforce_same(dir: &std::path::Path, before: &Outline, after: &Outline, rs: &Ruleset, pass_all: bool) -> Result<bool> {
-    let Some(filter) = rs.table(TableKind::Filter).filter(|_| !datapath_off() && !pass_all) else { return Ok(false) };
-    match before.filter_change(after, &filter.reachable_chains()) {
+    let Some(filter) = rs.table(TableKind::Filter) else { return Ok(false) };
+    enforce_change(dir, before.filter_change(after, &filter.reachable_chains()), filter, pass_all)
+}
+
+/// Keeps the datapath for a ruleset (not passing everything) whose filter table `filter` is
+/// what the enforced one was but for `change` (`enforce_same`); false when it must be
+/// enforced whole instead.
+fn enforce_change(dir: &std::path::Path, change: FilterChange, filter: &Table, pass_all: bool) -> Result<bool> {
+    if datapath_off() || pass_all {
+        return Ok(false);
+    }
+    match change {
         FilterChange::Rules => Ok(false),
         FilterChange::None => Ok(crate::datapath::enforces_installed(dir)?),
         FilterChange::Policies => {

@@ -223,6 +223,18 @@ impl Pins {
         self.flip(written, pass_all, outline.rule_ids())
     }
 
+    /// Stores and enforces `outline`, whose filter chains changed into `filter`'s as `change`
+    /// says (see `Store::commit_chains`).
+    pub fn commit_chains(&mut self, outline: Outline, change: super::FilterChange, filter: &Table) -> Result<()> {
+        let written = self.write_blob(&outline)?;
+        let pass_all = outline.is_pass_all();
+        let patched = self.patchable() && super::enforce_change(&self.dir, change, filter, pass_all)?;
+        if !patched {
+            super::enforce(&self.dir, &outline.decode()?)?;
+        }
+        self.flip(written, pass_all, outline.rule_ids())
+    }
+
     /// Stores and enforces `outline`, which lost the rules `deleted` from `hook`'s built-in
     /// filter chain (`-D`): the datapath's image is patched when it can be
     /// (`super::enforce_delete`).
