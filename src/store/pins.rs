@@ -212,36 +212,31 @@ impl Pins {
             Some(id) => super::AddedAt::Before { id, replaced: removed.pop() },
             None => super::AddedAt::End,
         };
-        let written = self.write_blob(&outline)?;
-        let pass_all = outline.is_pass_all();
         let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
         let added = super::Added { hook, table: &table, rules: &rules, reached, at };
-        let patched = self.patchable() && super::enforce_added(&self.dir, &added, pass_all)?;
-        if !patched {
-            super::enforce(&self.dir, &outline.decode()?)?;
-        }
-        self.flip(written, pass_all, outline.rule_ids())
+        self.store_outline(&outline, |dir, pass_all| super::enforce_added(dir, &added, pass_all))
     }
 
     /// Stores and enforces `outline`, whose filter chains changed into `filter`'s as `change`
     /// says (see `Store::commit_chains`).
     pub fn commit_chains(&mut self, outline: Outline, change: super::FilterChange, filter: &Table) -> Result<()> {
-        let written = self.write_blob(&outline)?;
-        let pass_all = outline.is_pass_all();
-        let patched = self.patchable() && super::enforce_change(&self.dir, change, filter, pass_all)?;
-        if !patched {
-            super::enforce(&self.dir, &outline.decode()?)?;
-        }
-        self.flip(written, pass_all, outline.rule_ids())
+        self.store_outline(&outline, |dir, pass_all| super::enforce_change(dir, change, filter, pass_all))
     }
 
     /// Stores and enforces `outline`, which lost the rules `deleted` from `hook`'s built-in
     /// filter chain (`-D`): the datapath's image is patched when it can be
     /// (`super::enforce_delete`).
     pub fn commit_delete(&mut self, outline: Outline, hook: Hook, deleted: &[Rule]) -> Result<()> {
-        let written = self.write_blob(&outline)?;
+        self.store_outline(&outline, |dir, pass_all| super::enforce_delete(dir, hook, deleted, pass_all))
+    }
+
+    /// Writes `outline` as the next generation, has the datapath enforce it, through `patch`
+    /// (given the pin directory and whether it passes everything) when the datapath enforces
+    /// the live ruleset and `patch` manages (true), else whole, and makes it live.
+    fn store_outline(&mut self, outline: &Outline, patch: impl FnOnce(&Path, bool) -> Result<bool>) -> Result<()> {
+        let written = self.write_blob(outline)?;
         let pass_all = outline.is_pass_all();
-        let patched = self.patchable() && super::enforce_delete(&self.dir, hook, deleted, pass_all)?;
+        let patched = self.patchable() && patch(&self.dir, pass_all)?;
         if !patched {
             super::enforce(&self.dir, &outline.decode()?)?;
         }
