@@ -341,13 +341,16 @@ fn rule_ids(rs: &Ruleset) -> Vec<u32> {
 /// with the counters the rules asked for.
 fn assign_ids<'a>(rules: impl Iterator<Item = &'a mut Rule>, used: &[u32], next: &mut u32) -> Result<Vec<(u32, Counters)>> {
     let mut taken = vec![false; MAX_RULE_IDS as usize];
+    // counted as marked, not by a scan of the whole array (a per-command cost, as are the
+    // page faults of touching all of it)
+    let mut free = MAX_RULE_IDS as usize;
     for &id in used {
-        if let Some(slot) = taken.get_mut(id as usize) {
+        if let Some(slot) = taken.get_mut(id as usize).filter(|t| !**t) {
             *slot = true;
+            free -= 1;
         }
     }
     let mut at = *next % MAX_RULE_IDS;
-    let mut free = taken.iter().filter(|u| !**u).count();
     let mut out = Vec::new();
     for rule in rules.filter(|r| r.id == Rule::UNASSIGNED) {
         if free == 0 {
@@ -590,4 +593,32 @@ fn live_netns_cookies() -> anyhow::Result<HashMap<u64, PathBuf>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(n: usize) -> Vec<Rule> {
+        (0..n).map(|_| Rule { id: Rule::UNASSIGNED, ip: Default::default(), matches: Vec::new(), target: crate::model::Target::Drop, counters: Counters::default() }).collect()
+    }
+
+    /// New rules take the free ids from `next` on, wrapping around, and there are only so many.
+    #[test]
+    fn ids_are_the_free_ones_from_next_on() {
+        let mut new = rules(4);
+        let mut next = 0;
+        let out = assign_ids(new.iter_mut(), &[0, 1, 5, 1], &mut next).expect("ids");
+        assert_eq!(out.iter().map(|o| o.0).collect::<Vec<_>>(), [2, 3, 4, 6]);
+        assert_eq!(new.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 3, 4, 6]);
+        assert_eq!(next, 6);
+        let mut new = rules(2);
+        let mut next = MAX_RULE_IDS - 1;
+        let out = assign_ids(new.iter_mut(), &[0], &mut next).expect("ids");
+        assert_eq!(out.iter().map(|o| o.0).collect::<Vec<_>>(), [MAX_RULE_IDS - 1, 1]);
+        let used: Vec<u32> = (0..MAX_RULE_IDS - 1).collect();
+        let mut next = 0;
+        assert!(assign_ids(rules(1).iter_mut(), &used, &mut next).is_ok());
+        assert!(assign_ids(rules(2).iter_mut(), &used, &mut next).is_err(), "one id left");
+    }
 }
