@@ -305,10 +305,11 @@ impl Flattener<'_, '_> {
         // Rules after one that always ends the chain are unreachable (and `check_loops` did not
         // follow their jumps), so they are not inlined.
         let live = rules.iter().position(Rule::ends_walk).map_or(rules.len(), |p| p + 1);
+        let unconditional = outer.is_true();
         for rule in &rules[..live] {
             let (alts, checks) = self.rule_conds(rule)?;
             for alt in alts {
-                let cond = if outer.is_true() { alt } else { outer.and(&alt) };
+                let cond = if unconditional { alt } else { outer.and(&alt) };
                 if cond.never {
                     continue;
                 }

@@ -131,8 +131,7 @@ pub fn insert_rules(
     replaced: Option<u32>,
     rules: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
 ) -> crate::error::Result<bool> {
-    let replaced: Vec<u32> = replaced.into_iter().collect();
-    add_rules(pin_dir, hook, rules, |img, rules| image::insert(img, hook, before, rules, &replaced))
+    add_rules(pin_dir, hook, rules, |img, rules| image::insert(img, hook, before, rules, replaced.as_slice()))
 }
 
 /// `append_rules` and `insert_rules`: `place` puts the compiled `rules` into the image.
