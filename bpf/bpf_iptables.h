@@ -67,18 +67,25 @@
  *                          `-A` to a built-in chain appends them in place (their field
  *                          matches as FIELD_IN checks), and the programs walk them in order
  *                          once LBVS finds no candidate (see `compile::compile_tail`)
- *   inserted rules         `-I` in a built-in chain (not at its end) and `-R` of one of its
- *                          rules put the new compiled rules in the room for inserted ones
- *                          (in the order they come), and list them in n_inserted slots,
- *                          each `before | action << 32`: evaluate action `action` before
- *                          compiled rule `before`, the rule the new one precedes in the
- *                          chain (always a rule of the built-in chain itself, never one
- *                          inlined from a user chain, so no skip jumps over it), sorted by
- *                          `before`, in chain order. The programs take the next one due
+ *   inserted rules         `-I` in a built-in chain (not at its end), `-R` of one of its
+ *                          rules, and `-I`, `-R` or `-A` in a user chain (in every place it
+ *                          is inlined) put the new compiled rules in the room for inserted
+ *                          ones (in the order they come), and list them in n_inserted
+ *                          slots, each `key | action << 32` with key = before <<
+ *                          IMG_INS_DEPTH_BITS | (IMG_INS_MAX_DEPTH - depth): evaluate
+ *                          action `action` before compiled rule `before` (the compiled rule
+ *                          of the chain rule the new one precedes, or the end of the chain's
+ *                          block), inside a chain inlined `depth` jumps deep (0: the built-in
+ *                          chain); sorted by key (at one `before`, the deeper chains' rules
+ *                          first), in chain order. The programs take the next one due
  *                          before any rule at or past `before` is considered (a candidate,
  *                          or the walk past it), the lead included; inserted rules neither
- *                          jump nor return. `-R` also turns the replaced compiled rule into
- *                          a no-op (as `-D` does)
+ *                          jump nor return. A skip (RETURN, a failed jump: SKIP_TO, ENTER)
+ *                          to the end `to` of a block `depth` deep passes over the inserted
+ *                          rules with a key below its arg1 = to << IMG_INS_DEPTH_BITS |
+ *                          (IMG_INS_MAX_DEPTH - depth) + 1: those of its block and of the
+ *                          blocks in it. `-R` also turns the replaced compiled rule into a
+ *                          no-op (as `-D` does)
  *   check                  IMG_CHECK_SLOTS slots: [0] kind | invert << 8 | field << 16 |
  *                          op << 24 | a << 32  [1] b  [2] c
  *   log target             IMG_LOG_SLOTS slots: [0] level | flags << 8, [1..] prefix (NUL
@@ -111,7 +118,7 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 7,
+	BPFIPT_IMG_VERSION = 8,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
@@ -129,6 +136,10 @@ enum bpfipt_const {
 	 * holds for inserted rules. */
 	BPFIPT_IMG_TAIL_CAP = 16,
 	BPFIPT_IMG_TAIL_PER = 1024,
+	/* Keys of inserted rules (see "inserted rules" above): the depth of a chain is its low
+	 * bits, the deepest one a rule can be inserted in IMG_INS_MAX_DEPTH. */
+	BPFIPT_IMG_INS_DEPTH_BITS = 8,
+	BPFIPT_IMG_INS_MAX_DEPTH = 255,
 	/* IMG_SLOT_FLAGS: some rule looks at conntrack state, so packets are tracked (as in
 	 * netfilter, where conntrack hooks a namespace only once a rule needs it). */
 	BPFIPT_IMG_F_CONNTRACK = 1,
@@ -207,8 +218,8 @@ enum bpfipt_action {
 	BPFIPT_A_LOG = 3,      /* arg0: log target index */
 	BPFIPT_A_MARK = 4,     /* arg0: value, arg1: mask */
 	BPFIPT_A_CONTINUE = 5,
-	BPFIPT_A_SKIP_TO = 6,  /* arg0: next rule */
-	BPFIPT_A_ENTER = 7,    /* arg0: where a failed check continues */
+	BPFIPT_A_SKIP_TO = 6,  /* arg0: next rule, arg1: key of the first inserted rule not skipped */
+	BPFIPT_A_ENTER = 7,    /* arg0: where a failed check continues, arg1: as SKIP_TO's */
 };
 
 /* `-m addrtype` flags of BPFIPT_C_ADDRTYPE. */

@@ -3,7 +3,8 @@
  * Linear Bit Vector Search over the classifier image (layout: bpf_iptables.h), step by step
  * as `src/compile/lbvs.rs` describes it:
  *   0. before any compiled rule r is considered (as a candidate, or walked past), the rules
- *      inserted in place before it (`-I`, `-R`: see "inserted rules" in bpf_iptables.h), as 4;
+ *      inserted in place before it (`-I`, `-R`: see "inserted rules" in bpf_iptables.h), as 4,
+ *      but for those inside blocks a skip passed over (a key below c->floor);
  *   1. per used field, the packet's value -> interval -> vector V_f, plus the wildcard W_f;
  *   2. pivot = the field with the fewest words in V_f + W_f;
  *   3. walk the pivot's word indices >= pos/64 in increasing order, AND over fields of
@@ -40,6 +41,7 @@ struct cls {
 	struct bpf_fib_lookup fib;   /* the route lookup of an arriving packet (off the stack) */
 	__u32 nf, pivot, pos, n_rules, n_lbvs, actions_off, states_off;
 	__u32 ins_off, n_ins, ins_i; /* the hook's inserted rules, and the next one due */
+	__u32 floor;                 /* inserted rules with a key below it were skipped over */
 	__u32 verdict, verdict_arg, by_policy;
 	/* per used field (indexed & 15: the verifier needs the bound on every access) */
 	__u32 vs[16], vn[16], vc[16]; /* value vector: words offset, words, cursor */
@@ -596,7 +598,11 @@ static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r, __
 		else
 			bpf_loop(nck < BPFIPT_MAX_CHECKS ? nck : BPFIPT_MAX_CHECKS, check_cb, &y, 0);
 		if (!y.ok) {
-			c->pos = kind == BPFIPT_A_ENTER ? arg0 : next;
+			c->pos = next;
+			if (kind == BPFIPT_A_ENTER) {
+				c->pos = arg0;
+				c->floor = arg1;
+			}
 			return 0;
 		}
 	}
@@ -632,6 +638,7 @@ static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r, __
 		return 0;
 	case BPFIPT_A_SKIP_TO:
 		c->pos = arg0;
+		c->floor = arg1;
 		return 0;
 	default: /* CONTINUE, ENTER */
 		return 0;
@@ -639,15 +646,18 @@ static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r, __
 }
 
 /* Takes compiled rule r, or first the next inserted rule due before it (inserted rules are
- * in the order of the compiled rule each goes before). One call site per step, so that
- * take_rule is inlined once per loop body. */
+ * in the order of the compiled rule each goes before), or passes over that one when a skip
+ * did (a step that changes nothing else). One call site per step, so that take_rule is
+ * inlined once per loop body. */
 static __always_inline int take_at(struct img *img, struct cls *c, __u32 r)
 {
 	__u32 next = r + 1;
 	if (c->ins_i < c->n_ins) {
 		__u64 e = slot(img, c->ins_off + c->ins_i);
-		if ((__u32)e <= r) {
+		if (((__u32)e >> BPFIPT_IMG_INS_DEPTH_BITS) <= r) {
 			c->ins_i++;
+			if ((__u32)e < c->floor)
+				return 0;
 			next = c->pos;
 			r = e >> 32;
 		}
@@ -698,7 +708,8 @@ static long lead_step(__u64 i, struct lctx *x)
 	__u32 r = c->pos;
 	if (r >= x->b || r >= c->n_rules)
 		return 1;
-	int due = c->ins_i < c->n_ins && (__u32)slot(x->img, c->ins_off + c->ins_i) <= r;
+	int due = c->ins_i < c->n_ins &&
+		  ((__u32)slot(x->img, c->ins_off + c->ins_i) >> BPFIPT_IMG_INS_DEPTH_BITS) <= r;
 	if (!due && !((slot(x->img, x->a + r) >> (c->p.ct_state & 63)) & 1)) {
 		c->pos = r + 1;
 		return 0;
@@ -786,6 +797,7 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 	c->ins_off = (__u32)ins;
 	c->n_ins = ins >> 32;
 	c->ins_i = 0;
+	c->floor = 0;
 
 	struct lctx x = { .img = img, .c = c };
 	/* The leading rules on conntrack state alone (see "lead" in bpf_iptables.h). */

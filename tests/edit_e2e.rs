@@ -4,7 +4,8 @@
 //! before, whether the change is patched into the datapath's image (rules that neither jump
 //! nor, for `-D`, end the chain; `-D` by spec and by number) or rebuilds it (a jump); a rule
 //! that does not exist gets iptables' error and changes nothing. Changes no packet sees
-//! (chains nothing jumps to) compile nothing, and a policy is patched in.
+//! (chains nothing jumps to) compile nothing, and a policy is patched in. The same edits of
+//! user chains are patched in wherever the chains are inlined.
 
 mod common;
 
@@ -135,6 +136,75 @@ fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
     assert!(n >= 2 && accept.contains("tcp dpt:80"), "{accept}");
     ok(&["-D", "FORWARD", "-p", "tcp", "--dport", "80", "-j", "ACCEPT"]);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open", "policy ACCEPT");
+}
+
+/// Docker's edits: rules added to, replaced in and deleted from user chains that FORWARD
+/// jumps to take effect at once, patched in where the chains are inlined (nothing compiled),
+/// after a chain's unconditional RETURN they change nothing, and a RETURN added rebuilds.
+#[test]
+fn user_chain_edits_are_patched_in_where_the_chains_are_inlined() {
+    if !common::root_or_skip("user_chain_edits_are_patched_in_where_the_chains_are_inlined") {
+        return;
+    }
+    let ours = env!("CARGO_BIN_EXE_bpf-iptables");
+    let rules = ":DOCKER - [0:0]\n\
+                 :DOCKER-USER - [0:0]\n\
+                 -A FORWARD -j DOCKER-USER\n\
+                 -A FORWARD -o f1 -p tcp -j DOCKER\n\
+                 -A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT\n\
+                 -A DOCKER-USER -j RETURN\n\
+                 -A DOCKER -p tcp -m tcp --dport 81 -j DROP\n\
+                 COMMIT\n";
+    let fw = PaddedFirewall::new("user", FILLER, rules, &[80, 81, 82, 83, 84, 85, 86]);
+    let (t, ok) = (&fw.t, |args: &[&str]| fw.ok(args));
+    let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
+    let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
+    let probe = |port| t.probe(&t.s, "tcp", "198.18.2.2", port);
+    assert_eq!(probe(81), "timeout");
+    assert_eq!(probe(82), "open");
+    let before = compiled();
+
+    let docker = ["-d", "198.18.2.2", "!", "-i", "f1", "-o", "f1", "-p", "tcp", "--dport", "82", "-j", "DROP"];
+    ok(&[&["-A", "DOCKER"], &docker[..]].concat());
+    assert_eq!(probe(82), "timeout", "appended to DOCKER");
+    ok(&["-I", "DOCKER-USER", "-p", "tcp", "--dport", "83", "-j", "DROP"]);
+    assert_eq!(probe(83), "timeout", "inserted before DOCKER-USER's RETURN");
+    ok(&["-A", "DOCKER-USER", "-p", "tcp", "--dport", "84", "-j", "DROP"]);
+    assert_eq!(probe(84), "open", "after the RETURN: reached by no packet");
+    ok(&["-R", "DOCKER", "1", "-p", "tcp", "--dport", "85", "-j", "DROP"]);
+    assert_eq!(probe(81), "open", "replaced");
+    assert_eq!(probe(85), "timeout", "by this one");
+    ok(&[&["-D", "DOCKER"], &docker[..]].concat());
+    assert_eq!(probe(82), "open", "deleted");
+    assert_eq!(compiled(), before, "all in place");
+    assert_eq!(
+        fw.listed_past_filler(),
+        [
+            "-P INPUT ACCEPT",
+            "-P FORWARD ACCEPT",
+            "-P OUTPUT ACCEPT",
+            "-N DOCKER",
+            "-N DOCKER-USER",
+            "-N U",
+            "-A FORWARD -j DOCKER-USER",
+            "-A FORWARD -o f1 -p tcp -j DOCKER",
+            "-A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT",
+            "-A DOCKER -p tcp -m tcp --dport 85 -j DROP",
+            "-A DOCKER-USER -p tcp -m tcp --dport 83 -j DROP",
+            "-A DOCKER-USER -j RETURN",
+            "-A DOCKER-USER -p tcp -m tcp --dport 84 -j DROP",
+        ]
+    );
+    let counted = ok(&["-L", "DOCKER", "-v", "-x", "-n"]);
+    let n: u64 = counted.lines().nth(2).and_then(|l| l.split_whitespace().next()?.parse().ok()).expect("packet count");
+    assert!(n >= 1, "{counted}");
+
+    // A RETURN skips within the hook: not inserted in place, the image is rebuilt.
+    ok(&["-I", "DOCKER", "-p", "tcp", "--dport", "85", "-j", "RETURN"]);
+    assert_ne!(compiled(), before, "rebuilt");
+    assert_eq!(probe(85), "open", "returned before the DROP");
+    assert_eq!(probe(83), "timeout", "the rest as it was");
+    assert_eq!(probe(80), "open");
 }
 
 /// A policy set in an empty ruleset (nothing enforced until then) takes effect: `-P` with

@@ -227,13 +227,14 @@ fn run(inv: &Invocation) -> Result<()> {
             e
         }
     })?;
-    // Loaded once: `-A`, `-I` and `-D` in a built-in chain may need no more than this outline.
+    // Loaded once: `-A`, `-I`, `-R` and `-D` of rules that do not jump may need no more than
+    // this outline.
     let mut outline = store.load_outline()?;
-    if let Some(fx) = add_to_builtin(&mut store, &mut outline, kind, inv)? {
+    if let Some(fx) = add_to_chain(&mut store, &mut outline, kind, inv)? {
         print(&fx.stdout);
         return Ok(());
     }
-    if let Some(fx) = delete_from_builtin(&mut store, &mut outline, kind, inv)? {
+    if let Some(fx) = delete_from_chain(&mut store, &mut outline, kind, inv)? {
         print(&fx.stdout);
         return Ok(());
     }
@@ -262,19 +263,18 @@ fn run(inv: &Invocation) -> Result<()> {
     Ok(())
 }
 
-/// `-A`, `-I` or `-R` in a built-in filter chain, of rules that do not jump: the common
-/// firewall-script edits. Applied to the stored chains without their rules (all that
-/// resolving and adding looks at) and added to the stored ruleset without decoding it
+/// `-A`, `-I` or `-R` in a filter chain, of rules that do not jump: the common edits of
+/// firewall scripts and of Docker. Applied to the stored chains without their rules (all
+/// that resolving and adding looks at) and added to the stored ruleset without re-encoding it
 /// (`Store::commit_added`). `None`, `outline` untouched: the general path applies (it also
 /// gives the errors: an index past the end).
-fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+fn add_to_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     let (chain, rule, place) = match &inv.command {
         Command::Append { chain, rule } => (chain, rule, Place::End),
         Command::Insert { chain, num, rule } => (chain, rule, Place::Before(*num as usize - 1)),
         Command::Replace { chain, num, rule } => (chain, rule, Place::Replacing(*num as usize - 1)),
         _ => return Ok(None),
     };
-    let Some(hook) = Hook::of_chain(chain) else { return Ok(None) };
     if kind != TableKind::Filter {
         return Ok(None);
     }
@@ -285,7 +285,7 @@ fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv
         TargetSpec::Final(t) if table.chain(crate::output::target_name(t)).is_none() => {}
         _ => return Ok(None),
     }
-    let len = outline.chain_len(TableKind::Filter, chain).unwrap_or(0);
+    let Some(len) = outline.chain_len(TableKind::Filter, chain) else { return Ok(None) };
     let at_or_before_end = match place {
         Place::End => true,
         Place::Before(i) => i <= len,
@@ -302,18 +302,17 @@ fn add_to_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv
     }
     let fx = exec::apply(&mut table, &at_head)?;
     let Some(c) = table.chain_mut(chain) else { return Ok(None) };
-    store.commit_added(std::mem::take(outline), hook, std::mem::take(&mut c.rules), place)?;
+    store.commit_added(std::mem::take(outline), chain, std::mem::take(&mut c.rules), place)?;
     Ok(Some(fx))
 }
 
-/// `-D` in a built-in filter chain, the other common edit of a firewall script: the rule is
-/// found by its encoding (by spec) or its number and cut out of the stored chain, no other
-/// rule decoded or encoded again, and deleted from the datapath's image in place when it can
-/// be (`Store::commit_delete`). `None`, `outline` untouched: the general path applies (it
-/// also gives the errors: no such rule, index too big), as it does for `-v`, which echoes.
-fn delete_from_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+/// `-D` in a filter chain, the other common edit: the rule is found by its encoding (by
+/// spec) or its number and cut out of the stored chain, no other rule decoded or encoded
+/// again, and deleted from the datapath's image in place when it can be
+/// (`Store::commit_delete`). `None`, `outline` untouched: the general path applies (it also
+/// gives the errors: no such rule, index too big), as it does for `-v`, which echoes.
+fn delete_from_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     let (Command::Delete { chain, .. } | Command::DeleteNum { chain, .. }) = &inv.command else { return Ok(None) };
-    let Some(hook) = Hook::of_chain(chain) else { return Ok(None) };
     if kind != TableKind::Filter || inv.verbose > 0 {
         return Ok(None);
     }
@@ -335,7 +334,7 @@ fn delete_from_builtin(store: &mut Store, outline: &mut Outline, kind: TableKind
         _ => return Ok(None),
     };
     let Some(deleted) = outline.remove(TableKind::Filter, chain, &at).map_err(encoding)? else { return Ok(None) };
-    store.commit_delete(std::mem::take(outline), hook, &deleted)?;
+    store.commit_delete(std::mem::take(outline), &deleted)?;
     Ok(Some(exec::Effects { changed: true, ..Default::default() }))
 }
 

@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::tables::{
     Action, ActionKind, FieldMap, FieldTable, Hook, HookTable, IfacePattern, Prefix, VecId, Vector,
 };
-use super::{field_max, Field, PreKind, PreRule};
+use super::{field_max, Block, Field, PreKind, PreRule};
 use crate::model::Iface;
 
 /// The interface pattern iptables' name/mask pair amounts to.
@@ -207,13 +207,13 @@ fn intervals(sets: &[(u32, &[(u32, u32)])], max: u32, vectors: &mut Vectors) -> 
     out
 }
 
-/// A compiled rule's action, its block references resolved by `block_end`.
-pub(super) fn resolve(kind: PreKind, block_end: &[Option<u32>]) -> ActionKind {
-    let end = |b: usize| block_end[b].expect("every block is closed once its chain is emitted");
+/// A compiled rule's action, its block references resolved by `blocks`.
+pub(super) fn resolve(kind: PreKind, blocks: &[Block]) -> ActionKind {
+    let end = |b: usize| blocks[b].end.expect("every block is closed once its chain is emitted");
     match kind {
         PreKind::Final(k) => k,
-        PreKind::SkipToEnd(b) => ActionKind::SkipTo(end(b)),
-        PreKind::EnterEnd(b) => ActionKind::Enter { end: end(b) },
+        PreKind::SkipToEnd(b) => ActionKind::SkipTo { to: end(b), depth: blocks[b].depth },
+        PreKind::EnterEnd(b) => ActionKind::Enter { end: end(b), depth: blocks[b].depth },
     }
 }
 
@@ -230,8 +230,8 @@ struct Gathered<'a> {
     sets: Vec<(u32, &'a [(u32, u32)])>,
 }
 
-/// The tables of one hook from its flattened rules; `block_end` resolves block references.
-pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>], policy_accept: bool) -> HookTable {
+/// The tables of one hook from its flattened rules; `blocks` resolves block references.
+pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, blocks: &[Block], policy_accept: bool) -> HookTable {
     let mut vectors = Vectors::default();
     // about one vector per interval or prefix of the busiest field
     vectors.ids.reserve(pre.len());
@@ -297,7 +297,7 @@ pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, block_end: &[Option<u32>
     }
     let actions = pre
         .into_iter()
-        .map(|p| Action { rule_id: p.rule_id, kind: resolve(p.kind, block_end), checks: p.checks })
+        .map(|p| Action { rule_id: p.rule_id, kind: resolve(p.kind, blocks), checks: p.checks })
         .collect::<Vec<_>>();
     let lbvs_rules = actions.len() as u32;
     HookTable { hook, actions, lbvs_rules, vectors: vectors.list(), fields, policy_accept }

@@ -22,7 +22,9 @@
 //!    * all pass: the rule is taken; its `rule_id`, if any, counts the packet. Then by kind:
 //!      `Accept`/`Drop`/`Reject` end the search with that verdict; `Log`, `Mark` (the mark
 //!      becomes `(mark & !mask) ^ value`, seen by later `Mark` checks), `Continue` and
-//!      `Enter` set `pos = r + 1`; `SkipTo(to)` sets `pos = to`. Back to 3.
+//!      `Enter` set `pos = r + 1`; `SkipTo { to }` sets `pos = to`. Back to 3.
+//!      (Rules inserted in place, and the depths that say which of them a skip passes
+//!      over, are the image's: `datapath::image::insert`.)
 //! 5. No candidate left among the vectors' rules (the first `t.lbvs_rules`): the appended
 //!    rules after them are candidates in order, from `pos` on (from the first of them if
 //!    `pos` is below it), each as in 4 (their field matches are checks).
@@ -63,7 +65,7 @@ pub fn classify(c: &Compiled, p: &Packet, st: &mut LbvsState) -> Outcome {
         let a = &t.actions[r as usize];
         if !a.checks.iter().all(|ch| check(ch, p, out.mark, st)) {
             pos = match a.kind {
-                ActionKind::Enter { end } => end,
+                ActionKind::Enter { end, .. } => end,
                 _ => r + 1,
             };
             continue;
@@ -76,7 +78,7 @@ pub fn classify(c: &Compiled, p: &Packet, st: &mut LbvsState) -> Outcome {
             ActionKind::Reject(w) => return Outcome { verdict: Verdict::Reject(*w), ..out },
             ActionKind::Mark { value, mask } => out.mark = (out.mark & !mask) ^ value,
             ActionKind::Log(_) | ActionKind::Continue | ActionKind::Enter { .. } => {}
-            ActionKind::SkipTo(to) => pos = *to,
+            ActionKind::SkipTo { to, .. } => pos = *to,
         }
     }
     let verdict = if t.policy_accept { Verdict::Accept } else { Verdict::Drop };
@@ -192,5 +194,6 @@ fn check(c: &Check, p: &Packet, mark: u32, st: &mut LbvsState) -> bool {
             in_ranges(ranges, p.field_value(Field::Sport)) || in_ranges(ranges, p.field_value(Field::Dport))
         }
         Check::AddrMask { field, value, mask, invert } => ((p.field_value(*field) & mask) == *value) ^ invert,
+        Check::Ifaces { out, lits } => lits.iter().all(|(i, inv)| i.matches(p.iface(*out)) != *inv),
     }
 }

@@ -5,10 +5,10 @@
 //!
 //! * A rule's conditions become, per field, one exact value `Set` (`sets`); everything LBVS
 //!   does not classify becomes a residual `Check`, in match order.
-//! * `-j X`: the jump rule (action `Continue`, or `Enter` when it has residual checks, so that a
-//!   failed check skips the block) is followed by X's rules with the jump rule's *field*
-//!   constraints ANDed in. RETURN in X skips to the end of X's block; RETURN in a built-in chain
-//!   skips to the policy.
+//! * `-j X`: the jump rule (action `Enter`: a failed residual check skips the block) is
+//!   followed by X's rules with the jump rule's *field* constraints ANDed in. RETURN in X
+//!   skips to the end of X's block; RETURN in a built-in chain skips to the policy. Each
+//!   skip also says how deep its block is, for rules inserted in place (`compile_in_chain`).
 //! * `-g X`: as `-j X`, then a synthetic rule (the goto rule's field constraints, no counter)
 //!   that skips to the end of the calling chain's block: where X's end returns to.
 //! * `multiport --ports` is a disjunction: it splits its rule into mutually exclusive copies
@@ -165,23 +165,23 @@ pub fn compile(rs: &Ruleset) -> Result<Compiled> {
     let mut hooks = Vec::with_capacity(Hook::ALL.len());
     for hook in Hook::ALL {
         let chain = find_chain(table, hook.chain_name())?;
-        let mut f =
-            Flattener { table, hook, out: Vec::with_capacity(chain.rules.len()), offset: 0, block_end: vec![Some(tables::POLICY)], shared: &mut shared };
+        let mut f = Flattener::new(table, hook, 0, &mut shared);
+        f.out.reserve(chain.rules.len());
         f.emit(&chain.rules, &Cond::default(), 0)?;
-        let Flattener { out, block_end, .. } = f;
+        let Flattener { out, blocks, .. } = f;
         let policy_accept = chain.policy != Some(Policy::Drop);
-        hooks.push(build::hook_table(hook, out, &block_end, policy_accept));
+        hooks.push(build::hook_table(hook, out, &blocks, policy_accept));
     }
     Ok(Compiled { hooks, logs: shared.logs, n_states: shared.states.len() as u32 })
 }
 
 /// The compiled rules that `rules`, just appended to `hook`'s built-in chain of filter table
 /// `table` (`-A`; user chains they jump to are looked up there), add when the hook has `base`
-/// compiled rules: they go after those, each field match a `FieldIn` check, so that appending
-/// patches the datapath's image instead of rebuilding it (`HookTable::lbvs_rules`). `reached`:
-/// no earlier rule of the chain always ends its walk (else they add nothing). `None` when they
-/// need a rebuild: interface matches (resolved per interface into the vectors), LOG (a new log
-/// target) or limit/nth (new state slots).
+/// compiled rules: they go after those, their matches as checks (`Flattener::into_checked`),
+/// so that appending patches the datapath's image instead of rebuilding it
+/// (`HookTable::lbvs_rules`). `reached`: no earlier rule of the chain always ends its walk
+/// (else they add nothing). `None` when they need a rebuild: LOG (a new log target) or
+/// limit/nth (new state slots).
 pub fn compile_tail(
     table: &Table,
     hook: Hook,
@@ -193,25 +193,47 @@ pub fn compile_tail(
         return Ok(Some(Vec::new()));
     }
     let mut shared = Shared::default();
-    let mut f = Flattener { table, hook, out: Vec::new(), offset: base, block_end: vec![Some(tables::POLICY)], shared: &mut shared };
+    let mut f = Flattener::new(table, hook, base, &mut shared);
     f.emit(rules, &Cond::default(), 0)?;
-    let Flattener { out, block_end, .. } = f;
-    if !shared.logs.is_empty() || !shared.states.is_empty() {
-        return Ok(None);
+    Ok(f.into_checked())
+}
+
+/// One place where a hook inlines a user chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inlined {
+    /// The jumps that inline it, from the hook's built-in chain: each the jump rule's id and
+    /// which of that rule's compiled copies it is (`multiport --ports` makes several), counted
+    /// among the copies in the block of the jump before it.
+    pub path: Vec<(u32, u32)>,
+    /// The last jump is a `-g`: the block ends with the rule that returns for the chain.
+    pub goto: bool,
+    /// The compiled rules of the added rules there, their matches as checks
+    /// (`Flattener::into_checked`).
+    pub actions: Vec<tables::Action>,
+}
+
+/// The compiled rules that `rules` (`-I`, `-R` or `-A`), just added to user chain `chain` of
+/// filter table `table`, add in each place `hook` inlines that chain, for the datapath to
+/// insert them in place (`datapath::image::insert`): they carry the field constraints of
+/// the jumps there. `reached`: no earlier rule of `chain` always ends its walk (else they add
+/// nothing). `None` when they need a rebuild, as for `compile_tail`.
+pub fn compile_in_chain(table: &Table, hook: Hook, chain: &str, rules: &[Rule], reached: bool) -> Result<Option<Vec<Inlined>>> {
+    if !reached {
+        return Ok(Some(Vec::new()));
     }
-    let mut tail = Vec::with_capacity(out.len());
-    for p in out {
-        if p.cond.ifaces.iter().any(|l| !l.is_empty()) {
-            return Ok(None);
-        }
-        let fields = p.cond.sets.iter().zip(Field::ALL).filter_map(|(s, f)| {
-            let s = s.as_ref().filter(|s| !s.is_full(field_max(f)))?;
-            Some(Check::FieldIn { field: f, ranges: s.ranges().to_vec() })
-        });
-        let checks = fields.chain(p.checks).collect();
-        tail.push(tables::Action { rule_id: p.rule_id, kind: build::resolve(p.kind, &block_end), checks });
+    let builtin = find_chain(table, hook.chain_name())?;
+    let mut shared = Shared::default();
+    let mut places = Vec::new();
+    Flattener::new(table, hook, 0, &mut shared).inlined(&builtin.rules, &Cond::default(), chain, &mut Vec::new(), &mut places)?;
+    let mut out = Vec::with_capacity(places.len());
+    for (place, outer) in places {
+        let mut shared = Shared::default();
+        let mut f = Flattener::new(table, hook, 0, &mut shared);
+        f.emit(rules, &outer, 0)?;
+        let Some(actions) = f.into_checked() else { return Ok(None) };
+        out.push(Inlined { actions, ..place });
     }
-    Ok(Some(tail))
+    Ok(Some(out))
 }
 
 fn find_chain<'a>(table: &'a Table, name: &str) -> Result<&'a Chain> {
@@ -273,19 +295,92 @@ struct Flattener<'a, 's> {
     out: Vec<PreRule>,
     /// Compiled rules of the hook before `out[0]` (appended rules: `compile_tail`).
     offset: u32,
-    /// End (compiled index) of each block once closed; block 0 is the built-in chain.
-    block_end: Vec<Option<u32>>,
+    /// Block 0 is the built-in chain.
+    blocks: Vec<Block>,
     shared: &'s mut Shared,
 }
 
-impl Flattener<'_, '_> {
-    fn new_block(&mut self) -> usize {
-        self.block_end.push(None);
-        self.block_end.len() - 1
+/// A block of compiled rules: an inlined chain, which a RETURN or a failed jump skips.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    /// Its end (a compiled index) once closed.
+    end: Option<u32>,
+    /// How many jumps deep it is inlined (0: the built-in chain).
+    depth: u32,
+}
+
+impl<'a, 's> Flattener<'a, 's> {
+    fn new(table: &'a Table, hook: Hook, offset: u32, shared: &'s mut Shared) -> Self {
+        let blocks = vec![Block { end: Some(tables::POLICY), depth: 0 }];
+        Flattener { table, hook, out: Vec::new(), offset, blocks, shared }
+    }
+
+    fn new_block(&mut self, depth: u32) -> usize {
+        self.blocks.push(Block { end: None, depth });
+        self.blocks.len() - 1
     }
 
     fn close_block(&mut self, b: usize) {
-        self.block_end[b] = Some(self.offset + self.out.len() as u32);
+        self.blocks[b].end = Some(self.offset + self.out.len() as u32);
+    }
+
+    /// The compiled rules emitted, each field match a `FieldIn` check and its interface
+    /// matches an `Ifaces` one, for the datapath to add them in place of a rebuild; `None`
+    /// when they need one: LOG (a new log target) or limit/nth (new state slots).
+    fn into_checked(self) -> Option<Vec<tables::Action>> {
+        if !self.shared.logs.is_empty() || !self.shared.states.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.out.len());
+        for p in self.out {
+            let fields = p.cond.sets.iter().zip(Field::ALL).filter_map(|(s, f)| {
+                let s = s.as_ref().filter(|s| !s.is_full(field_max(f)))?;
+                Some(Check::FieldIn { field: f, ranges: s.ranges().to_vec() })
+            });
+            let [inp, outp] = p.cond.ifaces;
+            let ifaces = [(false, inp), (true, outp)].into_iter().filter(|(_, l)| !l.is_empty());
+            let ifaces = ifaces.map(|(out, lits)| Check::Ifaces { out, lits });
+            let checks = fields.chain(ifaces).chain(p.checks).collect();
+            out.push(tables::Action { rule_id: p.rule_id, kind: build::resolve(p.kind, &self.blocks), checks });
+        }
+        Some(out)
+    }
+
+    /// Finds where `emit(rules, outer, ..)` inlines chain `target`: per place, the jumps that
+    /// lead there from `path` on and whether the last is a goto (an `Inlined` without its
+    /// actions), and the field constraints the chain's rules carry there. Follows `emit` exactly: the same live rules,
+    /// the same compiled copies of each jump rule.
+    fn inlined(
+        &mut self,
+        rules: &[Rule],
+        outer: &Cond,
+        target: &str,
+        path: &mut Vec<(u32, u32)>,
+        out: &mut Vec<(Inlined, Cond)>,
+    ) -> Result<()> {
+        let live = rules.iter().position(Rule::ends_walk).map_or(rules.len(), |p| p + 1);
+        for rule in &rules[..live] {
+            let (Target::Jump(x) | Target::Goto(x)) = &rule.target else { continue };
+            let (alts, _) = self.rule_conds(rule)?;
+            let mut copy = 0;
+            for alt in alts {
+                let cond = outer.and(&alt);
+                if cond.never {
+                    continue;
+                }
+                path.push((rule.id, copy));
+                copy += 1;
+                if x == target {
+                    let goto = matches!(rule.target, Target::Goto(_));
+                    out.push((Inlined { path: path.clone(), goto, actions: Vec::new() }, cond));
+                } else {
+                    let inner = find_chain(self.table, x)?;
+                    self.inlined(&inner.rules, &cond, target, path, out)?;
+                }
+                path.pop();
+            }
+        }
+        Ok(())
     }
 
     fn push(&mut self, r: PreRule) -> Result<()> {
@@ -327,9 +422,10 @@ impl Flattener<'_, '_> {
                         let goto = matches!(rule.target, Target::Goto(_));
                         let inner = find_chain(self.table, x)?;
                         // A goto's block includes the synthetic rule after the chain.
-                        let outer_block = self.new_block();
-                        let x_block = if goto { self.new_block() } else { outer_block };
-                        let kind = if checks.is_empty() { fin(ActionKind::Continue) } else { PreKind::EnterEnd(outer_block) };
+                        let depth = self.blocks[block].depth + 1;
+                        let outer_block = self.new_block(depth);
+                        let x_block = if goto { self.new_block(depth) } else { outer_block };
+                        let kind = PreKind::EnterEnd(outer_block);
                         self.push(PreRule { cond: cond.clone(), checks: checks.clone(), rule_id: id, kind })?;
                         self.emit(&inner.rules, &cond, x_block)?;
                         if goto {

@@ -18,7 +18,7 @@
 //!
 //! Everything here is plain data; no map layout is implied beyond the meaning of the fields.
 
-use crate::model::{LogTarget, RejectWith, TtlOp};
+use crate::model::{Iface, LogTarget, RejectWith, TtlOp};
 
 /// The filter hooks, in the order of `HookTable`s in `Compiled::hooks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -177,6 +177,11 @@ pub enum Check {
     /// The source or the destination port is in `ranges` (sorted, disjoint, inclusive):
     /// `-m multiport --ports` after a stateful match.
     PortEither { ranges: Vec<(u32, u32)> },
+    /// The input (`out` false) or output interface's name passes every `(pattern, inverted)`
+    /// literal: the interface matches of a rule added in place (`compile_tail`,
+    /// `compile_in_chain`), resolved per interface of the namespace as the image is patched,
+    /// an interface it does not know as the vectors see one (no pattern but `+` matches it).
+    Ifaces { out: bool, lits: Vec<(Iface, bool)> },
     /// `(addr & mask) == value`, inverted if `invert`, on `field` (`Src` or `Dst`): a
     /// non-contiguous mask too costly to expand into prefixes.
     AddrMask { field: Field, value: u32, mask: u32, invert: bool },
@@ -192,20 +197,21 @@ pub enum ActionKind {
     Log(u32),
     /// Set the mark (`(mark & !mask) ^ value`), then continue.
     Mark { value: u32, mask: u32 },
-    /// Count and continue with the next rule (a rule without target, or the rule that jumps
-    /// into an inlined user chain).
+    /// Count and continue with the next rule (a rule without target).
     Continue,
     /// Continue at compiled rule `to` (> this rule): RETURN, or the end of a `-g` block.
     /// `to` is `POLICY` where the built-in chain itself returns: its policy applies, whatever
-    /// rules are appended to the hook later.
-    SkipTo(u32),
-    /// A jump into an inlined user chain by a rule that has residual checks: when taken, count
-    /// and continue with the next rule (as `Continue`); when one of its residual checks fails,
-    /// continue at compiled rule `end` (> this rule) instead of the next bit, skipping the
-    /// chain's block. (The block's rules carry only the jump rule's field constraints, not its
-    /// checks: a check must not be evaluated twice — limits consume tokens, MARK may change the
-    /// mark in between.)
-    Enter { end: u32 },
+    /// rules are appended to the hook later. `depth`: how deep the block whose end `to` is
+    /// sits in user chains (0: the built-in chain): rules inserted in place at that end by
+    /// chains that deep or deeper are skipped too (see "inserted rules" in bpf_iptables.h).
+    SkipTo { to: u32, depth: u32 },
+    /// A jump into an inlined user chain: when taken, count and continue with the next rule
+    /// (as `Continue`); when one of its residual checks fails, continue at compiled rule `end`
+    /// (> this rule) instead of the next bit, skipping the chain's block, of depth `depth` (as
+    /// `SkipTo`). (The block's rules carry only the jump rule's field constraints, not its
+    /// checks: a check must not be evaluated twice — limits consume tokens, MARK may change
+    /// the mark in between.) A `-g` block ends with the rule that returns for the chain.
+    Enter { end: u32, depth: u32 },
 }
 
 /// One compiled rule.

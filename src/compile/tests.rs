@@ -121,9 +121,9 @@ fn jump_inlines_with_conjunction_and_return() {
     assert_eq!(
         kinds(&c, Hook::Input),
         vec![
-            (Some(0), ActionKind::Continue),
+            (Some(0), ActionKind::Enter { end: 4, depth: 1 }),
             (Some(2), ActionKind::Drop),
-            (Some(3), ActionKind::SkipTo(4)),
+            (Some(3), ActionKind::SkipTo { to: 4, depth: 1 }),
             (Some(4), ActionKind::Reject(RejectWith::IcmpPortUnreachable)),
             (Some(1), ActionKind::Accept),
         ]
@@ -316,7 +316,7 @@ fn jump_rule_checks_are_evaluated_once() {
         ],
     );
     let c = compile(&rs).unwrap();
-    assert_eq!(c.hooks[0].actions[0].kind, ActionKind::Enter { end: 3 });
+    assert_eq!(c.hooks[0].actions[0].kind, ActionKind::Enter { end: 3, depth: 1 });
     let o = agree(&rs, &[packet(Hook::Input), Packet { mark: 5, ..packet(Hook::Input) }]);
     assert_eq!((o[0].verdict, o[0].matched.clone(), o[0].mark), (Verdict::Drop, vec![0, 1, 2], 1));
     assert_eq!((o[1].verdict, o[1].matched.clone()), (Verdict::Accept, vec![]));

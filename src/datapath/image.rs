@@ -16,7 +16,8 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::skel::types::{bpfipt_action, bpfipt_addrtype_flags, bpfipt_check, bpfipt_const, bpfipt_ct_match, bpfipt_ctm_const};
 use crate::compile::tables::{Action, ActionKind, Check, Compiled, Field, FieldMap, Hook, HookTable, IfacePattern, Prefix, Vector};
-use crate::model::TtlOp;
+use crate::compile::Inlined;
+use crate::model::{Iface, TtlOp};
 
 const fn k(c: bpfipt_const) -> usize {
     c.0 as usize
@@ -43,6 +44,40 @@ const SLOT_FLAGS: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLAGS);
 const NO_RULE: u32 = bpfipt_const::BPFIPT_NO_RULE.0;
 const TCP_RESET: u32 = bpfipt_const::BPFIPT_REJECT_TCP_RESET.0;
 const CTM_SLOTS: usize = bpfipt_ctm_const::BPFIPT_IMG_CTM_SLOTS.0 as usize;
+const INS_DEPTH_BITS: u32 = bpfipt_const::BPFIPT_IMG_INS_DEPTH_BITS.0;
+const INS_MAX_DEPTH: u32 = bpfipt_const::BPFIPT_IMG_INS_MAX_DEPTH.0;
+const A_ENTER: u32 = bpfipt_action::BPFIPT_A_ENTER.0;
+
+/// The ifindexes (ranges) whose interface names pass every `(pattern, inverted)` literal in
+/// `lits`: among `ifaces`, and the ifindexes of no interface of `ifaces` when no pattern but
+/// `+` has to match, as `iface_intervals` resolves an ifindex it does not know (to the
+/// wildcard pattern's vector).
+fn iface_ranges(lits: &[(Iface, bool)], ifaces: &[IfaceName]) -> Vec<(u32, u32)> {
+    let passes = |name: &str| lits.iter().all(|(i, inv)| i.matches(name) != *inv);
+    let mut known: Vec<(u32, bool)> = ifaces.iter().map(|i| (i.ifindex, passes(&i.name))).collect();
+    known.sort_unstable();
+    let unknown_passes = lits.iter().all(|(i, inv)| *inv || (i.wildcard && i.name.is_empty()));
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut push = |lo: u64, hi: u64| match out.last_mut() {
+        Some(l) if l.1 as u64 + 1 == lo => l.1 = hi as u32,
+        _ => out.push((lo as u32, hi as u32)),
+    };
+    let mut next = 0u64;
+    for (ifindex, pass) in known {
+        let ifindex = ifindex as u64;
+        if unknown_passes && ifindex > next {
+            push(next, ifindex - 1);
+        }
+        if pass {
+            push(ifindex, ifindex);
+        }
+        next = ifindex + 1;
+    }
+    if unknown_passes && next <= u32::MAX as u64 {
+        push(next, u32::MAX as u64);
+    }
+    out
+}
 
 /// An interface of the namespace, as the image resolves `-i`/`-o` patterns against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +186,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
             if a.checks.len() > MAX_CHECKS {
                 bail!("a rule of {} has {} residual checks; at most {MAX_CHECKS}", h.hook.chain_name(), a.checks.len());
             }
-            let s = encode_action(a, &mut img, 0);
+            let s = encode_action(a, &mut img, 0, ifaces);
             img[actions + r * ACTION_SLOTS..][..ACTION_SLOTS].copy_from_slice(&s);
         }
 
@@ -177,12 +212,12 @@ const F_CONNTRACK: u64 = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
 const F_TCP_OPTIONS: u64 = bpfipt_const::BPFIPT_IMG_F_TCP_OPTIONS.0 as u64;
 
 /// The slots of action `a`; its checks are appended to `img`, whose slot 0 is image slot
-/// `base`.
-fn encode_action(a: &Action, img: &mut Vec<u64>, base: usize) -> [u64; ACTION_SLOTS] {
+/// `base` (interface checks resolved against `ifaces`).
+fn encode_action(a: &Action, img: &mut Vec<u64>, base: usize, ifaces: &[IfaceName]) -> [u64; ACTION_SLOTS] {
     let checks = img.len();
     img.resize(checks + a.checks.len() * CHECK_SLOTS, 0);
     for (i, ch) in a.checks.iter().enumerate() {
-        let s = encode_check(ch, img, base);
+        let s = encode_check(ch, img, base, ifaces);
         img[checks + i * CHECK_SLOTS..checks + (i + 1) * CHECK_SLOTS].copy_from_slice(&s);
     }
     let (kind, arg0, arg1) = match a.kind {
@@ -192,10 +227,23 @@ fn encode_action(a: &Action, img: &mut Vec<u64>, base: usize) -> [u64; ACTION_SL
         ActionKind::Log(i) => (bpfipt_action::BPFIPT_A_LOG, i, 0),
         ActionKind::Mark { value, mask } => (bpfipt_action::BPFIPT_A_MARK, value, mask),
         ActionKind::Continue => (bpfipt_action::BPFIPT_A_CONTINUE, 0, 0),
-        ActionKind::SkipTo(to) => (bpfipt_action::BPFIPT_A_SKIP_TO, to, 0),
-        ActionKind::Enter { end } => (bpfipt_action::BPFIPT_A_ENTER, end, 0),
+        ActionKind::SkipTo { to, depth } => (bpfipt_action::BPFIPT_A_SKIP_TO, to, skip_floor(to, depth)),
+        ActionKind::Enter { end, depth } => (bpfipt_action::BPFIPT_A_ENTER, end, skip_floor(end, depth)),
     };
     [pack(kind.0, a.rule_id.unwrap_or(NO_RULE)), pack(arg0, arg1), pack((base + checks) as u32, a.checks.len() as u32)]
+}
+
+/// The key of a rule inserted before compiled rule `before`, inside a chain inlined `depth`
+/// jumps deep (see "inserted rules" in bpf_iptables.h): at one `before`, deeper first.
+fn ins_key(before: u32, depth: u32) -> u32 {
+    before << INS_DEPTH_BITS | (INS_MAX_DEPTH - depth)
+}
+
+/// The key of the first inserted rule a skip to the end `to` of a block `depth` deep does
+/// not pass over: those of its block and the blocks in it all have lower keys. (Rules are
+/// never inserted deeper than `INS_MAX_DEPTH`, so a deeper block skips as one that deep.)
+fn skip_floor(to: u32, depth: u32) -> u32 {
+    ins_key(to, depth.min(INS_MAX_DEPTH)) + 1
 }
 
 /// The bit the interval index of a field starts at: its top byte.
@@ -258,8 +306,26 @@ pub struct Patch {
 }
 
 impl Patch {
+    /// No change yet of an image of `used` slots.
+    fn new(used: usize) -> Patch {
+        Patch { keep: used, extra: Vec::new(), writes: Vec::new() }
+    }
+
     pub fn len(&self) -> usize {
         self.keep + self.extra.len()
+    }
+
+    /// Writes the compiled `rules` as the actions from index `at` of a hook whose actions
+    /// start at slot `actions` of `img`, their checks after the image (resolved against the
+    /// namespace's interfaces `ifaces`).
+    fn place_rules(&mut self, img: &[u64], actions: usize, at: usize, rules: &[Action], ifaces: &[IfaceName]) {
+        for (j, a) in rules.iter().enumerate() {
+            let s = encode_action(a, &mut self.extra, self.keep, ifaces);
+            self.writes.extend((0..ACTION_SLOTS).map(|i| (actions + (at + j) * ACTION_SLOTS + i, s[i])));
+        }
+        // writes apply in order: the last one to the flags has them all
+        let flags = self.writes.iter().rev().find(|w| w.0 == SLOT_FLAGS).map_or(img[SLOT_FLAGS], |w| w.1);
+        self.writes.push((SLOT_FLAGS, flags | flags_for(rules, false)));
     }
 
     /// Writes the new image into `dst` (`len()` slots) from the old one, `img`.
@@ -273,25 +339,10 @@ impl Patch {
     }
 }
 
-/// A patch of `img` (`used` slots in use) that writes the compiled `rules` as the actions from
-/// index `at` of a hook whose actions start at slot `actions`, their checks after the image,
-/// plus the slot writes `more`.
-fn place_rules(img: &[u64], used: usize, actions: usize, at: usize, rules: &[Action], more: &[(usize, u64)]) -> Patch {
-    let mut extra = Vec::new();
-    let mut writes = Vec::new();
-    for (j, a) in rules.iter().enumerate() {
-        let s = encode_action(a, &mut extra, used);
-        writes.extend((0..ACTION_SLOTS).map(|i| (actions + (at + j) * ACTION_SLOTS + i, s[i])));
-    }
-    writes.push((SLOT_FLAGS, img[SLOT_FLAGS] | flags_for(rules, false)));
-    writes.extend_from_slice(more);
-    Patch { keep: used, extra, writes }
-}
-
 /// Appends compiled rules (`compile::compile_tail`) to `hook` of image `img` (as built by
 /// `build`, possibly appended to before), in the room `build` left after the hook's actions.
 /// `None` when they do not fit: a full rebuild is needed.
-pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Patch>> {
+pub fn append(img: &[u64], hook: Hook, tail: &[Action], ifaces: &[IfaceName]) -> Result<Option<Patch>> {
     let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
@@ -303,8 +354,10 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action]) -> Result<Option<Patch>>
     {
         return Ok(None);
     }
-    let count = (hs, (n + tail.len()) as u64 | img[hs] >> 32 << 32);
-    Ok(Some(place_rules(img, used, actions, n, tail, &[count])))
+    let mut patch = Patch::new(used);
+    patch.place_rules(img, actions, n, tail, ifaces);
+    patch.writes.push((hs, (n + tail.len()) as u64 | img[hs] >> 32 << 32));
+    Ok(Some(patch))
 }
 
 /// The inserted rules of `hook` in image `img`: its slots `(before, action)` (see "inserted
@@ -315,58 +368,132 @@ fn inserted(img: &[u64], hook: Hook) -> impl Iterator<Item = (u32, u32)> + '_ {
     img.get(off..off + n).unwrap_or_default().iter().map(|&e| (e as u32, (e >> 32) as u32))
 }
 
-/// Inserts compiled rules (`compile::compile_tail` of rules just inserted in a built-in
-/// chain, `-I`, or replacing one, `-R`) before the chain's rule `before` (its id) in `hook`
-/// of image `img`: the programs take them before the compiled rule that rule starts at (or
-/// before it, when it was inserted itself), and the compiled rules of `replaced` become
-/// no-ops, as `delete` makes them. `None` when they do not fit (as many as `append` takes),
-/// one of them jumps or returns (it would skip within the hook), `before` is not found as a
-/// rule of the chain itself, or `replaced` cannot be deleted in place: a full rebuild is
-/// needed.
-pub fn insert(img: &[u64], hook: Hook, before: u32, rules: &[Action], replaced: &[u32]) -> Result<Option<Patch>> {
-    let n = hook_rules(img, hook)? as usize;
+/// Inserts compiled rules in place (see "inserted rules" in bpf_iptables.h): in each hook of
+/// `places`, in each place it inlines the chain they were added to (`compile::Inlined`; for
+/// a built-in chain, `compile::compile_tail` as the one place with an empty path), before
+/// the chain's rule `before` (its id; the programs take them before the compiled rule that
+/// rule starts at there, or before it when it was inserted itself) or at the end of the
+/// chain's block (`-A` to a user chain); the compiled rules of `replaced` become no-ops, as
+/// `delete` makes them. `None` when they do not fit (as many as `append` takes, per hook),
+/// one of them jumps or returns (it would skip within the hook), a place or `before` is not
+/// found, or `replaced` cannot be deleted in place: a full rebuild is needed.
+pub fn insert(
+    img: &[u64],
+    places: &[(Hook, Vec<Inlined>)],
+    before: Option<u32>,
+    replaced: &[u32],
+    ifaces: &[IfaceName],
+) -> Result<Option<Patch>> {
+    hook_rules(img, Hook::Input)?;
     let used = img[SLOT_LEN] as usize;
-    let hs = HOOK0 + hook as usize * HOOK_SLOTS;
-    let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
-    let room = img[hs + 5] as usize;
-    if rules.is_empty() {
-        return delete(img, hook, replaced);
-    }
-    let list: Vec<(u32, u32)> = inserted(img, hook).collect();
-    let flows = |a: &Action| matches!(a.kind, ActionKind::SkipTo(_) | ActionKind::Enter { .. });
-    if used > img.len()
-        || list.len() + rules.len() > tail_room(lbvs)
-        || n >= MAX_RULES
-        || actions + (room + TAIL_CAP) * ACTION_SLOTS > used
-        || rules.iter().any(|a| a.checks.len() > MAX_CHECKS || flows(a))
-    {
+    if used > img.len() {
         return Ok(None);
     }
-    let rule_id = |a: u32| (img[actions + a as usize * ACTION_SLOTS] >> 32) as u32;
-    // Where the new entries go in the list, and the compiled rule they precede.
-    let (at, pos) = match list.iter().position(|&(_, a)| rule_id(a) == before) {
-        Some(i) => (i, list[i].0),
-        None => {
-            let Some(pos) = (0..n as u32).find(|&r| rule_id(r) == before) else { return Ok(None) };
-            (list.partition_point(|&(p, _)| p <= pos), pos)
+    let mut patch = Patch::new(used);
+    for (hook, inlined) in places {
+        if insert_in_hook(img, &mut patch, (*hook, inlined), before, replaced, ifaces)?.is_none() {
+            return Ok(None);
         }
-    };
-    let Some(deleted) = delete(img, hook, replaced)? else { return Ok(None) };
-    let first = room + list.len();
-    let mut patch = place_rules(img, used, actions, first, rules, &deleted.writes);
-    let entries = (first..first + rules.len()).map(|a| (pos, a as u32));
-    let list: Vec<(u32, u32)> = list[..at].iter().copied().chain(entries).chain(list[at..].iter().copied()).collect();
-    patch.writes.push((hs + 4, pack(patch.len() as u32, list.len() as u32)));
-    patch.extra.extend(list.iter().map(|&(p, a)| pack(p, a)));
+    }
     Ok(Some(patch))
 }
 
-/// Turns the compiled rules of `hook` that came from rules `ids` (inserted or not) into
+/// `insert` in one hook, into `patch`.
+fn insert_in_hook(
+    img: &[u64],
+    patch: &mut Patch,
+    (hook, places): (Hook, &[Inlined]),
+    before: Option<u32>,
+    replaced: &[u32],
+    ifaces: &[IfaceName],
+) -> Result<Option<()>> {
+    let n = hook_rules(img, hook)? as usize;
+    let used = patch.keep;
+    let hs = HOOK0 + hook as usize * HOOK_SLOTS;
+    let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
+    let room = img[hs + 5] as usize;
+    let list: Vec<(u32, u32)> = inserted(img, hook).collect();
+    let rules = places.iter().flat_map(|p| &p.actions);
+    let flows = |a: &Action| matches!(a.kind, ActionKind::SkipTo { .. } | ActionKind::Enter { .. });
+    if list.len() + rules.clone().count() > tail_room(lbvs)
+        || n >= MAX_RULES
+        || actions + (n.max(room + TAIL_CAP)) * ACTION_SLOTS > used
+        || rules.clone().any(|a| a.checks.len() > MAX_CHECKS || flows(a))
+    {
+        return Ok(None);
+    }
+    let Some(deleted) = delete_in_hook(img, hook, replaced)? else { return Ok(None) };
+    patch.writes.extend(deleted.writes);
+    // (index in the list it goes at, key, action) of each new entry
+    let mut entries = Vec::new();
+    let mut next = room + list.len();
+    for place in places.iter().filter(|p| !p.actions.is_empty()) {
+        let Some((at, key)) = spot(img, actions, n as u32, &list, place, before) else { return Ok(None) };
+        patch.place_rules(img, actions, next, &place.actions, ifaces);
+        entries.extend((next..next + place.actions.len()).map(|a| (at, key, a as u32)));
+        next += place.actions.len();
+    }
+    entries.sort_by_key(|e| e.0);
+    let mut merged = Vec::with_capacity(list.len() + entries.len());
+    let mut new = entries.iter().peekable();
+    for i in 0..=list.len() {
+        while let Some(&(_, key, a)) = new.next_if(|e| e.0 == i) {
+            merged.push((key, a));
+        }
+        merged.extend(list.get(i));
+    }
+    patch.writes.push((hs + 4, pack(patch.len() as u32, merged.len() as u32)));
+    patch.extra.extend(merged.iter().map(|&(k, a)| pack(k, a)));
+    Ok(Some(()))
+}
+
+/// Where the rules of `place` go in the list `list` of inserted rules of a hook of `n`
+/// compiled rules whose actions start at slot `actions`: the index they go at (after those
+/// already due at the same point) and their key. `None` when the place or the rule `before`
+/// is not in the image.
+fn spot(img: &[u64], actions: usize, n: u32, list: &[(u32, u32)], place: &Inlined, before: Option<u32>) -> Option<(usize, u32)> {
+    let action = |r: u32| &img[actions + r as usize * ACTION_SLOTS..][..ACTION_SLOTS];
+    let id = |r: u32| (action(r)[0] >> 32) as u32;
+    // the chain's block: the compiled rules after the last jump's, up to its end
+    let (mut lo, mut hi) = (0, n);
+    for &(jump, copy) in &place.path {
+        let at = (lo..hi).filter(|&r| id(r) == jump && action(r)[0] as u32 == A_ENTER).nth(copy as usize)?;
+        (lo, hi) = (at + 1, action(at)[1] as u32);
+    }
+    // a goto's block ends with the rule that returns for the chain
+    if place.goto {
+        hi = hi.checked_sub(1)?;
+    }
+    let depth = place.path.len() as u32;
+    if depth > INS_MAX_DEPTH || hi > n {
+        return None;
+    }
+    let at_key = |key: u32| Some((list.partition_point(|&(k, _)| k <= key), key));
+    let Some(before) = before else { return at_key(ins_key(hi, depth)) };
+    // `before` was inserted itself (in this block), or is compiled in it
+    let here = |k: u32| (lo..=hi).contains(&(k >> INS_DEPTH_BITS));
+    if let Some(i) = list.iter().position(|&(k, a)| id(a) == before && here(k)) {
+        return Some((i, list[i].0));
+    }
+    at_key(ins_key((lo..hi).find(|&r| id(r) == before)?, depth))
+}
+
+/// Turns the compiled rules that came from rules `ids` (inserted or not, in any hook) into
 /// no-ops that count nothing (`-D`): every rule after them is compiled already, unless a
 /// deleted rule jumped to a chain (its inlined body would stay) or always ended its chain's
 /// walk (what follows it is not compiled), which the caller rules out. `None` when a compiled
 /// rule of `ids` enters an inlined chain: a full rebuild is needed.
-pub fn delete(img: &[u64], hook: Hook, ids: &[u32]) -> Result<Option<Patch>> {
+pub fn delete(img: &[u64], ids: &[u32]) -> Result<Option<Patch>> {
+    let mut patch = Patch::new(img[SLOT_LEN] as usize);
+    for hook in Hook::ALL {
+        let Some(p) = delete_in_hook(img, hook, ids)? else { return Ok(None) };
+        patch.writes.extend(p.writes);
+    }
+    Ok(Some(patch))
+}
+
+/// `delete` in `hook`.
+fn delete_in_hook(img: &[u64], hook: Hook, ids: &[u32]) -> Result<Option<Patch>> {
     let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
@@ -512,7 +639,7 @@ fn ct_match_slots(m: &bpfipt_ct_match) -> [u64; CTM_SLOTS] {
 
 /// The three slots of one check; lists (ranges, conntrack matches) are appended to `img`,
 /// whose slot 0 is image slot `base`.
-fn encode_check(c: &Check, img: &mut Vec<u64>, base: usize) -> [u64; CHECK_SLOTS] {
+fn encode_check(c: &Check, img: &mut Vec<u64>, base: usize, ifaces: &[IfaceName]) -> [u64; CHECK_SLOTS] {
     let s0 = |kind: bpfipt_check, invert: bool, field: u32, op: u32, a: u32| {
         kind.0 as u64 | (invert as u64) << 8 | (field as u64 & 0xff) << 16 | (op as u64 & 0xff) << 24 | (a as u64) << 32
     };
@@ -554,6 +681,11 @@ fn encode_check(c: &Check, img: &mut Vec<u64>, base: usize) -> [u64; CHECK_SLOTS
         Check::FieldIn { field, ranges: rs } => {
             let (off, n) = ranges(rs);
             [s0(C::BPFIPT_C_FIELD_IN, false, *field as u32, 0, off), n, 0]
+        }
+        Check::Ifaces { out, lits } => {
+            let field = if *out { Field::OutIface } else { Field::InIface };
+            let (off, n) = ranges(&iface_ranges(lits, ifaces));
+            [s0(C::BPFIPT_C_FIELD_IN, false, field as u32, 0, off), n, 0]
         }
         Check::PortEither { ranges: rs } => {
             let (off, n) = ranges(rs);
@@ -820,6 +952,20 @@ mod tests {
         assert!(!covers(&[full0], &[(1, 0b1_1111)], 70));
         assert!(!covers(&[], &[], 1));
         assert!(covers(&[], &[], 0));
+    }
+
+    #[test]
+    fn interface_checks_resolve_as_the_vectors_do() {
+        let ifaces: Vec<IfaceName> =
+            [(1, "lo"), (2, "eth0"), (3, "eth1"), (7, "veth9")].map(|(ifindex, n)| IfaceName { ifindex, name: n.into() }).to_vec();
+        let lit = |name: &str, wildcard, inv| (Iface { name: name.into(), wildcard }, inv);
+        // a positive pattern: only the interfaces it names, never one the image does not know
+        assert_eq!(iface_ranges(&[lit("eth", true, false)], &ifaces), [(2, 3)]);
+        assert_eq!(iface_ranges(&[lit("eth", true, false), lit("eth1", false, true)], &ifaces), [(2, 2)]);
+        // negative ones only: every ifindex but those they name, unknown ones included
+        assert_eq!(iface_ranges(&[lit("eth0", false, true)], &ifaces), [(0, 1), (3, u32::MAX)]);
+        assert_eq!(iface_ranges(&[lit("", true, false), lit("veth9", false, true)], &ifaces), [(0, 6), (8, u32::MAX)]);
+        assert_eq!(iface_ranges(&[lit("wlan0", false, false)], &ifaces), []);
     }
 
     #[test]

@@ -39,6 +39,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::compile::tables::{Action, ActionKind, Compiled, Hook};
+use crate::compile::Inlined;
 use skel::types::{bpfipt_iface, bpfipt_local_addr, bpfipt_local_fast};
 use skel::DatapathSkelBuilder;
 
@@ -96,9 +97,7 @@ pub fn apply(pin_dir: &Path, compiled: &Compiled, pass_all: bool) -> Result<()> 
         return detach(pin_dir);
     }
     let devs = netdev::list().context("listing the interfaces of this namespace")?;
-    let names: Vec<image::IfaceName> =
-        devs.iter().map(|d| image::IfaceName { ifindex: d.ifindex, name: d.name.clone() }).collect();
-    let img = image::build(compiled, &names)?;
+    let img = image::build(compiled, &iface_names(&devs))?;
     let progs = load_programs(pin_dir)?;
     refresh_netdev_maps(pin_dir, &devs)?;
     install_image(pin_dir, &img)?;
@@ -117,63 +116,67 @@ pub fn append_rules(
     hook: Hook,
     tail: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
 ) -> crate::error::Result<bool> {
-    add_rules(pin_dir, hook, tail, |img, rules| image::append(img, hook, rules))
-}
-
-/// Inserts compiled rules (`compile::compile_tail` of rules just inserted in the built-in
-/// chain, `-I`, or replacing its rule `replaced`, `-R`) before its rule `before` (an id) in
-/// `hook` of the installed image, as `append_rules` appends (see `image::insert`); false when
-/// a full `apply` is needed.
-pub fn insert_rules(
-    pin_dir: &Path,
-    hook: Hook,
-    before: u32,
-    replaced: Option<u32>,
-    rules: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
-) -> crate::error::Result<bool> {
-    add_rules(pin_dir, hook, rules, |img, rules| image::insert(img, hook, before, rules, replaced.as_slice()))
-}
-
-/// `append_rules` and `insert_rules`: `place` puts the compiled `rules` into the image.
-fn add_rules(
-    pin_dir: &Path,
-    hook: Hook,
-    rules: impl FnOnce(u32) -> crate::error::Result<Option<Vec<Action>>>,
-    place: impl FnOnce(&[u64], &[Action]) -> Result<Option<image::Patch>>,
-) -> crate::error::Result<bool> {
-    patch_installed(pin_dir, |img| {
-        let Some(rules) = rules(image::hook_rules(img, hook)?)? else { return Ok(None) };
-        let attach_changes = |a: &Action| matches!(a.kind, ActionKind::Reject(_) | ActionKind::Mark { .. });
-        if hook != Hook::Output && rules.iter().any(attach_changes) {
+    patch_installed(pin_dir, |img, ifaces| {
+        let Some(rules) = tail(image::hook_rules(img, hook)?)? else { return Ok(None) };
+        if changes_attachment(hook, &rules) {
             return Ok(None);
         }
-        Ok(place(img, &rules)?)
+        Ok(image::append(img, hook, &rules, ifaces)?)
     })
 }
 
-/// Deletes the rules `ids` of `hook`'s built-in filter chain from the installed image (`-D`;
+/// Whether compiled rules added to `hook` in place would change how ingress is attached
+/// (REJECT or MARK outside OUTPUT: `apply` attaches TC ingress for them).
+fn changes_attachment<'a>(hook: Hook, rules: impl IntoIterator<Item = &'a Action>) -> bool {
+    hook != Hook::Output && rules.into_iter().any(|a| matches!(a.kind, ActionKind::Reject(_) | ActionKind::Mark { .. }))
+}
+
+/// Inserts compiled rules in place in the installed image, as `append_rules` appends:
+/// `places`, per hook, the compiled rules of rules just inserted or appended in a chain (see
+/// `image::insert`), before its rule `before` (an id) or at its end, replacing its rule
+/// `replaced` (`-R`); false when a full `apply` is needed.
+pub fn insert_rules(
+    pin_dir: &Path,
+    places: &[(Hook, Vec<Inlined>)],
+    before: Option<u32>,
+    replaced: Option<u32>,
+) -> crate::error::Result<bool> {
+    if places.iter().any(|(h, p)| changes_attachment(*h, p.iter().flat_map(|p| &p.actions))) {
+        return Ok(false);
+    }
+    patch_installed(pin_dir, |img, ifaces| Ok(image::insert(img, places, before, replaced.as_slice(), ifaces)?))
+}
+
+/// Deletes the rules `ids` (of any chain) from the installed image (`-D`;
 /// see `image::delete` for which rules can be), by installing a copy where their compiled
 /// rules do nothing: as atomic as any install, without compiling. Ingress stays attached as
 /// it is (the last REJECT or MARK of INPUT/FORWARD deleted, TC ingress stays until the next
 /// rebuild: the same verdicts). Returns false, changing nothing, when a full `apply` is
 /// needed instead (as for `append_rules`).
-pub fn delete_rules(pin_dir: &Path, hook: Hook, ids: &[u32]) -> crate::error::Result<bool> {
-    patch_installed(pin_dir, |img| Ok(image::delete(img, hook, ids)?))
+pub fn delete_rules(pin_dir: &Path, ids: &[u32]) -> crate::error::Result<bool> {
+    patch_installed(pin_dir, |img, _| Ok(image::delete(img, ids)?))
+}
+
+/// The interfaces `devs` as the image resolves `-i`/`-o` patterns against them.
+fn iface_names(devs: &[netdev::Netdev]) -> Vec<image::IfaceName> {
+    devs.iter().map(|d| image::IfaceName { ifindex: d.ifindex, name: d.name.clone() }).collect()
 }
 
 /// Installs, as the next generation, a copy of the installed image with the changes `patch`
-/// makes of it (None: it cannot, a full `apply` is needed; false is returned, nothing
-/// changed). Not when the programs are not all attached (`--detach`) or the interfaces
-/// changed since the image was written (their names resolve into it).
+/// makes of it, given the namespace's interfaces (None: it cannot, a full `apply` is
+/// needed; false is returned, nothing changed). Not when the programs are not all attached
+/// (`--detach`) or the interfaces changed since the image was written (their names resolve
+/// into it, as they do into the patch).
 fn patch_installed(
     pin_dir: &Path,
-    patch: impl FnOnce(&[u64]) -> crate::error::Result<Option<image::Patch>>,
+    patch: impl FnOnce(&[u64], &[image::IfaceName]) -> crate::error::Result<Option<image::Patch>>,
 ) -> crate::error::Result<bool> {
     let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
-    let Some(new) = patch(img.slots())? else { return Ok(false) };
-    if !attached_everywhere(pin_dir)? {
+    let devs = netdev::list().context("listing the interfaces of this namespace")?;
+    if !attached_on(pin_dir, &devs)? {
         return Ok(false);
     }
+    let Some(new) = patch(img.slots(), &iface_names(&devs))? else { return Ok(false) };
     install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;
     Ok(true)
 }
@@ -182,20 +185,24 @@ fn patch_installed(
 /// that left every rule a packet reaches alone: programs attached everywhere, interface maps
 /// current (as `patch_installed` requires). False: a full `apply` is needed.
 pub fn enforces_installed(pin_dir: &Path) -> Result<bool> {
-    Ok(ImageMapping::active(pin_dir)?.is_some() && attached_everywhere(pin_dir)?)
+    if ImageMapping::active(pin_dir)?.is_none() {
+        return Ok(false);
+    }
+    let devs = netdev::list().context("listing the interfaces of this namespace")?;
+    attached_on(pin_dir, &devs)
 }
 
 /// Sets the built-in chains' policies in the installed image (`-P`; true: accept), as
 /// `patch_installed` does; false, changing nothing, when a full `apply` is needed.
 pub fn set_policies(pin_dir: &Path, policies: &[(Hook, bool)]) -> crate::error::Result<bool> {
-    patch_installed(pin_dir, |img| Ok(image::set_policies(img, policies)?))
+    patch_installed(pin_dir, |img, _| Ok(image::set_policies(img, policies)?))
 }
 
-/// The programs are attached to every interface and the interface maps are current.
-fn attached_everywhere(pin_dir: &Path) -> Result<bool> {
-    let devs = netdev::list().context("listing the interfaces of this namespace")?;
+/// The programs are attached to every interface of `devs` (the namespace's) and the
+/// interface maps are current.
+fn attached_on(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<bool> {
     let links = pinned_links(pin_dir);
-    Ok(devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) && netdev_maps_current(pin_dir, &devs)?)
+    Ok(devs.iter().all(|d| links.contains_key(&(Prog::TcEgress, d.ifindex))) && netdev_maps_current(pin_dir, devs)?)
 }
 
 /// Compiled rules of `hook` in the installed image, deleted ones included (None: no image).

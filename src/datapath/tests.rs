@@ -810,8 +810,7 @@ fn rules_inserted_at_the_head_go_before_every_other() {
         let filter = rs.table(TableKind::Filter).expect("filter");
         let rules = &filter.chain("INPUT").expect("INPUT").rules;
         let (new, before) = (rules[..1].to_vec(), rules[1].id);
-        insert_rules(&env.dir, Hook::Input, before, None, |base| crate::compile::compile_tail(filter, Hook::Input, &new, true, base))
-            .expect("insert")
+        insert_in_input(&env.dir, filter, &new, before, None)
     };
     // -I INPUT -s 198.18.7.0/24 -j DROP, then -I INPUT -p udp --dport 53 -j ACCEPT before it
     assert!(head(&mut rs, first_new, rule(IpHeader { src: net("198.18.7.0", 24), ..Default::default() }, vec![], Target::Drop)));
@@ -828,7 +827,7 @@ fn rules_inserted_at_the_head_go_before_every_other() {
     // The head takes as many as the tail: one per BPFIPT_IMG_TAIL_PER LBVS rules.
     assert!(!head(&mut rs, first_new + 2, rule(proto(1), vec![], Target::Drop)));
     // Deleting an inserted rule patches it out too.
-    assert!(delete_rules(&env.dir, Hook::Input, &[first_new]).expect("delete"));
+    assert!(delete_rules(&env.dir, &[first_new]).expect("delete"));
     assert_eq!(env.xdp(&ssh("198.18.7.9"), env.d0).0, XDP_PASS);
 }
 
@@ -874,8 +873,7 @@ fn rules_inserted_further_down_and_replaced_go_where_they_were_put() {
         let before = replaced.unwrap_or(input[at + 1].id);
         let filter = rs.table(TableKind::Filter).expect("filter");
         let new = [filter.chain("INPUT").expect("INPUT").rules[at].clone()];
-        let ok = insert_rules(&env.dir, Hook::Input, before, replaced, |base| crate::compile::compile_tail(filter, Hook::Input, &new, true, base))
-            .expect("insert");
+        let ok = insert_in_input(&env.dir, filter, &new, before, replaced);
         (ok, id)
     };
     assert_eq!(verdict("198.18.6.9", 6, 22), XDP_PASS);
@@ -920,7 +918,7 @@ fn rules_inserted_further_down_and_replaced_go_where_they_were_put() {
     let n = rs.table(TableKind::Filter).and_then(|t| t.chain("INPUT")).map(|c| c.rules.len()).expect("INPUT");
     assert!(!edit(&mut rs, n - 1, false, rule(proto(1), vec![], Target::Accept)).0, "no room left");
     // Deleting an inserted rule patches it out too.
-    assert!(delete_rules(&env.dir, Hook::Input, &[deep]).expect("delete"));
+    assert!(delete_rules(&env.dir, &[deep]).expect("delete"));
     assert_eq!(verdict("10.0.3.232", 6, 9), XDP_DROP);
 }
 
@@ -943,7 +941,7 @@ fn rules_inserted_before_the_end_are_taken_when_the_walk_ends() {
     input.insert(per as usize, Rule { id: per + 1, ..rule(proto(1), vec![], Target::Accept) });
     let filter = rs.table(TableKind::Filter).expect("filter");
     let new = [filter.chain("INPUT").expect("INPUT").rules[per as usize].clone()];
-    assert!(insert_rules(&env.dir, Hook::Input, last, None, |base| crate::compile::compile_tail(filter, Hook::Input, &new, true, base)).expect("insert"));
+    assert!(insert_in_input(&env.dir, filter, &new, last, None));
     assert_eq!(env.xdp(&ping, env.d0).0, XDP_PASS);
     assert_eq!(env.rule(per + 1).packets, 1);
 }
@@ -970,20 +968,168 @@ fn deleted_rules_are_patched_out_of_the_installed_image() {
     assert_eq!(env.xdp(&tcp_to("198.18.5.9", 22), env.d0).0, XDP_DROP);
     assert_eq!(env.rule(0).packets, 1);
 
-    assert!(delete_rules(&env.dir, Hook::Input, &[0]).expect("delete"));
+    assert!(delete_rules(&env.dir, &[0]).expect("delete"));
     let (v, reply) = env.xdp(&tcp_to("198.18.5.9", 22), env.d0);
     assert_eq!(v, XDP_TX, "the REJECT after the deleted DROP answers");
     assert_eq!(ip_of(&reply).2, 6, "with a TCP reset");
     assert_eq!(env.rule(0).packets, 1, "a deleted rule counts nothing");
     assert_eq!(env.rule(2).packets, 1);
     assert_eq!(env.xdp(&tcp_to("198.18.6.9", 443), env.d0).0, XDP_DROP, "the other rules stay");
-    assert!(delete_rules(&env.dir, Hook::Input, &[1, 2]).expect("delete"));
+    assert!(delete_rules(&env.dir, &[1, 2]).expect("delete"));
     assert_eq!(env.xdp(&tcp_to("198.18.6.9", 22), env.d0).0, XDP_PASS);
     assert_eq!(env.xdp(&tcp_to("198.18.6.9", 80), env.d0).0, XDP_DROP, "through the jump to U");
     // The jump checks the length before entering U: deleting it needs a rebuild.
-    assert!(!delete_rules(&env.dir, Hook::Input, &[3]).expect("delete"));
+    assert!(!delete_rules(&env.dir, &[3]).expect("delete"));
     assert_eq!(env.xdp(&tcp_to("198.18.6.9", 80), env.d0).0, XDP_DROP, "nothing changed");
     assert_eq!(env.rule(4).packets, 2);
+}
+
+/// `-I`/`-R` of `new`, rules of INPUT in `filter`, before its rule `before`, patched into the
+/// installed image.
+fn insert_in_input(dir: &std::path::Path, filter: &Table, new: &[Rule], before: u32, replaced: Option<u32>) -> bool {
+    let actions = crate::compile::compile_tail(filter, Hook::Input, new, true, 0).expect("compiles").expect("insertable");
+    let places = [(Hook::Input, vec![crate::compile::Inlined { path: Vec::new(), goto: false, actions }])];
+    insert_rules(dir, &places, Some(before), replaced).expect("insert")
+}
+
+/// Rules added to user chains are inserted in place wherever the chains are inlined: at the
+/// end of each place (`-A`), or before a rule (`-I`, `-R`). A RETURN, or a jump whose
+/// residual check fails, skips those of the blocks it leaves and no other (a chain's own
+/// appended rules survive the RETURN of a chain it jumps to last, at the same end); a goto's
+/// appended rules run before its chain returns for the caller; a chain inlined twice gets
+/// them twice. And the patched image judges as a rebuild of the same ruleset does.
+#[test]
+fn rules_added_to_user_chains_are_inserted_where_the_chains_are_inlined() {
+    let Some(env) = Env::new("user-insert") else { return };
+    let per = skel::types::bpfipt_const::BPFIPT_IMG_TAIL_PER.0;
+    let mut rs = Ruleset::default();
+    let t = rs.table_mut(TableKind::Filter);
+    for c in ["X", "Z", "W", "G", "V"] {
+        t.add_user_chain(Chain::user(c));
+    }
+    let src = |a: &str, len| IpHeader { src: net(a, len), ..Default::default() };
+    let tcp_port = |p| (proto(6), vec![dport(p, false)]);
+    let short = Match::Length(LengthMatch { lo: 0, hi: 10, invert: false });
+    let mut rules: Vec<(&str, Rule)> = vec![
+        ("INPUT", rule(proto(6), vec![], Target::Jump("X".into()))),
+        ("INPUT", rule(proto(6), vec![short], Target::Jump("W".into()))),
+        ("INPUT", rule(proto(17), vec![], Target::Goto("G".into()))),
+        ("INPUT", rule(src("198.18.5.0", 24), vec![], Target::Jump("V".into()))),
+        ("INPUT", rule(src("198.18.6.0", 24), vec![], Target::Jump("V".into()))),
+        ("X", rule(src("198.18.1.0", 24), vec![], Target::Return)),
+        ("X", rule(src("198.18.2.0", 24), vec![], Target::Jump("Z".into()))),
+        ("Z", rule(tcp_port(80).0, tcp_port(80).1, Target::Return)),
+        ("W", rule(tcp_port(7).0, tcp_port(7).1, Target::Accept)),
+        ("G", rule(proto(17), vec![udp_dport(5)], Target::Accept)),
+        ("V", rule(tcp_port(7).0, tcp_port(7).1, Target::Accept)),
+    ];
+    // room for 13 inserted compiled rules in INPUT
+    rules.extend((0..13 * per).map(|i| ("INPUT", rule(IpHeader { src: net(&std::net::Ipv4Addr::from(ip("10.0.0.0") + i).to_string(), 32), ..proto(6) }, vec![dport(9, false)], Target::Drop))));
+    for (id, (c, mut r)) in rules.into_iter().enumerate() {
+        r.id = id as u32;
+        t.chain_mut(c).expect("chain").rules.push(r);
+    }
+    apply(&env.dir, &compile(&rs).expect("compiles"), false).expect("apply");
+    let mut next_id = 11 + 13 * per;
+    // Puts `r` in user chain `chain` of the model, at `at` (None: its end; `replace`: in place
+    // of the rule there), and patches it into the image where the chain is inlined.
+    let mut edit = |rs: &mut Ruleset, chain: &str, at: Option<usize>, replace: bool, r: Rule| {
+        let id = next_id;
+        next_id += 1;
+        let rules = &mut rs.table_mut(TableKind::Filter).chain_mut(chain).expect("chain").rules;
+        let at = at.unwrap_or(rules.len());
+        let replaced = replace.then(|| rules.remove(at).id);
+        rules.insert(at, Rule { id, ..r });
+        let before = replaced.or(rules.get(at + 1).map(|r| r.id));
+        let filter = rs.table(TableKind::Filter).expect("filter");
+        let new = [rules_of(filter, chain)[at].clone()];
+        let mut places = Vec::new();
+        for hook in Hook::ALL {
+            let p = crate::compile::compile_in_chain(filter, hook, chain, &new, true).expect("compiles").expect("insertable");
+            if !p.is_empty() {
+                places.push((hook, p));
+            }
+        }
+        assert!(insert_rules(&env.dir, &places, before, replaced).expect("insert"), "{chain}: patched in place");
+        id
+    };
+    let verdict_on = |ifindex, src: &str, proto: u8, port: u16| {
+        let l4 = if proto == 6 { tcp(40000, port, 0x02, 1) } else { udp(5353, port, b"q") };
+        env.xdp(&frame(src, "198.18.1.1", proto, &l4), ifindex).0
+    };
+    let verdict = |src: &str, proto: u8, port: u16| verdict_on(env.d0, src, proto, port);
+    let drop = |port| rule(tcp_port(port).0, tcp_port(port).1, Target::Drop);
+
+    let x80 = edit(&mut rs, "X", None, false, drop(80));
+    assert_eq!(verdict("198.18.3.9", 6, 80), XDP_DROP, "appended to X");
+    assert_eq!(verdict("198.18.1.9", 6, 80), XDP_PASS, "X's RETURN skips what X appended");
+    assert_eq!(verdict("198.18.3.9", 6, 443), XDP_PASS);
+    assert_eq!(verdict("198.18.3.9", 17, 80), XDP_PASS, "only TCP reaches X");
+
+    let z_all = edit(&mut rs, "Z", None, false, rule(proto(6), vec![], Target::Accept));
+    assert_eq!(verdict("198.18.2.9", 6, 443), XDP_PASS);
+    assert_eq!(env.rule(z_all).packets, 1, "appended to Z, inside X");
+    assert_eq!(verdict("198.18.2.9", 6, 80), XDP_DROP, "Z's RETURN skips Z's ACCEPT, not X's DROP after it");
+    assert_eq!(env.rule(z_all).packets, 1);
+    assert_eq!(verdict("198.18.3.9", 6, 443), XDP_PASS, "Z's ACCEPT only under X's jump to Z");
+    assert_eq!(env.rule(z_all).packets, 1);
+
+    let w_all = edit(&mut rs, "W", None, false, rule(proto(6), vec![], Target::Drop));
+    assert_eq!(verdict("198.18.3.9", 6, 443), XDP_PASS, "the jump's length check fails: W is skipped whole");
+    assert_eq!(env.rule(w_all).packets, 0);
+
+    let g53 = edit(&mut rs, "G", None, false, rule(proto(17), vec![udp_dport(53)], Target::Drop));
+    assert_eq!(verdict("198.18.3.9", 17, 53), XDP_DROP, "appended to G, before it returns for INPUT");
+    assert_eq!(verdict("198.18.3.9", 17, 54), XDP_PASS);
+    assert_eq!(env.rule(g53).packets, 1);
+
+    let v443 = edit(&mut rs, "V", None, false, drop(443));
+    assert_eq!(verdict("198.18.5.9", 6, 443), XDP_DROP, "V inlined once");
+    assert_eq!(verdict("198.18.6.9", 6, 443), XDP_DROP, "and twice");
+    assert_eq!(verdict("198.18.7.9", 6, 443), XDP_PASS);
+    assert_eq!(env.rule(v443).packets, 2);
+
+    let x444 = edit(&mut rs, "X", Some(0), false, drop(444));
+    assert_eq!(verdict("198.18.1.9", 6, 444), XDP_DROP, "inserted before X's RETURN");
+    assert_eq!(env.rule(x444).packets, 1);
+    let at = rules_of(rs.table(TableKind::Filter).expect("filter"), "X").iter().position(|r| r.id == x80).expect("x80");
+    let x82 = edit(&mut rs, "X", Some(at), true, drop(82));
+    assert_eq!(verdict("198.18.3.9", 6, 80), XDP_PASS, "replaced");
+    assert_eq!(verdict("198.18.3.9", 6, 82), XDP_DROP, "by this one");
+    assert_eq!(env.rule(x82).packets, 1);
+    assert!(delete_rules(&env.dir, &[v443]).expect("delete"));
+    rs.table_mut(TableKind::Filter).chain_mut("V").expect("V").rules.retain(|r| r.id != v443);
+    assert_eq!(verdict("198.18.5.9", 6, 443), XDP_PASS, "deleted from both places");
+    assert_eq!(verdict("198.18.6.9", 6, 443), XDP_PASS);
+    // Interface matches, resolved per interface as the image is patched.
+    let on = |name, invert, port| Rule { ip: IpHeader { in_iface: iface(name, false, invert), ..proto(6) }, ..drop(port) };
+    edit(&mut rs, "V", None, false, on("d1", false, 445));
+    edit(&mut rs, "V", None, false, on("d1", true, 446));
+    assert_eq!(verdict_on(env.d1, "198.18.5.9", 6, 445), XDP_DROP, "-i d1 on d1");
+    assert_eq!(verdict_on(env.d0, "198.18.5.9", 6, 445), XDP_PASS, "-i d1 on d0");
+    assert_eq!(verdict_on(env.d0, "198.18.6.9", 6, 446), XDP_DROP, "! -i d1 on d0");
+    assert_eq!(verdict_on(env.d1, "198.18.6.9", 6, 446), XDP_PASS, "! -i d1 on d1");
+    // room for 13, and 12 taken (the replaced one stays, as a no-op)
+    assert!(!insert_rules(&env.dir, &[(Hook::Input, vec![crate::compile::Inlined { path: vec![(3, 0)], goto: false, actions: vec![env_drop(); 2] }])], None, None).expect("insert"));
+
+    let probes: Vec<(&str, u8, u16)> = ["198.18.1.9", "198.18.2.9", "198.18.3.9", "198.18.5.9", "198.18.6.9"]
+        .into_iter()
+        .flat_map(|s| [(s, 6, 7), (s, 6, 80), (s, 6, 82), (s, 6, 443), (s, 6, 444), (s, 6, 445), (s, 6, 446), (s, 17, 5), (s, 17, 53), (s, 17, 80)])
+        .collect();
+    let judge = || -> Vec<u32> { [env.d0, env.d1].iter().flat_map(|&i| probes.iter().map(move |&(s, p, port)| verdict_on(i, s, p, port))).collect() };
+    let patched = judge();
+    apply(&env.dir, &compile(&rs).expect("compiles"), false).expect("rebuild");
+    let rebuilt = judge();
+    assert_eq!(patched, rebuilt, "probes {probes:?}");
+}
+
+fn rules_of<'a>(t: &'a Table, chain: &str) -> &'a [Rule] {
+    &t.chain(chain).expect("chain").rules
+}
+
+/// A compiled DROP without checks.
+fn env_drop() -> crate::compile::tables::Action {
+    crate::compile::tables::Action { rule_id: None, kind: crate::compile::tables::ActionKind::Drop, checks: Vec::new() }
 }
 
 /// The FORWARD tail of `rs`'s last `n` rules.

@@ -194,6 +194,26 @@ impl RuleBlock {
     }
 }
 
+impl StoredTable {
+    /// The table, its chains' rules decoded or (`rules` false) left out.
+    fn decode(&self, rules: bool) -> crate::error::Result<Table> {
+        let mut t = self.chains();
+        if rules {
+            for (c, stored) in t.chains.iter_mut().zip(&self.chains) {
+                c.rules = stored.rules.decode().context("decoding the stored rules")?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// The table with its chains and policies but no rules.
+    fn chains(&self) -> Table {
+        let chains =
+            self.chains.iter().map(|c| Chain { name: c.name.clone(), policy: c.policy, counters: c.counters, rules: Vec::new() }).collect();
+        Table { kind: self.kind, chains }
+    }
+}
+
 impl Outline {
     pub fn encode(rs: &Ruleset) -> bincode::Result<Outline> {
         let mut tables = Vec::with_capacity(rs.tables.len());
@@ -219,16 +239,13 @@ impl Outline {
     /// The model with the rules of every table but `flushed` decoded (those keep their
     /// chains, without rules: a restore replaces them).
     pub fn decode_but(&self, flushed: &[TableKind]) -> crate::error::Result<Ruleset> {
-        let mut tables = Vec::with_capacity(self.tables.len());
-        for t in &self.tables {
-            let mut chains = Vec::with_capacity(t.chains.len());
-            for c in &t.chains {
-                let rules = if flushed.contains(&t.kind) { Vec::new() } else { c.rules.decode().context("decoding the stored rules")? };
-                chains.push(Chain { name: c.name.clone(), policy: c.policy, counters: c.counters, rules });
-            }
-            tables.push(Table { kind: t.kind, chains });
-        }
+        let tables = self.tables.iter().map(|t| t.decode(!flushed.contains(&t.kind))).collect::<crate::error::Result<_>>()?;
         Ok(Ruleset { tables, next_rule_id: self.next_rule_id })
+    }
+
+    /// Table `kind` with every chain's rules decoded, if it exists.
+    pub fn decode_table(&self, kind: TableKind) -> crate::error::Result<Option<Table>> {
+        self.tables.iter().find(|t| t.kind == kind).map(|t| t.decode(true)).transpose()
     }
 
     /// The ids of every stored rule.
@@ -273,10 +290,7 @@ impl Outline {
     /// Table `kind` with its chains and policies but no rules (what resolving and appending
     /// rules needs), if it exists.
     pub fn chains_of(&self, kind: TableKind) -> Option<Table> {
-        let t = self.tables.iter().find(|t| t.kind == kind)?;
-        let chains =
-            t.chains.iter().map(|c| Chain { name: c.name.clone(), policy: c.policy, counters: c.counters, rules: Vec::new() }).collect();
-        Some(Table { kind, chains })
+        self.tables.iter().find(|t| t.kind == kind).map(StoredTable::chains)
     }
 
     /// Gives table `kind` the chains of `table` (names, policies, counters), in its order: a

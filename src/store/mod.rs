@@ -56,13 +56,13 @@ impl Store {
         self.pins.load_outline()
     }
 
-    /// Adds `rules` (new, without jumps) to `hook`'s built-in filter chain of `outline` (just
-    /// loaded) where `place` says (`-A`, `-I`, `-R`), and makes that the live ruleset as
-    /// `commit` would, without decoding or re-encoding the rules already stored, nor
-    /// compiling them when the datapath can patch its image. (`Outline::decode` gives the
-    /// model when this does not apply.)
-    pub fn commit_added(&mut self, outline: Outline, hook: Hook, rules: Vec<Rule>, place: Place) -> Result<()> {
-        self.pins.commit_added(outline, hook, rules, place)
+    /// Adds `rules` (new, without jumps) to filter chain `chain` of `outline` (just loaded)
+    /// where `place` says (`-A`, `-I`, `-R`), and makes that the live ruleset as `commit`
+    /// would, without re-encoding the rules already stored, nor compiling them when the
+    /// datapath can patch its image (decoding them only to find where a user chain is
+    /// inlined). (`Outline::decode` gives the model when this does not apply.)
+    pub fn commit_added(&mut self, outline: Outline, chain: &str, rules: Vec<Rule>, place: Place) -> Result<()> {
+        self.pins.commit_added(outline, chain, rules, place)
     }
 
     /// Makes `outline`, loaded and then given the chains of filter table `filter` (`-N` of a
@@ -74,11 +74,11 @@ impl Store {
         self.pins.commit_chains(outline, change, filter)
     }
 
-    /// Makes `outline`, loaded and then without the rules `deleted` from `hook`'s built-in
-    /// filter chain (`Outline::remove`), the live ruleset, as `commit` would, without
-    /// compiling when the datapath can patch its image (see `enforce_delete`).
-    pub fn commit_delete(&mut self, outline: Outline, hook: Hook, deleted: &[Rule]) -> Result<()> {
-        self.pins.commit_delete(outline, hook, deleted)
+    /// Makes `outline`, loaded and then without the rules `deleted` from a filter chain
+    /// (`Outline::remove`), the live ruleset, as `commit` would, without compiling when the
+    /// datapath can patch its image (see `enforce_delete`).
+    pub fn commit_delete(&mut self, outline: Outline, deleted: &[Rule]) -> Result<()> {
+        self.pins.commit_delete(outline, deleted)
     }
 
     /// The stored ruleset (counters not filled in; see `load_counters`).
@@ -137,7 +137,7 @@ pub struct Appended {
     pub count: usize,
 }
 
-/// Where `Store::commit_added` puts new rules in a built-in chain (indices into its rules).
+/// Where `Store::commit_added` puts new rules in a chain (indices into its rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
     /// At its end (`-A`).
@@ -148,17 +148,18 @@ pub enum Place {
     Replacing(usize),
 }
 
-/// Where rules just added to a built-in chain went, for the datapath.
+/// Where rules just added to a filter chain went, for the datapath.
 enum AddedAt {
     End,
     /// Before the chain's rule `id`, replacing the rule `replaced` (`-R`) if any.
     Before { id: u32, replaced: Option<Rule> },
 }
 
-/// Rules just added to the built-in filter chain of `hook`, in `table` (for the user chains
-/// they jump to); `reached`: no earlier rule of the chain always ends its walk.
+/// Rules just added to filter chain `chain` of `table` (for the user chains they jump to and,
+/// when `chain` is a user chain, where it is inlined: then `table` has every chain's rules);
+/// `reached`: no earlier rule of the chain always ends its walk.
 struct Added<'a> {
-    hook: Hook,
+    chain: &'a str,
     table: &'a Table,
     rules: &'a [Rule],
     reached: bool,
@@ -166,20 +167,46 @@ struct Added<'a> {
 }
 
 /// Patches the datapath, which enforces the ruleset before the change, with the added rules
-/// alone (`compile::compile_tail`); false when the ruleset must be enforced whole instead.
-/// Called, as `enforce`, before the new model is made live.
+/// alone: appended to a built-in chain's hook (`compile::compile_tail`), or inserted in place
+/// where the chain is (`compile::compile_in_chain`, for a user chain in every place a hook
+/// inlines it); false when the ruleset must be enforced whole instead. Called, as `enforce`,
+/// before the new model is made live.
 fn enforce_added(dir: &std::path::Path, a: &Added, pass_all: bool) -> Result<bool> {
     if datapath_off() || pass_all {
         return Ok(false);
     }
-    let compiled = |base| crate::compile::compile_tail(a.table, a.hook, a.rules, a.reached, base);
-    match &a.at {
-        AddedAt::End => crate::datapath::append_rules(dir, a.hook, compiled),
-        AddedAt::Before { replaced: Some(r), .. } if !deletable_in_place(r) => Ok(false),
-        AddedAt::Before { id, replaced } => {
-            crate::datapath::insert_rules(dir, a.hook, *id, replaced.as_ref().map(|r| r.id), compiled)
+    let (before, replaced) = match &a.at {
+        AddedAt::End => (None, None),
+        AddedAt::Before { replaced: Some(r), .. } if !deletable_in_place(r) => return Ok(false),
+        AddedAt::Before { id, replaced } => (Some(*id), replaced.as_ref().map(|r| r.id)),
+    };
+    let places = match Hook::of_chain(a.chain) {
+        Some(hook) if before.is_none() => {
+            let tail = |base| crate::compile::compile_tail(a.table, hook, a.rules, a.reached, base);
+            return crate::datapath::append_rules(dir, hook, tail);
         }
-    }
+        Some(hook) => {
+            // inserted rules never jump, so no compiled index of theirs needs resolving
+            let Some(actions) = crate::compile::compile_tail(a.table, hook, a.rules, a.reached, 0)? else { return Ok(false) };
+            vec![(hook, vec![crate::compile::Inlined { path: Vec::new(), goto: false, actions }])]
+        }
+        None => {
+            let mut places = Vec::new();
+            for hook in Hook::ALL {
+                match crate::compile::compile_in_chain(a.table, hook, a.chain, a.rules, a.reached)? {
+                    None => return Ok(false),
+                    Some(p) if p.is_empty() => {}
+                    Some(p) => places.push((hook, p)),
+                }
+            }
+            // inlined nowhere (reached by no rule), so none of its rules is compiled
+            if places.is_empty() {
+                return Ok(crate::datapath::enforces_installed(dir)?);
+            }
+            places
+        }
+    };
+    crate::datapath::insert_rules(dir, &places, before, replaced)
 }
 
 /// Whether the compiled rules of `r` can be turned into no-ops in the datapath's image: it
@@ -190,14 +217,14 @@ fn deletable_in_place(r: &Rule) -> bool {
 }
 
 /// Patches the datapath, which enforces the ruleset before the deletion, so that the rules
-/// just `deleted` from `hook`'s built-in filter chain do nothing; false when the ruleset must
-/// be enforced whole instead (`deletable_in_place`).
-fn enforce_delete(dir: &std::path::Path, hook: Hook, deleted: &[Rule], pass_all: bool) -> Result<bool> {
+/// just `deleted` from a filter chain do nothing (wherever the chain is inlined); false when
+/// the ruleset must be enforced whole instead (`deletable_in_place`).
+fn enforce_delete(dir: &std::path::Path, deleted: &[Rule], pass_all: bool) -> Result<bool> {
     if datapath_off() || pass_all || !deleted.iter().all(deletable_in_place) {
         return Ok(false);
     }
     let ids: Vec<u32> = deleted.iter().map(|r| r.id).collect();
-    crate::datapath::delete_rules(dir, hook, &ids)
+    crate::datapath::delete_rules(dir, &ids)
 }
 
 /// Keeps the datapath, which enforces `before`, for `after`, the same ruleset changed into

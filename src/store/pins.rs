@@ -168,7 +168,7 @@ impl Pins {
             let rules = &table.chain(a.hook.chain_name())?.rules;
             let first = rules.len().checked_sub(a.count)?;
             let reached = !rules[..first].iter().any(Rule::ends_walk);
-            Some(super::Added { hook: a.hook, table, rules: &rules[first..], reached, at: super::AddedAt::End })
+            Some(super::Added { chain: a.hook.chain_name(), table, rules: &rules[first..], reached, at: super::AddedAt::End })
         });
         let patched = match (tail, before) {
             (Some(t), _) => super::enforce_added(&self.dir, &t, pass_all)?,
@@ -187,17 +187,17 @@ impl Pins {
         self.live_pass_all == Some(false)
     }
 
-    /// Adds `rules` (new: ids unassigned) to `hook`'s built-in filter chain of `outline` (just
-    /// loaded) where `place` says, then stores and enforces it: the stored rules are neither
-    /// decoded nor encoded again, and the datapath's image is patched when it can be. The
-    /// rules must not jump (loops are checked on decoded rules).
-    pub fn commit_added(&mut self, mut outline: Outline, hook: Hook, mut rules: Vec<Rule>, place: Place) -> Result<()> {
+    /// Adds `rules` (new: ids unassigned) to filter chain `name` of `outline` (just loaded)
+    /// where `place` says, then stores and enforces it: the stored rules are not encoded
+    /// again, nor decoded unless `name` is a user chain (to find where it is inlined), and
+    /// the datapath's image is patched when it can be. The rules must not jump (loops are
+    /// checked on decoded rules).
+    pub fn commit_added(&mut self, mut outline: Outline, name: &str, mut rules: Vec<Rule>, place: Place) -> Result<()> {
         let live = self.live()?;
         let mut next = outline.next_rule_id();
         let new_rules = assign_ids(rules.iter_mut(), &live, &mut next)?;
         self.init_counters(&new_rules)?;
         outline.set_next_rule_id(next);
-        let name = hook.chain_name();
         let missing = || anyhow!("the stored ruleset has no filter chain {name} or no such rule in it");
         let len = outline.chain_len(TableKind::Filter, name).ok_or_else(missing)?;
         let (i, n) = match place {
@@ -212,8 +212,12 @@ impl Pins {
             Some(id) => super::AddedAt::Before { id, replaced: removed.pop() },
             None => super::AddedAt::End,
         };
-        let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
-        let added = super::Added { hook, table: &table, rules: &rules, reached, at };
+        let table = match Hook::of_chain(name) {
+            Some(_) => outline.chains_of(TableKind::Filter),
+            None => outline.decode_table(TableKind::Filter)?,
+        };
+        let table = table.unwrap_or_else(|| Table::new(TableKind::Filter));
+        let added = super::Added { chain: name, table: &table, rules: &rules, reached, at };
         self.store_outline(&outline, |dir, pass_all| super::enforce_added(dir, &added, pass_all))
     }
 
@@ -223,11 +227,10 @@ impl Pins {
         self.store_outline(&outline, |dir, pass_all| super::enforce_change(dir, change, filter, pass_all))
     }
 
-    /// Stores and enforces `outline`, which lost the rules `deleted` from `hook`'s built-in
-    /// filter chain (`-D`): the datapath's image is patched when it can be
-    /// (`super::enforce_delete`).
-    pub fn commit_delete(&mut self, outline: Outline, hook: Hook, deleted: &[Rule]) -> Result<()> {
-        self.store_outline(&outline, |dir, pass_all| super::enforce_delete(dir, hook, deleted, pass_all))
+    /// Stores and enforces `outline`, which lost the rules `deleted` from a filter chain
+    /// (`-D`): the datapath's image is patched when it can be (`super::enforce_delete`).
+    pub fn commit_delete(&mut self, outline: Outline, deleted: &[Rule]) -> Result<()> {
+        self.store_outline(&outline, |dir, pass_all| super::enforce_delete(dir, deleted, pass_all))
     }
 
     /// Writes `outline` as the next generation, has the datapath enforce it, through `patch`
