@@ -6,8 +6,8 @@
 #                                            IMPLS="bpf legacy nft-compat nft" selects columns)
 #
 # For each N, each implementation gets a fresh network namespace holding N filter INPUT rules
-# that do not match (distinct source/destination /32s and ports) plus a last rule that does, and
-# we time, as whole processes (median of REPS runs, in ms):
+# that do not match (distinct source/destination /32s and ports), a rule that does match, and
+# a jump to the user chain USER, and we time, as whole processes (median of REPS runs, in ms):
 #   restore  replacing the whole ruleset from a file (iptables-restore / nft -f)
 #   append   one -A with N rules present (nft: add rule)
 #   insert   one -I at the head with N rules present (nft: insert rule)
@@ -15,6 +15,7 @@
 #   replace  one -R of rule N/2 + 1 (nft: replace rule handle)
 #   delete   deleting the appended rule again by spec (nft: delete rule by handle)
 #   chain    one -N of a new chain, nothing jumping to it (nft: add chain)
+#   user     one -A to USER, which INPUT jumps to (nft: add rule to chain USER)
 #   save     iptables-save (nft list ruleset)
 #   list     -L -n (nft list table)
 # and for bpf-iptables the bytes of its BPF maps (bpftool's memlock: the pinned maps and the
@@ -44,12 +45,13 @@ gen_rules() { # N -> iptables-restore input
   python3 - "$n" <<'PY'
 import sys
 n = int(sys.argv[1])
-print("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]")
+print("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:USER - [0:0]")
 for i in range(n):
     a, b = divmod(i, 250)
     print(f"-A INPUT -s 10.{a // 250}.{a % 250}.{b + 1}/32 -d 172.16.{a % 250}.{b + 1}/32 "
           f"-p tcp -m tcp --dport {1 + i % 60000} -j DROP")
 print("-A INPUT -s 198.18.0.2/32 -p udp -m udp --dport 9 -j ACCEPT")
+print("-A INPUT -j USER")
 print("COMMIT")
 PY
 }
@@ -58,11 +60,11 @@ gen_nft() { # N -> nft -f input
   python3 - "$n" <<'PY'
 import sys
 n = int(sys.argv[1])
-print("flush ruleset\ntable ip filter {\n chain INPUT { type filter hook input priority 0; policy accept;")
+print("flush ruleset\ntable ip filter {\n chain USER {\n }\n chain INPUT { type filter hook input priority 0; policy accept;")
 for i in range(n):
     a, b = divmod(i, 250)
     print(f"  ip saddr 10.{a // 250}.{a % 250}.{b + 1} ip daddr 172.16.{a % 250}.{b + 1} tcp dport {1 + i % 60000} drop")
-print("  ip saddr 198.18.0.2 udp dport 9 accept\n }\n}")
+print("  ip saddr 198.18.0.2 udp dport 9 accept\n  jump USER\n }\n}")
 PY
 }
 
@@ -85,15 +87,15 @@ median_ms() { median_pair_ms "$*" ""; }
 check_count() { # impl expected-rules
   local got
   case $1 in
-    nft) got=$(ip netns exec "$ns" nft list chain ip filter INPUT | grep -cE ' (drop|accept)$') ;;
+    nft) got=$(ip netns exec "$ns" nft list chain ip filter INPUT | grep -cE ' (drop|accept|jump USER)$') ;;
     *) got=$(ip netns exec "$ns" "$2" -S INPUT | grep -c '^-A INPUT') ;;
   esac
   [ "$got" = "$3" ] || { echo "self-check failed: $1 holds $got rules, expected $3" >&2; exit 1; }
 }
 
 rule='-A INPUT -s 203.0.113.7/32 -p tcp -m tcp --dport 4242 -j DROP'
-printf '| impl | N | restore ms | append ms | insert ms | mid ms | replace ms | delete ms | chain ms | save ms | list ms | map bytes |\n'
-printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| impl | N | restore ms | append ms | insert ms | mid ms | replace ms | delete ms | chain ms | user ms | save ms | list ms | map bytes |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in "${sizes[@]}"; do
   gen_rules "$n" > "$work/rules.$n"
   gen_nft "$n" > "$work/rules.$n.nft"
@@ -110,7 +112,7 @@ for n in "${sizes[@]}"; do
     k=$((n / 2 + 1))
     if [ "$impl" = nft ]; then
       r=$(median_ms nft -f "$work/rules.$n.nft")
-      check_count nft nft $((n + 1))
+      check_count nft nft $((n + 2))
       a=$(median_pair_ms "nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop" \
         "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}")
       i=$(median_pair_ms "nft insert rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop" \
@@ -125,12 +127,14 @@ for n in "${sizes[@]}"; do
         "nft add rule ip filter INPUT ip saddr 203.0.113.7 tcp dport 4242 drop")
       ip netns exec "$ns" sh -c "nft -a list chain ip filter INPUT | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter INPUT handle {}"
       c=$(median_pair_ms "nft add chain ip filter BENCHX" "nft delete chain ip filter BENCHX")
-      check_count nft nft $((n + 1))
+      u=$(median_pair_ms "nft add rule ip filter USER ip saddr 203.0.113.7 tcp dport 4242 drop" \
+        "nft -a list chain ip filter USER | awk '/203.0.113.7/ {print \$NF}' | xargs -r -I{} nft delete rule ip filter USER handle {}")
+      check_count nft nft $((n + 2))
       s=$(median_ms nft list ruleset)
       l=$(median_ms nft list table ip filter)
     else
       r=$(median_ms sh -c "$restore < $work/rules.$n")
-      check_count "$impl" "$ipt" $((n + 1))
+      check_count "$impl" "$ipt" $((n + 2))
       a=$(median_pair_ms "$ipt $rule" "$ipt ${rule/-A/-D}")
       i=$(median_pair_ms "$ipt ${rule/-A INPUT/-I INPUT 1}" "$ipt -D INPUT 1")
       m=$(median_pair_ms "$ipt ${rule/-A INPUT/-I INPUT $k}" "$ipt -D INPUT $k")
@@ -139,7 +143,8 @@ for n in "${sizes[@]}"; do
       d=$(median_pair_ms "$ipt ${rule/-A/-D}" "$ipt $rule")
       ip netns exec "$ns" $ipt ${rule/-A/-D}
       c=$(median_pair_ms "$ipt -N BENCHX" "$ipt -X BENCHX")
-      check_count "$impl" "$ipt" $((n + 1))
+      u=$(median_pair_ms "$ipt ${rule/-A INPUT/-A USER}" "$ipt ${rule/-A INPUT/-D USER}")
+      check_count "$impl" "$ipt" $((n + 2))
       s=$(median_ms "$save")
       l=$(median_ms "$ipt" -L -n)
       if [ "$impl" = bpf ]; then
@@ -154,6 +159,6 @@ for n in "${sizes[@]}"; do
         fi
       fi
     fi
-    printf '| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$i" "$m" "$p" "$d" "$c" "$s" "$l" "$mem"
+    printf '| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$i" "$m" "$p" "$d" "$c" "$u" "$s" "$l" "$mem"
   done
 done

@@ -458,7 +458,7 @@ fn spot(img: &[u64], actions: usize, n: u32, list: &[(u32, u32)], place: &Inline
     let (mut lo, mut hi) = (0, n);
     for &(jump, copy) in &place.path {
         let at = (lo..hi).filter(|&r| id(r) == jump && action(r)[0] as u32 == A_ENTER).nth(copy as usize)?;
-        (lo, hi) = (at + 1, action(at)[1] as u32);
+        (lo, hi) = (at + 1, (action(at)[1] as u32).min(n));
     }
     // a goto's block ends with the rule that returns for the chain
     if place.goto {
