@@ -87,7 +87,7 @@ median_ms() { median_pair_ms "$*" ""; }
 check_count() { # impl expected-rules
   local got
   case $1 in
-    nft) got=$(ip netns exec "$ns" nft list chain ip filter INPUT | grep -cE ' (drop|accept|jump USER)$') ;;
+    nft) got=$(ip netns exec "$ns" nft list chain ip filter INPUT | grep -cE '( drop| accept|jump USER)$') ;;
     *) got=$(ip netns exec "$ns" "$2" -S INPUT | grep -c '^-A INPUT') ;;
   esac
   [ "$got" = "$3" ] || { echo "self-check failed: $1 holds $got rules, expected $3" >&2; exit 1; }
