@@ -3,7 +3,7 @@
  * Linear Bit Vector Search over the classifier image (layout: bpf_iptables.h), step by step
  * as `src/compile/lbvs.rs` describes it:
  *   0. before any compiled rule r is considered (as a candidate, or walked past), the rules
- *      inserted in place before it (`-I`, `-R`: see "inserted rules" in bpf_iptables.h), as 4,
+ *      inserted in place before it (see "inserted rules" in bpf_iptables.h), as 4,
  *      but for those inside blocks a skip passed over (a key below c->floor);
  *   1. per used field, the packet's value -> interval -> vector V_f, plus the wildcard W_f;
  *   2. pivot = the field with the fewest words in V_f + W_f;

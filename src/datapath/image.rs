@@ -465,7 +465,7 @@ fn spot(img: &[u64], actions: usize, n: u32, list: &[(u32, u32)], place: &Inline
         hi = hi.checked_sub(1)?;
     }
     let depth = place.path.len() as u32;
-    if depth > INS_MAX_DEPTH || hi > n {
+    if depth > INS_MAX_DEPTH {
         return None;
     }
     let at_key = |key: u32| Some((list.partition_point(|&(k, _)| k <= key), key));

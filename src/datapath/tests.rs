@@ -1110,7 +1110,7 @@ fn rules_added_to_user_chains_are_inserted_where_the_chains_are_inlined() {
     assert_eq!(verdict_on(env.d0, "198.18.6.9", 6, 446), XDP_DROP, "! -i d1 on d0");
     assert_eq!(verdict_on(env.d1, "198.18.6.9", 6, 446), XDP_PASS, "! -i d1 on d1");
     // room for 13, and 12 taken (the replaced one stays, as a no-op)
-    assert!(!insert_rules(&env.dir, &[(Hook::Input, vec![crate::compile::Inlined { path: vec![(3, 0)], goto: false, actions: vec![env_drop(); 2] }])], None, None).expect("insert"));
+    assert!(!insert_rules(&env.dir, &[(Hook::Input, vec![crate::compile::Inlined { path: vec![(3, 0)], goto: false, actions: vec![bare_drop(); 2] }])], None, None).expect("insert"));
 
     let probes: Vec<(&str, u8, u16)> = ["198.18.1.9", "198.18.2.9", "198.18.3.9", "198.18.5.9", "198.18.6.9"]
         .into_iter()
@@ -1128,7 +1128,7 @@ fn rules_of<'a>(t: &'a Table, chain: &str) -> &'a [Rule] {
 }
 
 /// A compiled DROP without checks.
-fn env_drop() -> crate::compile::tables::Action {
+fn bare_drop() -> crate::compile::tables::Action {
     crate::compile::tables::Action { rule_id: None, kind: crate::compile::tables::ActionKind::Drop, checks: Vec::new() }
 }
 

@@ -155,12 +155,13 @@ enum AddedAt {
     Before { id: u32, replaced: Option<Rule> },
 }
 
-/// Rules just added to filter chain `chain` of `table` (for the user chains they jump to and,
-/// when `chain` is a user chain, where it is inlined: then `table` has every chain's rules);
-/// `reached`: no earlier rule of the chain always ends its walk.
+/// Rules just added to filter chain `chain` of `table` (for the user chains they jump to);
+/// when `chain` is a user chain, `stored` has every chain's rules (where it is inlined), to
+/// be decoded only for a patch; `reached`: no earlier rule of the chain always ends its walk.
 struct Added<'a> {
     chain: &'a str,
     table: &'a Table,
+    stored: Option<&'a Outline>,
     rules: &'a [Rule],
     reached: bool,
     at: AddedAt,
@@ -191,9 +192,10 @@ fn enforce_added(dir: &std::path::Path, a: &Added, pass_all: bool) -> Result<boo
             vec![(hook, vec![crate::compile::Inlined { path: Vec::new(), goto: false, actions }])]
         }
         None => {
+            let Some(table) = a.stored.map(|o| o.decode_table(TableKind::Filter)).transpose()?.flatten() else { return Ok(false) };
             let mut places = Vec::new();
             for hook in Hook::ALL {
-                match crate::compile::compile_in_chain(a.table, hook, a.chain, a.rules, a.reached)? {
+                match crate::compile::compile_in_chain(&table, hook, a.chain, a.rules, a.reached)? {
                     None => return Ok(false),
                     Some(p) if p.is_empty() => {}
                     Some(p) => places.push((hook, p)),

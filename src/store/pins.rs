@@ -34,7 +34,6 @@ use crate::datapath::skel::types::{bpfipt_const, bpfipt_meta};
 use crate::datapath::skel::DatapathSkelBuilder;
 use crate::error::{Error, Result};
 use super::blob::Outline;
-use crate::compile::tables::Hook;
 use crate::model::{Counters, Rule, Ruleset, Table, TableKind};
 use super::Place;
 
@@ -168,7 +167,7 @@ impl Pins {
             let rules = &table.chain(a.hook.chain_name())?.rules;
             let first = rules.len().checked_sub(a.count)?;
             let reached = !rules[..first].iter().any(Rule::ends_walk);
-            Some(super::Added { chain: a.hook.chain_name(), table, rules: &rules[first..], reached, at: super::AddedAt::End })
+            Some(super::Added { chain: a.hook.chain_name(), table, stored: None, rules: &rules[first..], reached, at: super::AddedAt::End })
         });
         let patched = match (tail, before) {
             (Some(t), _) => super::enforce_added(&self.dir, &t, pass_all)?,
@@ -189,8 +188,8 @@ impl Pins {
 
     /// Adds `rules` (new: ids unassigned) to filter chain `name` of `outline` (just loaded)
     /// where `place` says, then stores and enforces it: the stored rules are not encoded
-    /// again, nor decoded unless `name` is a user chain (to find where it is inlined), and
-    /// the datapath's image is patched when it can be. The rules must not jump (loops are
+    /// again, nor decoded unless `name` is a user chain the datapath patches (to find where
+    /// it is inlined), and the datapath's image is patched when it can be. The rules must not jump (loops are
     /// checked on decoded rules).
     pub fn commit_added(&mut self, mut outline: Outline, name: &str, mut rules: Vec<Rule>, place: Place) -> Result<()> {
         let live = self.live()?;
@@ -212,12 +211,8 @@ impl Pins {
             Some(id) => super::AddedAt::Before { id, replaced: removed.pop() },
             None => super::AddedAt::End,
         };
-        let table = match Hook::of_chain(name) {
-            Some(_) => outline.chains_of(TableKind::Filter),
-            None => outline.decode_table(TableKind::Filter)?,
-        };
-        let table = table.unwrap_or_else(|| Table::new(TableKind::Filter));
-        let added = super::Added { chain: name, table: &table, rules: &rules, reached, at };
+        let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
+        let added = super::Added { chain: name, table: &table, stored: Some(&outline), rules: &rules, reached, at };
         self.store_outline(&outline, |dir, pass_all| super::enforce_added(dir, &added, pass_all))
     }
 
