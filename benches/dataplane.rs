@@ -3,7 +3,8 @@
 //!
 //!   cargo bench --bench dataplane        (as root)
 //!   env: BPFIPT_BENCH_N="0 100 1000 10000 100000"  BPFIPT_BENCH_IMPLS="bpf legacy nft-compat nft"
-//!        BPFIPT_BENCH_VARIANTS="forward input deep established stream"  BPFIPT_BENCH_REPS=5
+//!        BPFIPT_BENCH_VARIANTS="forward input deep established stream flows"
+//!        BPFIPT_BENCH_REPS=5
 //!        BPFIPT_BENCH_SECONDS=0.5 (CPU time per repetition)
 //!
 //! Topology: generator `g` (g0 198.18.1.2) -> firewall `f` (f0 198.18.1.1, f1 198.18.2.1,
@@ -25,6 +26,9 @@
 //! `stream` (the same rules but the last accepts: an established UDP flow, opened by one
 //! packet and a reply from the sink, then every packet accepted by the first rule and
 //! forwarded to the sink, which drops it with an XDP program; counted at the first rule).
+//! `flows` (`forward`'s rules, but each packet from a random UDP source port: a new flow
+//! almost every packet, so bpf-iptables' flow cache misses and every packet is classified;
+//! every other variant sends one flow, whose packets after the first take the cached verdict).
 //!
 //! bpf-iptables runs as XDP on f0 (BPF_IPTABLES_INGRESS=xdp). The others get a bare XDP_PASS
 //! program on f0: a veth only takes frames sent by XDP when its peer runs NAPI, which XDP
@@ -95,25 +99,36 @@ fn const_prog(ret: i32) -> i32 {
 }
 
 /// The generator: restores the link-layer addresses, IPv4 TTL and checksum of `frame` (live
-/// frames keep their pages between runs, and forwarding rewrites those in place), then
-/// returns `ret`.
-fn gen_prog(frame: &[u8], ret: i32) -> i32 {
+/// frames keep their pages between runs, and forwarding rewrites those in place), with
+/// `random_sport` writes a random UDP source port (the frame's UDP checksum is 0: none),
+/// then returns `ret`.
+fn gen_prog(frame: &[u8], ret: i32, random_sport: bool) -> i32 {
     let le16 = |o: usize| u16::from_le_bytes([frame[o], frame[o + 1]]) as i32;
     let le32 = |o: usize| i32::from_le_bytes([frame[o], frame[o + 1], frame[o + 2], frame[o + 3]]);
-    load_xdp(&[
-        insn(0x61, 2, 1, 0, 0),         // r2 = ctx->data
-        insn(0x61, 3, 1, 4, 0),         // r3 = ctx->data_end
+    let mut prog = vec![
+        insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
+        insn(0xb7, 0, 0, 0, 0),         // r0 = 0
+    ];
+    if random_sport {
+        prog.push(insn(0x85, 0, 0, 0, 7)); // r0 = bpf_get_prandom_u32()
+    }
+    prog.extend([
+        insn(0x61, 2, 6, 0, 0),         // r2 = ctx->data
+        insn(0x61, 3, 6, 4, 0),         // r3 = ctx->data_end
         insn(0xbf, 4, 2, 0, 0),         // r4 = r2
-        insn(0x07, 4, 0, 0, 26),        // r4 += 26
-        insn(0x2d, 4, 3, 5, 0),         // if r4 > r3 skip the stores
+        insn(0x07, 4, 0, 0, 36),        // r4 += 36
+        insn(0x2d, 4, 3, 7, 0),         // if r4 > r3 skip the stores
         insn(0x62, 2, 0, 0, le32(0)),   // destination and source MAC
         insn(0x62, 2, 0, 4, le32(4)),
         insn(0x62, 2, 0, 8, le32(8)),
         insn(0x6a, 2, 0, 22, le16(22)), // TTL and protocol
         insn(0x6a, 2, 0, 24, le16(24)), // header checksum
+        insn(0x15, 0, 0, 1, 0),         // if r0 == 0 skip the next store
+        insn(0x6b, 2, 0, 34, 0),        // UDP source port = r0
         insn(0xb7, 0, 0, 0, ret),
         insn(0x95, 0, 0, 0, 0),
-    ])
+    ]);
+    load_xdp(&prog)
 }
 
 /// The three namespaces; removed (with our pinned state) on drop.
@@ -236,7 +251,7 @@ impl Generator {
     /// the generator's namespace).
     fn new(topo: &Topo, v: Variant, reps: usize, secs: f64) -> Generator {
         let mut g = Generator::with_own(topo, v, 0.0);
-        let drop = gen_prog(&g.frame, XDP_DROP);
+        let drop = gen_prog(&g.frame, XDP_DROP, v.random_sport());
         let n = g.calibrate(drop, secs);
         g.own = median((0..reps).map(|_| g.measure(drop, n)).collect());
         // SAFETY: closing our own program fd.
@@ -246,7 +261,7 @@ impl Generator {
 
     fn with_own(topo: &Topo, v: Variant, own: f64) -> Generator {
         let frame = frame(&mac_bytes(&mac(&topo.f, "f0")), &mac_bytes(&mac(&topo.g, "g0")), v.dst());
-        Generator { tx: gen_prog(&frame, XDP_TX), ifindex: ifindex(&topo.g, "g0"), frame, own }
+        Generator { tx: gen_prog(&frame, XDP_TX, v.random_sport()), ifindex: ifindex(&topo.g, "g0"), frame, own }
     }
 
     /// Runs program `fd` `repeat` times in live-frames mode on g0.
@@ -326,10 +341,11 @@ enum Variant {
     Deep,
     Established,
     Stream,
+    Flows,
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [Variant::Forward, Variant::Input, Variant::Deep, Variant::Established, Variant::Stream];
+    const ALL: [Variant; 6] = [Variant::Forward, Variant::Input, Variant::Deep, Variant::Established, Variant::Stream, Variant::Flows];
 
     fn name(self) -> &'static str {
         match self {
@@ -338,7 +354,12 @@ impl Variant {
             Variant::Deep => "deep",
             Variant::Established => "established",
             Variant::Stream => "stream",
+            Variant::Flows => "flows",
         }
+    }
+    /// Every packet from a random source port: a new flow (almost) each time.
+    fn random_sport(self) -> bool {
+        self == Variant::Flows
     }
     fn chain(self) -> &'static str {
         if self == Variant::Input {
@@ -577,7 +598,7 @@ fn main() {
         .iter()
         .filter_map(|s| Impl::MEASURED.into_iter().find(|i| i.key() == s))
         .collect();
-    let variants: Vec<Variant> = env_list::<String>("BPFIPT_BENCH_VARIANTS", "forward input deep established stream")
+    let variants: Vec<Variant> = env_list::<String>("BPFIPT_BENCH_VARIANTS", "forward input deep established stream flows")
         .iter()
         .filter_map(|s| Variant::ALL.into_iter().find(|v| v.name() == s))
         .collect();
@@ -585,13 +606,16 @@ fn main() {
     let bench = Bench { links: Links::new(), pass: const_prog(XDP_PASS), drop: const_prog(XDP_DROP) };
     // Each point gets fresh namespaces: netfilter keeps a table's hooks registered once it
     // exists in a namespace (even flushed), which would tax the implementations measured
-    // after it. The generator's own cost depends only on the frame's size: measured once.
+    // after it. The generator's own cost depends only on the frame's size and whether it
+    // draws source ports: measured once.
     let own: Vec<(Variant, f64)> = {
         let topo = Topo::new();
         enter(&topo.g);
-        [Variant::Forward, Variant::Input].into_iter().map(|v| (v, Generator::new(&topo, v, reps, secs).own)).collect()
+        [Variant::Forward, Variant::Input, Variant::Flows].into_iter().map(|v| (v, Generator::new(&topo, v, reps, secs).own)).collect()
     };
-    let own_for = |v: Variant| own.iter().find(|(w, _)| w.dst() == v.dst()).expect("generator").1;
+    let own_for = |v: Variant| {
+        own.iter().find(|(w, _)| w.dst() == v.dst() && w.random_sport() == v.random_sport()).expect("generator").1
+    };
 
     let point = |imp: Impl, v: Variant, n: u32| -> (f64, f64, f64) {
         let topo = Topo::new();
@@ -632,7 +656,7 @@ fn main() {
     };
 
     println!("CPU ns per packet on the receiving core (generator subtracted), median of {reps} x ~{secs} s (min-max)\n");
-    println!("generator alone: {:.0} ns/packet", own[0].1);
+    println!("generator alone: {:.0} ns/packet ({:.0} drawing source ports)", own[0].1, own[2].1);
     let (bare, lo, hi) = point(Impl::Bare, Variant::Forward, 0);
     println!("bare XDP_DROP on f0: {bare:.0} ns ({lo:.0}-{hi:.0})\n");
     println!("| variant | N | {} |", impls.iter().map(|i| i.name()).collect::<Vec<_>>().join(" | "));

@@ -34,6 +34,9 @@
  *   IMG_SLOT_STATES        states_off | n_states << 32
  *   IMG_SLOT_FLAGS         BPFIPT_IMG_F_* bits
  *   IMG_SLOT_LEN           slots in use (appended rules go after them)
+ *   IMG_SLOT_FLOW_MASK     4 slots: a struct bpfipt_flow_key with every bit of the fields some
+ *                          rule of a hook with BPFIPT_IMG_F_FLOW << hook looks at (see
+ *                          `bpfipt_flows`); set by the installer from the image itself
  *   IMG_SLOT_HOOK0 + 6*h   per hook h: [0] n_rules | policy_accept << 32
  *                                      [1] actions_off | n_lbvs << 32
  *                                      [2] fields_off | n_fields << 32
@@ -106,7 +109,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 9,
+	BPFIPT_LAYOUT_VERSION = 10,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -118,7 +121,7 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 8,
+	BPFIPT_IMG_VERSION = 9,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
@@ -129,7 +132,8 @@ enum bpfipt_const {
 	BPFIPT_IMG_GEN_MASK = 0x7fffffff,
 	BPFIPT_IMG_SLOT_FLAGS = 22,
 	BPFIPT_IMG_SLOT_LEN = 23,
-	BPFIPT_IMG_HEADER_SLOTS = 24,
+	BPFIPT_IMG_SLOT_FLOW_MASK = 24,
+	BPFIPT_IMG_HEADER_SLOTS = 28,
 	/* Compiled rules a hook can take by appending, past its LBVS ones, before a full rebuild:
 	 * room for TAIL_CAP, used while they number at most one per TAIL_PER LBVS rules (each
 	 * costs a packet that reaches it ~10 ns; rebuilding a small hook costs little). The same
@@ -148,6 +152,10 @@ enum bpfipt_const {
 	/* IMG_SLOT_FLAGS, set by the installer: the whole image is in chunk 0, so the programs
 	 * may read its slots as plain loads. */
 	BPFIPT_IMG_F_ONE_CHUNK = 4,
+	/* IMG_SLOT_FLAGS, set by the installer, shifted left by the hook: a packet's verdict in
+	 * this hook is a function of its flow key (IMG_SLOT_FLOW_MASK) alone, so the programs
+	 * may remember it per flow (`bpfipt_flows`). */
+	BPFIPT_IMG_F_FLOW = 8,
 	/* In an interval slot: the field tells no rule apart there (see "intervals" above). */
 	BPFIPT_IMG_IV_ALL = 0x80000000,
 	BPFIPT_IMG_FIELD_SLOTS = 3,
@@ -181,6 +189,9 @@ enum bpfipt_const {
 	BPFIPT_LOCAL_FAST_SHARED = 0xffffffff,
 	/* bpfipt_routes: 2^BITS entries per CPU */
 	BPFIPT_ROUTE_CACHE_BITS = 10,
+	/* bpfipt_flows: 2^BITS entries per CPU; an entry replays at most FLOW_COUNTED counters */
+	BPFIPT_FLOW_CACHE_BITS = 11,
+	BPFIPT_FLOW_COUNTED = 4,
 	/* Reject code for a TCP reset (ICMP codes are 0..15). */
 	BPFIPT_REJECT_TCP_RESET = 255,
 	/* skb->mark of a REJECT reply to a packet this host sent, judged already: our egress
@@ -518,6 +529,49 @@ struct bpfipt_route {
 #define BPFIPT_ROUTE_HASH(src, dst, ports, ifindex) \
 	((__u32)(((src) ^ ((dst) * 0x85ebca6bu) ^ ((ports) * 0xc2b2ae35u) ^ (ifindex)) * \
 		 (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_ROUTE_CACHE_BITS))
+
+/* What a packet's verdict can depend on in a hook whose rules keep no state and have no side
+ * effect but counting (no LOG, MARK, limit, statistic, TCP option, MAC or conntrack match
+ * beyond the state): its header fields, where it came from or goes to, and its conntrack
+ * state. Host order. Each field is masked with the image's IMG_SLOT_FLOW_MASK, which keeps
+ * only what its rules look at (a TCP flow's packets of every length share one entry unless a
+ * rule matches the length). */
+struct bpfipt_flow_key {
+	__u32 src, dst;
+	__u16 sport, dport;
+	__u32 ifindex;       /* the input interface at ingress, the output one at egress */
+	__u8 proto, tos;
+	__u8 prog;           /* the program: XDP, TC ingress or TC egress */
+	__u8 ct_state;
+	__u8 tcp_flags, ttl, pkttype;
+	__u8 frag;           /* bit 0: a non-first fragment, bit 1: a whole transport header */
+	__u16 icmp, len;
+	__u32 mark;
+};
+
+/* `bpfipt_flows`, per CPU, kept by the programs alone: recent flows' verdicts, direct-mapped
+ * by flow key, so a packet of a flow seen before skips the chain choice and classification.
+ * An entry answers a packet with the same (masked) key while the image it was classified
+ * against is installed (every ruleset change installs a new generation, and userspace
+ * refreshes the local-address maps only before installing one) and, at ingress, while the
+ * route generation is the one its chain was chosen under (as `bpfipt_routes`). It holds the
+ * rule counters the packet bumped, which a hit bumps again. Only ACCEPT and DROP verdicts of
+ * hooks with BPFIPT_IMG_F_FLOW, and packets netfilter would not judge, are remembered. */
+struct bpfipt_flow {
+	struct bpfipt_flow_key key;
+	__u32 gen;           /* the image generation (0: empty) */
+	__u32 rt_gen;        /* the route generation the chain was chosen under (ingress) */
+	__s8 hook;           /* the chain, or -1: not judged */
+	__u8 verdict;        /* V_ACCEPT or V_DROP */
+	__u8 by_policy;      /* the chain's policy counted it */
+	__u8 n_counted;
+	__u32 counted[BPFIPT_FLOW_COUNTED]; /* the rules that counted it */
+	__u32 pad;
+};
+#define BPFIPT_FLOW_HASH(w0, w1, w2, w3)                                                          \
+	((__u32)(((__u32)((w0) ^ ((w0) >> 32)) ^ (__u32)((w1) ^ ((w1) >> 32)) * 0x85ebca6bu ^   \
+		  (__u32)((w2) ^ ((w2) >> 32)) * 0xc2b2ae35u ^ (__u32)((w3) ^ ((w3) >> 32))) *        \
+		 (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_FLOW_CACHE_BITS))
 
 /* `bpfipt_ifaces`, keyed by ifindex, kept by userspace: what the programs need to know about
  * an interface of this namespace. */

@@ -39,6 +39,7 @@
 #include "parse.h"
 #include "lbvs.h"
 #include "actions.h"
+#include "flow.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -73,6 +74,8 @@ struct bpfipt_stats _bpfipt_stats_type = {};
 struct bpfipt_active _bpfipt_active_type = {};
 struct bpfipt_local_addr _bpfipt_local_addr_type = {};
 struct bpfipt_local_fast _bpfipt_local_fast_type = {};
+struct bpfipt_flow_key _bpfipt_flow_key_type = {};
+struct bpfipt_flow _bpfipt_flow_type = {};
 enum bpfipt_const _bpfipt_const_type = BPFIPT_LAYOUT_VERSION;
 enum bpfipt_hook _bpfipt_hook_type = BPFIPT_HOOK_INPUT;
 enum bpfipt_field _bpfipt_field_type = BPFIPT_F_SRC;
@@ -265,15 +268,14 @@ static __always_inline int route_lookup(void *ctx, struct cls *c)
 	}
 }
 
-/* The hook an arriving packet goes through, or -1 when netfilter would not filter it. `kind`:
- * the program (XDP or TC ingress). */
-static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind)
+/* The hook an arriving packet goes through, or -1 when netfilter would not filter it.
+ * `route_gen`: the route generation, read before (a change in between moves it past what a
+ * cached answer records). */
+static __always_inline int ingress_hook(void *ctx, struct cls *c, __u32 route_gen)
 {
 	struct pkt *p = &c->p;
 	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
 		return BPFIPT_HOOK_INPUT;
-	/* read before the lookup: a change in between moves it past what the entry records */
-	__u32 route_gen = kind == PROG_XDP ? xdp_route_gen(ctx) : skb_route_gen(ctx);
 	__u32 ports = (__u32)p->sport << 16 | p->dport;
 	__u32 k = BPFIPT_ROUTE_HASH(p->src, p->dst, ports, p->in_ifindex);
 	struct bpfipt_route *e = bpf_map_lookup_elem(&bpfipt_routes, &k);
@@ -353,11 +355,24 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 		ct_lookup_cls(c, 1);
 	}
 	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
-	int hook = ingress_hook(ctx, c, PROG_XDP);
-	if (hook < 0)
+	__u32 rt_gen = xdp_route_gen(ctx);
+	struct bpfipt_flow *fl = flow_entry(img, c, PROG_XDP);
+	if (fl && flow_hit(fl, c, img, rt_gen)) {
+		if (fl->hook < 0)
+			return XDP_PASS;
+		__u32 v = flow_replay(fl, c);
+		if (track)
+			ct_update_cls(c, v == V_ACCEPT);
+		return v == V_ACCEPT ? XDP_PASS : XDP_DROP;
+	}
+	int hook = ingress_hook(ctx, c, rt_gen);
+	if (hook < 0) {
+		flow_store(fl, c, img, rt_gen, hook, V_ACCEPT);
 		return XDP_PASS;
+	}
 	c->p.hook = hook;
 	__u32 v = bpfipt_dp_classify(c);
+	flow_store(fl, c, img, rt_gen, hook, v);
 	if (c->n_logs)
 		emit_logs(ctx, PROG_XDP, img, c);
 	if (track)
@@ -536,14 +551,32 @@ static __noinline int reject_checksum_ok(struct __sk_buff *skb, struct cls *c, i
 	return csum_fold(sum) == 0;
 }
 
-/* Common TC part once the hook is known. */
-static __always_inline int tc_judge(struct __sk_buff *skb, struct img *img, struct cls *c, int kind, int update)
+/* The connection of a packet judged `v` advances (`update`: which do). */
+static __always_inline void ct_judged(struct cls *c, int update, __u32 v)
 {
-	__u32 v = bpfipt_dp_classify(c);
-	if (c->n_logs)
-		emit_logs(skb, kind, img, c);
 	if (update == CT_ALL || (update == CT_DROPPED && v != V_ACCEPT))
 		ct_update_cls(c, v == V_ACCEPT);
+}
+
+/* A packet whose flow's verdict is cached (flow_hit): as tc_judge would judge it. */
+static __always_inline int tc_cached(struct bpfipt_flow *e, struct cls *c, int update)
+{
+	if (e->hook < 0)
+		return TC_ACT_OK;
+	__u32 v = flow_replay(e, c);
+	ct_judged(c, update, v);
+	return v == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
+/* Common TC part once the hook is known; the verdict goes into the flow cache entry `fl`. */
+static __always_inline int tc_judge(struct __sk_buff *skb, struct img *img, struct cls *c, int kind, int update,
+				    struct bpfipt_flow *fl, __u32 rt_gen)
+{
+	__u32 v = bpfipt_dp_classify(c);
+	flow_store(fl, c, img, rt_gen, c->p.hook, v);
+	if (c->n_logs)
+		emit_logs(skb, kind, img, c);
+	ct_judged(c, update, v);
 	if (v == V_ACCEPT) {
 		if (c->p.mark != skb->mark)
 			skb->mark = c->p.mark;
@@ -611,11 +644,18 @@ static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 	struct cls *c = tc_start(skb, PROG_TC_IN, img, &track, skb->ifindex == LOOPBACK_IFINDEX);
 	if (!c)
 		return TC_ACT_OK;
-	int hook = ingress_hook(skb, c, PROG_TC_IN);
-	if (hook < 0)
+	int update = track ? CT_ALL : CT_NONE;
+	__u32 rt_gen = skb_route_gen(skb);
+	struct bpfipt_flow *fl = flow_entry(img, c, PROG_TC_IN);
+	if (fl && flow_hit(fl, c, img, rt_gen))
+		return tc_cached(fl, c, update);
+	int hook = ingress_hook(skb, c, rt_gen);
+	if (hook < 0) {
+		flow_store(fl, c, img, rt_gen, hook, V_ACCEPT);
 		return TC_ACT_OK;
+	}
 	c->p.hook = hook;
-	return tc_judge(skb, img, c, PROG_TC_IN, track ? CT_ALL : CT_NONE);
+	return tc_judge(skb, img, c, PROG_TC_IN, update, fl, rt_gen);
 }
 
 static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
@@ -627,7 +667,10 @@ static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 	c->p.hook = BPFIPT_HOOK_OUTPUT;
 	/* on lo the packet's connection advances at lo ingress (see the top) */
 	int mode = !track ? CT_NONE : skb->ifindex == LOOPBACK_IFINDEX ? CT_DROPPED : CT_ALL;
-	return tc_judge(skb, img, c, PROG_TC_EG, mode);
+	struct bpfipt_flow *fl = flow_entry(img, c, PROG_TC_EG);
+	if (fl && flow_hit(fl, c, img, 0))
+		return tc_cached(fl, c, mode);
+	return tc_judge(skb, img, c, PROG_TC_EG, mode, fl, 0);
 }
 
 /* The programs: each judges a packet against the image it announced (image_enter), and

@@ -46,6 +46,9 @@ struct cls {
 	/* per used field (indexed & 15: the verifier needs the bound on every access) */
 	__u32 vs[16], vn[16], vc[16]; /* value vector: words offset, words, cursor */
 	__u32 ws[16], wn[16], wc[16]; /* wildcard vector */
+	__u32 n_counted;             /* rule counters bumped (which: counted[], up to FLOW_COUNTED) */
+	__u32 counted[BPFIPT_FLOW_COUNTED];
+	struct bpfipt_flow_key fk;   /* the packet's flow key (bpf/flow.h) */
 	__u32 n_logs;
 	__u32 log_idx[BPFIPT_MAX_LOGS_PER_PKT];
 	__u32 log_mark[BPFIPT_MAX_LOGS_PER_PKT];
@@ -132,6 +135,7 @@ struct {
 struct img {
 	void *map;
 	struct bpfipt_img_chunk *c0;
+	__u32 gen;
 };
 
 /* Context of the bpf_loop callbacks: the image (looked up once per packet), the scratch,
@@ -606,8 +610,11 @@ static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r, __
 			return 0;
 		}
 	}
-	if (rule_id != BPFIPT_NO_RULE)
+	if (rule_id != BPFIPT_NO_RULE) {
 		count(&bpfipt_rule_counters, rule_id, c->p.len);
+		c->counted[c->n_counted & (BPFIPT_FLOW_COUNTED - 1)] = rule_id;
+		c->n_counted++;
+	}
 	c->pos = next;
 	switch (kind) {
 	case BPFIPT_A_ACCEPT:
@@ -749,6 +756,7 @@ static __always_inline int image_enter(struct img *img)
 		gen = now;
 	}
 	__u32 slot = gen & 1;
+	img->gen = gen;
 	img->map = gen ? bpf_map_lookup_elem(&bpfipt_tables, &slot) : NULL;
 	img->c0 = img->map ? bpf_map_lookup_elem(img->map, &zero) : NULL;
 	if (!img->c0) {
@@ -774,6 +782,7 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 {
 	__u32 hook = c->p.hook;
 	c->n_logs = 0;
+	c->n_counted = 0;
 	c->verdict_arg = 0;
 	c->by_policy = 0;
 	if (hook >= BPFIPT_NR_HOOKS)

@@ -14,7 +14,9 @@ use std::borrow::Cow;
 use anyhow::{anyhow, bail, Result};
 use rustc_hash::FxHashMap as HashMap;
 
-use super::skel::types::{bpfipt_action, bpfipt_addrtype_flags, bpfipt_check, bpfipt_const, bpfipt_ct_match, bpfipt_ctm_const};
+use super::skel::types::{
+    bpfipt_action, bpfipt_addrtype_flags, bpfipt_check, bpfipt_const, bpfipt_ct_match, bpfipt_ctm_const, bpfipt_flow_key,
+};
 use crate::compile::tables::{Action, ActionKind, Check, Compiled, Field, FieldMap, Hook, HookTable, IfacePattern, Prefix, Vector};
 use crate::compile::Inlined;
 use crate::model::{Iface, TtlOp};
@@ -210,6 +212,95 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
 
 const F_CONNTRACK: u64 = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
 const F_TCP_OPTIONS: u64 = bpfipt_const::BPFIPT_IMG_F_TCP_OPTIONS.0 as u64;
+const F_FLOW: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW.0 as u64;
+const SLOT_FLOW_MASK: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLOW_MASK);
+
+/// Fills in the flow cache's part of image `img` (see `bpfipt_flows` in bpf_iptables.h): which
+/// hooks judge a packet by its flow key alone, and the key's mask, from the rules the image
+/// holds, so that rules added in place count as built ones. A hook is cached unless a rule of
+/// it (reached or not) logs, marks, keeps state (limit, statistic) or matches what the key
+/// leaves out (MAC address, TCP options, conntrack beyond the state); its residual checks and
+/// fields add what they look at to the key.
+pub fn set_flow_header(img: &mut [u64]) {
+    if img.len() < HEADER {
+        return;
+    }
+    let mut key = bpfipt_flow_key {
+        src: !0,
+        dst: !0,
+        sport: !0,
+        dport: !0,
+        ifindex: !0,
+        proto: !0,
+        tos: !0,
+        prog: !0,
+        frag: !0,
+        ..Default::default()
+    };
+    if img[SLOT_FLAGS] & F_CONNTRACK != 0 {
+        key.ct_state = !0;
+    }
+    let mut cached = 0;
+    for hook in Hook::ALL {
+        let hs = HOOK0 + hook as usize * HOOK_SLOTS;
+        let (fields, n_fields) = (img[hs + 2] as u32 as usize, (img[hs + 2] >> 32) as usize);
+        for d in (0..n_fields).filter_map(|i| img.get(fields + i * FIELD_SLOTS)) {
+            key_field(&mut key, *d as u8);
+        }
+        let actions = img[hs + 1] as u32 as usize;
+        let ins: Vec<u32> = inserted(img, hook).map(|(_, a)| a).collect();
+        if (0..img[hs] as u32).chain(ins).all(|a| keyed_action(img, actions + a as usize * ACTION_SLOTS, &mut key)) {
+            cached |= F_FLOW << hook as u32;
+        }
+    }
+    img[SLOT_FLAGS] = img[SLOT_FLAGS] & !(F_FLOW * 7) | cached;
+    const _: () = assert!(std::mem::size_of::<bpfipt_flow_key>() == 32);
+    // SAFETY: bpfipt_flow_key is a repr(C) struct of integers without padding, 32 bytes.
+    let bytes = unsafe { std::slice::from_raw_parts((&key as *const bpfipt_flow_key).cast::<u8>(), 32) };
+    for (i, b) in bytes.chunks_exact(8).enumerate() {
+        img[SLOT_FLOW_MASK + i] = u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+    }
+}
+
+/// Adds field `f` (a `Field`'s number) to the flow key where it is not always in it.
+fn key_field(key: &mut bpfipt_flow_key, f: u8) {
+    if f == Field::TcpFlags as u8 {
+        key.tcp_flags = !0;
+    } else if f == Field::Icmp as u8 {
+        key.icmp = !0;
+    }
+}
+
+/// Whether the action at slot `a` of `img` judges by the flow key alone, given what it adds
+/// to the key.
+fn keyed_action(img: &[u64], a: usize, key: &mut bpfipt_flow_key) -> bool {
+    let (Some(&a0), Some(&a2)) = (img.get(a), img.get(a + 2)) else { return false };
+    let kind = a0 as u32 & 0xff;
+    if kind == bpfipt_action::BPFIPT_A_LOG.0 || kind == bpfipt_action::BPFIPT_A_MARK.0 {
+        return false;
+    }
+    let (checks, n) = (a2 as u32 as usize, (a2 >> 32) as usize);
+    (0..n).all(|i| {
+        let Some(&c0) = img.get(checks + i * CHECK_SLOTS) else { return false };
+        use bpfipt_check as C;
+        match bpfipt_check(c0 as u32 & 0xff) {
+            C::BPFIPT_C_MARK => key.mark = !0,
+            C::BPFIPT_C_LENGTH => key.len = !0,
+            C::BPFIPT_C_TTL => key.ttl = !0,
+            C::BPFIPT_C_PKTTYPE => key.pkttype = !0,
+            C::BPFIPT_C_FIELD_IN => key_field(key, (c0 >> 16) as u8),
+            C::BPFIPT_C_L4HDR
+            | C::BPFIPT_C_FRAGMENT
+            | C::BPFIPT_C_TOS
+            | C::BPFIPT_C_DSCP
+            | C::BPFIPT_C_PORT_EITHER
+            | C::BPFIPT_C_ADDR_MASK
+            | C::BPFIPT_C_ADDRTYPE => {}
+            _ => return false,
+        }
+        true
+    })
+}
 
 /// The slots of action `a`; its checks are appended to `img`, whose slot 0 is image slot
 /// `base` (interface checks resolved against `ifaces`).
@@ -979,5 +1070,67 @@ mod tests {
             IfaceName { ifindex: 7, name: "eth1".into() },
         ];
         assert_eq!(iface_intervals(&p, &ifs).expect("resolves"), vec![(0, 0), (2, 2), (3, 1), (4, 0), (7, 1), (8, 0)]);
+    }
+
+    /// The flow cache's header, as the installer sets it: (hooks cached, the key's mask).
+    fn flow_header(img: &mut [u64]) -> (Vec<Hook>, bpfipt_flow_key) {
+        set_flow_header(img);
+        let hooks = Hook::ALL.into_iter().filter(|h| img[SLOT_FLAGS] & F_FLOW << *h as u32 != 0).collect();
+        let bytes: Vec<u8> = img[SLOT_FLOW_MASK..SLOT_FLOW_MASK + 4].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        // SAFETY: 32 bytes read as the plain-integer struct they were written from.
+        (hooks, unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    }
+
+    /// A hook is cached unless one of its rules keeps state or has side effects; the key
+    /// takes what some rule looks at beyond the addresses, ports, protocol, interface, TOS and
+    /// fragment bits it always holds; rules appended in place count as built ones.
+    #[test]
+    fn flow_cache_header_follows_the_rules() {
+        use crate::model::*;
+        let rule = |ip: IpHeader, matches: Vec<Match>, target: Target| Rule { id: Rule::UNASSIGNED, ip, matches, target, counters: Counters::default() };
+        let tcp = IpHeader { proto: Some(Inv::new(6, false)), ..Default::default() };
+        let dport = Match::Tcp(TcpMatch { dport: Some(Inv::new(PortRange { lo: 22, hi: 22 }, false)), ..Default::default() });
+        let mut rs = Ruleset::default();
+        let mut id = 0;
+        let mut push = |rs: &mut Ruleset, chain: &str, r: Rule| {
+            rs.table_mut(TableKind::Filter).chain_mut(chain).expect("chain").rules.push(Rule { id, ..r });
+            id += 1;
+        };
+        push(&mut rs, "INPUT", rule(tcp.clone(), vec![dport.clone()], Target::Accept));
+        let mut img = build(&crate::compile::compile(&rs).expect("compiles"), &[]).expect("image");
+        let (hooks, key) = flow_header(&mut img);
+        assert_eq!(hooks, Hook::ALL.to_vec());
+        assert_eq!((key.src, key.dst, key.sport, key.dport, key.ifindex, key.proto, key.tos, key.prog, key.frag), (!0, !0, !0, !0, !0, !0, !0, !0, !0));
+        assert_eq!((key.ct_state, key.tcp_flags, key.ttl, key.pkttype, key.icmp, key.len, key.mark), (0, 0, 0, 0, 0, 0, 0));
+
+        push(&mut rs, "INPUT", rule(IpHeader::default(), vec![], Target::Log(LogTarget::default())));
+        push(&mut rs, "FORWARD", rule(IpHeader::default(), vec![Match::Length(LengthMatch { lo: 0, hi: 60, invert: false })], Target::Drop));
+        push(&mut rs, "FORWARD", rule(IpHeader::default(), vec![Match::State(StateMatch { state: ct_state::ESTABLISHED, invert: false })], Target::Accept));
+        push(&mut rs, "OUTPUT", rule(IpHeader::default(), vec![Match::Limit(LimitMatch { avg: 100, burst: 5 })], Target::Accept));
+        let mut img = build(&crate::compile::compile(&rs).expect("compiles"), &[]).expect("image");
+        let (hooks, key) = flow_header(&mut img);
+        assert_eq!(hooks, vec![Hook::Forward], "INPUT logs, OUTPUT limits");
+        assert_eq!((key.len, key.ct_state, key.tcp_flags), (!0, !0, 0));
+
+        // --syn appended to FORWARD in place: the patched image keys the TCP flags.
+        let syn = Match::Tcp(TcpMatch { flags: Some(Inv::new(TcpFlags { mask: 0x17, comp: 0x02 }, false)), ..Default::default() });
+        let mut big = Ruleset::default();
+        for i in 0..TAIL_PER as u32 {
+            let src = IpHeader { src: Some(Inv::new(Ipv4Mask::new(0x0a00_0000 + i, u32::MAX), false)), ..Default::default() };
+            push(&mut big, "FORWARD", rule(src, vec![], Target::Drop));
+        }
+        let mut img = build(&crate::compile::compile(&big).expect("compiles"), &[]).expect("image");
+        assert_eq!(flow_header(&mut img).1.tcp_flags, 0);
+        push(&mut big, "FORWARD", rule(tcp, vec![syn], Target::Drop));
+        let table = big.table(TableKind::Filter).expect("filter");
+        let new = &table.chain("FORWARD").expect("FORWARD").rules[TAIL_PER..];
+        let tail = crate::compile::compile_tail(table, Hook::Forward, new, true, hook_rules(&img, Hook::Forward).expect("rules"))
+            .expect("compiles")
+            .expect("appendable");
+        let patch = append(&img, Hook::Forward, &tail, &[]).expect("append").expect("room");
+        let mut patched = vec![0; patch.len()];
+        patch.write(&img, &mut patched);
+        let (hooks, key) = flow_header(&mut patched);
+        assert_eq!((hooks, key.tcp_flags), (Hook::ALL.to_vec(), !0));
     }
 }

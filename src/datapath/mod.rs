@@ -575,6 +575,7 @@ fn install_image_with(pin_dir: &Path, len: usize, fill: impl FnOnce(&mut [u64]))
             *flags |= F_ONE_CHUNK;
         }
     }
+    image::set_flow_header(slots);
     drop(mapping);
     let mut value = [0u8; 8];
     value[0..4].copy_from_slice(&next.to_ne_bytes());

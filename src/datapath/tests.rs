@@ -1209,3 +1209,122 @@ fn local_destinations_through_the_fast_table() {
     assert_eq!(env.xdp(&to(w), env.d0).0, XDP_DROP, "local (own slot): INPUT");
     assert_eq!(env.xdp(&to(z), env.d0).0, XDP_PASS, "not local: FORWARD");
 }
+
+/// The flow cache's entries for the current image (`bpfipt_flows`, every CPU's).
+fn flow_entries(env: &Env) -> Vec<skel::types::bpfipt_flow> {
+    let gen = active_generation(&open_map(&env.dir, "bpfipt_active").expect("active")).expect("generation");
+    let m = open_map(&env.dir, "bpfipt_flows").expect("flows");
+    let n = 1u32 << skel::types::bpfipt_const::BPFIPT_FLOW_CACHE_BITS.0;
+    let mut out = Vec::new();
+    for k in 0..n {
+        for v in m.lookup_percpu(&k.to_ne_bytes(), MapFlags::ANY).expect("lookup").expect("entry") {
+            assert!(v.len() >= std::mem::size_of::<skel::types::bpfipt_flow>());
+            // SAFETY: the value is a struct bpfipt_flow (plain integers), read unaligned.
+            let e: skel::types::bpfipt_flow = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+            if e.gen == gen {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn flows_seen_before_take_the_verdict_and_counters_their_classification_gave() {
+    let Some(env) = Env::new("flows") else { return };
+    let syn = Match::Tcp(TcpMatch { flags: Some(Inv::new(TcpFlags { mask: 0x17, comp: 0x02 }, false)), ..Default::default() });
+    let short = Match::Length(LengthMatch { lo: 0, hi: 60, invert: false });
+    let limit = Match::Limit(LimitMatch { avg: LimitMatch::SCALE * 3600, burst: 2 });
+    let mut rs = ruleset(
+        &[("FORWARD", Policy::Drop), ("INPUT", Policy::Drop)],
+        vec![
+            ("FORWARD", rule(proto(6), vec![syn], Target::Drop)),
+            ("FORWARD", rule(IpHeader::default(), vec![], Target::Jump("U".into()))),
+            ("FORWARD", rule(IpHeader::default(), vec![short], Target::Drop)),
+            ("FORWARD", rule(proto(6), vec![], Target::Accept)),
+            ("INPUT", rule(proto(17), vec![limit], Target::Accept)),
+        ],
+    );
+    let t = rs.table_mut(TableKind::Filter);
+    t.add_user_chain(Chain::user("U"));
+    t.chain_mut("U").expect("U").rules.push(Rule { id: 5, ..rule(proto(17), vec![], Target::Accept) });
+    env.apply(&rs).expect("apply");
+
+    // UDP through the jump to U: both rules count every packet, the first classified, the
+    // rest from the cache.
+    let dgram = frame("198.18.1.7", "198.18.2.9", 17, &udp(1000, 53, b"query"));
+    for _ in 0..3 {
+        assert_eq!(env.xdp(&dgram, env.d0).0, XDP_PASS);
+    }
+    assert_eq!(env.rule(1), Counters { packets: 3, bytes: 3 * 33 });
+    assert_eq!(env.rule(5), Counters { packets: 3, bytes: 3 * 33 });
+    let cached: Vec<_> = flow_entries(&env).into_iter().filter(|e| e.n_counted == 2).collect();
+    assert_eq!(cached.len(), 1, "the UDP flow is cached once");
+    assert_eq!((cached[0].counted[0], cached[0].counted[1], cached[0].hook), (1, 5, Hook::Forward as i8));
+
+    // The key keeps what the rules look at: TCP flags, and the length for the -m length rule.
+    let flow = |flags, payload: &[u8]| {
+        let mut l4 = tcp(2000, 80, flags, 1);
+        l4.extend_from_slice(payload);
+        frame("198.18.1.7", "198.18.2.9", 6, &l4)
+    };
+    for _ in 0..2 {
+        assert_eq!(env.xdp(&flow(0x02, b""), env.d0).0, XDP_DROP, "SYN");
+        assert_eq!(env.xdp(&flow(0x10, b""), env.d0).0, XDP_DROP, "a bare ACK is short");
+        assert_eq!(env.xdp(&flow(0x10, &[0; 100]), env.d0).0, XDP_PASS, "data");
+        assert_eq!(env.xdp(&flow(0x18, &[0; 100]), env.d0).0, XDP_PASS, "data, PSH");
+    }
+    assert_eq!((env.rule(0).packets, env.rule(2).packets, env.rule(3).packets), (2, 2, 4));
+    assert_eq!(env.policy(Hook::Forward).packets, 0);
+
+    // A hook with a limit rule is never cached: the third datagram is over the burst.
+    let local = frame("198.18.1.7", "198.18.1.1", 17, &udp(1000, 53, b"query"));
+    let verdicts: Vec<u32> = (0..3).map(|_| env.xdp(&local, env.d0).0).collect();
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_DROP]);
+    assert_eq!(env.policy(Hook::Input).packets, 1);
+    assert!(flow_entries(&env).iter().all(|e| e.hook != Hook::Input as i8));
+
+    // Routes: a destination without one is not judged, then judged in FORWARD once one is
+    // added, and not again once it is gone, each from the next packet on.
+    let far = frame("198.18.1.7", "203.0.113.5", 6, &tcp(2000, 80, 0x10, 1));
+    assert_eq!(env.xdp(&far, env.d0).0, XDP_PASS);
+    assert_eq!(env.xdp(&far, env.d0).0, XDP_PASS);
+    sh(&["ip", "route", "add", "203.0.113.0/24", "via", "198.18.2.2", "dev", "d1"]);
+    assert_eq!(env.xdp(&far, env.d0).0, XDP_DROP, "routed now: FORWARD, short");
+    assert_eq!(env.xdp(&far, env.d0).0, XDP_DROP);
+    sh(&["ip", "route", "del", "203.0.113.0/24"]);
+    assert_eq!(env.xdp(&far, env.d0).0, XDP_PASS);
+    assert_eq!(env.rule(2).packets, 4);
+
+    // The cache answers: an entry changed behind the programs' back is obeyed (which only a
+    // test may do) ... (the UDP flow's entry is stale since the routes changed: renewed)
+    assert_eq!(env.xdp(&dgram, env.d0).0, XDP_PASS);
+    let m = open_map(&env.dir, "bpfipt_flows").expect("flows");
+    let n = 1u32 << skel::types::bpfipt_const::BPFIPT_FLOW_CACHE_BITS.0;
+    let mut planted = false;
+    for k in 0..n {
+        let mut vals = m.lookup_percpu(&k.to_ne_bytes(), MapFlags::ANY).expect("lookup").expect("entry");
+        let off = std::mem::offset_of!(skel::types::bpfipt_flow, verdict);
+        let hit = vals.iter().any(|v| {
+            // SAFETY: as in flow_entries
+            let e: skel::types::bpfipt_flow = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+            e.n_counted == 2 && e.verdict == 0
+        });
+        if hit {
+            for v in vals.iter_mut() {
+                v[off] = 1; // V_DROP
+            }
+            m.update_percpu(&k.to_ne_bytes(), &vals, MapFlags::ANY).expect("update");
+            planted = true;
+        }
+    }
+    assert!(planted);
+    assert_eq!(env.xdp(&dgram, env.d0).0, XDP_DROP, "the planted verdict");
+    // ... until the ruleset changes: every install is a new generation.
+    env.apply(&rs).expect("apply again");
+    assert_eq!(env.xdp(&dgram, env.d0).0, XDP_PASS);
+    assert_eq!(env.tc(Prog::TcIngress, &dgram, env.d0, 0).0, TC_ACT_OK);
+    assert_eq!(env.tc(Prog::TcIngress, &dgram, env.d0, 0).0, TC_ACT_OK);
+    assert_eq!(env.tc(Prog::TcIngress, &flow(0x02, b""), env.d0, 0).0, TC_ACT_SHOT);
+    assert_eq!(env.tc(Prog::TcIngress, &flow(0x02, b""), env.d0, 0).0, TC_ACT_SHOT);
+}

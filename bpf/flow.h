@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The flow cache (`bpfipt_flows`, see bpf_iptables.h): a packet of a flow whose verdict is
+ * known takes it, with the counters its classification bumped, instead of choosing its chain
+ * and walking the classifier again. The programs build the packet's key once it is parsed
+ * (and its conntrack state known), look it up, and on a miss store what the full path
+ * decided.
+ */
+#ifndef BPFIPT_FLOW_H
+#define BPFIPT_FLOW_H
+
+#include "lbvs.h"
+#include "actions.h" /* PROG_* */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << BPFIPT_FLOW_CACHE_BITS);
+	__type(key, __u32);
+	__type(value, struct bpfipt_flow);
+} bpfipt_flows SEC(".maps");
+
+/* The entry for c->p's flow in program `prog`, its key left in c->fk; NULL when no hook of
+ * the image may be cached. */
+static __always_inline struct bpfipt_flow *flow_entry(struct img *img, struct cls *c, int prog)
+{
+	/* as bpfipt_dp_classify(), nothing from an image of another layout */
+	if (img->c0->slot[0] != ((__u64)BPFIPT_IMG_VERSION << 32 | BPFIPT_IMG_MAGIC) ||
+	    !(slot(img, BPFIPT_IMG_SLOT_FLAGS) & (BPFIPT_IMG_F_FLOW * 7)))
+		return NULL;
+	struct pkt *p = &c->p;
+	/* built in registers, a word at a time, as the struct lays them out (little endian):
+	 * stored field by field and read back as words, it costs a stalled load per word */
+	_Static_assert(sizeof(struct bpfipt_flow_key) == 32 && __builtin_offsetof(struct bpfipt_flow_key, proto) == 16 &&
+			       __builtin_offsetof(struct bpfipt_flow_key, icmp) == 24,
+		       "a flow key is four slots");
+	__u32 ifindex = prog == PROG_TC_EG ? p->out_ifindex : p->in_ifindex;
+	__u32 frag = (p->frag_off != 0) | (p->l4_ok != 0) << 1;
+	__u64 *w = (__u64 *)&c->fk;
+	w[0] = ((__u64)p->dst << 32 | p->src) & slot(img, BPFIPT_IMG_SLOT_FLOW_MASK);
+	w[1] = ((__u64)ifindex << 32 | (__u32)p->dport << 16 | p->sport) & slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 1);
+	w[2] = ((__u64)(frag << 24 | (__u32)p->pkttype << 16 | (__u32)p->ttl << 8 | p->tcp_flags) << 32 |
+		(__u32)p->ct_state << 24 | (__u32)prog << 16 | (__u32)p->tos << 8 | p->proto) &
+	       slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 2);
+	w[3] = ((__u64)p->mark << 32 | (__u32)p->len << 16 | p->icmp) & slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 3);
+	__u32 h = BPFIPT_FLOW_HASH(w[0], w[1], w[2], w[3]);
+	return bpf_map_lookup_elem(&bpfipt_flows, &h);
+}
+
+/* Whether entry `e` answers for the packet whose key flow_entry() built. */
+static __always_inline int flow_hit(struct bpfipt_flow *e, struct cls *c, struct img *img, __u32 rt_gen)
+{
+	__u64 *a = (__u64 *)&e->key, *b = (__u64 *)&c->fk;
+	return e->gen == img->gen && e->rt_gen == rt_gen && a[0] == b[0] && a[1] == b[1] && a[2] == b[2] &&
+	       a[3] == b[3];
+}
+
+/* The verdict of a hit, its counters bumped as classify() bumped them. */
+static __always_inline __u32 flow_replay(struct bpfipt_flow *e, struct cls *c)
+{
+	__u32 n = e->n_counted;
+	for (__u32 i = 0; i < BPFIPT_FLOW_COUNTED; i++) {
+		if (i >= n)
+			break;
+		count(&bpfipt_rule_counters, e->counted[i], c->p.len);
+	}
+	if (e->by_policy)
+		count(&bpfipt_policy_counters, e->hook, c->p.len);
+	return e->verdict;
+}
+
+/* Remembers in `e` (from flow_entry) that the packet went to `hook` (-1: not judged) and got
+ * verdict `v` there, when that is a function of its key. */
+static __always_inline void flow_store(struct bpfipt_flow *e, struct cls *c, struct img *img, __u32 rt_gen,
+				       int hook, __u32 v)
+{
+	if (!e)
+		return;
+	if (hook >= 0) {
+		if (hook >= BPFIPT_NR_HOOKS || !(slot(img, BPFIPT_IMG_SLOT_FLAGS) & (BPFIPT_IMG_F_FLOW << hook)) ||
+		    (v != V_ACCEPT && v != V_DROP) || c->n_counted > BPFIPT_FLOW_COUNTED)
+			return;
+		e->verdict = v;
+		e->by_policy = c->by_policy;
+		e->n_counted = c->n_counted;
+		for (__u32 i = 0; i < BPFIPT_FLOW_COUNTED; i++)
+			e->counted[i] = c->counted[i];
+	} else {
+		e->verdict = V_ACCEPT;
+		e->by_policy = 0;
+		e->n_counted = 0;
+	}
+	e->key = c->fk;
+	e->gen = img->gen;
+	e->rt_gen = rt_gen;
+	e->hook = hook;
+}
+
+#endif
