@@ -338,6 +338,31 @@ static __always_inline int reply_passes(struct cls *c, __u32 len, __u32 out_ifin
 	return bpfipt_dp_classify(c) == V_ACCEPT;
 }
 
+/* Which judged packets advance their connection. */
+enum ct_update_mode {
+	CT_NONE,      /* not tracking */
+	CT_ALL,       /* every judged packet */
+	CT_DROPPED,   /* lo egress: only one OUTPUT drops (lo ingress updates the others) */
+};
+
+/* The connection of a packet judged `v` advances (`update`: which do). */
+static __always_inline void ct_judged(struct cls *c, int update, __u32 v)
+{
+	if (update == CT_ALL || (update == CT_DROPPED && v != V_ACCEPT))
+		ct_update_cls(c, v == V_ACCEPT);
+}
+
+/* The verdict of a packet whose flow's is cached (flow_hit), its counters bumped and its
+ * connection advanced as a full classification would (a packet not judged passes). */
+static __always_inline __u32 cached_verdict(struct bpfipt_flow *e, struct cls *c, int update)
+{
+	if (e->hook < 0)
+		return V_ACCEPT;
+	__u32 v = flow_replay(e, c);
+	ct_judged(c, update, v);
+	return v;
+}
+
 static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 {
 	struct cls *c = scratch(PROG_XDP);
@@ -350,6 +375,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 	}
 	c->p.in_ifindex = ctx->ingress_ifindex;
 	int track = tracks(img);
+	int update = track ? CT_ALL : CT_NONE;
 	if (track) {
 		ct_fill(c, data, data_end, 0);
 		ct_lookup_cls(c, 1);
@@ -357,14 +383,8 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
 	__u32 rt_gen = xdp_route_gen(ctx);
 	struct bpfipt_flow *fl = flow_entry(img, c, PROG_XDP);
-	if (fl && flow_hit(fl, c, img, rt_gen)) {
-		if (fl->hook < 0)
-			return XDP_PASS;
-		__u32 v = flow_replay(fl, c);
-		if (track)
-			ct_update_cls(c, v == V_ACCEPT);
-		return v == V_ACCEPT ? XDP_PASS : XDP_DROP;
-	}
+	if (fl && flow_hit(fl, c, img, rt_gen))
+		return cached_verdict(fl, c, update) == V_ACCEPT ? XDP_PASS : XDP_DROP;
 	int hook = ingress_hook(ctx, c, rt_gen);
 	if (hook < 0) {
 		flow_store(fl, c, img, rt_gen, hook, V_ACCEPT);
@@ -375,8 +395,7 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 	flow_store(fl, c, img, rt_gen, hook, v);
 	if (c->n_logs)
 		emit_logs(ctx, PROG_XDP, img, c);
-	if (track)
-		ct_update_cls(c, v == V_ACCEPT);
+	ct_judged(c, update, v);
 	if (v == V_ACCEPT)
 		return XDP_PASS;
 	if (v == V_REJECT) {
@@ -401,13 +420,6 @@ static __always_inline void pull_headers(struct __sk_buff *skb)
 	/* cheap when the head is linear already */
 	bpf_skb_pull_data(skb, want);
 }
-
-/* Which judged packets advance their connection in tc_judge. */
-enum ct_update_mode {
-	CT_NONE,      /* not tracking */
-	CT_ALL,       /* every judged packet */
-	CT_DROPPED,   /* lo egress: only one OUTPUT drops (lo ingress updates the others) */
-};
 
 /* Whether `skb` is a reply the kernel's own ICMP code sends (echo or timestamp reply, from
  * the per-CPU ICMP socket). icmp_send cannot answer those: their sender holds the socket it
@@ -551,23 +563,6 @@ static __noinline int reject_checksum_ok(struct __sk_buff *skb, struct cls *c, i
 	return csum_fold(sum) == 0;
 }
 
-/* The connection of a packet judged `v` advances (`update`: which do). */
-static __always_inline void ct_judged(struct cls *c, int update, __u32 v)
-{
-	if (update == CT_ALL || (update == CT_DROPPED && v != V_ACCEPT))
-		ct_update_cls(c, v == V_ACCEPT);
-}
-
-/* A packet whose flow's verdict is cached (flow_hit): as tc_judge would judge it. */
-static __always_inline int tc_cached(struct bpfipt_flow *e, struct cls *c, int update)
-{
-	if (e->hook < 0)
-		return TC_ACT_OK;
-	__u32 v = flow_replay(e, c);
-	ct_judged(c, update, v);
-	return v == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
-}
-
 /* Common TC part once the hook is known; the verdict goes into the flow cache entry `fl`. */
 static __always_inline int tc_judge(struct __sk_buff *skb, struct img *img, struct cls *c, int kind, int update,
 				    struct bpfipt_flow *fl, __u32 rt_gen)
@@ -648,7 +643,7 @@ static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 	__u32 rt_gen = skb_route_gen(skb);
 	struct bpfipt_flow *fl = flow_entry(img, c, PROG_TC_IN);
 	if (fl && flow_hit(fl, c, img, rt_gen))
-		return tc_cached(fl, c, update);
+		return cached_verdict(fl, c, update) == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
 	int hook = ingress_hook(skb, c, rt_gen);
 	if (hook < 0) {
 		flow_store(fl, c, img, rt_gen, hook, V_ACCEPT);
@@ -669,7 +664,7 @@ static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 	int mode = !track ? CT_NONE : skb->ifindex == LOOPBACK_IFINDEX ? CT_DROPPED : CT_ALL;
 	struct bpfipt_flow *fl = flow_entry(img, c, PROG_TC_EG);
 	if (fl && flow_hit(fl, c, img, 0))
-		return tc_cached(fl, c, mode);
+		return cached_verdict(fl, c, mode) == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
 	return tc_judge(skb, img, c, PROG_TC_EG, mode, fl, 0);
 }
 
