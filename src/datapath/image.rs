@@ -1112,6 +1112,13 @@ mod tests {
         assert_eq!(hooks, vec![Hook::Forward], "INPUT logs, OUTPUT limits");
         assert_eq!((key.len, key.ct_state, key.tcp_flags), (!0, !0, 0));
 
+        // A leading ESTABLISHED rule alone (tried before the classifier) keys the state too.
+        let mut lead = Ruleset::default();
+        push(&mut lead, "INPUT", rule(IpHeader::default(), vec![Match::State(StateMatch { state: ct_state::ESTABLISHED, invert: false })], Target::Accept));
+        push(&mut lead, "INPUT", rule(tcp.clone(), vec![dport.clone()], Target::Drop));
+        let mut img = build(&crate::compile::compile(&lead).expect("compiles"), &[]).expect("image");
+        assert_eq!(flow_header(&mut img).1.ct_state, !0);
+
         // --syn appended to FORWARD in place: the patched image keys the TCP flags.
         let syn = Match::Tcp(TcpMatch { flags: Some(Inv::new(TcpFlags { mask: 0x17, comp: 0x02 }, false)), ..Default::default() });
         let mut big = Ruleset::default();
