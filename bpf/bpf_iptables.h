@@ -156,6 +156,7 @@ enum bpfipt_const {
 	 * this hook is a function of its flow key (IMG_SLOT_FLOW_MASK) alone, so the programs
 	 * may remember it per flow (`bpfipt_flows`). */
 	BPFIPT_IMG_F_FLOW = 8,
+	BPFIPT_IMG_F_FLOW_HOOKS = 8 * 7, /* F_FLOW of every hook */
 	/* In an interval slot: the field tells no rule apart there (see "intervals" above). */
 	BPFIPT_IMG_IV_ALL = 0x80000000,
 	BPFIPT_IMG_FIELD_SLOTS = 3,
@@ -568,10 +569,6 @@ struct bpfipt_flow {
 	__u32 counted[BPFIPT_FLOW_COUNTED]; /* the rules that counted it */
 	__u32 pad;
 };
-#define BPFIPT_FLOW_HASH(w0, w1, w2, w3)                                                          \
-	((__u32)(((__u32)((w0) ^ ((w0) >> 32)) ^ (__u32)((w1) ^ ((w1) >> 32)) * 0x85ebca6bu ^   \
-		  (__u32)((w2) ^ ((w2) >> 32)) * 0xc2b2ae35u ^ (__u32)((w3) ^ ((w3) >> 32))) *        \
-		 (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_FLOW_CACHE_BITS))
 
 /* `bpfipt_ifaces`, keyed by ifindex, kept by userspace: what the programs need to know about
  * an interface of this namespace. */

@@ -190,9 +190,7 @@ __noinline int bpfipt_dp_classify(struct cls *c)
 	if (!img.map)
 		return V_ACCEPT;
 	img.c0 = bpf_map_lookup_elem(img.map, &zero);
-	/* An image of another layout judges nothing: an upgrade links its new programs a moment
-	 * before it installs their first image, and they must not misread the old one. */
-	if (!img.c0 || img.c0->slot[0] != ((__u64)BPFIPT_IMG_VERSION << 32 | BPFIPT_IMG_MAGIC))
+	if (!img.c0 || !image_of_our_layout(&img))
 		return V_ACCEPT;
 	return classify(&img, c);
 }
@@ -238,6 +236,12 @@ static __always_inline __u32 skb_route_gen(struct __sk_buff *skb)
 	return k->dev->nd_net.net->ipv4.rt_genid.counter;
 }
 
+/* The route generation in ingress program `kind` (XDP or TC ingress). */
+static __always_inline __u32 route_gen(void *ctx, int kind)
+{
+	return kind == PROG_XDP ? xdp_route_gen(ctx) : skb_route_gen(ctx);
+}
+
 /* ingress_hook for a destination that is not local: the FIB's answer. */
 static __always_inline int route_lookup(void *ctx, struct cls *c)
 {
@@ -268,18 +272,20 @@ static __always_inline int route_lookup(void *ctx, struct cls *c)
 	}
 }
 
-/* The hook an arriving packet goes through, or -1 when netfilter would not filter it.
- * `route_gen`: the route generation, read before (a change in between moves it past what a
- * cached answer records). */
-static __always_inline int ingress_hook(void *ctx, struct cls *c, __u32 route_gen)
+/* The hook an arriving packet goes through, or -1 when netfilter would not filter it, in
+ * ingress program `kind`. `gen`: the route generation read already (before the flow cache
+ * lookup), or NULL to read it here; either way before the route lookup, so that a change in
+ * between moves it past what a cached answer records. */
+static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind, const __u32 *gen)
 {
 	struct pkt *p = &c->p;
 	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
 		return BPFIPT_HOOK_INPUT;
+	__u32 rt_gen = gen ? *gen : route_gen(ctx, kind);
 	__u32 ports = (__u32)p->sport << 16 | p->dport;
 	__u32 k = BPFIPT_ROUTE_HASH(p->src, p->dst, ports, p->in_ifindex);
 	struct bpfipt_route *e = bpf_map_lookup_elem(&bpfipt_routes, &k);
-	if (e && e->valid && e->genid == route_gen && e->dst == p->dst && e->src == p->src && e->ports == ports &&
+	if (e && e->valid && e->genid == rt_gen && e->dst == p->dst && e->src == p->src && e->ports == ports &&
 	    e->in_ifindex == p->in_ifindex && e->proto == p->proto && e->tos == p->tos) {
 		p->out_ifindex = e->out_ifindex;
 		return e->hook;
@@ -293,7 +299,7 @@ static __always_inline int ingress_hook(void *ctx, struct cls *c, __u32 route_ge
 		e->proto = p->proto;
 		e->tos = p->tos;
 		e->hook = hook;
-		e->genid = route_gen;
+		e->genid = rt_gen;
 		e->out_ifindex = p->out_ifindex;
 		e->valid = 1;
 	}
@@ -363,6 +369,36 @@ static __always_inline __u32 cached_verdict(struct bpfipt_flow *e, struct cls *c
 	return v;
 }
 
+/* Where a packet's verdict goes in the flow cache: its entry (NULL: the image caches
+ * nothing) and the route generation it is checked against (at ingress). */
+struct flow_ref {
+	struct bpfipt_flow *e;
+	__u32 rt_gen;
+};
+
+/* The start of judging an arriving packet in ingress program `kind`: its flow's cached
+ * verdict, V_ACCEPT for a packet netfilter would not judge (remembered so), or NONE32 with
+ * its hook chosen in c->p.hook and `f` set for the rest. The route generation is read only
+ * when the image caches something; otherwise only a packet the FIB is asked about reads it. */
+static __always_inline __u32 ingress_start(void *ctx, struct cls *c, struct img *img, int kind, int update,
+					   struct flow_ref *f)
+{
+	f->rt_gen = 0;
+	f->e = flow_entry(img, c, kind);
+	if (f->e) {
+		f->rt_gen = route_gen(ctx, kind);
+		if (flow_hit(f->e, c, img, f->rt_gen))
+			return cached_verdict(f->e, c, update);
+	}
+	int hook = ingress_hook(ctx, c, kind, f->e ? &f->rt_gen : NULL);
+	if (hook < 0) {
+		flow_store(f->e, c, img, f->rt_gen, hook, V_ACCEPT);
+		return V_ACCEPT;
+	}
+	c->p.hook = hook;
+	return NONE32;
+}
+
 static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 {
 	struct cls *c = scratch(PROG_XDP);
@@ -381,18 +417,12 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 		ct_lookup_cls(c, 1);
 	}
 	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
-	__u32 rt_gen = xdp_route_gen(ctx);
-	struct bpfipt_flow *fl = flow_entry(img, c, PROG_XDP);
-	if (fl && flow_hit(fl, c, img, rt_gen))
-		return cached_verdict(fl, c, update) == V_ACCEPT ? XDP_PASS : XDP_DROP;
-	int hook = ingress_hook(ctx, c, rt_gen);
-	if (hook < 0) {
-		flow_store(fl, c, img, rt_gen, hook, V_ACCEPT);
-		return XDP_PASS;
-	}
-	c->p.hook = hook;
-	__u32 v = bpfipt_dp_classify(c);
-	flow_store(fl, c, img, rt_gen, hook, v);
+	struct flow_ref f;
+	__u32 v = ingress_start(ctx, c, img, PROG_XDP, update, &f);
+	if (v != NONE32)
+		return v == V_ACCEPT ? XDP_PASS : XDP_DROP;
+	v = bpfipt_dp_classify(c);
+	flow_store(f.e, c, img, f.rt_gen, c->p.hook, v);
 	if (c->n_logs)
 		emit_logs(ctx, PROG_XDP, img, c);
 	ct_judged(c, update, v);
@@ -563,12 +593,12 @@ static __noinline int reject_checksum_ok(struct __sk_buff *skb, struct cls *c, i
 	return csum_fold(sum) == 0;
 }
 
-/* Common TC part once the hook is known; the verdict goes into the flow cache entry `fl`. */
+/* Common TC part once the hook is known; the verdict goes into the flow cache (`f`). */
 static __always_inline int tc_judge(struct __sk_buff *skb, struct img *img, struct cls *c, int kind, int update,
-				    struct bpfipt_flow *fl, __u32 rt_gen)
+				    struct flow_ref *f)
 {
 	__u32 v = bpfipt_dp_classify(c);
-	flow_store(fl, c, img, rt_gen, c->p.hook, v);
+	flow_store(f->e, c, img, f->rt_gen, c->p.hook, v);
 	if (c->n_logs)
 		emit_logs(skb, kind, img, c);
 	ct_judged(c, update, v);
@@ -640,17 +670,11 @@ static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 	if (!c)
 		return TC_ACT_OK;
 	int update = track ? CT_ALL : CT_NONE;
-	__u32 rt_gen = skb_route_gen(skb);
-	struct bpfipt_flow *fl = flow_entry(img, c, PROG_TC_IN);
-	if (fl && flow_hit(fl, c, img, rt_gen))
-		return cached_verdict(fl, c, update) == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
-	int hook = ingress_hook(skb, c, rt_gen);
-	if (hook < 0) {
-		flow_store(fl, c, img, rt_gen, hook, V_ACCEPT);
-		return TC_ACT_OK;
-	}
-	c->p.hook = hook;
-	return tc_judge(skb, img, c, PROG_TC_IN, update, fl, rt_gen);
+	struct flow_ref f;
+	__u32 v = ingress_start(skb, c, img, PROG_TC_IN, update, &f);
+	if (v != NONE32)
+		return v == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
+	return tc_judge(skb, img, c, PROG_TC_IN, update, &f);
 }
 
 static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
@@ -662,10 +686,10 @@ static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 	c->p.hook = BPFIPT_HOOK_OUTPUT;
 	/* on lo the packet's connection advances at lo ingress (see the top) */
 	int mode = !track ? CT_NONE : skb->ifindex == LOOPBACK_IFINDEX ? CT_DROPPED : CT_ALL;
-	struct bpfipt_flow *fl = flow_entry(img, c, PROG_TC_EG);
-	if (fl && flow_hit(fl, c, img, 0))
-		return cached_verdict(fl, c, mode) == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
-	return tc_judge(skb, img, c, PROG_TC_EG, mode, fl, 0);
+	struct flow_ref f = { .e = flow_entry(img, c, PROG_TC_EG), .rt_gen = 0 };
+	if (f.e && flow_hit(f.e, c, img, 0))
+		return cached_verdict(f.e, c, mode) == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
+	return tc_judge(skb, img, c, PROG_TC_EG, mode, &f);
 }
 
 /* The programs: each judges a packet against the image it announced (image_enter), and

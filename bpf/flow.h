@@ -19,13 +19,17 @@ struct {
 	__type(value, struct bpfipt_flow);
 } bpfipt_flows SEC(".maps");
 
+/* A flow key's entry, from its four words. */
+#define FLOW_HASH(w0, w1, w2, w3)                                                                 \
+	((__u32)(((__u32)((w0) ^ ((w0) >> 32)) ^ (__u32)((w1) ^ ((w1) >> 32)) * 0x85ebca6bu ^   \
+		  (__u32)((w2) ^ ((w2) >> 32)) * 0xc2b2ae35u ^ (__u32)((w3) ^ ((w3) >> 32))) *        \
+		 (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_FLOW_CACHE_BITS))
+
 /* The entry for c->p's flow in program `prog`, its key left in c->fk; NULL when no hook of
  * the image may be cached. */
 static __always_inline struct bpfipt_flow *flow_entry(struct img *img, struct cls *c, int prog)
 {
-	/* as bpfipt_dp_classify(), nothing from an image of another layout */
-	if (img->c0->slot[0] != ((__u64)BPFIPT_IMG_VERSION << 32 | BPFIPT_IMG_MAGIC) ||
-	    !(slot(img, BPFIPT_IMG_SLOT_FLAGS) & (BPFIPT_IMG_F_FLOW * 7)))
+	if (!image_of_our_layout(img) || !(slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_FLOW_HOOKS))
 		return NULL;
 	struct pkt *p = &c->p;
 	/* built in registers, a word at a time, as the struct lays them out (little endian):
@@ -42,7 +46,7 @@ static __always_inline struct bpfipt_flow *flow_entry(struct img *img, struct cl
 		(__u32)p->ct_state << 24 | (__u32)prog << 16 | (__u32)p->tos << 8 | p->proto) &
 	       slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 2);
 	w[3] = ((__u64)p->mark << 32 | (__u32)p->len << 16 | p->icmp) & slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 3);
-	__u32 h = BPFIPT_FLOW_HASH(w[0], w[1], w[2], w[3]);
+	__u32 h = FLOW_HASH(w[0], w[1], w[2], w[3]);
 	return bpf_map_lookup_elem(&bpfipt_flows, &h);
 }
 

@@ -768,6 +768,14 @@ static __always_inline int image_enter(struct img *img)
 	return 1;
 }
 
+/* Whether `img` has the layout these programs read. An image of another layout judges
+ * nothing: an upgrade links its new programs a moment before it installs their first image,
+ * and they must not misread the old one. */
+static __always_inline int image_of_our_layout(struct img *img)
+{
+	return img->c0->slot[0] == ((__u64)BPFIPT_IMG_VERSION << 32 | BPFIPT_IMG_MAGIC);
+}
+
 static __always_inline void image_exit(void)
 {
 	__u32 zero = 0;

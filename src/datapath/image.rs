@@ -92,6 +92,27 @@ fn pack(lo: u32, hi: u32) -> u64 {
     lo as u64 | (hi as u64) << 32
 }
 
+/// The two halves `pack` put in a slot, as indexes.
+fn unpack(s: u64) -> (usize, usize) {
+    (s as u32 as usize, (s >> 32) as usize)
+}
+
+/// A skeleton struct as the image slots it fills.
+///
+/// # Safety
+/// `T` is a `#[repr(C)]` struct of integers without padding bytes of unknown value, exactly
+/// `N` * 8 bytes long (checked).
+unsafe fn struct_slots<T, const N: usize>(v: &T) -> [u64; N] {
+    const { assert!(std::mem::size_of::<T>() == N * 8, "a struct of whole slots") };
+    // SAFETY: the caller's contract; the size was checked.
+    let bytes = unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), N * 8) };
+    let mut out = [0u64; N];
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        *o = u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+    }
+    out
+}
+
 /// Builds the image of `c` for the interfaces `ifaces`.
 pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     let mut img = vec![0u64; HEADER];
@@ -213,6 +234,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
 const F_CONNTRACK: u64 = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
 const F_TCP_OPTIONS: u64 = bpfipt_const::BPFIPT_IMG_F_TCP_OPTIONS.0 as u64;
 const F_FLOW: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW.0 as u64;
+const F_FLOW_HOOKS: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW_HOOKS.0 as u64;
 const SLOT_FLOW_MASK: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLOW_MASK);
 
 /// Fills in the flow cache's part of image `img` (see `bpfipt_flows` in bpf_iptables.h): which
@@ -243,7 +265,7 @@ pub fn set_flow_header(img: &mut [u64]) {
     let mut cached = 0;
     for hook in Hook::ALL {
         let hs = HOOK0 + hook as usize * HOOK_SLOTS;
-        let (fields, n_fields) = (img[hs + 2] as u32 as usize, (img[hs + 2] >> 32) as usize);
+        let (fields, n_fields) = unpack(img[hs + 2]);
         for d in (0..n_fields).filter_map(|i| img.get(fields + i * FIELD_SLOTS)) {
             key_field(&mut key, *d as u8);
         }
@@ -253,13 +275,10 @@ pub fn set_flow_header(img: &mut [u64]) {
             cached |= F_FLOW << hook as u32;
         }
     }
-    img[SLOT_FLAGS] = img[SLOT_FLAGS] & !(F_FLOW * 7) | cached;
-    const _: () = assert!(std::mem::size_of::<bpfipt_flow_key>() == 32);
+    img[SLOT_FLAGS] = img[SLOT_FLAGS] & !F_FLOW_HOOKS | cached;
     // SAFETY: bpfipt_flow_key is a repr(C) struct of integers without padding, 32 bytes.
-    let bytes = unsafe { std::slice::from_raw_parts((&key as *const bpfipt_flow_key).cast::<u8>(), 32) };
-    for (i, b) in bytes.chunks_exact(8).enumerate() {
-        img[SLOT_FLOW_MASK + i] = u64::from_ne_bytes(b.try_into().expect("8 bytes"));
-    }
+    let mask: [u64; 4] = unsafe { struct_slots(&key) };
+    img[SLOT_FLOW_MASK..SLOT_FLOW_MASK + 4].copy_from_slice(&mask);
 }
 
 /// Adds field `f` (a `Field`'s number) to the flow key where it is not always in it.
@@ -279,7 +298,7 @@ fn keyed_action(img: &[u64], a: usize, key: &mut bpfipt_flow_key) -> bool {
     if kind == bpfipt_action::BPFIPT_A_LOG.0 || kind == bpfipt_action::BPFIPT_A_MARK.0 {
         return false;
     }
-    let (checks, n) = (a2 as u32 as usize, (a2 >> 32) as usize);
+    let (checks, n) = unpack(a2);
     (0..n).all(|i| {
         let Some(&c0) = img.get(checks + i * CHECK_SLOTS) else { return false };
         use bpfipt_check as C;
@@ -437,7 +456,7 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action], ifaces: &[IfaceName]) ->
     let n = hook_rules(img, hook)? as usize;
     let used = img[SLOT_LEN] as usize;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
-    let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
+    let (actions, lbvs) = unpack(img[hs + 1]);
     if used > img.len()
         || n + tail.len() > lbvs + tail_room(lbvs)
         || n + tail.len() > MAX_RULES
@@ -455,7 +474,7 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action], ifaces: &[IfaceName]) ->
 /// rules" in bpf_iptables.h).
 fn inserted(img: &[u64], hook: Hook) -> impl Iterator<Item = (u32, u32)> + '_ {
     let ins = img[HOOK0 + hook as usize * HOOK_SLOTS + 4];
-    let (off, n) = (ins as u32 as usize, (ins >> 32) as usize);
+    let (off, n) = unpack(ins);
     img.get(off..off + n).unwrap_or_default().iter().map(|&e| (e as u32, (e >> 32) as u32))
 }
 
@@ -501,7 +520,7 @@ fn insert_in_hook(
     let n = hook_rules(img, hook)? as usize;
     let used = patch.keep;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
-    let (actions, lbvs) = (img[hs + 1] as u32 as usize, (img[hs + 1] >> 32) as usize);
+    let (actions, lbvs) = unpack(img[hs + 1]);
     let room = img[hs + 5] as usize;
     let list: Vec<(u32, u32)> = inserted(img, hook).collect();
     let rules = places.iter().flat_map(|p| &p.actions);
@@ -717,15 +736,9 @@ fn flags_for(actions: &[Action], ct_field: bool) -> u64 {
 
 /// `struct bpfipt_ct_match` as image slots.
 fn ct_match_slots(m: &bpfipt_ct_match) -> [u64; CTM_SLOTS] {
-    const _: () = assert!(std::mem::size_of::<bpfipt_ct_match>() == CTM_SLOTS * 8);
     // SAFETY: bpfipt_ct_match is a repr(C) struct of integers without padding bytes of
     // unknown value (its explicit `pad` is part of it), exactly CTM_SLOTS * 8 bytes long.
-    let bytes = unsafe { std::slice::from_raw_parts((m as *const bpfipt_ct_match).cast::<u8>(), CTM_SLOTS * 8) };
-    let mut out = [0u64; CTM_SLOTS];
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-        *o = u64::from_ne_bytes(b.try_into().expect("8 bytes"));
-    }
-    out
+    unsafe { struct_slots(m) }
 }
 
 /// The three slots of one check; lists (ranges, conntrack matches) are appended to `img`,
@@ -976,7 +989,7 @@ mod tests {
         let img = build(&c, &[]).expect("image");
         let hs = HOOK0 + Hook::Input as usize * HOOK_SLOTS;
         assert_eq!(img[hs + 3] >> 32, 2, "two lead rules");
-        let (fields, n) = (img[hs + 2] as u32 as usize, (img[hs + 2] >> 32) as usize);
+        let (fields, n) = unpack(img[hs + 2]);
         let mut kept: Vec<u64> = (0..n).map(|i| img[fields + i * FIELD_SLOTS] & 0xff).collect();
         kept.sort_unstable();
         let mut want: Vec<u64> = h.fields.iter().filter(|f| f.field != Field::CtState).map(|f| f.field as u64).collect();
