@@ -109,7 +109,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 10,
+	BPFIPT_LAYOUT_VERSION = 11,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
@@ -121,7 +121,7 @@ enum bpfipt_const {
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
-	BPFIPT_IMG_VERSION = 9,
+	BPFIPT_IMG_VERSION = 10,
 	BPFIPT_IMG_SLOT_VECTAB = 1,
 	BPFIPT_IMG_SLOT_LOGS = 2,
 	BPFIPT_IMG_SLOT_STATES = 3,
@@ -446,9 +446,11 @@ struct bpfipt_ct_result {
 	__u8 dir;       /* enum bpfipt_ct_dir */
 	__u8 proto;     /* the connection's protocol (for RELATED: the quoted flow's) */
 	__u8 tcp_state; /* after this packet */
-	__u8 in_table;  /* the table had an entry under `key` (live or not) at lookup */
+	__u8 live;      /* the table had a live (not expired) entry under `key` at lookup */
 	__u8 done;      /* lookup applied the packet (it changed nothing in the entry but its
 			 * counters): nothing left for the update */
+	__u8 absent;    /* no live entry, and `created` read before looking (not ICMP) */
+	__u32 created;  /* the key's lock's `created` count before the lookup (conntrack.h) */
 	__u64 now;      /* the clock the lookup read, for the update */
 };
 /* `-m conntrack` options (bpfipt_ct_match.flags and .invert), as XT_CONNTRACK_* bits. */
@@ -567,7 +569,7 @@ struct bpfipt_flow {
 	__u8 by_policy;      /* the chain's policy counted it */
 	__u8 n_counted;
 	__u32 counted[BPFIPT_FLOW_COUNTED]; /* the rules that counted it */
-	__u32 pad;
+	__u32 ct_created;    /* keyed with no connection: its conntrack lock's count (flow.h) */
 };
 
 /* `bpfipt_ifaces`, keyed by ifindex, kept by userspace: what the programs need to know about

@@ -34,9 +34,11 @@
  *    nothing tracked, truncated headers). UNTRACKED is never returned (no raw table/NOTRACK).
  *  - update is called for every judged packet, as netfilter tracks at PREROUTING/OUTPUT before
  *    the filter: a packet of an existing connection advances it (state, counters, timeout)
- *    whatever the verdict, but only an accepted packet creates ("confirms") an entry, so a
- *    dropped SYN leaves none (found by the differential test against netfilter: a dropped
- *    SYN-ACK still makes the connection ESTABLISHED there).
+ *    whatever the verdict (found by the differential test against netfilter: a dropped
+ *    SYN-ACK still makes the connection ESTABLISHED there), but only an accepted packet
+ *    creates ("confirms") an entry, so a dropped SYN leaves none, nor does a dropped packet
+ *    revive an expired entry or reopen a closed connection (which it ends: netfilter kills
+ *    it before the filter).
  *  - TCP: netfilter's transition table, tcp_new() with nf_conntrack_tcp_loose=1 (a packet with
  *    only ACK set picks a connection up, as NEW), SYN_SENT2/simultaneous open, reopening from
  *    TIME_WAIT/CLOSE, RST handling (an RST to an unanswered SYN deletes the entry; an RST below
@@ -74,7 +76,10 @@
  * cost as much as the rest of the update) and without the update's second table lookup: it
  * takes effect at that instant, on the state the snapshot saw (an update after it changes
  * the state, not the counters, which commute). Counters in the table are always added
- * atomically, so no count is lost.
+ * atomically, so no count is lost. Each lock also counts the connections made live under its
+ * keys (`created`, after the insert or the revival): lookup reads it before the table, so a
+ * caller that found no connection knows none has come to be while it stays the same (the
+ * flow cache judges such packets without a lookup, flow.h).
  */
 #ifndef BPFIPT_CONNTRACK_H
 #define BPFIPT_CONNTRACK_H
@@ -94,6 +99,10 @@ struct {
 struct bpfipt_ct_lock {
 	struct bpf_spin_lock lock;
 	__u32 seq; /* even; odd while an update under the lock writes (see the top) */
+	/* Moved on (atomically) after every connection made live under a key of this lock: a
+	 * lookup that read it before finding no live connection under its key knows, while it
+	 * stays the same, that none has come to be since (the flow cache keeps such verdicts). */
+	__u32 created;
 };
 
 struct {
@@ -666,22 +675,37 @@ static __always_inline int ct_advance(struct bpfipt_ct_entry *e, const struct bp
 	}
 }
 
-static __always_inline __u32 ct_lock_index(const struct bpfipt_ct_key *k)
+/* The lock of the connection between (a0, p0) and (a1, p1): the same whichever end comes
+ * first, so a packet's lock is found without ordering its ends as its key does. */
+static __always_inline struct bpfipt_ct_lock *ct_lock_at(__u32 a0, __u16 p0, __u32 a1, __u16 p1, __u8 proto)
 {
-	__u32 h = k->addr[0] * 0x9E3779B1u;
+	__u32 h = ((a0 * 0x9E3779B1u ^ p0 * 0xC2B2AE3Du) + (a1 * 0x9E3779B1u ^ p1 * 0xC2B2AE3Du) + proto) *
+		  0x85EBCA77u;
+	__u32 idx = (h ^ (h >> 16)) & (BPFIPT_CT_LOCKS - 1);
 
-	h ^= k->addr[1] * 0x85EBCA77u;
-	h ^= ((__u32)k->port[0] << 16 | k->port[1]) * 0xC2B2AE3Du;
-	h ^= k->proto;
-	return (h ^ (h >> 16)) & (BPFIPT_CT_LOCKS - 1);
+	return bpf_map_lookup_elem(&bpfipt_ct_locks, &idx);
 }
 
 /* The lock of the entry under key k. */
 static __always_inline struct bpfipt_ct_lock *ct_lock_of(const struct bpfipt_ct_key *k)
 {
-	__u32 idx = ct_lock_index(k);
+	return ct_lock_at(k->addr[0], k->port[0], k->addr[1], k->port[1], k->proto);
+}
 
-	return bpf_map_lookup_elem(&bpfipt_ct_locks, &idx);
+/*
+ * The `created` count of the lock of packet p's connection (see struct bpfipt_ct_lock), as
+ * bpfipt_ct_lookup() reports it in r->created when it finds none live (r->absent). Returns 0
+ * for packets whose key is not their tuple's ends (ICMP).
+ */
+static __always_inline int bpfipt_ct_created(const struct bpfipt_ct_pkt *p, __u32 *created)
+{
+	if (p->proto == IPPROTO_ICMP)
+		return 0;
+	struct bpfipt_ct_lock *lk = ct_lock_at(p->saddr, p->sport, p->daddr, p->dport, p->proto);
+	if (!lk)
+		return 0;
+	*created = *(volatile __u32 *)&lk->created;
+	return 1;
 }
 
 static __always_inline void ct_fill_result(struct bpfipt_ct_result *r,
@@ -760,18 +784,24 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 		return r->state;
 	ct_key_of(&r->key, &ti);
 
+	lk = ct_lock_of(&r->key);
+	if (!lk)
+		return r->state;
+	r->created = *(volatile __u32 *)&lk->created;
+	/* `created` before the table: a connection made live after this read moves it on */
+	asm volatile("" ::: "memory");
 	e = bpf_map_lookup_elem(&bpfipt_ct, &r->key);
-	r->in_table = e != NULL;
 	r->now = now;
 	if (e && !ct_expired(e, now)) {
 		/* the seq only matters to a lookup that may apply the packet */
-		lk = apply ? ct_lock_of(&r->key) : NULL;
-		seq = lk ? *(volatile __u32 *)&lk->seq : 1;
+		seq = apply ? *(volatile __u32 *)&lk->seq : 1;
 		asm volatile("" ::: "memory");
 		snap = *e;
 		dir = ct_dir_of(&snap, &ti);
 		found = 1;
+		r->live = 1;
 	} else {
+		r->absent = p->proto != IPPROTO_ICMP;
 		if (ti.icmp_reply)
 			return r->state; /* only requests start ICMP connections */
 		ct_init(&snap, p, &ti.t, now);
@@ -793,7 +823,7 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	/* Compared with the entry as it is now, then the seq read again: even and unchanged, no
 	 * update wrote meanwhile (x86 orders loads with loads and stores with stores, and the
 	 * JIT keeps the program's order). */
-	if (found && lk && v == CT_V_ACCEPT && !(seq & 1) && ct_same_but_counters(&snap, e)) {
+	if (found && apply && v == CT_V_ACCEPT && !(seq & 1) && ct_same_but_counters(&snap, e)) {
 		asm volatile("" ::: "memory");
 		if (*(volatile __u32 *)&lk->seq == seq) {
 			/* some packets are not counted (a retransmitted SYN) */
@@ -812,12 +842,18 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	return r->state;
 }
 
-/* Under the entry's lock: applies the packet to a live entry (reinitialising it when it has
- * expired or the packet reopens it; `fresh` is scratch space). Returns 1 when the entry must
- * be deleted. */
-static __always_inline int ct_apply(struct bpfipt_ct_entry *e, struct bpfipt_ct_entry *fresh,
-				    const struct bpfipt_ct_pkt *p, const struct ct_tuple_info *ti,
-				    __u64 now)
+/* What ct_apply() leaves for after the lock. */
+enum ct_applied {
+	CT_KEPT,
+	CT_KILL,    /* delete the entry */
+	CT_CREATED, /* it holds a new connection now */
+};
+
+/* Under the entry's lock: applies the packet to an entry (reinitialising it when it has
+ * expired or the packet reopens it, if `accepted`; `fresh` is scratch space). */
+static __always_inline enum ct_applied ct_apply(struct bpfipt_ct_entry *e, struct bpfipt_ct_entry *fresh,
+						const struct bpfipt_ct_pkt *p,
+						const struct ct_tuple_info *ti, __u64 now, int accepted)
 {
 	__u32 dir = BPFIPT_CT_DIR_ORIGINAL;
 	int v = CT_V_REOPEN;
@@ -828,20 +864,26 @@ static __always_inline int ct_apply(struct bpfipt_ct_entry *e, struct bpfipt_ct_
 	}
 	if (v == CT_V_REOPEN) {
 		if (ti->icmp_reply)
-			return 0;
+			return CT_KEPT;
+		/* The old connection is over (netfilter kills it before the filter runs, and an
+		 * expired one is gone); a dropped packet starts no new one. */
+		if (!accepted)
+			return CT_KILL;
 		ct_init(fresh, p, &ti->t, now);
 		dir = BPFIPT_CT_DIR_ORIGINAL;
 		v = ct_advance(fresh, p, dir, now, 0);
 		if (v == CT_V_INVALID)
-			return 0;
+			return CT_KEPT;
 		*e = *fresh;
+		e->status |= BPFIPT_CT_S_CONFIRMED;
+		return v == CT_V_KILL ? CT_KILL : CT_CREATED;
 	}
 	if (v == CT_V_INVALID)
-		return 0;
+		return CT_KEPT;
 	if (dir == BPFIPT_CT_DIR_REPLY)
 		e->status |= BPFIPT_CT_S_SEEN_REPLY;
 	e->status |= BPFIPT_CT_S_CONFIRMED;
-	return v == CT_V_KILL;
+	return v == CT_V_KILL ? CT_KILL : CT_KEPT;
 }
 
 /*
@@ -856,13 +898,14 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	struct bpfipt_ct_entry fresh;
 	struct bpfipt_ct_entry *e;
 	struct bpfipt_ct_lock *lk;
+	enum ct_applied done;
 	__u64 now;
-	int kill;
 
 	if (r->done || (r->state != BPFIPT_CT_NEW && r->state != BPFIPT_CT_ESTABLISHED))
 		return;
-	/* a dropped packet of no entry leaves no trace (nor would it below, found none) */
-	if (!accepted && !r->in_table)
+	/* a dropped packet of no live connection leaves no trace (netfilter forgets the one it
+	 * made for it; a connection another CPU made meanwhile is not this packet's) */
+	if (!accepted && !r->live)
 		return;
 	if (ct_tuple_of(&ti, p->proto, p->saddr, p->daddr, p->sport, p->dport, p->icmp_type,
 			p->icmp_code) < 0)
@@ -883,8 +926,10 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 		if (ct_advance(&fresh, p, BPFIPT_CT_DIR_ORIGINAL, now, 0) == CT_V_INVALID)
 			return;
 		fresh.status |= BPFIPT_CT_S_CONFIRMED;
-		if (bpf_map_update_elem(&bpfipt_ct, &r->key, &fresh, BPF_NOEXIST) == 0)
+		if (bpf_map_update_elem(&bpfipt_ct, &r->key, &fresh, BPF_NOEXIST) == 0) {
+			__sync_fetch_and_add(&lk->created, 1);
 			return;
+		}
 		/* another CPU created it first: update theirs */
 		e = bpf_map_lookup_elem(&bpfipt_ct, &r->key);
 		if (!e)
@@ -893,12 +938,14 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 	bpf_spin_lock(&lk->lock);
 	*(volatile __u32 *)&lk->seq = lk->seq + 1;
 	asm volatile("" ::: "memory");
-	kill = ct_apply(e, &fresh, p, &ti, now);
+	done = ct_apply(e, &fresh, p, &ti, now, accepted);
 	asm volatile("" ::: "memory");
 	*(volatile __u32 *)&lk->seq = lk->seq + 1;
 	bpf_spin_unlock(&lk->lock);
-	if (kill)
+	if (done == CT_KILL)
 		bpf_map_delete_elem(&bpfipt_ct, &r->key);
+	else if (done == CT_CREATED)
+		__sync_fetch_and_add(&lk->created, 1);
 }
 
 /* Ports, or for ICMP type/code/identifier, of a quoted transport header at `l4`; returns 0

@@ -22,7 +22,9 @@
  * conntrack into a namespace only once a rule needs it. Then every judged packet is looked
  * up before classification (its state feeds -m conntrack/-m state), and after the verdict
  * its connection advances, whatever the verdict (netfilter tracks before filtering), while
- * only an accepted packet creates an entry (a dropped SYN leaves no state).
+ * only an accepted packet creates an entry (a dropped SYN leaves no state). The one packet
+ * the tracker never sees is one the flow cache answers as of no connection, dropped (see
+ * flow.h): the tracker would have nothing to do with it.
  * Each packet is tracked once per pass through the host: received and forwarded packets at
  * ingress, locally generated ones at egress. Loopback packets are seen at lo egress
  * (OUTPUT) and again at lo ingress (INPUT): egress only looks up (and updates a packet
@@ -372,27 +374,48 @@ static __always_inline __u32 cached_verdict(struct bpfipt_flow *e, struct cls *c
 /* Where a packet's verdict goes in the flow cache: its entry (NULL: the image caches
  * nothing) and the route generation it is checked against (at ingress). */
 struct flow_ref {
-	struct bpfipt_flow *e;
+	__u32 idx;
 	__u32 rt_gen;
 };
 
-/* The start of judging an arriving packet in ingress program `kind`: its flow's cached
- * verdict, V_ACCEPT for a packet netfilter would not judge (remembered so), or NONE32 with
- * its hook chosen in c->p.hook and `f` set for the rest. The route generation is read only
+/* The cached verdict of the packet's flow in program `kind`, or NONE32 with `f` set for the
+ * rest and, when tracking (`track`), the tracker's lookup done (`apply`: see
+ * bpfipt_ct_lookup) and the key holding the packet's conntrack state. A flow keyed with no
+ * connection goes before the lookup (see flow.h). The route generation (ingress) is read only
  * when the image caches something; otherwise only a packet the FIB is asked about reads it. */
-static __always_inline __u32 ingress_start(void *ctx, struct cls *c, struct img *img, int kind, int update,
-					   struct flow_ref *f)
+static __always_inline __u32 flow_cached(void *ctx, struct cls *c, struct img *img, int kind, int track, int apply,
+					 int update, struct flow_ref *f)
 {
 	f->rt_gen = 0;
-	f->e = flow_entry(img, c, kind);
-	if (f->e) {
+	if (track)
+		c->p.ct_state = FLOW_CT_ABSENT;
+	f->idx = flow_slot(img, c, kind);
+	struct bpfipt_flow *e = flow_at(f->idx);
+	if (e && kind != PROG_TC_EG)
 		f->rt_gen = route_gen(ctx, kind);
-		if (flow_hit(f->e, c, img, f->rt_gen))
-			return cached_verdict(f->e, c, update);
+	if (track) {
+		/* nothing for the tracker to do */
+		if (e && flow_hit(e, c, img, f->rt_gen) && flow_still_absent(e, c))
+			return flow_replay(e, c);
+		ct_lookup_cls(c, apply);
+		if (e)
+			flow_key_ct(c, img);
 	}
-	int hook = ingress_hook(ctx, c, kind, f->e ? &f->rt_gen : NULL);
+	return e && flow_hit(e, c, img, f->rt_gen) ? cached_verdict(e, c, update) : NONE32;
+}
+
+/* The start of judging an arriving packet in ingress program `kind`: its flow's cached
+ * verdict, V_ACCEPT for a packet netfilter would not judge (remembered so), or NONE32 with
+ * its hook chosen in c->p.hook and `f` set for the rest. */
+static __always_inline __u32 ingress_start(void *ctx, struct cls *c, struct img *img, int kind, int track,
+					   struct flow_ref *f)
+{
+	__u32 v = flow_cached(ctx, c, img, kind, track, 1, track ? CT_ALL : CT_NONE, f);
+	if (v != NONE32)
+		return v;
+	int hook = ingress_hook(ctx, c, kind, f->idx != NONE32 ? &f->rt_gen : NULL);
 	if (hook < 0) {
-		flow_store(f->e, c, img, f->rt_gen, hook, V_ACCEPT);
+		flow_store(f->idx, c, img, f->rt_gen, hook, V_ACCEPT);
 		return V_ACCEPT;
 	}
 	c->p.hook = hook;
@@ -412,17 +435,15 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 	c->p.in_ifindex = ctx->ingress_ifindex;
 	int track = tracks(img);
 	int update = track ? CT_ALL : CT_NONE;
-	if (track) {
+	if (track)
 		ct_fill(c, data, data_end, 0);
-		ct_lookup_cls(c, 1);
-	}
 	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
 	struct flow_ref f;
-	__u32 v = ingress_start(ctx, c, img, PROG_XDP, update, &f);
+	__u32 v = ingress_start(ctx, c, img, PROG_XDP, track, &f);
 	if (v != NONE32)
 		return v == V_ACCEPT ? XDP_PASS : XDP_DROP;
 	v = bpfipt_dp_classify(c);
-	flow_store(f.e, c, img, f.rt_gen, c->p.hook, v);
+	flow_store(f.idx, c, img, f.rt_gen, c->p.hook, v);
 	if (c->n_logs)
 		emit_logs(ctx, PROG_XDP, img, c);
 	ct_judged(c, update, v);
@@ -598,7 +619,7 @@ static __always_inline int tc_judge(struct __sk_buff *skb, struct img *img, stru
 				    struct flow_ref *f)
 {
 	__u32 v = bpfipt_dp_classify(c);
-	flow_store(f->e, c, img, f->rt_gen, c->p.hook, v);
+	flow_store(f->idx, c, img, f->rt_gen, c->p.hook, v);
 	if (c->n_logs)
 		emit_logs(skb, kind, img, c);
 	ct_judged(c, update, v);
@@ -632,7 +653,7 @@ static __always_inline int has_l2(struct __sk_buff *skb)
 }
 
 /* The start both TC programs share: the scratch, the image, linear headers, the parse, and
- * (when tracking) the conntrack lookup. NULL: pass the packet unjudged. */
+ * (when tracking) the tracker's view of the packet. NULL: pass the packet unjudged. */
 static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, struct img *img, int *track,
 					    int from_local)
 {
@@ -654,11 +675,8 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, str
 	}
 	c->p.mark = skb->mark;
 	*track = tracks(img);
-	if (*track) {
+	if (*track)
 		ct_fill(c, data, data_end, from_local);
-		/* on lo, egress updates only what OUTPUT drops (see tc_egress) */
-		ct_lookup_cls(c, kind != PROG_TC_EG || skb->ifindex != LOOPBACK_IFINDEX);
-	}
 	tcp_options_if_used(skb, kind, img, &c->p);
 	return c;
 }
@@ -669,12 +687,11 @@ static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 	struct cls *c = tc_start(skb, PROG_TC_IN, img, &track, skb->ifindex == LOOPBACK_IFINDEX);
 	if (!c)
 		return TC_ACT_OK;
-	int update = track ? CT_ALL : CT_NONE;
 	struct flow_ref f;
-	__u32 v = ingress_start(skb, c, img, PROG_TC_IN, update, &f);
+	__u32 v = ingress_start(skb, c, img, PROG_TC_IN, track, &f);
 	if (v != NONE32)
 		return v == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
-	return tc_judge(skb, img, c, PROG_TC_IN, update, &f);
+	return tc_judge(skb, img, c, PROG_TC_IN, track ? CT_ALL : CT_NONE, &f);
 }
 
 static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
@@ -684,11 +701,14 @@ static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 	if (!c)
 		return TC_ACT_OK;
 	c->p.hook = BPFIPT_HOOK_OUTPUT;
-	/* on lo the packet's connection advances at lo ingress (see the top) */
-	int mode = !track ? CT_NONE : skb->ifindex == LOOPBACK_IFINDEX ? CT_DROPPED : CT_ALL;
-	struct flow_ref f = { .e = flow_entry(img, c, PROG_TC_EG), .rt_gen = 0 };
-	if (f.e && flow_hit(f.e, c, img, 0))
-		return cached_verdict(f.e, c, mode) == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
+	/* on lo the packet's connection advances at lo ingress (see the top): egress updates
+	 * only what OUTPUT drops */
+	int lo = c->p.out_ifindex == LOOPBACK_IFINDEX;
+	int mode = !track ? CT_NONE : lo ? CT_DROPPED : CT_ALL;
+	struct flow_ref f;
+	__u32 v = flow_cached(skb, c, img, PROG_TC_EG, track, !lo, mode, &f);
+	if (v != NONE32)
+		return v == V_ACCEPT ? TC_ACT_OK : TC_ACT_SHOT;
 	return tc_judge(skb, img, c, PROG_TC_EG, mode, &f);
 }
 

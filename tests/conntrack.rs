@@ -579,6 +579,29 @@ fn expired_entries_count_as_absent() {
     assert_eq!(h.send(&tcp(CLIENT, 40000, SERVER, 22, ACK, 1001, 5001, 0)).state, NEW);
 }
 
+/// A dropped packet starts no connection (netfilter forgets the one it made for it): not over
+/// an expired entry of its key, and not by reopening a closed one (which netfilter kills
+/// before the filter runs, whatever the verdict).
+#[test]
+fn dropped_packets_revive_nothing() {
+    let Some(mut h) = setup("dropped_packets_revive_nothing") else { return };
+    h.send(&udp(CLIENT, 5353, SERVER, 53, 30));
+    let now = monotonic_ns().expect("clock");
+    h.edit_entries(|e| e.expires = now - 1);
+    assert_eq!(h.send_as(&udp(CLIENT, 5353, SERVER, 53, 30), true).state, NEW);
+    assert!(h.conns().is_empty(), "{:?}", h.conns());
+    // So the other end's answer is a new connection, not a reply.
+    assert_eq!(h.send(&udp(SERVER, 53, CLIENT, 5353, 30)).dir, ORIGINAL);
+
+    handshake(&mut h);
+    h.send(&tcp(CLIENT, 40000, SERVER, 22, FIN | ACK, 1001, 5001, 0));
+    h.send(&tcp(SERVER, 22, CLIENT, 40000, FIN | ACK, 5001, 1002, 0));
+    let r = h.send(&tcp(CLIENT, 40000, SERVER, 22, ACK, 1002, 5002, 0));
+    assert_eq!(r.tcp_state, TCP_TIME_WAIT);
+    assert_eq!(h.send_as(&tcp(CLIENT, 40000, SERVER, 22, SYN, 9000, 0, 0), true).state, NEW);
+    assert!(h.conns().iter().all(|c| c.orig.sport != 40000), "the closed connection is gone: {:?}", h.conns());
+}
+
 #[test]
 fn table_is_bounded_lru() {
     if !common::root_or_skip("table_is_bounded_lru") {

@@ -260,7 +260,10 @@ pub fn set_flow_header(img: &mut [u64]) {
         ..Default::default()
     };
     if img[SLOT_FLAGS] & F_CONNTRACK != 0 {
+        // The state, and what the state of a packet of no connection follows from: a TCP
+        // packet's flags (an entry keyed "no connection" stands for that state, flow.h).
         key.ct_state = !0;
+        key.tcp_flags = !0;
     }
     let mut cached = 0;
     for hook in Hook::ALL {
@@ -1123,7 +1126,9 @@ mod tests {
         let mut img = build(&crate::compile::compile(&rs).expect("compiles"), &[]).expect("image");
         let (hooks, key) = flow_header(&mut img);
         assert_eq!(hooks, vec![Hook::Forward], "INPUT logs, OUTPUT limits");
-        assert_eq!((key.len, key.ct_state, key.tcp_flags), (!0, !0, 0));
+        // Tracking: the state, and the TCP flags the state of a packet of no connection
+        // follows from.
+        assert_eq!((key.len, key.ct_state, key.tcp_flags), (!0, !0, !0));
 
         // A leading ESTABLISHED rule alone (tried before the classifier) keys the state too.
         let mut lead = Ruleset::default();

@@ -1210,6 +1210,55 @@ fn local_destinations_through_the_fast_table() {
     assert_eq!(env.xdp(&to(z), env.d0).0, XDP_PASS, "not local: FORWARD");
 }
 
+/// A flow of no connection that the rules drop is judged from the cache without the tracker
+/// (keyed "no connection"), until a connection with its tuple comes to be: then its packets
+/// are that connection's.
+#[test]
+fn dropped_flows_of_no_connection_hold_until_their_connection_comes_to_be() {
+    let Some(env) = Env::new("absent") else { return };
+    let est = ct_state::ESTABLISHED | ct_state::RELATED;
+    let from_d1 = IpHeader { src: net("198.18.2.0", 24), ..proto(17) };
+    let rs = ruleset(
+        &[("FORWARD", Policy::Drop)],
+        vec![
+            ("FORWARD", rule(IpHeader::default(), vec![state(est)], Target::Accept)),
+            ("FORWARD", rule(from_d1, vec![], Target::Accept)),
+        ],
+    );
+    env.apply(&rs).expect("apply");
+    let out = frame("198.18.1.7", "198.18.2.9", 17, &udp(1000, 53, b"query"));
+    for _ in 0..3 {
+        assert_eq!(env.xdp(&out, env.d0).0, XDP_DROP, "NEW, to the DROP policy");
+    }
+    assert_eq!(env.policy(Hook::Forward).packets, 3);
+    assert!(ct_entries(&env).is_empty(), "a dropped packet confirms nothing");
+    let absent: Vec<_> = flow_entries(&env).into_iter().filter(|e| e.key.ct_state == 0xff).collect();
+    assert_eq!(absent.len(), 1, "cached as a flow of no connection");
+    assert_eq!((absent[0].hook, absent[0].verdict, absent[0].by_policy), (Hook::Forward as i8, 1, 1));
+
+    // The other end opens the connection (accepted by rule 1): the same packets are now its
+    // replies, ESTABLISHED.
+    let back = frame("198.18.2.9", "198.18.1.7", 17, &udp(53, 1000, b"query"));
+    assert_eq!(env.xdp(&back, env.d1).0, XDP_PASS);
+    assert_eq!(env.rule(1).packets, 1);
+    for _ in 0..2 {
+        assert_eq!(env.xdp(&out, env.d0).0, XDP_PASS, "a reply of the connection now");
+    }
+    assert_eq!(env.rule(0).packets, 2);
+    assert_eq!(env.policy(Hook::Forward).packets, 3);
+    let conns = ct_entries(&env);
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(conns[0].counters[1].packets, 2, "the replies counted by the tracker");
+    // The same through TC ingress, whose cache entries are its own.
+    let out2 = frame("198.18.1.7", "198.18.2.9", 17, &udp(1001, 53, b"query"));
+    assert_eq!(env.tc(Prog::TcIngress, &out2, env.d0, 0).0, TC_ACT_SHOT);
+    assert_eq!(env.tc(Prog::TcIngress, &out2, env.d0, 0).0, TC_ACT_SHOT);
+    let back2 = frame("198.18.2.9", "198.18.1.7", 17, &udp(53, 1001, b"query"));
+    assert_eq!(env.tc(Prog::TcIngress, &back2, env.d1, 0).0, TC_ACT_OK);
+    assert_eq!(env.tc(Prog::TcIngress, &out2, env.d0, 0).0, TC_ACT_OK);
+    assert_eq!(env.rule(0).packets, 3);
+}
+
 /// The flow cache's entries for the current image (`bpfipt_flows`, every CPU's).
 fn flow_entries(env: &Env) -> Vec<skel::types::bpfipt_flow> {
     let gen = active_generation(&open_map(&env.dir, "bpfipt_active").expect("active")).expect("generation");
