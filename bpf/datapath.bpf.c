@@ -371,8 +371,8 @@ static __always_inline __u32 cached_verdict(struct bpfipt_flow *e, struct cls *c
 	return v;
 }
 
-/* Where a packet's verdict goes in the flow cache: its entry (NULL: the image caches
- * nothing) and the route generation it is checked against (at ingress). */
+/* Where a packet's verdict goes in the flow cache: its entry's index (NONE32: the image
+ * caches nothing) and the route generation it is checked against (at ingress). */
 struct flow_ref {
 	__u32 idx;
 	__u32 rt_gen;
