@@ -108,11 +108,6 @@ static __always_inline void reject_failed(void)
 		s->reject_failed++;
 }
 
-static __always_inline int tracks(struct img *img)
-{
-	return slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_CONNTRACK;
-}
-
 /* The TCP options, read only when a rule checks them (a helper call per packet otherwise). */
 static __always_inline void tcp_options_if_used(void *ctx, int kind, struct img *img, struct pkt *p)
 {

@@ -133,8 +133,7 @@ static __always_inline void flow_store(__u32 idx, struct cls *c, struct img *img
 		e->n_counted = 0;
 	}
 	e->key = c->fk;
-	if (hook >= 0 && (slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_CONNTRACK) && c->ctr.absent &&
-	    (v != V_ACCEPT || c->p.ct_state == BPFIPT_CT_INVALID)) {
+	if (hook >= 0 && tracks(img) && c->ctr.absent && (v != V_ACCEPT || c->p.ct_state == BPFIPT_CT_INVALID)) {
 		e->key.ct_state = FLOW_CT_ABSENT;
 		e->ct_created = c->ctr.created;
 	}

@@ -776,6 +776,12 @@ static __always_inline int image_of_our_layout(struct img *img)
 	return img->c0->slot[0] == ((__u64)BPFIPT_IMG_VERSION << 32 | BPFIPT_IMG_MAGIC);
 }
 
+/* Whether packets judged against `img` are tracked (some rule looks at conntrack state). */
+static __always_inline int tracks(struct img *img)
+{
+	return slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_CONNTRACK;
+}
+
 static __always_inline void image_exit(void)
 {
 	__u32 zero = 0;

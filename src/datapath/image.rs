@@ -273,7 +273,8 @@ pub fn set_flow_header(img: &mut [u64]) {
             key_field(&mut key, *d as u8);
         }
         let actions = img[hs + 1] as u32 as usize;
-        let ins: Vec<u32> = inserted(img, hook).map(|(_, a)| a).collect();
+        let img: &[u64] = img;
+        let ins = inserted(img, hook).map(|(_, a)| a);
         if (0..img[hs] as u32).chain(ins).all(|a| keyed_action(img, actions + a as usize * ACTION_SLOTS, &mut key)) {
             cached |= F_FLOW << hook as u32;
         }
