@@ -14,11 +14,15 @@
  * uses only that image, so it sees the old ruleset or the new one, never a mix; a failed or
  * killed update leaves the old one installed.
  * Before userspace rewrites a slot it waits until no packet still uses it: each program
- * announces the generation it uses in `bpfipt_inuse` (per CPU: gen | BPFIPT_IMG_BUSY, with an
- * atomic exchange, then reads the generation again and retries if it moved; cleared when the
- * packet is done), and the writer, after its own flip, finds every CPU either idle or on the
- * other slot. This is RCU done by hand: swapping inner maps through the outer map would make
- * every update wait a whole kernel RCU grace period (10-20 ms). A slot is replaced by a new,
+ * announces the generation it uses in `bpfipt_inuse` (per CPU: gen | BPFIPT_IMG_BUSY, a plain
+ * store, then reads the generation again and retries if it moved; cleared when the packet is
+ * done), and the writer, after the last flip, makes every CPU execute a full memory barrier
+ * (an IPI to each, see src/datapath/fence.rs), then finds every CPU either idle or on the
+ * other slot. The barrier is the writer's half of the program's store-then-load: whichever
+ * side of it a packet's store falls, the writer sees the mark or the packet sees the flip,
+ * and no packet pays a barrier of its own. This is RCU done by hand: swapping inner maps
+ * through the outer map would make every update wait a whole kernel RCU grace period
+ * (8-20 ms). A slot is replaced by a new,
  * larger map (through the outer map) only when an image outgrows it.
  * An image map's value is a chunk of IMG_CHUNK_SLOTS slots, and its entries are consecutive
  * chunks, so through mmap it is one array of slots. Programs look up chunk 0 once per packet

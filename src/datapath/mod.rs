@@ -18,6 +18,7 @@
 //! Updates are map writes only: a new image map (sized to the ruleset, filled through mmap)
 //! replaces the old one with a single map update, which is the atomic generation flip.
 
+mod fence;
 pub mod image;
 pub mod log;
 pub mod netdev;
@@ -666,8 +667,11 @@ fn inner_map(tables: &MapHandle, slot: u32) -> Result<Option<(MapHandle, u32)>> 
     Ok(Some((map, info.info.max_entries.saturating_mul(CHUNK_SLOTS as u32))))
 }
 
-/// Waits until no CPU runs a packet against the image in `slot` (bpfipt_inuse).
+/// Waits until no CPU runs a packet against the image in `slot` (bpfipt_inuse), the flip
+/// away from it done: after a barrier on every CPU, a packet still on that slot shows its mark
+/// (see fence.rs).
 fn wait_unused(inuse: &MapHandle, slot: u32) -> Result<()> {
+    fence::all_cpus().context("ordering the datapath's announcements before reading them")?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         let marks = inuse
