@@ -521,18 +521,22 @@ struct bpfipt_local_fast {
  * answers while the namespace's route generation (net->ipv4.rt_genid) is the one it was looked
  * up under: the kernel moves it on every change a lookup could see (routes added, changed or
  * removed once used, policy rules, addresses, links going down or up, the forwarding switch),
- * so a change applies from the next packet on. */
+ * so a change applies from the next packet on. Keyed by the packet's addresses, input
+ * interface and TOS, and by its protocol and ports only while the FIB can see those (policy
+ * rules matching them, multipath hashing on them): `keyed` says which. */
 struct bpfipt_route {
 	__u32 src, dst; /* the lookup's key: addresses in host order, */
-	__u32 ports;    /* sport << 16 | dport, */
+	__u32 ports;    /* sport << 16 | dport (BPFIPT_ROUTE_BY_FLOW, else 0), */
 	__u32 in_ifindex;
-	__u8 proto, tos;
+	__u8 proto, tos; /* (proto: BPFIPT_ROUTE_BY_FLOW, else 0) */
 	__s8 hook;      /* the answer: BPFIPT_HOOK_INPUT/FORWARD, or -1 (not judged) */
-	__u8 valid;
+	__u8 keyed;     /* 0 (empty), BPFIPT_ROUTE_BY_FLOW or BPFIPT_ROUTE_BY_ADDRS */
 	__u32 genid;    /* the route generation it was looked up under */
 	__u32 out_ifindex;
 	__u32 pad;
 };
+#define BPFIPT_ROUTE_BY_FLOW 1
+#define BPFIPT_ROUTE_BY_ADDRS 2
 #define BPFIPT_ROUTE_HASH(src, dst, ports, ifindex) \
 	((__u32)(((src) ^ ((dst) * 0x85ebca6bu) ^ ((ports) * 0xc2b2ae35u) ^ (ifindex)) * \
 		 (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_ROUTE_CACHE_BITS))

@@ -220,23 +220,42 @@ static __always_inline int is_local(__u32 a)
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
-/* The route generation of the namespace a packet arrives in (see struct bpfipt_route). */
-static __always_inline __u32 xdp_route_gen(struct xdp_md *ctx)
+/* The namespace a packet arrives in, in ingress program `kind` (XDP or TC ingress). */
+static __always_inline struct net *xdp_net(struct xdp_md *ctx)
 {
 	struct xdp_buff *x = bpf_cast_to_kern_ctx(ctx);
-	return x->rxq->dev->nd_net.net->ipv4.rt_genid.counter;
+	return x->rxq->dev->nd_net.net;
 }
 
-static __always_inline __u32 skb_route_gen(struct __sk_buff *skb)
+static __always_inline struct net *skb_net(struct __sk_buff *skb)
 {
 	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
-	return k->dev->nd_net.net->ipv4.rt_genid.counter;
+	return k->dev->nd_net.net;
 }
 
-/* The route generation in ingress program `kind` (XDP or TC ingress). */
+static __always_inline struct net *ingress_net(void *ctx, int kind)
+{
+	return kind == PROG_XDP ? xdp_net(ctx) : skb_net(ctx);
+}
+
+/* The route generation of the namespace (see struct bpfipt_route). */
 static __always_inline __u32 route_gen(void *ctx, int kind)
 {
-	return kind == PROG_XDP ? xdp_route_gen(ctx) : skb_route_gen(ctx);
+	return ingress_net(ctx, kind)->ipv4.rt_genid.counter;
+}
+
+/* Whether the FIB's answer may depend on a packet's protocol and ports, not only on its
+ * addresses, input interface and TOS: policy rules that match them (ipproto, sport, dport:
+ * the kernel counts those), or multipath routes hashed on more than the addresses. */
+static __always_inline int route_sees_ports(void *ctx, int kind)
+{
+	struct net *net = ingress_net(ctx, kind);
+	int r = 0;
+	if (bpf_core_field_exists(net->ipv4.fib_rules_require_fldissect))
+		r |= net->ipv4.fib_rules_require_fldissect != 0;
+	if (bpf_core_field_exists(net->ipv4.sysctl_fib_multipath_hash_policy))
+		r |= net->ipv4.sysctl_fib_multipath_hash_policy != 0;
+	return r;
 }
 
 /* ingress_hook for a destination that is not local: the FIB's answer. */
@@ -279,11 +298,15 @@ static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind, cons
 	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
 		return BPFIPT_HOOK_INPUT;
 	__u32 rt_gen = gen ? *gen : route_gen(ctx, kind);
-	__u32 ports = (__u32)p->sport << 16 | p->dport;
+	/* a flow's answer serves every flow between the same addresses when the FIB cannot tell
+	 * them apart (the usual case): one lookup for a host's many connections */
+	int by_flow = route_sees_ports(ctx, kind);
+	__u32 ports = by_flow ? (__u32)p->sport << 16 | p->dport : 0;
+	__u8 proto = by_flow ? p->proto : 0, keyed = by_flow ? BPFIPT_ROUTE_BY_FLOW : BPFIPT_ROUTE_BY_ADDRS;
 	__u32 k = BPFIPT_ROUTE_HASH(p->src, p->dst, ports, p->in_ifindex);
 	struct bpfipt_route *e = bpf_map_lookup_elem(&bpfipt_routes, &k);
-	if (e && e->valid && e->genid == rt_gen && e->dst == p->dst && e->src == p->src && e->ports == ports &&
-	    e->in_ifindex == p->in_ifindex && e->proto == p->proto && e->tos == p->tos) {
+	if (e && e->keyed == keyed && e->genid == rt_gen && e->dst == p->dst && e->src == p->src && e->ports == ports &&
+	    e->in_ifindex == p->in_ifindex && e->proto == proto && e->tos == p->tos) {
 		p->out_ifindex = e->out_ifindex;
 		return e->hook;
 	}
@@ -293,12 +316,12 @@ static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind, cons
 		e->dst = p->dst;
 		e->ports = ports;
 		e->in_ifindex = p->in_ifindex;
-		e->proto = p->proto;
+		e->proto = proto;
 		e->tos = p->tos;
 		e->hook = hook;
 		e->genid = rt_gen;
 		e->out_ifindex = p->out_ifindex;
-		e->valid = 1;
+		e->keyed = keyed;
 	}
 	return hook;
 }

@@ -3,7 +3,8 @@
 //! interfaces or forwarding switch must apply from the next packet on, as it does for
 //! netfilter: the output interface a FORWARD rule's `-o` sees, whether a packet is forwarded
 //! at all (no route: netfilter never judges it), and whether it goes to INPUT instead
-//! (forwarding off). Through XDP and TC ingress alike.
+//! (forwarding off). The programs remember a lookup per addresses, for every flow between
+//! them, unless a policy rule looks at ports (then per flow). Through XDP and TC ingress alike.
 
 mod common;
 
@@ -37,13 +38,14 @@ fn firewall(purpose: &str, ingress: &str, tools: &Tools) -> Topo {
 }
 
 /// Sends `n` UDP datagrams of one flow (the same ports every time: one entry of the programs'
-/// route memory) from the sender to 198.18.9.9 (nobody answers) and waits for them to be
-/// through the firewall.
-fn send(t: &Topo, n: u32) {
+/// route memory) from the sender to 198.18.9.9 port `dport` (nobody answers) and waits for
+/// them to be through the firewall. From CPU 0: the firewall receives them there too, so
+/// every packet meets what the ones before it left in the programs' per-CPU memory.
+fn send_to(t: &Topo, n: u32, dport: u16) {
     let script = format!(
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 40000))\nfor i in range({n}): s.sendto(b'x', ('198.18.9.9', 9))\n"
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 40000))\nfor i in range({n}): s.sendto(b'x', ('198.18.9.9', {dport}))\n"
     );
-    assert!(t.exec(&t.s, &["python3", "-c", &script]).status.success(), "sending");
+    assert!(t.exec(&t.s, &["taskset", "-c", "0", "python3", "-c", &script]).status.success(), "sending");
     sleep(Duration::from_millis(200));
 }
 
@@ -76,13 +78,14 @@ fn in_fw(t: &Topo, args: &[&str]) {
 fn route_changes_apply_from_the_next_packet(ingress: &str) {
     let tools = Tools::ours();
     let t = firewall(&format!("route-{ingress}"), ingress, &tools);
-    let step = |what: &str, expect: [u64; 5]| {
+    let step_to = |what: &str, dport: u16, expect: [u64; 5]| {
         let before = counts(&t, &tools);
-        send(&t, 3);
+        send_to(&t, 3, dport);
         let after = counts(&t, &tools);
         let grew: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-        assert_eq!(grew, expect, "{ingress}: {what} (INPUT, -o f1, -o f2, FORWARD, FORWARD policy)");
+        assert_eq!(grew, expect, "{ingress}: {what}, to port {dport} (INPUT, -o f1, -o f2, FORWARD, FORWARD policy)");
     };
+    let step = |what: &str, expect: [u64; 5]| step_to(what, 9, expect);
     // No route to 198.18.9.0/24 (the firewall has no default route): never judged.
     step("no route", [0, 0, 0, 0, 0]);
     in_fw(&t, &["ip", "route", "add", "198.18.9.0/24", "via", "198.18.2.2", "dev", "f1"]);
@@ -98,6 +101,16 @@ fn route_changes_apply_from_the_next_packet(ingress: &str) {
     step("a more specific route added: out of f1", [0, 3, 0, 0, 0]);
     in_fw(&t, &["ip", "route", "del", "198.18.9.9/32"]);
     step("and removed: out of f2", [0, 0, 3, 0, 0]);
+    // The programs remember a route per addresses while the FIB cannot see ports, and per
+    // flow while a policy rule looks at them.
+    step_to("another flow between the same addresses", 10, [0, 0, 3, 0, 0]);
+    in_fw(&t, &["ip", "route", "add", "198.18.9.0/24", "via", "198.18.2.2", "dev", "f1", "table", "100"]);
+    in_fw(&t, &["ip", "rule", "add", "ipproto", "udp", "dport", "9", "table", "100"]);
+    step("a policy rule for port 9: out of f1", [0, 3, 0, 0, 0]);
+    step_to("but not for port 10", 10, [0, 0, 3, 0, 0]);
+    in_fw(&t, &["ip", "rule", "del", "ipproto", "udp", "dport", "9", "table", "100"]);
+    step("the policy rule removed: out of f2", [0, 0, 3, 0, 0]);
+    step_to("port 10 as well", 10, [0, 0, 3, 0, 0]);
     in_fw(&t, &["sysctl", "-qw", "net.ipv4.conf.f0.forwarding=0"]);
     step("forwarding off on the way in: INPUT", [3, 0, 0, 0, 0]);
     in_fw(&t, &["sysctl", "-qw", "net.ipv4.conf.f0.forwarding=1"]);
