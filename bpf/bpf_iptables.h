@@ -546,13 +546,14 @@ struct bpfipt_route {
  * beyond the state): its header fields, where it came from or goes to, and its conntrack
  * state. Host order. Each field is masked with the image's IMG_SLOT_FLOW_MASK, which keeps
  * only what its rules look at (a TCP flow's packets of every length share one entry unless a
- * rule matches the length). */
+ * rule matches the length; the flows of one client to one service share one unless a rule,
+ * the tracker or the FIB looks at the source port: the programs key the ports for the FIB). */
 struct bpfipt_flow_key {
 	__u32 src, dst;
 	__u16 sport, dport;
 	__u32 ifindex;       /* the input interface at ingress, the output one at egress */
 	__u8 proto, tos;
-	__u8 prog;           /* the program: XDP, TC ingress or TC egress */
+	__u8 prog;           /* the program: XDP, TC ingress or TC egress; bit 7: ports keyed for the FIB */
 	__u8 ct_state;
 	__u8 tcp_flags, ttl, pkttype;
 	__u8 frag;           /* bit 0: a non-first fragment, bit 1: a whole transport header */

@@ -238,18 +238,18 @@ static __always_inline struct net *ingress_net(void *ctx, int kind)
 	return kind == PROG_XDP ? xdp_net(ctx) : skb_net(ctx);
 }
 
-/* The route generation of the namespace (see struct bpfipt_route). */
-static __always_inline __u32 route_gen(void *ctx, int kind)
+/* The route generation of namespace `net` (see struct bpfipt_route). */
+static __always_inline __u32 route_gen(struct net *net)
 {
-	return ingress_net(ctx, kind)->ipv4.rt_genid.counter;
+	return net->ipv4.rt_genid.counter;
 }
 
-/* Whether the FIB's answer may depend on a packet's protocol and ports, not only on its
- * addresses, input interface and TOS: policy rules that match them (ipproto, sport, dport:
- * the kernel counts those), or multipath routes hashed on more than the addresses. */
-static __always_inline int route_sees_ports(void *ctx, int kind)
+/* Whether the FIB's answer in namespace `net` may depend on a packet's protocol and ports, not
+ * only on its addresses, input interface and TOS: policy rules that match them (ipproto,
+ * sport, dport: the kernel counts those), or multipath routes hashed on more than the
+ * addresses. */
+static __always_inline int route_sees_ports(struct net *net)
 {
-	struct net *net = ingress_net(ctx, kind);
 	int r = 0;
 	if (bpf_core_field_exists(net->ipv4.fib_rules_require_fldissect))
 		r |= net->ipv4.fib_rules_require_fldissect != 0;
@@ -297,10 +297,11 @@ static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind, cons
 	struct pkt *p = &c->p;
 	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
 		return BPFIPT_HOOK_INPUT;
-	__u32 rt_gen = gen ? *gen : route_gen(ctx, kind);
+	struct net *net = ingress_net(ctx, kind);
+	__u32 rt_gen = gen ? *gen : route_gen(net);
 	/* a flow's answer serves every flow between the same addresses when the FIB cannot tell
 	 * them apart (the usual case): one lookup for a host's many connections */
-	int by_flow = route_sees_ports(ctx, kind);
+	int by_flow = route_sees_ports(net);
 	__u32 ports = by_flow ? (__u32)p->sport << 16 | p->dport : 0;
 	__u8 proto = by_flow ? p->proto : 0, keyed = by_flow ? BPFIPT_ROUTE_BY_FLOW : BPFIPT_ROUTE_BY_ADDRS;
 	__u32 k = BPFIPT_ROUTE_HASH(p->src, p->dst, ports, p->in_ifindex);
@@ -407,10 +408,16 @@ static __always_inline __u32 flow_cached(void *ctx, struct cls *c, struct img *i
 	f->rt_gen = 0;
 	if (track)
 		c->p.ct_state = FLOW_CT_ABSENT;
-	f->idx = flow_slot(img, c, kind);
+	/* the route is part of an ingress verdict: its generation, and the ports when the FIB
+	 * sees them */
+	int ports = 0;
+	if (kind != PROG_TC_EG && flow_caching(img)) {
+		struct net *net = ingress_net(ctx, kind);
+		f->rt_gen = route_gen(net);
+		ports = route_sees_ports(net);
+	}
+	f->idx = flow_slot(img, c, kind, ports);
 	struct bpfipt_flow *e = flow_at(f->idx);
-	if (e && kind != PROG_TC_EG)
-		f->rt_gen = route_gen(ctx, kind);
 	if (track) {
 		/* nothing for the tracker to do */
 		if (e && flow_hit(e, c, img, f->rt_gen) && flow_still_absent(e, c))

@@ -24,6 +24,8 @@
 /* The key's conntrack state before the tracker looked: none live (see the top). */
 #define FLOW_CT_ABSENT 0xff
 #define FLOW_KEY_CT_SHIFT 24
+/* In the key's `prog` byte (a program number takes its low bits): ports keyed for the FIB. */
+#define FLOW_KEY_PORTS_BIT 23
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -39,13 +41,20 @@ struct {
 		  (__u32)((w3) ^ ((w3) >> 32))) *                                                       \
 		 (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_FLOW_CACHE_BITS))
 
+/* Whether image `img` caches the verdicts of some hook. */
+static __always_inline int flow_caching(struct img *img)
+{
+	return image_of_our_layout(img) && (slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_FLOW_HOOKS);
+}
+
 /* The entry (index) for c->p's flow in program `prog`, its key left in c->fk (with
- * c->p.ct_state); NONE32 when no hook of the image may be cached. An index, not the entry:
+ * c->p.ct_state), its ports in it when `ports` even if the image's mask leaves them out (the
+ * FIB sees them); NONE32 when no hook of the image may be cached. An index, not the entry:
  * the programs carry it to flow_store() through their branches, and the verifier tells
  * states apart by a pointer's NULL-ness, not by a scalar's value. */
-static __always_inline __u32 flow_slot(struct img *img, struct cls *c, int prog)
+static __always_inline __u32 flow_slot(struct img *img, struct cls *c, int prog, int ports)
 {
-	if (!image_of_our_layout(img) || !(slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_FLOW_HOOKS))
+	if (!flow_caching(img))
 		return NONE32;
 	struct pkt *p = &c->p;
 	/* built in registers, a word at a time, as the struct lays them out (little endian):
@@ -58,10 +67,13 @@ static __always_inline __u32 flow_slot(struct img *img, struct cls *c, int prog)
 	__u32 frag = (p->frag_off != 0) | (p->l4_ok != 0) << 1;
 	__u64 *w = (__u64 *)&c->fk;
 	w[0] = ((__u64)p->dst << 32 | p->src) & slot(img, BPFIPT_IMG_SLOT_FLOW_MASK);
-	w[1] = ((__u64)ifindex << 32 | (__u32)p->dport << 16 | p->sport) & slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 1);
+	w[1] = ((__u64)ifindex << 32 | (__u32)p->dport << 16 | p->sport) &
+	       (slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 1) | (ports ? 0xffffffffull : 0));
 	w[2] = ((__u64)(frag << 24 | (__u32)p->pkttype << 16 | (__u32)p->ttl << 8 | p->tcp_flags) << 32 |
 		(__u32)p->ct_state << FLOW_KEY_CT_SHIFT | (__u32)prog << 16 | (__u32)p->tos << 8 | p->proto) &
 	       slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 2);
+	/* keyed apart from a masked key of the same ports (the FIB may have stopped seeing them) */
+	w[2] |= (__u64)(ports != 0) << FLOW_KEY_PORTS_BIT;
 	w[3] = ((__u64)p->mark << 32 | (__u32)p->len << 16 | p->icmp) & slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 3);
 	return FLOW_HASH(w[0], w[1], w[2], w[3]);
 }

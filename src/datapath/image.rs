@@ -242,7 +242,10 @@ const SLOT_FLOW_MASK: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLOW_MASK);
 /// holds, so that rules added in place count as built ones. A hook is cached unless a rule of
 /// it (reached or not) logs, marks, keeps state (limit, statistic) or matches what the key
 /// leaves out (MAC address, TCP options, conntrack beyond the state); its residual checks and
-/// fields add what they look at to the key.
+/// fields add what they look at to the key. The addresses, protocol, TOS and interface are
+/// always in it (the chain and the route follow from them); the ports only when a rule looks
+/// at them or connections are tracked (and, added by the programs, while the FIB sees them),
+/// so that the flows of one host to one service share an entry.
 pub fn set_flow_header(img: &mut [u64]) {
     if img.len() < HEADER {
         return;
@@ -250,8 +253,6 @@ pub fn set_flow_header(img: &mut [u64]) {
     let mut key = bpfipt_flow_key {
         src: !0,
         dst: !0,
-        sport: !0,
-        dport: !0,
         ifindex: !0,
         proto: !0,
         tos: !0,
@@ -260,10 +261,13 @@ pub fn set_flow_header(img: &mut [u64]) {
         ..Default::default()
     };
     if img[SLOT_FLAGS] & F_CONNTRACK != 0 {
-        // The state, and what the state of a packet of no connection follows from: a TCP
-        // packet's flags (an entry keyed "no connection" stands for that state, flow.h).
+        // The state, and what the state of a packet of no connection follows from: its
+        // connection's tuple and a TCP packet's flags (an entry keyed "no connection" stands
+        // for that state, flow.h).
         key.ct_state = !0;
         key.tcp_flags = !0;
+        key.sport = !0;
+        key.dport = !0;
     }
     let mut cached = 0;
     for hook in Hook::ALL {
@@ -291,6 +295,10 @@ fn key_field(key: &mut bpfipt_flow_key, f: u8) {
         key.tcp_flags = !0;
     } else if f == Field::Icmp as u8 {
         key.icmp = !0;
+    } else if f == Field::Sport as u8 {
+        key.sport = !0;
+    } else if f == Field::Dport as u8 {
+        key.dport = !0;
     }
 }
 
@@ -312,11 +320,11 @@ fn keyed_action(img: &[u64], a: usize, key: &mut bpfipt_flow_key) -> bool {
             C::BPFIPT_C_TTL => key.ttl = !0,
             C::BPFIPT_C_PKTTYPE => key.pkttype = !0,
             C::BPFIPT_C_FIELD_IN => key_field(key, (c0 >> 16) as u8),
+            C::BPFIPT_C_PORT_EITHER => (key.sport, key.dport) = (!0, !0),
             C::BPFIPT_C_L4HDR
             | C::BPFIPT_C_FRAGMENT
             | C::BPFIPT_C_TOS
             | C::BPFIPT_C_DSCP
-            | C::BPFIPT_C_PORT_EITHER
             | C::BPFIPT_C_ADDR_MASK
             | C::BPFIPT_C_ADDRTYPE => {}
             _ => return false,
@@ -1117,8 +1125,9 @@ mod tests {
         let mut img = build(&crate::compile::compile(&rs).expect("compiles"), &[]).expect("image");
         let (hooks, key) = flow_header(&mut img);
         assert_eq!(hooks, Hook::ALL.to_vec());
-        assert_eq!((key.src, key.dst, key.sport, key.dport, key.ifindex, key.proto, key.tos, key.prog, key.frag), (!0, !0, !0, !0, !0, !0, !0, !0, !0));
-        assert_eq!((key.ct_state, key.tcp_flags, key.ttl, key.pkttype, key.icmp, key.len, key.mark), (0, 0, 0, 0, 0, 0, 0));
+        assert_eq!((key.src, key.dst, key.dport, key.ifindex, key.proto, key.tos, key.prog, key.frag), (!0, !0, !0, !0, !0, !0, !0, !0));
+        // no rule looks at the source port: the flows of one client to port 22 share an entry
+        assert_eq!((key.sport, key.ct_state, key.tcp_flags, key.ttl, key.pkttype, key.icmp, key.len, key.mark), (0, 0, 0, 0, 0, 0, 0, 0));
 
         push(&mut rs, "INPUT", rule(IpHeader::default(), vec![], Target::Log(LogTarget::default())));
         push(&mut rs, "FORWARD", rule(IpHeader::default(), vec![Match::Length(LengthMatch { lo: 0, hi: 60, invert: false })], Target::Drop));
@@ -1127,9 +1136,9 @@ mod tests {
         let mut img = build(&crate::compile::compile(&rs).expect("compiles"), &[]).expect("image");
         let (hooks, key) = flow_header(&mut img);
         assert_eq!(hooks, vec![Hook::Forward], "INPUT logs, OUTPUT limits");
-        // Tracking: the state, and the TCP flags the state of a packet of no connection
-        // follows from.
-        assert_eq!((key.len, key.ct_state, key.tcp_flags), (!0, !0, !0));
+        // Tracking: the state, and the tuple and TCP flags the state of a packet of no
+        // connection follows from.
+        assert_eq!((key.len, key.ct_state, key.tcp_flags, key.sport, key.dport), (!0, !0, !0, !0, !0));
 
         // A leading ESTABLISHED rule alone (tried before the classifier) keys the state too.
         let mut lead = Ruleset::default();

@@ -1377,3 +1377,59 @@ fn flows_seen_before_take_the_verdict_and_counters_their_classification_gave() {
     assert_eq!(env.tc(Prog::TcIngress, &flow(0x02, b""), env.d0, 0).0, TC_ACT_SHOT);
     assert_eq!(env.tc(Prog::TcIngress, &flow(0x02, b""), env.d0, 0).0, TC_ACT_SHOT);
 }
+
+#[test]
+fn flows_of_one_client_share_an_entry_unless_the_rules_or_the_fib_look_at_their_ports() {
+    let Some(env) = Env::new("megaflow") else { return };
+    // one CPU: the cache is per CPU
+    // SAFETY: a plain cpu_set_t for this thread alone.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU 0");
+    }
+    let dns = |sport: u16| frame("198.18.1.7", "198.18.2.9", 17, &udp(sport, 53, b"query"));
+    let to_dns = rule(proto(17), vec![udp_dport(53)], Target::Accept);
+    let sports_cached = |env: &Env| {
+        let mut s: Vec<u16> = flow_entries(env).iter().filter(|e| e.hook == Hook::Forward as i8).map(|e| e.key.sport).collect();
+        s.sort();
+        s
+    };
+    let send = |env: &Env, sports: &[u16]| -> Vec<u32> { sports.iter().map(|&p| env.xdp(&dns(p), env.d0).0).collect() };
+
+    // No rule looks at the source port: the client's flows share one entry.
+    let rs = ruleset(&[("FORWARD", Policy::Drop)], vec![("FORWARD", to_dns.clone())]);
+    env.apply(&rs).expect("apply");
+    for _ in 0..2 {
+        assert_eq!(send(&env, &[1000, 1001, 1002]), [XDP_PASS; 3]);
+    }
+    assert_eq!(env.rule(0).packets, 6);
+    assert_eq!(sports_cached(&env), [0], "one entry, the source port left out of its key");
+
+    // A rule on the source port: keyed by it, each flow its own verdict.
+    let no_1001 = rule(proto(17), vec![Match::Udp(UdpMatch { sport: Some(Inv::new(PortRange { lo: 1001, hi: 1001 }, false)), ..Default::default() })], Target::Drop);
+    let rs2 = ruleset(&[("FORWARD", Policy::Drop)], vec![("FORWARD", no_1001), ("FORWARD", to_dns.clone())]);
+    env.apply(&rs2).expect("apply");
+    let before = (env.rule(0).packets, env.rule(1).packets);
+    for _ in 0..2 {
+        assert_eq!(send(&env, &[1000, 1001, 1002]), [XDP_PASS, XDP_DROP, XDP_PASS]);
+    }
+    assert_eq!((env.rule(0).packets - before.0, env.rule(1).packets - before.1), (2, 4));
+    assert_eq!(sports_cached(&env), [1000, 1001, 1002]);
+
+    // No such rule, but a policy rule of the FIB on the source port: keyed by it, as the
+    // route (here the chain: no route for port 1001's flow) may differ.
+    env.apply(&rs).expect("apply");
+    let before = env.rule(0).packets;
+    sh(&["ip", "route", "add", "unreachable", "198.18.2.0/24", "table", "100"]);
+    sh(&["ip", "rule", "add", "ipproto", "udp", "sport", "1001", "table", "100"]);
+    for _ in 0..2 {
+        assert_eq!(send(&env, &[1000, 1001, 1002]), [XDP_PASS; 3]);
+    }
+    assert_eq!(env.rule(0).packets - before, 4, "port 1001's flow has no route: never judged");
+    let cached = sports_cached(&env);
+    assert!(cached.contains(&1000) && cached.contains(&1002) && !cached.contains(&0), "{cached:?}");
+    sh(&["ip", "rule", "del", "ipproto", "udp", "sport", "1001", "table", "100"]);
+    assert_eq!(send(&env, &[1001]), [XDP_PASS]);
+    assert_eq!(env.rule(0).packets - before, 5, "routed again, judged again");
+}
