@@ -3,7 +3,7 @@
 //!
 //!   cargo bench --bench dataplane        (as root)
 //!   env: BPFIPT_BENCH_N="0 100 1000 10000 100000"  BPFIPT_BENCH_IMPLS="bpf legacy nft-compat nft"
-//!        BPFIPT_BENCH_VARIANTS="forward input deep established stream flows"
+//!        BPFIPT_BENCH_VARIANTS="forward input deep established stream flows sources"
 //!        BPFIPT_BENCH_REPS=5
 //!        BPFIPT_BENCH_SECONDS=0.5 (CPU time per repetition)
 //!
@@ -27,8 +27,12 @@
 //! packet and a reply from the sink, then every packet accepted by the first rule and
 //! forwarded to the sink, which drops it with an XDP program; counted at the first rule).
 //! `flows` (`forward`'s rules, but each packet from a random UDP source port: a new flow
-//! almost every packet, so bpf-iptables' flow cache misses and every packet is classified;
-//! every other variant sends one flow, whose packets after the first take the cached verdict).
+//! almost every packet; no rule looks at the source port, so bpf-iptables' flow cache keys
+//! them all as one), `sources` (`forward`'s rules, but each packet from a random source
+//! address of 198.18.128.0/17, which the last rule matches: a new flow almost every packet
+//! that no cache entry can answer, so every packet is classified and routed: the first packet
+//! of a flow). Every other variant sends one flow, whose packets after the first take the
+//! cached verdict.
 //!
 //! bpf-iptables runs as XDP on f0 (BPF_IPTABLES_INGRESS=xdp). The others get a bare XDP_PASS
 //! program on f0: a veth only takes frames sent by XDP when its peer runs NAPI, which XDP
@@ -99,36 +103,71 @@ fn const_prog(ret: i32) -> i32 {
 }
 
 /// The generator: restores the link-layer addresses, IPv4 TTL and checksum of `frame` (live
-/// frames keep their pages between runs, and forwarding rewrites those in place), with
-/// `random_sport` writes a random UDP source port (the frame's UDP checksum is 0: none),
-/// then returns `ret`.
-fn gen_prog(frame: &[u8], ret: i32, random_sport: bool) -> i32 {
+/// frames keep their pages between runs, and forwarding rewrites those in place), writes
+/// what `random` draws, then returns `ret`.
+fn gen_prog(frame: &[u8], ret: i32, random: Random) -> i32 {
     let le16 = |o: usize| u16::from_le_bytes([frame[o], frame[o + 1]]) as i32;
     let le32 = |o: usize| i32::from_le_bytes([frame[o], frame[o + 1], frame[o + 2], frame[o + 3]]);
     let mut prog = vec![
         insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
         insn(0xb7, 0, 0, 0, 0),         // r0 = 0
     ];
-    if random_sport {
+    if random != Random::Nothing {
         prog.push(insn(0x85, 0, 0, 0, 7)); // r0 = bpf_get_prandom_u32()
     }
+    if random == Random::Source {
+        // 198.18.128-255.x: no address or broadcast of the topology's subnets (martians)
+        prog.push(insn(0x47, 0, 0, 0, 0x80)); // r0 |= 0x80 (the third byte's top bit)
+    }
+    // The UDP source port (the frame's UDP checksum is 0: none), or the low half of the IPv4
+    // source address with the IP ID making up for it in the header checksum: ID' = ID +
+    // address - r0 in ones' complement (byte order does not matter to that sum).
+    let (port_at, id_at, addr_at) = (34, 18, 28);
+    let fold = |x: i32| (x & 0xffff) + (x >> 16);
+    let k = fold(le16(id_at) + le16(addr_at));
+    let (store_at, fix) = match random {
+        Random::Source => (addr_at, vec![
+            insn(0xbf, 5, 0, 0, 0),         // r5 = r0
+            insn(0x57, 5, 0, 0, 0xffff),    // r5 &= 0xffff
+            insn(0xa7, 5, 0, 0, 0xffff),    // r5 ^= 0xffff (0xffff - r5)
+            insn(0x07, 5, 0, 0, k),         // r5 += k
+            insn(0xbf, 7, 5, 0, 0),         // r7 = r5
+            insn(0x77, 7, 0, 0, 16),        // r7 >>= 16
+            insn(0x57, 5, 0, 0, 0xffff),    // r5 &= 0xffff
+            insn(0x0f, 5, 7, 0, 0),         // r5 += r7
+            insn(0x6b, 2, 5, id_at as i16, 0), // IP ID = r5
+        ]),
+        _ => (port_at, vec![]),
+    };
     prog.extend([
         insn(0x61, 2, 6, 0, 0),         // r2 = ctx->data
         insn(0x61, 3, 6, 4, 0),         // r3 = ctx->data_end
         insn(0xbf, 4, 2, 0, 0),         // r4 = r2
         insn(0x07, 4, 0, 0, 36),        // r4 += 36
-        insn(0x2d, 4, 3, 7, 0),         // if r4 > r3 skip the stores
+        insn(0x2d, 4, 3, 7 + 2 + fix.len() as i16, 0), // if r4 > r3 skip the stores
         insn(0x62, 2, 0, 0, le32(0)),   // destination and source MAC
         insn(0x62, 2, 0, 4, le32(4)),
         insn(0x62, 2, 0, 8, le32(8)),
         insn(0x6a, 2, 0, 22, le16(22)), // TTL and protocol
         insn(0x6a, 2, 0, 24, le16(24)), // header checksum
-        insn(0x15, 0, 0, 1, 0),         // if r0 == 0 skip the next store
-        insn(0x6b, 2, 0, 34, 0),        // UDP source port = r0
-        insn(0xb7, 0, 0, 0, ret),
-        insn(0x95, 0, 0, 0, 0),
+        insn(0x6a, 2, 0, id_at as i16, le16(id_at)), // IP ID
+        insn(0x6a, 2, 0, addr_at as i16, le16(addr_at)), // the source address's low half
+        insn(0x15, 0, 0, 1 + fix.len() as i16, 0), // if r0 == 0 skip what it draws
+        insn(0x6b, 2, 0, store_at as i16, 0), // source port or address = r0
     ]);
+    prog.extend(fix);
+    prog.extend([insn(0xb7, 0, 0, 0, ret), insn(0x95, 0, 0, 0, 0)]);
     load_xdp(&prog)
+}
+
+/// What the generator draws at random for each packet.
+#[derive(Clone, Copy, PartialEq)]
+enum Random {
+    Nothing,
+    /// the UDP source port
+    Sport,
+    /// the low half of the source address (198.18.128-255.y)
+    Source,
 }
 
 /// The three namespaces; removed (with our pinned state) on drop.
@@ -147,8 +186,11 @@ impl Topo {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             // No IPv6 chatter (router and neighbour solicitations) on the links: the bare
             // program's count of dropped frames must be the generator's alone.
+            // No reverse-path filter (a namespace may inherit one): the `sources` variant's
+            // sources have no route back, and bpf-iptables filters before the stack's check.
             for k in ["all", "default"] {
                 sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{k}.disable_ipv6=1")]);
+                sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv4.conf.{k}.rp_filter=0")]);
             }
         }
         sh(&["ip", "link", "add", "g0", "netns", &t.g, "type", "veth", "peer", "name", "f0", "netns", &t.f]);
@@ -251,7 +293,7 @@ impl Generator {
     /// the generator's namespace).
     fn new(topo: &Topo, v: Variant, reps: usize, secs: f64) -> Generator {
         let mut g = Generator::with_own(topo, v, 0.0);
-        let drop = gen_prog(&g.frame, XDP_DROP, v.random_sport());
+        let drop = gen_prog(&g.frame, XDP_DROP, v.random());
         let n = g.calibrate(drop, secs);
         g.own = median((0..reps).map(|_| g.measure(drop, n)).collect());
         // SAFETY: closing our own program fd.
@@ -261,7 +303,7 @@ impl Generator {
 
     fn with_own(topo: &Topo, v: Variant, own: f64) -> Generator {
         let frame = frame(&mac_bytes(&mac(&topo.f, "f0")), &mac_bytes(&mac(&topo.g, "g0")), v.dst());
-        Generator { tx: gen_prog(&frame, XDP_TX, v.random_sport()), ifindex: ifindex(&topo.g, "g0"), frame, own }
+        Generator { tx: gen_prog(&frame, XDP_TX, v.random()), ifindex: ifindex(&topo.g, "g0"), frame, own }
     }
 
     /// Runs program `fd` `repeat` times in live-frames mode on g0.
@@ -342,10 +384,12 @@ enum Variant {
     Established,
     Stream,
     Flows,
+    Sources,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [Variant::Forward, Variant::Input, Variant::Deep, Variant::Established, Variant::Stream, Variant::Flows];
+    const ALL: [Variant; 7] =
+        [Variant::Forward, Variant::Input, Variant::Deep, Variant::Established, Variant::Stream, Variant::Flows, Variant::Sources];
 
     fn name(self) -> &'static str {
         match self {
@@ -355,11 +399,24 @@ impl Variant {
             Variant::Established => "established",
             Variant::Stream => "stream",
             Variant::Flows => "flows",
+            Variant::Sources => "sources",
         }
     }
-    /// Every packet from a random source port: a new flow (almost) each time.
-    fn random_sport(self) -> bool {
-        self == Variant::Flows
+    /// Every packet from a random source port, or address: a new flow (almost) each time.
+    fn random(self) -> Random {
+        match self {
+            Variant::Flows => Random::Sport,
+            Variant::Sources => Random::Source,
+            _ => Random::Nothing,
+        }
+    }
+    /// The last rule's source: every source the generator draws.
+    fn sources(self) -> &'static str {
+        if self == Variant::Sources {
+            "198.18.0.0/16"
+        } else {
+            "198.18.1.2/32"
+        }
     }
     fn chain(self) -> &'static str {
         if self == Variant::Input {
@@ -413,7 +470,7 @@ fn iptables_rules(v: Variant, n: u32) -> String {
     for i in 0..n {
         s += &format!("-A {ch} {} -j DROP\n", filler(v, i).0);
     }
-    s += &format!("-A {ch} -s 198.18.1.2/32 -p udp -m udp --dport 9 -j {}\nCOMMIT\n", last_target(v).0);
+    s += &format!("-A {ch} -s {} -p udp -m udp --dport 9 -j {}\nCOMMIT\n", v.sources(), last_target(v).0);
     s
 }
 
@@ -428,7 +485,7 @@ fn nft_rules(v: Variant, n: u32) -> String {
             for i in 0..n {
                 s += &format!("  {} drop\n", filler(v, i).1);
             }
-            s += &format!("  ip saddr 198.18.1.2 udp dport 9 counter {}\n", last_target(v).1);
+            s += &format!("  ip saddr {} udp dport 9 counter {}\n", v.sources(), last_target(v).1);
         }
         s += " }\n";
     }
@@ -598,7 +655,7 @@ fn main() {
         .iter()
         .filter_map(|s| Impl::MEASURED.into_iter().find(|i| i.key() == s))
         .collect();
-    let variants: Vec<Variant> = env_list::<String>("BPFIPT_BENCH_VARIANTS", "forward input deep established stream flows")
+    let variants: Vec<Variant> = env_list::<String>("BPFIPT_BENCH_VARIANTS", "forward input deep established stream flows sources")
         .iter()
         .filter_map(|s| Variant::ALL.into_iter().find(|v| v.name() == s))
         .collect();
@@ -611,10 +668,10 @@ fn main() {
     let own: Vec<(Variant, f64)> = {
         let topo = Topo::new();
         enter(&topo.g);
-        [Variant::Forward, Variant::Input, Variant::Flows].into_iter().map(|v| (v, Generator::new(&topo, v, reps, secs).own)).collect()
+        [Variant::Forward, Variant::Input, Variant::Flows, Variant::Sources].into_iter().map(|v| (v, Generator::new(&topo, v, reps, secs).own)).collect()
     };
     let own_for = |v: Variant| {
-        own.iter().find(|(w, _)| w.dst() == v.dst() && w.random_sport() == v.random_sport()).expect("generator").1
+        own.iter().find(|(w, _)| w.dst() == v.dst() && w.random() == v.random()).expect("generator").1
     };
 
     let point = |imp: Impl, v: Variant, n: u32| -> (f64, f64, f64) {
@@ -656,7 +713,10 @@ fn main() {
     };
 
     println!("CPU ns per packet on the receiving core (generator subtracted), median of {reps} x ~{secs} s (min-max)\n");
-    println!("generator alone: {:.0} ns/packet ({:.0} drawing source ports)", own[0].1, own[2].1);
+    println!(
+        "generator alone: {:.0} ns/packet ({:.0} drawing source ports, {:.0} source addresses)",
+        own[0].1, own[2].1, own[3].1
+    );
     let (bare, lo, hi) = point(Impl::Bare, Variant::Forward, 0);
     println!("bare XDP_DROP on f0: {bare:.0} ns ({lo:.0}-{hi:.0})\n");
     println!("| variant | N | {} |", impls.iter().map(|i| i.name()).collect::<Vec<_>>().join(" | "));
