@@ -738,12 +738,14 @@ static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 }
 
 /* The programs: each judges a packet against the image it announced (image_enter), and
- * withdraws the announcement on every path. */
+ * withdraws the announcement on every path. No image: nothing to judge by; an image that
+ * could not be announced: dropped. */
 SEC("xdp")
 int bpfipt_xdp_ingress(struct xdp_md *ctx)
 {
 	struct img img;
-	int v = image_enter(&img) ? xdp_ingress(ctx, &img) : XDP_PASS;
+	int entered = image_enter(&img);
+	int v = entered > 0 ? xdp_ingress(ctx, &img) : entered < 0 ? XDP_DROP : XDP_PASS;
 	image_exit();
 	return v;
 }
@@ -757,7 +759,8 @@ int bpfipt_tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	struct img img;
-	int v = image_enter(&img) ? tc_ingress(skb, &img) : TC_ACT_OK;
+	int entered = image_enter(&img);
+	int v = entered > 0 ? tc_ingress(skb, &img) : entered < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	image_exit();
 	return v;
 }
@@ -772,7 +775,8 @@ int bpfipt_tc_egress(struct __sk_buff *skb)
 	if (skb->mark == BPFIPT_REPLY_MARK)
 		return TC_ACT_OK;
 	struct img img;
-	int v = image_enter(&img) ? tc_egress(skb, &img) : TC_ACT_OK;
+	int entered = image_enter(&img);
+	int v = entered > 0 ? tc_egress(skb, &img) : entered < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	image_exit();
 	return v;
 }

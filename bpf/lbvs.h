@@ -737,7 +737,8 @@ static long linear_step(__u64 i, struct lctx *x)
 }
 
 /* Fills `img` with the installed image, announced in bpfipt_inuse until image_exit() (see
- * bpf_iptables.h); 0 (counted) when there is none. Programs never nest on one CPU (the TC
+ * bpf_iptables.h); 0 (counted) when there is none, -1 when the generation kept moving under
+ * the announcement (four flips in a row: the packet is dropped, not let through). Programs never nest on one CPU (the TC
  * egress hook runs with bottom halves disabled), so one announcement per CPU suffices. */
 static __always_inline int image_enter(struct img *img)
 {
@@ -758,9 +759,9 @@ static __always_inline int image_enter(struct img *img)
 		settled = now == gen;
 		gen = now;
 	}
-	/* a generation never announced is never read (four flips in a row under this loop) */
+	/* a generation never announced is never read */
 	if (!settled)
-		gen = 0;
+		return -1;
 	__u32 slot = gen & 1;
 	img->gen = gen;
 	img->map = gen ? bpf_map_lookup_elem(&bpfipt_tables, &slot) : NULL;
