@@ -693,15 +693,17 @@ static __always_inline struct bpfipt_ct_lock *ct_lock_of(const struct bpfipt_ct_
 }
 
 /*
- * The `created` count of the lock of packet p's connection (see struct bpfipt_ct_lock), as
- * bpfipt_ct_lookup() reports it in r->created when it finds none live (r->absent). Returns 0
- * for packets whose key is not their tuple's ends (ICMP).
+ * The `created` count of the lock of the connection of a packet with these ends, as a struct
+ * bpfipt_ct_pkt holds them (see struct bpfipt_ct_lock), as bpfipt_ct_lookup() reports it in
+ * r->created when it finds none live (r->absent). Returns 0 for packets whose key is not
+ * their tuple's ends (ICMP).
  */
-static __always_inline int bpfipt_ct_created(const struct bpfipt_ct_pkt *p, __u32 *created)
+static __always_inline int bpfipt_ct_created(__u32 saddr, __u16 sport, __u32 daddr, __u16 dport, __u8 proto,
+					     __u32 *created)
 {
-	if (p->proto == IPPROTO_ICMP)
+	if (proto == IPPROTO_ICMP)
 		return 0;
-	struct bpfipt_ct_lock *lk = ct_lock_at(p->saddr, p->sport, p->daddr, p->dport, p->proto);
+	struct bpfipt_ct_lock *lk = ct_lock_at(saddr, sport, daddr, dport, proto);
 	if (!lk)
 		return 0;
 	*created = *(volatile __u32 *)&lk->created;

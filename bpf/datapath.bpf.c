@@ -154,6 +154,21 @@ static __always_inline void ct_fill(struct cls *c, void *data, void *data_end, i
 	}
 }
 
+/* ct_fill() in program `kind`, from its context: its linear window, and whether the packet
+ * is this host's own (at egress, or on lo at TC ingress). Only a packet the tracker is asked
+ * about needs it (see flow_cached). */
+static __always_inline void ct_fill_from(void *ctx, struct cls *c, int kind)
+{
+	if (kind == PROG_XDP) {
+		struct xdp_md *x = ctx;
+		ct_fill(c, (void *)(long)x->data, (void *)(long)x->data_end, 0);
+	} else {
+		struct __sk_buff *skb = ctx;
+		ct_fill(c, (void *)(long)skb->data, (void *)(long)skb->data_end,
+			kind == PROG_TC_EG || skb->ifindex == LOOPBACK_IFINDEX);
+	}
+}
+
 /* Global functions: the verifier checks each once, on its own, instead of along every path
  * of every caller (the TCP state machine multiplies states), and the tracker's stack stays
  * out of the programs' frames. */
@@ -422,6 +437,7 @@ static __always_inline __u32 flow_cached(void *ctx, struct cls *c, struct img *i
 		/* nothing for the tracker to do */
 		if (e && flow_hit(e, c, img, f->rt_gen) && flow_still_absent(e, c))
 			return flow_replay(e, c);
+		ct_fill_from(ctx, c, kind);
 		ct_lookup_cls(c, apply);
 		if (e)
 			flow_key_ct(c, img);
@@ -460,8 +476,6 @@ static __always_inline int xdp_ingress(struct xdp_md *ctx, struct img *img)
 	c->p.in_ifindex = ctx->ingress_ifindex;
 	int track = tracks(img);
 	int update = track ? CT_ALL : CT_NONE;
-	if (track)
-		ct_fill(c, data, data_end, 0);
 	tcp_options_if_used(ctx, PROG_XDP, img, &c->p);
 	struct flow_ref f;
 	__u32 v = ingress_start(ctx, c, img, PROG_XDP, track, &f);
@@ -679,8 +693,7 @@ static __always_inline int has_l2(struct __sk_buff *skb)
 
 /* The start both TC programs share: the scratch, the image, linear headers, the parse, and
  * (when tracking) the tracker's view of the packet. NULL: pass the packet unjudged. */
-static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, struct img *img, int *track,
-					    int from_local)
+static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, struct img *img, int *track)
 {
 	struct cls *c = scratch(kind);
 	if (!c || skb->protocol != bpf_htons(ETH_P_IP))
@@ -700,8 +713,6 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, str
 	}
 	c->p.mark = skb->mark;
 	*track = tracks(img);
-	if (*track)
-		ct_fill(c, data, data_end, from_local);
 	tcp_options_if_used(skb, kind, img, &c->p);
 	return c;
 }
@@ -709,7 +720,7 @@ static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, str
 static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 {
 	int track;
-	struct cls *c = tc_start(skb, PROG_TC_IN, img, &track, skb->ifindex == LOOPBACK_IFINDEX);
+	struct cls *c = tc_start(skb, PROG_TC_IN, img, &track);
 	if (!c)
 		return TC_ACT_OK;
 	struct flow_ref f;
@@ -722,7 +733,7 @@ static __always_inline int tc_ingress(struct __sk_buff *skb, struct img *img)
 static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 {
 	int track;
-	struct cls *c = tc_start(skb, PROG_TC_EG, img, &track, 1);
+	struct cls *c = tc_start(skb, PROG_TC_EG, img, &track);
 	if (!c)
 		return TC_ACT_OK;
 	c->p.hook = BPFIPT_HOOK_OUTPUT;

@@ -91,12 +91,16 @@ static __always_inline void flow_key_ct(struct cls *c, struct img *img)
 	       ((__u64)c->p.ct_state << FLOW_KEY_CT_SHIFT & slot(img, BPFIPT_IMG_SLOT_FLOW_MASK + 2));
 }
 
-/* Whether hit `e`, keyed FLOW_CT_ABSENT, still holds: no connection of the packet's (c->ctp)
- * came to be since its classification found none. */
+/* Whether hit `e`, keyed FLOW_CT_ABSENT, still holds: no connection of the packet's came to be
+ * since its classification found none. Asked before the tracker's view of the packet is
+ * filled (ct_fill): its ends are the parsed packet's (ports 0 but for a transport header
+ * with ports). */
 static __always_inline int flow_still_absent(struct bpfipt_flow *e, struct cls *c)
 {
+	struct pkt *p = &c->p;
 	__u32 created;
-	return e->hook >= 0 && bpfipt_ct_created(&c->ctp, &created) && created == e->ct_created;
+	return e->hook >= 0 && bpfipt_ct_created(p->src, p->sport, p->dst, p->dport, p->proto, &created) &&
+	       created == e->ct_created;
 }
 
 /* Whether entry `e` answers for the packet whose key flow_slot() built. */
