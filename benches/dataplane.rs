@@ -717,18 +717,23 @@ fn main() {
         "generator alone: {:.0} ns/packet ({:.0} drawing source ports, {:.0} source addresses)",
         own[0].1, own[2].1, own[3].1
     );
-    let (bare, lo, hi) = point(Impl::Bare, Variant::Forward, 0);
-    println!("bare XDP_DROP on f0: {bare:.0} ns ({lo:.0}-{hi:.0})\n");
+    // The bare program is measured again before each variant and each bpf-iptables figure is
+    // set against the measurement nearest in time: the VM's speed drifts over a long run
+    // (a bare figure of 21 in one minute, 28 in another).
+    let bare_now = || point(Impl::Bare, Variant::Forward, 0);
+    let (bare, lo, hi) = bare_now();
+    println!("bare XDP_DROP on f0: {bare:.0} ns ({lo:.0}-{hi:.0}); again before each variant, in its rows\n");
     println!("| variant | N | {} |", impls.iter().map(|i| i.name()).collect::<Vec<_>>().join(" | "));
     println!("|---|---:|{}", "---:|".repeat(impls.len()));
-    for &v in &variants {
+    for (i, &v) in variants.iter().enumerate() {
+        let bare = if i == 0 { bare } else { bare_now().0 };
         for &n in &sizes {
             let cells: Vec<String> = impls
                 .iter()
                 .map(|&imp| {
                     let (m, lo, hi) = point(imp, v, n);
                     if imp == Impl::Bpf {
-                        format!("{m:.0} ({lo:.0}-{hi:.0}) = {:.1}x bare", m / bare)
+                        format!("{m:.0} ({lo:.0}-{hi:.0}) = {:.1}x bare {bare:.0}", m / bare)
                     } else {
                         format!("{m:.0} ({lo:.0}-{hi:.0})")
                     }
