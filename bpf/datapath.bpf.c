@@ -691,8 +691,8 @@ static __always_inline int has_l2(struct __sk_buff *skb)
 	return !(ifc && (ifc->flags & BPFIPT_IFACE_NO_L2));
 }
 
-/* The start both TC programs share: the scratch, the image, linear headers, the parse, and
- * (when tracking) the tracker's view of the packet. NULL: pass the packet unjudged. */
+/* The start both TC programs share: the scratch, the image, linear headers and the parse.
+ * NULL: pass the packet unjudged. */
 static __always_inline struct cls *tc_start(struct __sk_buff *skb, int kind, struct img *img, int *track)
 {
 	struct cls *c = scratch(kind);
