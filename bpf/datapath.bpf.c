@@ -303,20 +303,33 @@ static __always_inline int route_lookup(void *ctx, struct cls *c)
 	}
 }
 
+/* Where a packet's verdict goes in the flow cache: its entry's index (NONE32: the image
+ * caches nothing) and, at ingress when it caches, the namespace's routing as read before the
+ * cache lookup (its generation, whether the FIB sees ports): a change after that read moves
+ * the generation past what a cached answer records. */
+struct flow_ref {
+	__u32 idx;
+	__u32 rt_gen;
+	__u32 fib_ports;
+};
+
 /* The hook an arriving packet goes through, or -1 when netfilter would not filter it, in
- * ingress program `kind`. `gen`: the route generation read already (before the flow cache
- * lookup), or NULL to read it here; either way before the route lookup, so that a change in
- * between moves it past what a cached answer records. */
-static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind, const __u32 *gen)
+ * ingress program `kind`. The routing `f` read (f->idx != NONE32), or read here; either way
+ * before the route lookup. */
+static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind, const struct flow_ref *f)
 {
 	struct pkt *p = &c->p;
 	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
 		return BPFIPT_HOOK_INPUT;
-	struct net *net = ingress_net(ctx, kind);
-	__u32 rt_gen = gen ? *gen : route_gen(net);
+	__u32 rt_gen = f->rt_gen;
 	/* a flow's answer serves every flow between the same addresses when the FIB cannot tell
 	 * them apart (the usual case): one lookup for a host's many connections */
-	int by_flow = route_sees_ports(net);
+	int by_flow = f->fib_ports;
+	if (f->idx == NONE32) {
+		struct net *net = ingress_net(ctx, kind);
+		rt_gen = route_gen(net);
+		by_flow = route_sees_ports(net);
+	}
 	__u32 ports = by_flow ? (__u32)p->sport << 16 | p->dport : 0;
 	__u8 proto = by_flow ? p->proto : 0, keyed = by_flow ? BPFIPT_ROUTE_BY_FLOW : BPFIPT_ROUTE_BY_ADDRS;
 	__u32 k = BPFIPT_ROUTE_HASH(p->src, p->dst, ports, p->in_ifindex);
@@ -405,13 +418,6 @@ static __always_inline __u32 cached_verdict(struct bpfipt_flow *e, struct cls *c
 	return v;
 }
 
-/* Where a packet's verdict goes in the flow cache: its entry's index (NONE32: the image
- * caches nothing) and the route generation it is checked against (at ingress). */
-struct flow_ref {
-	__u32 idx;
-	__u32 rt_gen;
-};
-
 /* The cached verdict of the packet's flow in program `kind`, or NONE32 with `f` set for the
  * rest and, when tracking (`track`), the tracker's lookup done (`apply`: see
  * bpfipt_ct_lookup) and the key holding the packet's conntrack state. A flow keyed with no
@@ -421,17 +427,17 @@ static __always_inline __u32 flow_cached(void *ctx, struct cls *c, struct img *i
 					 int update, struct flow_ref *f)
 {
 	f->rt_gen = 0;
+	f->fib_ports = 0;
 	if (track)
 		c->p.ct_state = FLOW_CT_ABSENT;
 	/* the route is part of an ingress verdict: its generation, and the ports when the FIB
 	 * sees them */
-	int ports = 0;
 	if (kind != PROG_TC_EG && flow_caching(img)) {
 		struct net *net = ingress_net(ctx, kind);
 		f->rt_gen = route_gen(net);
-		ports = route_sees_ports(net);
+		f->fib_ports = route_sees_ports(net);
 	}
-	f->idx = flow_slot(img, c, kind, ports);
+	f->idx = flow_slot(img, c, kind, f->fib_ports);
 	struct bpfipt_flow *e = flow_at(f->idx);
 	if (track) {
 		/* nothing for the tracker to do */
@@ -454,7 +460,7 @@ static __always_inline __u32 ingress_start(void *ctx, struct cls *c, struct img 
 	__u32 v = flow_cached(ctx, c, img, kind, track, 1, track ? CT_ALL : CT_NONE, f);
 	if (v != NONE32)
 		return v;
-	int hook = ingress_hook(ctx, c, kind, f->idx != NONE32 ? &f->rt_gen : NULL);
+	int hook = ingress_hook(ctx, c, kind, f);
 	if (hook < 0) {
 		flow_store(f->idx, c, img, f->rt_gen, hook, V_ACCEPT);
 		return V_ACCEPT;

@@ -738,8 +738,9 @@ static long linear_step(__u64 i, struct lctx *x)
 
 /* Fills `img` with the installed image, announced in bpfipt_inuse until image_exit() (see
  * bpf_iptables.h); 0 (counted) when there is none, -1 when the generation kept moving under
- * the announcement (four flips in a row: the packet is dropped, not let through). Programs never nest on one CPU (the TC
- * egress hook runs with bottom halves disabled), so one announcement per CPU suffices. */
+ * the announcement (four flips in a row: the packet is dropped, not let through). Programs
+ * never nest on one CPU (the TC egress hook runs with bottom halves disabled), so one
+ * announcement per CPU suffices. */
 static __always_inline int image_enter(struct img *img)
 {
 	__u32 zero = 0;
