@@ -6,7 +6,7 @@ set -euo pipefail
 need_pkgs=()
 for pair in clang:clang llc:llvm make:make pkg-config:pkg-config ip:iproute2 \
             iptables-legacy:iptables nft:nftables bpftool:bpftool flock:util-linux \
-            python3:python3 ping:iputils-ping; do
+            python3:python3 ping:iputils-ping ethtool:ethtool taskset:util-linux; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

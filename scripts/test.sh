@@ -6,7 +6,7 @@
 # On a fresh Debian 12 it first installs what is missing: a Rust toolchain through rustup (only
 # when no cargo is found: Debian's own is too old), a C linker, and the packages listed in
 # scripts/deps.sh (clang llvm make pkg-config libelf-dev zlib1g-dev iproute2 iptables nftables
-# bpftool). It needs no terminal and no stdin (CI=true is fine). Then:
+# bpftool ethtool). It needs no terminal and no stdin (CI=true is fine). Then:
 #   1. cargo test --workspace: unit tests, the .t conformance runner, CLI probe replays, dump
 #      round trips against iptables-legacy, parser fuzzing, compiler/datapath/end-to-end tests;
 #   2. the .t runner once more against real iptables-legacy, as a check of the runner itself.
