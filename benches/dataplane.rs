@@ -105,6 +105,51 @@ fn const_prog(ret: i32) -> i32 {
     load_xdp(&[insn(0xb7, 0, 0, 0, ret), insn(0x95, 0, 0, 0, 0)])
 }
 
+/// A floor for a packet no cache can answer: parses nothing but the IPv4 header's fields a
+/// route depends on, asks the FIB (bpf_fib_lookup, as bpf-iptables' programs do to tell
+/// FORWARD from INPUT and the output interface), then drops. No firewall that must know a
+/// packet's route costs less.
+fn fib_drop_prog() -> i32 {
+    const FIB_LOOKUP: i32 = 69; // bpf_fib_lookup
+    const SKIP_NEIGH: i32 = 1 << 2; // BPF_FIB_LOOKUP_SKIP_NEIGH
+    // struct bpf_fib_lookup (64 bytes) at r10 - 64: family @0, l4_protocol @1, ifindex @8,
+    // tos @12, ipv4_src @16, ipv4_dst @32.
+    let mut ask = Vec::new();
+    for off in (-64..0).step_by(8) {
+        ask.push(insn(0x7a, 10, 0, off, 0)); // *(u64 *)(r10 + off) = 0
+    }
+    ask.extend([
+        insn(0x72, 10, 0, -64, 2),      // family = AF_INET
+        insn(0x71, 5, 2, 23, 0),        // r5 = IP protocol
+        insn(0x73, 10, 5, -63, 0),      // l4_protocol = r5
+        insn(0x71, 5, 2, 15, 0),        // r5 = TOS
+        insn(0x73, 10, 5, -52, 0),      // tos = r5
+        insn(0x61, 5, 2, 26, 0),        // r5 = source address
+        insn(0x63, 10, 5, -48, 0),      // ipv4_src = r5
+        insn(0x61, 5, 2, 30, 0),        // r5 = destination address
+        insn(0x63, 10, 5, -32, 0),      // ipv4_dst = r5
+        insn(0x61, 5, 6, 12, 0),        // r5 = ctx->ingress_ifindex
+        insn(0x63, 10, 5, -56, 0),      // ifindex = r5
+        insn(0xbf, 1, 6, 0, 0),         // r1 = ctx
+        insn(0xbf, 2, 10, 0, 0),        // r2 = r10
+        insn(0x07, 2, 0, 0, -64),       // r2 -= 64
+        insn(0xb7, 3, 0, 0, 64),        // r3 = sizeof(struct bpf_fib_lookup)
+        insn(0xb7, 4, 0, 0, SKIP_NEIGH), // r4 = flags
+        insn(0x85, 0, 0, 0, FIB_LOOKUP), // bpf_fib_lookup(ctx, r2, 64, flags)
+    ]);
+    let mut prog = vec![
+        insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
+        insn(0x61, 2, 6, 0, 0),         // r2 = ctx->data
+        insn(0x61, 3, 6, 4, 0),         // r3 = ctx->data_end
+        insn(0xbf, 4, 2, 0, 0),         // r4 = r2
+        insn(0x07, 4, 0, 0, 34),        // r4 += 34 (Ethernet + IPv4 header)
+        insn(0x2d, 4, 3, ask.len() as i16, 0), // if r4 > r3 skip the question
+    ];
+    prog.extend(ask);
+    prog.extend([insn(0xb7, 0, 0, 0, XDP_DROP), insn(0x95, 0, 0, 0, 0)]);
+    load_xdp(&prog)
+}
+
 /// The generator: restores the link-layer addresses, IPv4 TTL and checksum of `frame` (live
 /// frames keep their pages between runs, and forwarding rewrites those in place), writes
 /// what `random` draws, then returns `ret`.
@@ -500,6 +545,8 @@ fn nft_rules(v: Variant, n: u32) -> String {
 #[derive(Clone, Copy, PartialEq)]
 enum Impl {
     Bare,
+    /// bare, but asking the FIB first: the floor of a first packet (fib_drop_prog)
+    FibDrop,
     Bpf,
     Legacy,
     NftCompat,
@@ -513,6 +560,7 @@ impl Impl {
     fn key(self) -> &'static str {
         match self {
             Impl::Bare => "bare",
+            Impl::FibDrop => "fib",
             Impl::Bpf => "bpf",
             Impl::Legacy => "legacy",
             Impl::NftCompat => "nft-compat",
@@ -523,6 +571,7 @@ impl Impl {
     fn name(self) -> &'static str {
         match self {
             Impl::Bare => "bare XDP_DROP",
+            Impl::FibDrop => "XDP_DROP after a FIB lookup",
             Impl::Bpf => "bpf-iptables",
             Impl::Legacy => "iptables-legacy",
             Impl::NftCompat => "iptables-nft",
@@ -571,6 +620,7 @@ struct Bench {
     links: Links,
     pass: i32,
     drop: i32,
+    fib_drop: i32,
 }
 
 impl Bench {
@@ -591,6 +641,7 @@ impl Bench {
         }
         match imp {
             Impl::Bare => attach(self.drop),
+            Impl::FibDrop => attach(self.fib_drop),
             Impl::Bpf => {
                 sh_in(f, &[&self.links.path("iptables-restore")], &iptables_rules(v, n), &[("BPF_IPTABLES_INGRESS", "xdp")]);
             }
@@ -610,7 +661,7 @@ impl Bench {
     fn counted(&self, topo: &Topo, imp: Impl, v: Variant) -> u64 {
         let f = &topo.f;
         match imp {
-            Impl::Bare => {
+            Impl::Bare | Impl::FibDrop => {
                 // veth counts its XDP program's drops per queue (`ethtool -S`).
                 let out = sh(&["ip", "netns", "exec", f, "ethtool", "-S", "f0"]);
                 out.lines()
@@ -709,6 +760,8 @@ struct Point {
     min: f64,
     max: f64,
     bare: Option<(f64, f64)>,
+    /// the FIB-lookup floor's median ratio to the bare program (`sources`)
+    fib: Option<f64>,
 }
 
 fn env_list<T: std::str::FromStr>(key: &str, default: &str) -> Vec<T> {
@@ -733,7 +786,7 @@ fn main() {
         .filter_map(|s| Variant::ALL.into_iter().find(|v| v.name() == s))
         .collect();
     pin_to(GEN_CPU);
-    let bench = Bench { links: Links::new(), pass: const_prog(XDP_PASS), drop: const_prog(XDP_DROP) };
+    let bench = Bench { links: Links::new(), pass: const_prog(XDP_PASS), drop: const_prog(XDP_DROP), fib_drop: fib_drop_prog() };
     // Each point gets fresh namespaces: netfilter keeps a table's hooks registered once it
     // exists in a namespace (even flushed), which would tax the implementations measured
     // after it. The generator's own cost depends only on the frame's size and whether it
@@ -755,21 +808,27 @@ fn main() {
     let point = |imp: Impl, v: Variant, n: u32| -> Point {
         let run = Measured::new(&bench, imp, v, n, own_for(v), secs);
         let bare = (imp == Impl::Bpf).then(|| Measured::new(&bench, Impl::Bare, v, 0, own_for(v), secs));
+        // where every packet is a first one, the floor of any firewall that routes, in turns too
+        let fib = (imp == Impl::Bpf && v == Variant::Sources).then(|| Measured::new(&bench, Impl::FibDrop, v, 0, own_for(v), secs));
         let mut costs: Vec<f64> = Vec::new();
         let mut bares: Vec<f64> = Vec::new();
         let mut ratios: Vec<f64> = Vec::new();
+        let mut fib_ratios: Vec<f64> = Vec::new();
         while costs.len() < reps {
             let b = bare.as_ref().map(|b| b.repetition(reps));
+            let f = fib.as_ref().map(|f| f.repetition(reps));
             let c = run.repetition(reps);
             if let Some(b) = b {
                 bares.push(b);
                 ratios.push(c / b);
+                if let Some(f) = f {
+                    fib_ratios.push(f / b);
+                }
             }
             costs.push(c);
         }
-        run.check(&bench);
-        if let Some(b) = &bare {
-            b.check(&bench);
+        for m in std::iter::once(&run).chain(&bare).chain(&fib) {
+            m.check(&bench);
         }
         let mut sorted = costs.clone();
         sorted.sort_by(|a, b| a.total_cmp(b));
@@ -778,6 +837,7 @@ fn main() {
             min: sorted[0],
             max: sorted[sorted.len() - 1],
             bare: (!bares.is_empty()).then(|| (median(bares), median(ratios))),
+            fib: (!fib_ratios.is_empty()).then(|| median(fib_ratios)),
         }
     };
 
@@ -796,8 +856,9 @@ fn main() {
                 .map(|&imp| {
                     let p = point(imp, v, n);
                     let (m, lo, hi) = (p.median, p.min, p.max);
+                    let floor = p.fib.map(|f| format!("; a FIB lookup alone {f:.1}x")).unwrap_or_default();
                     match p.bare {
-                        Some((bare, ratio)) => format!("{m:.0} ({lo:.0}-{hi:.0}) = {ratio:.1}x bare {bare:.0}"),
+                        Some((bare, ratio)) => format!("{m:.0} ({lo:.0}-{hi:.0}) = {ratio:.1}x bare {bare:.0}{floor}"),
                         None => format!("{m:.0} ({lo:.0}-{hi:.0})"),
                     }
                 })
