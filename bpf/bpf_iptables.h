@@ -113,15 +113,17 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 11,
+	BPFIPT_LAYOUT_VERSION = 12,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */
 	BPFIPT_MAX_RULE_IDS = 262144,
-	/* The serialized ruleset model lives in chunks (key = generation << 20 | index). */
-	BPFIPT_BLOB_CHUNK = 65536,
-	BPFIPT_BLOB_MAX_CHUNKS = 4096,
-	BPFIPT_BLOB_GEN_SHIFT = 20,
+	/* The serialized ruleset model: one array map per generation, pinned as bpfipt_blob0 and
+	 * bpfipt_blob1, created by the CLI (its size follows the ruleset's; no program reads it)
+	 * with BPF_F_MMAPABLE, BPFIPT_BLOB_PAGE bytes a value, so that it is read and written
+	 * through a mapping rather than a syscall and two kernel copies per value. */
+	BPFIPT_BLOB_PAGE = 4096,
+	BPFIPT_BLOB_MAX_PAGES = 65536,
 
 	/* Classifier image (see the top of this file). */
 	BPFIPT_IMG_MAGIC = 0x676d6962, /* "bimg" */
@@ -291,13 +293,9 @@ struct bpfipt_meta {
 	__u32 layout_version;
 	__u64 netns_cookie;
 	__u32 blob_gen;     /* generation (0/1) of the live serialized ruleset */
-	__u32 blob_chunks;  /* chunks in that generation */
+	__u32 blob_pages;   /* values (BPFIPT_BLOB_PAGE bytes) of that generation's map */
 	__u64 blob_len;     /* bytes */
 	__u64 blob_hash;    /* FNV-1a of the blob, checked on load */
-};
-
-struct bpfipt_blob_chunk {
-	__u8 data[BPFIPT_BLOB_CHUNK];
 };
 
 /* ---- Connection tracking (owner: bpf/conntrack.h, src/conntrack/) ----------------------------

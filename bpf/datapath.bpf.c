@@ -53,14 +53,6 @@ struct {
 } bpfipt_meta SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, BPFIPT_BLOB_MAX_CHUNKS);
-	__type(key, __u32);
-	__type(value, struct bpfipt_blob_chunk);
-} bpfipt_blob SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1 << BPFIPT_ROUTE_CACHE_BITS);
 	__type(key, __u32);

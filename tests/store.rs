@@ -136,3 +136,67 @@ fn lock_timeout_is_exit_4() {
         }
     });
 }
+
+/// The `bpfipt_blob<generation>` pins of `dir`.
+fn blob_pins(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("pin dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bpfipt_blob"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_ruleset_lives_in_one_pinned_map_per_commit_and_a_damaged_one_is_refused() {
+    use libbpf_rs::{MapCore, MapHandle, MapType};
+    use std::os::fd::{AsFd, AsRawFd};
+    in_fresh_netns(|| {
+        let mut st = Store::open(LockWait::Block).expect("open");
+        let dir = st.pin_dir().clone();
+        let mut rs = st.load().expect("load");
+        filter_input(&mut rs).push(rule(Target::Drop));
+        st.commit(&mut rs, None, None).expect("commit");
+        let first = blob_pins(&dir);
+        assert_eq!(first.len(), 1, "one generation at rest: {first:?}");
+        filter_input(&mut rs).push(rule(Target::Accept));
+        st.commit(&mut rs, None, None).expect("commit");
+        let second = blob_pins(&dir);
+        assert_eq!(second.len(), 1, "the old generation is unpinned: {second:?}");
+        assert_ne!(first, second, "a commit writes the other generation");
+
+        // A commit killed after pinning its map left it behind: the next commit replaces it.
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let mut stale = MapHandle::create(MapType::Array, Some("stale"), 4, 8, 1, &opts).expect("a map");
+        stale.pin(dir.join(&first[0])).expect("a stale pin");
+        filter_input(&mut rs).push(rule(Target::Return));
+        st.commit(&mut rs, None, None).expect("commit over a stale pin");
+        assert_eq!(blob_pins(&dir), first);
+        assert_eq!(filter_input(&mut st.load().expect("load")).len(), 3);
+
+        // One byte of the stored ruleset changed: refused, not misread.
+        let live = MapHandle::from_pinned_path(dir.join(&first[0])).expect("the live blob");
+        let len = live.value_size() as usize;
+        // SAFETY: a shared mapping of the live blob map's first value, unmapped below.
+        let mem = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, live.as_fd().as_raw_fd(), 0)
+        };
+        assert_ne!(mem, libc::MAP_FAILED, "mapping the blob");
+        let byte = mem.cast::<u8>();
+        // SAFETY: within the mapping.
+        unsafe { *byte ^= 0x40 };
+        let err = st.load().expect_err("a damaged ruleset");
+        assert!(err.to_string().contains("corrupt (hash mismatch)"), "{err}");
+        // SAFETY: as above; then unmapping what was mapped.
+        unsafe {
+            *byte ^= 0x40;
+            libc::munmap(mem, len);
+        }
+        assert_eq!(filter_input(&mut st.load().expect("load")).len(), 3);
+    });
+}

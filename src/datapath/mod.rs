@@ -41,6 +41,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::compile::tables::{Action, ActionKind, Compiled, Hook};
 use crate::compile::Inlined;
+use crate::store::mapped::MapMemory;
 use skel::types::{bpfipt_iface, bpfipt_local_addr, bpfipt_local_fast};
 use skel::DatapathSkelBuilder;
 
@@ -590,24 +591,12 @@ const F_ONE_CHUNK: u64 = skel::types::bpfipt_const::BPFIPT_IMG_F_ONE_CHUNK.0 as 
 const CHUNK_SLOTS: usize = skel::types::bpfipt_const::BPFIPT_IMG_CHUNK_SLOTS.0 as usize;
 const BUSY: u64 = skel::types::bpfipt_const::BPFIPT_IMG_BUSY.0 as u64;
 
-/// An image map's first `len` slots mapped into memory (shared, populated at once: faulting
-/// pages in one by one costs more than the copy).
-struct ImageMapping {
-    mem: *mut libc::c_void,
-    len: usize,
-}
+/// An image map's first `len` slots mapped into memory.
+struct ImageMapping(MapMemory);
 
 impl ImageMapping {
     fn new(map: &MapHandle, len: usize, writable: bool) -> Result<ImageMapping> {
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
-        // SAFETY: the caller passes an mmapable array map of at least `len` u64 values.
-        let mem = unsafe {
-            libc::mmap(std::ptr::null_mut(), len.max(1) * 8, prot, libc::MAP_SHARED | libc::MAP_POPULATE, map.as_fd().as_raw_fd(), 0)
-        };
-        if mem == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error()).context("mapping the classifier image");
-        }
-        Ok(ImageMapping { mem, len })
+        Ok(ImageMapping(MapMemory::new(map, len * 8, writable).context("mapping the classifier image")?))
     }
 
     /// The installed image (its used slots), if there is one. The programs may update its
@@ -629,21 +618,12 @@ impl ImageMapping {
     }
 
     fn slots(&self) -> &[u64] {
-        // SAFETY: mem maps at least len u64 values while self lives.
-        unsafe { std::slice::from_raw_parts(self.mem.cast::<u64>(), self.len) }
+        self.0.words()
     }
 
+    /// Only for a writable mapping.
     fn slots_mut(&mut self) -> &mut [u64] {
-        // SAFETY: as slots(); only writable mappings are written through.
-        unsafe { std::slice::from_raw_parts_mut(self.mem.cast::<u64>(), self.len) }
-    }
-}
-
-impl Drop for ImageMapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped (munmap rounds to whole pages, as mmap
-        // did); no slice of it outlives self.
-        unsafe { libc::munmap(self.mem, self.len.max(1) * 8) };
+        self.0.words_mut()
     }
 }
 

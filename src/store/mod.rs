@@ -9,6 +9,7 @@
 mod blob;
 mod counters;
 mod lock;
+pub(crate) mod mapped;
 mod pins;
 pub(crate) mod pod;
 

@@ -11,9 +11,11 @@
 //! `SO_NETNS_COOKIE`. Unlike an inode number it is never reused during a boot, so a new namespace
 //! can never inherit a dead one's rules.
 //!
-//! The model: serialized with bincode, cut into chunks in the `bpfipt_blob` hash map under one of
-//! two generations. A commit writes the other generation completely, then flips `blob_gen` in
-//! `bpfipt_meta` with one map update: a killed commit leaves the old generation live.
+//! The model: serialized with bincode into an mmapable array map of its own size, pinned as
+//! `bpfipt_blob0` or `bpfipt_blob1` (its generation). A commit writes the other generation
+//! into a new map and pins it, then flips `blob_gen` in `bpfipt_meta` with one map update and
+//! unpins the old one: a killed commit leaves the old generation live (and a stale pin the
+//! next commit replaces).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -26,9 +28,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::libbpf_sys;
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::counters::PerCpuCounters;
+use super::mapped::MapMemory;
 use super::pod;
 use crate::datapath::skel::types::{bpfipt_const, bpfipt_meta};
 use crate::datapath::skel::DatapathSkelBuilder;
@@ -42,9 +46,8 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 
 const LAYOUT_VERSION: u32 = bpfipt_const::BPFIPT_LAYOUT_VERSION.0;
 const MAGIC: u32 = bpfipt_const::BPFIPT_MAGIC.0;
-const CHUNK: usize = bpfipt_const::BPFIPT_BLOB_CHUNK.0 as usize;
-const MAX_CHUNKS: u32 = bpfipt_const::BPFIPT_BLOB_MAX_CHUNKS.0;
-const GEN_SHIFT: u32 = bpfipt_const::BPFIPT_BLOB_GEN_SHIFT.0;
+const BLOB_PAGE: usize = bpfipt_const::BPFIPT_BLOB_PAGE.0 as usize;
+const BLOB_MAX_PAGES: u32 = bpfipt_const::BPFIPT_BLOB_MAX_PAGES.0;
 pub const MAX_RULE_IDS: u32 = bpfipt_const::BPFIPT_MAX_RULE_IDS.0;
 
 /// Environment override of the bpffs directory that holds `bpf-iptables/` (tests, containers).
@@ -53,7 +56,6 @@ pub const PIN_ROOT_ENV: &str = "BPF_IPTABLES_PIN_ROOT";
 pub struct Pins {
     pub dir: PathBuf,
     meta: MapHandle,
-    blob: MapHandle,
     rule_counters: PerCpuCounters,
     policy_counters: PerCpuCounters,
     /// Ids of the live ruleset, known once it has been loaded (commit must not reuse them: the
@@ -92,7 +94,6 @@ impl Pins {
             )));
         }
         Ok(Pins {
-            blob: open("bpfipt_blob")?,
             rule_counters: PerCpuCounters::new(open("bpfipt_rule_counters")?)?,
             policy_counters: PerCpuCounters::new(open("bpfipt_policy_counters")?)?,
             meta,
@@ -108,20 +109,17 @@ impl Pins {
         let o = if m.blob_len == 0 {
             Outline::encode(&Ruleset::default()).context("encoding the empty ruleset")?
         } else {
-            let mut bytes = Vec::with_capacity(m.blob_chunks as usize * CHUNK);
-            for i in 0..m.blob_chunks {
-                let chunk = self
-                    .blob
-                    .lookup(&chunk_key(m.blob_gen, i).to_ne_bytes(), MapFlags::ANY)
-                    .context("reading the stored ruleset")?
-                    .ok_or_else(|| anyhow!("stored ruleset chunk {i} of generation {} is missing", m.blob_gen))?;
-                bytes.extend_from_slice(&chunk);
+            let path = self.dir.join(blob_name(m.blob_gen));
+            let map = MapHandle::from_pinned_path(&path).with_context(|| format!("opening the stored ruleset {}", path.display()))?;
+            let len = m.blob_len as usize;
+            if (map.value_size() as usize).saturating_mul(map.max_entries() as usize) < len {
+                return Err(Error::Other(anyhow!("the stored ruleset in {} is corrupt (shorter than recorded)", self.dir.display())));
             }
-            bytes.truncate(m.blob_len as usize);
-            if fnv1a(&bytes) != m.blob_hash {
+            let mem = MapMemory::new(&map, len, false).context("mapping the stored ruleset")?;
+            if fnv1a(mem.bytes()) != m.blob_hash {
                 return Err(Error::Other(anyhow!("the stored ruleset in {} is corrupt (hash mismatch)", self.dir.display())));
             }
-            bincode::deserialize(&bytes).context("decoding the stored ruleset")?
+            bincode::deserialize(mem.bytes()).context("decoding the stored ruleset")?
         };
         self.live_ids = Some(o.rule_ids());
         self.live_pass_all = Some(o.is_pass_all());
@@ -256,22 +254,29 @@ impl Pins {
 
     /// Writes `outline` as the other generation of the blob (not yet live: see `flip`).
     fn write_blob(&mut self, outline: &Outline) -> Result<Written> {
-        let bytes = bincode::serialize(outline).context("encoding the ruleset")?;
-        let nchunks = bytes.len().div_ceil(CHUNK) as u32;
-        if nchunks > MAX_CHUNKS {
-            return Err(Error::Other(anyhow!("ruleset too large to store ({} bytes)", bytes.len())));
+        let len = bincode::serialized_size(outline).context("encoding the ruleset")? as usize;
+        let pages = len.div_ceil(BLOB_PAGE).max(1);
+        if pages > BLOB_MAX_PAGES as usize {
+            return Err(Error::Other(anyhow!("ruleset too large to store ({len} bytes)")));
         }
         let old = read_meta(&self.meta)?;
         let gen = old.blob_gen ^ 1;
-        let mut chunk = vec![0u8; CHUNK];
-        for (i, part) in bytes.chunks(CHUNK).enumerate() {
-            chunk[..part.len()].copy_from_slice(part);
-            chunk[part.len()..].fill(0);
-            self.blob
-                .update(&chunk_key(gen, i as u32).to_ne_bytes(), &chunk, MapFlags::ANY)
-                .context("writing the ruleset")?;
-        }
-        let meta = bpfipt_meta { blob_gen: gen, blob_chunks: nchunks, blob_len: bytes.len() as u64, blob_hash: fnv1a(&bytes), ..old };
+        let path = self.dir.join(blob_name(gen));
+        // a killed commit's, never live
+        remove_pin(&path)?;
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_MMAPABLE,
+            ..Default::default()
+        };
+        let mut map = MapHandle::create(MapType::Array, Some("bpfipt_blob"), 4, BLOB_PAGE as u32, pages as u32, &opts)
+            .context("creating a map for the ruleset")?;
+        let mut mem = MapMemory::new(&map, len, true).context("mapping the ruleset's new map")?;
+        bincode::serialize_into(mem.bytes_mut(), outline).context("encoding the ruleset")?;
+        let hash = fnv1a(mem.bytes());
+        drop(mem);
+        map.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        let meta = bpfipt_meta { blob_gen: gen, blob_pages: pages as u32, blob_len: len as u64, blob_hash: hash, ..old };
         Ok(Written { old, meta })
     }
 
@@ -280,10 +285,10 @@ impl Pins {
         self.meta
             .update(&0u32.to_ne_bytes(), pod::bytes_of(&w.meta), MapFlags::ANY)
             .context("switching to the new ruleset")?;
-        // The old generation is no longer reachable; free its chunks.
-        for i in 0..w.old.blob_chunks {
-            let _ = self.blob.delete(&chunk_key(w.old.blob_gen, i).to_ne_bytes());
-        }
+        // no longer reachable (a reader that took the old meta just before may fail to open
+        // it, as with any reader racing a commit without the lock); left behind, the next
+        // commit replaces it, so the commit, done, does not fail for it
+        let _ = remove_pin(&self.dir.join(blob_name(w.old.blob_gen)));
         self.live_ids = Some(ids);
         self.live_pass_all = Some(pass_all);
         Ok(())
@@ -310,8 +315,17 @@ fn hook_index(chain: &str) -> Option<usize> {
     } as usize)
 }
 
-fn chunk_key(gen: u32, idx: u32) -> u32 {
-    (gen << GEN_SHIFT) | idx
+/// The pin of blob generation `gen`.
+fn blob_name(gen: u32) -> String {
+    format!("bpfipt_blob{}", gen & 1)
+}
+
+/// Removes a pin if it is there.
+fn remove_pin(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Other(anyhow!("removing {}: {e}", path.display()))),
+        _ => Ok(()),
+    }
 }
 
 /// A blob generation written but not yet live: the meta entry that makes it so, and the one
@@ -366,14 +380,25 @@ fn assign_ids<'a>(rules: impl Iterator<Item = &'a mut Rule>, used: &[u32], next:
     Ok(out)
 }
 
-/// FNV-1a over 8-byte words, then the remaining bytes: the blob's corruption check, cheap
-/// enough to run over megabytes on every command (byte by byte it cost 0.7 ms per 700 KB).
+/// The blob's corruption check, run over megabytes on every command: FNV-1a steps over 8-byte
+/// words in four lanes (word i to lane i % 4), folded together with the remaining bytes and
+/// the length. The lanes' multiplications do not wait for each other: one chain over every
+/// word took 0.15 ms per 800 KB here, byte by byte 0.7 ms.
 fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf29ce484222325;
     let step = |h: u64, v: u64| (h ^ v).wrapping_mul(0x100000001b3);
-    let words = bytes.chunks_exact(8);
-    let tail = words.remainder();
-    let h = words.fold(0xcbf29ce484222325u64, |h, w| step(h, u64::from_le_bytes(w.try_into().expect("8 bytes"))));
-    tail.iter().fold(h, |h, &b| step(h, b as u64))
+    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes"));
+    let blocks = bytes.chunks_exact(32);
+    let tail = blocks.remainder();
+    let mut lanes = [OFFSET, OFFSET ^ 1, OFFSET ^ 2, OFFSET ^ 3];
+    for b in blocks {
+        for (lane, w) in lanes.iter_mut().zip(b.chunks_exact(8)) {
+            *lane = step(*lane, word(w));
+        }
+    }
+    let h = lanes.iter().fold(OFFSET, |h, &l| step(h, l));
+    let h = tail.iter().fold(h, |h, &b| step(h, b as u64));
+    step(h, bytes.len() as u64)
 }
 
 /// Creates every map of the BPF object, pinned under `dir`, without loading any program (the
