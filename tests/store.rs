@@ -198,5 +198,17 @@ fn the_ruleset_lives_in_one_pinned_map_per_commit_and_a_damaged_one_is_refused()
             libc::munmap(mem, len);
         }
         assert_eq!(filter_input(&mut st.load().expect("load")).len(), 3);
+
+        // Another map pinned in its place: refused too.
+        let path = dir.join(&first[0]);
+        std::fs::remove_file(&path).expect("unpin");
+        let mut other = MapHandle::create(MapType::Array, Some("other"), 4, 8, 1, &opts).expect("a map");
+        other.pin(&path).expect("pin another map");
+        let err = st.load().expect_err("another map");
+        assert!(err.to_string().contains("corrupt (not the size recorded)"), "{err}");
+        std::fs::remove_file(&path).expect("unpin");
+        let mut live = live;
+        live.pin(&path).expect("pin the blob back");
+        assert_eq!(filter_input(&mut st.load().expect("load")).len(), 3);
     });
 }

@@ -112,8 +112,9 @@ impl Pins {
             let path = self.dir.join(blob_name(m.blob_gen));
             let map = MapHandle::from_pinned_path(&path).with_context(|| format!("opening the stored ruleset {}", path.display()))?;
             let len = m.blob_len as usize;
-            if (map.value_size() as usize).saturating_mul(map.max_entries() as usize) < len {
-                return Err(Error::Other(anyhow!("the stored ruleset in {} is corrupt (shorter than recorded)", self.dir.display())));
+            // the map written with this meta: as many pages, enough of them
+            if map.max_entries() != m.blob_pages || (map.value_size() as usize).saturating_mul(m.blob_pages as usize) < len {
+                return Err(Error::Other(anyhow!("the stored ruleset in {} is corrupt (not the size recorded)", self.dir.display())));
             }
             let mem = MapMemory::new(&map, len, false).context("mapping the stored ruleset")?;
             if fnv1a(mem.bytes()) != m.blob_hash {
