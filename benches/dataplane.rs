@@ -704,7 +704,8 @@ struct Measured {
     g: Generator,
     per_rep: u32,
     before: u64,
-    runs: std::cell::Cell<u32>,
+    /// repetitions run, redone ones included: what the counters must show sent
+    runs: u32,
 }
 
 impl Measured {
@@ -724,29 +725,29 @@ impl Measured {
         g.run(g.tx, 1000); // warm-up (first-packet work: neighbours, routes, map pages)
         let per_rep = g.calibrate(g.tx, secs);
         let before = bench.counted(&topo, imp, v);
-        Measured { topo, imp, v, n, g, per_rep, before, runs: std::cell::Cell::new(0) }
+        Measured { topo, imp, v, n, g, per_rep, before, runs: 0 }
     }
 
     /// CPU ns per packet of one repetition. No packet costs nothing: a repetition that says so
     /// was measured wrong (the accounting missed the work), not fast; it is redone, a few
     /// times at most.
-    fn repetition(&self, reps: usize) -> f64 {
+    fn repetition(&mut self, reps: usize) -> f64 {
         enter(&self.topo.g);
         loop {
-            self.runs.set(self.runs.get() + 1);
+            self.runs += 1;
             let c = self.g.measure(self.g.tx, self.per_rep) - self.g.own;
             if c > 0.0 {
                 return c;
             }
             let (name, v, n) = (self.imp.name(), self.v.name(), self.n);
             eprintln!("{name} {v} N={n}: a repetition measured {c:.0} ns per packet, redone");
-            assert!((self.runs.get() as usize) < 2 * reps, "{name} {v} N={n}: repetitions keep measuring nothing");
+            assert!((self.runs as usize) < 2 * reps, "{name} {v} N={n}: repetitions keep measuring nothing");
         }
     }
 
     /// The matching rule (the bare program: f0's drops) counted exactly the packets sent.
     fn check(&self, bench: &Bench) {
-        let sent = self.per_rep as u64 * self.runs.get() as u64;
+        let sent = self.per_rep as u64 * self.runs as u64;
         let counted = bench.counted(&self.topo, self.imp, self.v) - self.before;
         let (name, v, n) = (self.imp.name(), self.v.name(), self.n);
         assert_eq!(counted, sent, "{name} {v} N={n}: the matching rule counted {counted} of {sent} packets sent");
@@ -806,17 +807,17 @@ fn main() {
     // measured 67 ns in one minute, 121 in another), and a ratio of figures taken minutes
     // apart says more about the drift than about the firewall.
     let point = |imp: Impl, v: Variant, n: u32| -> Point {
-        let run = Measured::new(&bench, imp, v, n, own_for(v), secs);
-        let bare = (imp == Impl::Bpf).then(|| Measured::new(&bench, Impl::Bare, v, 0, own_for(v), secs));
+        let mut run = Measured::new(&bench, imp, v, n, own_for(v), secs);
+        let mut bare = (imp == Impl::Bpf).then(|| Measured::new(&bench, Impl::Bare, v, 0, own_for(v), secs));
         // where every packet is a first one, the floor of any firewall that routes, in turns too
-        let fib = (imp == Impl::Bpf && v == Variant::Sources).then(|| Measured::new(&bench, Impl::FibDrop, v, 0, own_for(v), secs));
+        let mut fib = (imp == Impl::Bpf && v == Variant::Sources).then(|| Measured::new(&bench, Impl::FibDrop, v, 0, own_for(v), secs));
         let mut costs: Vec<f64> = Vec::new();
         let mut bares: Vec<f64> = Vec::new();
         let mut ratios: Vec<f64> = Vec::new();
         let mut fib_ratios: Vec<f64> = Vec::new();
         while costs.len() < reps {
-            let b = bare.as_ref().map(|b| b.repetition(reps));
-            let f = fib.as_ref().map(|f| f.repetition(reps));
+            let b = bare.as_mut().map(|b| b.repetition(reps));
+            let f = fib.as_mut().map(|f| f.repetition(reps));
             let c = run.repetition(reps);
             if let Some(b) = b {
                 bares.push(b);
