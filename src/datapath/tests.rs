@@ -1216,6 +1216,7 @@ fn local_destinations_through_the_fast_table() {
 #[test]
 fn dropped_flows_of_no_connection_hold_until_their_connection_comes_to_be() {
     let Some(env) = Env::new("absent") else { return };
+    on_one_cpu();
     let est = ct_state::ESTABLISHED | ct_state::RELATED;
     let from_d1 = IpHeader { src: net("198.18.2.0", 24), ..proto(17) };
     let rs = ruleset(
@@ -1259,6 +1260,17 @@ fn dropped_flows_of_no_connection_hold_until_their_connection_comes_to_be() {
     assert_eq!(env.rule(0).packets, 3);
 }
 
+/// Keeps the calling test's thread on CPU 0 from here on: the flow cache is per CPU, so a
+/// test that counts or plants its entries must not migrate between its test runs.
+fn on_one_cpu() {
+    // SAFETY: a plain cpu_set_t for this thread alone.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU 0");
+    }
+}
+
 /// The flow cache's entries for the current image (`bpfipt_flows`, every CPU's).
 fn flow_entries(env: &Env) -> Vec<skel::types::bpfipt_flow> {
     let gen = active_generation(&open_map(&env.dir, "bpfipt_active").expect("active")).expect("generation");
@@ -1281,6 +1293,7 @@ fn flow_entries(env: &Env) -> Vec<skel::types::bpfipt_flow> {
 #[test]
 fn flows_seen_before_take_the_verdict_and_counters_their_classification_gave() {
     let Some(env) = Env::new("flows") else { return };
+    on_one_cpu();
     let syn = Match::Tcp(TcpMatch { flags: Some(Inv::new(TcpFlags { mask: 0x17, comp: 0x02 }, false)), ..Default::default() });
     let short = Match::Length(LengthMatch { lo: 0, hi: 60, invert: false });
     let limit = Match::Limit(LimitMatch { avg: LimitMatch::SCALE * 3600, burst: 2 });
@@ -1381,13 +1394,7 @@ fn flows_seen_before_take_the_verdict_and_counters_their_classification_gave() {
 #[test]
 fn flows_of_one_client_share_an_entry_unless_the_rules_or_the_fib_look_at_their_ports() {
     let Some(env) = Env::new("megaflow") else { return };
-    // one CPU: the cache is per CPU
-    // SAFETY: a plain cpu_set_t for this thread alone.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU 0");
-    }
+    on_one_cpu();
     let dns = |sport: u16| frame("198.18.1.7", "198.18.2.9", 17, &udp(sport, 53, b"query"));
     let to_dns = rule(proto(17), vec![udp_dport(53)], Target::Accept);
     let sports_cached = |env: &Env| {
