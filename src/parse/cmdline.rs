@@ -259,34 +259,38 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// getopt_long's long-option lookup over the base options and every loaded extension's:
-    /// an exact name wins, else a prefix naming exactly one option.
-    fn lookup_long(&self, name: &str) -> Option<Found> {
-        let mut all: Vec<Found> = LONG_OPTS.iter().map(|&(n, a, c)| Found { owner: Owner::Base(c), name: n, arg: a }).collect();
-        // libxtables puts each newly loaded extension's options right after the base ones, so
-        // the newest extension wins a name clash; an older instance of a match loaded again is
-        // "completed" and gets no more options.
-        for &owner in self.loaded.iter().rev() {
+    /// Every long option in getopt_long's order: the base options, then each loaded
+    /// extension's, newest first. libxtables puts each newly loaded extension's options right
+    /// after the base ones, so the newest extension wins a name clash; an older instance of a
+    /// match loaded again is "completed" and gets no more options.
+    fn long_options(&self) -> impl Iterator<Item = Found> + Clone + '_ {
+        let base = LONG_OPTS.iter().map(|&(n, a, c)| Found { owner: Owner::Base(c), name: n, arg: a });
+        let extensions = self.loaded.iter().rev().flat_map(move |&owner| {
             let options = match owner {
                 Owner::Match(i) => {
                     let name = self.matches[i].0.name;
                     if self.matches[i + 1..].iter().any(|(d, _)| d.name == name) {
-                        continue;
+                        &[][..]
+                    } else {
+                        self.matches[i].0.options
                     }
-                    self.matches[i].0.options
                 }
-                Owner::Target => match &self.target {
-                    Some((def, _)) => def.options,
-                    None => continue,
-                },
-                Owner::Base(_) => continue,
+                Owner::Target => self.target.as_ref().map_or(&[][..], |(def, _)| def.options),
+                Owner::Base(_) => &[][..],
             };
-            all.extend(options.iter().map(|o| Found { owner, name: o.name, arg: ext_arg(o.arg) }));
+            options.iter().map(move |o| Found { owner, name: o.name, arg: ext_arg(o.arg) })
+        });
+        base.chain(extensions)
+    }
+
+    /// getopt_long's long-option lookup over `long_options`: an exact name wins, else a
+    /// prefix naming exactly one option.
+    fn lookup_long(&self, name: &str) -> Option<Found> {
+        let all = self.long_options();
+        if let Some(f) = all.clone().find(|f| f.name == name) {
+            return Some(f);
         }
-        if let Some(i) = all.iter().position(|f| f.name == name) {
-            return Some(all.swap_remove(i));
-        }
-        let mut prefixed = all.into_iter().filter(|f| f.name.starts_with(name));
+        let mut prefixed = all.filter(|f| f.name.starts_with(name));
         let first = prefixed.next()?;
         // glibc treats candidates that do the same thing as one (e.g. --src/--source).
         if prefixed.all(|f| f.owner == first.owner && f.arg == first.arg && matches!(f.owner, Owner::Base(_))) {
