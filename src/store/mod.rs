@@ -262,11 +262,15 @@ fn enforce_change(dir: &std::path::Path, change: FilterChange, filter: &Table, p
 /// Compiles the ruleset and hands it to the datapath. Called by a commit after the new model is
 /// written but before it is made live, so a ruleset the datapath refuses is never stored.
 fn enforce(dir: &std::path::Path, rs: &Ruleset) -> Result<()> {
-    let compiled = crate::compile::compile(rs)?;
+    enforce_compiled(dir, &crate::compile::compile(rs)?, rs.is_pass_all())
+}
+
+/// `enforce` for a ruleset already compiled into `compiled`.
+fn enforce_compiled(dir: &std::path::Path, compiled: &crate::compile::tables::Compiled, pass_all: bool) -> Result<()> {
     if datapath_off() {
         return Ok(());
     }
-    Ok(crate::datapath::apply(dir, &compiled, rs.is_pass_all())?)
+    Ok(crate::datapath::apply(dir, compiled, pass_all)?)
 }
 
 /// `BPF_IPTABLES_DATAPATH=off`: a switch for tests of the command-line front end (text, exit

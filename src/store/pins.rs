@@ -157,10 +157,26 @@ impl Pins {
         used.extend(rule_ids(rs));
         let rules = rs.tables.iter_mut().flat_map(|t| &mut t.chains).flat_map(|c| &mut c.rules);
         let new_rules = assign_ids(rules, &used, &mut rs.next_rule_id)?;
+        let rs = &*rs;
+        let pass_all = rs.is_pass_all();
+        if (appended.is_none() && before.is_none()) || !self.patchable() {
+            // Nothing to patch (a restore): the ruleset is compiled while its counters and
+            // stored form are written, on another CPU (compiling is pure).
+            return std::thread::scope(|s| {
+                let compiling = s.spawn(|| crate::compile::compile(rs));
+                let stored = self.init_counters(&new_rules).and_then(|()| {
+                    let outline = Outline::encode(rs).context("encoding the ruleset")?;
+                    self.write_blob(&outline)
+                });
+                let compiled = compiling.join().map_err(|_| Error::Other(anyhow!("compiling the ruleset panicked")))?;
+                let written = stored?;
+                super::enforce_compiled(&self.dir, &compiled?, pass_all)?;
+                self.flip(written, pass_all, rule_ids(rs))
+            });
+        }
         self.init_counters(&new_rules)?;
         let outline = Outline::encode(rs).context("encoding the ruleset")?;
         let written = self.write_blob(&outline)?;
-        let pass_all = rs.is_pass_all();
         let filter = rs.table(TableKind::Filter);
         let tail = appended.filter(|_| self.patchable()).zip(filter).and_then(|(a, table)| {
             let rules = &table.chain(a.hook.chain_name())?.rules;
