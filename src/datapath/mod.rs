@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::compile::tables::{Action, ActionKind, Compiled, Hook};
 use crate::compile::Inlined;
@@ -551,12 +551,7 @@ fn install_image_with(pin_dir: &Path, len: usize, fill: impl FnOnce(&mut [u64]))
             // through the outer map, which waits for a kernel RCU grace period).
             let want = len + len / 4 + 1024;
             let chunks = want.div_ceil(CHUNK_SLOTS).min(u32::MAX as usize) as u32;
-            let opts = libbpf_sys::bpf_map_create_opts {
-                sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-                map_flags: libbpf_sys::BPF_F_INNER_MAP | libbpf_sys::BPF_F_MMAPABLE,
-                ..Default::default()
-            };
-            let map = MapHandle::create(MapType::Array, Some("bpfipt_image"), 4, CHUNK_SLOTS as u32 * 8, chunks, &opts)
+            let map = crate::store::mapped::create_array("bpfipt_image", CHUNK_SLOTS as u32 * 8, chunks, libbpf_sys::BPF_F_INNER_MAP)
                 .context("creating the classifier image map")?;
             let fd = map.as_fd().as_raw_fd() as u32;
             tables

@@ -5,7 +5,17 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
-use libbpf_rs::MapHandle;
+use libbpf_rs::{libbpf_sys, MapHandle, MapType};
+
+/// A new mmapable array map (`flags` added to BPF_F_MMAPABLE), to be mapped with `MapMemory`.
+pub fn create_array(name: &str, value_size: u32, entries: u32, flags: u32) -> libbpf_rs::Result<MapHandle> {
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: libbpf_sys::BPF_F_MMAPABLE | flags,
+        ..Default::default()
+    };
+    MapHandle::create(MapType::Array, Some(name), 4, value_size, entries, &opts)
+}
 
 /// The first `len` bytes of an mmapable array map, mapped shared and populated at once
 /// (faulting pages in one by one costs more than the copy they are mapped for).

@@ -28,8 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::libbpf_sys;
-use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::counters::PerCpuCounters;
 use super::mapped::MapMemory;
@@ -159,26 +158,29 @@ impl Pins {
         let new_rules = assign_ids(rules, &used, &mut rs.next_rule_id)?;
         let rs = &*rs;
         let pass_all = rs.is_pass_all();
+        // the new rules' counters and the stored form, not yet live
+        let write = |pins: &mut Pins| -> Result<(Outline, Written)> {
+            pins.init_counters(&new_rules)?;
+            let outline = Outline::encode(rs).context("encoding the ruleset")?;
+            let written = pins.write_blob(&outline)?;
+            Ok((outline, written))
+        };
         if (appended.is_none() && before.is_none()) || !self.patchable() {
-            // Nothing to patch (a restore): the ruleset is compiled while its counters and
-            // stored form are written, on another CPU (compiling is pure).
+            // Nothing to patch (a restore): the ruleset is compiled on another CPU meanwhile
+            // (compiling is pure).
             return std::thread::scope(|s| {
                 let compiling = s.spawn(|| crate::compile::compile(rs));
-                let stored = self.init_counters(&new_rules).and_then(|()| {
-                    let outline = Outline::encode(rs).context("encoding the ruleset")?;
-                    self.write_blob(&outline)
-                });
-                let compiled = compiling.join().map_err(|_| Error::Other(anyhow!("compiling the ruleset panicked")))?;
-                let written = stored?;
+                let stored = write(self);
+                let compiled = compiling.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                let (_, written) = stored?;
                 super::enforce_compiled(&self.dir, &compiled?, pass_all)?;
                 self.flip(written, pass_all, rule_ids(rs))
             });
         }
-        self.init_counters(&new_rules)?;
-        let outline = Outline::encode(rs).context("encoding the ruleset")?;
-        let written = self.write_blob(&outline)?;
+        let (outline, written) = write(self)?;
         let filter = rs.table(TableKind::Filter);
-        let tail = appended.filter(|_| self.patchable()).zip(filter).and_then(|(a, table)| {
+        // the datapath enforces the loaded ruleset (patchable): patch it when the change allows
+        let tail = appended.zip(filter).and_then(|(a, table)| {
             let rules = &table.chain(a.hook.chain_name())?.rules;
             let first = rules.len().checked_sub(a.count)?;
             let reached = !rules[..first].iter().any(Rule::ends_walk);
@@ -186,7 +188,7 @@ impl Pins {
         });
         let patched = match (tail, before) {
             (Some(t), _) => super::enforce_added(&self.dir, &t, pass_all)?,
-            (None, Some(before)) if self.patchable() => super::enforce_same(&self.dir, before, &outline, rs, pass_all)?,
+            (None, Some(before)) => super::enforce_same(&self.dir, before, &outline, rs, pass_all)?,
             (None, _) => false,
         };
         if !patched {
@@ -281,13 +283,7 @@ impl Pins {
         let path = self.dir.join(blob_name(gen));
         // a killed commit's, never live
         remove_pin(&path)?;
-        let opts = libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-            map_flags: libbpf_sys::BPF_F_MMAPABLE,
-            ..Default::default()
-        };
-        let mut map = MapHandle::create(MapType::Array, Some("bpfipt_blob"), 4, BLOB_PAGE as u32, pages as u32, &opts)
-            .context("creating a map for the ruleset")?;
+        let mut map = super::mapped::create_array("bpfipt_blob", BLOB_PAGE as u32, pages as u32, 0).context("creating a map for the ruleset")?;
         let mut mem = MapMemory::new(&map, len, true).context("mapping the ruleset's new map")?;
         bincode::serialize_into(mem.bytes_mut(), outline).context("encoding the ruleset")?;
         let hash = fnv1a(mem.bytes());
