@@ -19,7 +19,7 @@
 //! slower, milliseconds, but a barrier on every CPU as well).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::libbpf_sys;
@@ -68,22 +68,13 @@ fn noop_raw_tp() -> Result<OwnedFd> {
     };
     let mov_r0_0 = (libbpf_sys::BPF_ALU64 | libbpf_sys::BPF_MOV | libbpf_sys::BPF_K) as u8;
     let insns = [insn(mov_r0_0, 0), insn((libbpf_sys::BPF_JMP | libbpf_sys::BPF_EXIT) as u8, 0)];
-    // SAFETY: two valid instructions; no name, license or options needed.
-    let fd = unsafe {
-        libbpf_sys::bpf_prog_load(
-            libbpf_sys::BPF_PROG_TYPE_RAW_TRACEPOINT,
-            std::ptr::null(),
-            c"GPL".as_ptr(),
-            insns.as_ptr(),
-            insns.len() as u64,
-            std::ptr::null_mut(),
-        )
-    };
-    if fd < 0 {
-        bail!("loading the barrier program: {}", io::Error::from_raw_os_error(-fd));
-    }
-    // SAFETY: a new descriptor this function owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: integers and null pointers: all zeroes is a valid value.
+    let mut attr: libbpf_sys::bpf_attr__bindgen_ty_4 = unsafe { std::mem::zeroed() };
+    attr.prog_type = libbpf_sys::BPF_PROG_TYPE_RAW_TRACEPOINT;
+    attr.insn_cnt = insns.len() as u32;
+    attr.insns = insns.as_ptr() as u64;
+    attr.license = c"GPL".as_ptr() as u64;
+    crate::store::mapped::bpf_new_fd(libbpf_sys::BPF_PROG_LOAD, &attr).context("loading the barrier program")
 }
 
 fn membarrier_global() -> Result<()> {

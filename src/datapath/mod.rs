@@ -544,24 +544,25 @@ fn install_image_with(pin_dir: &Path, len: usize, fill: impl FnOnce(&mut [u64]))
     wait_unused(&inuse, slot)?;
 
     let cur = inner_map(&tables, slot)?;
-    let map = match cur {
-        Some((map, capacity)) if capacity as usize >= len => map,
+    let created;
+    let map = match &cur {
+        Some((map, capacity)) if *capacity as usize >= len => map.as_fd(),
         _ => {
             // Room to grow, so that adding rules rarely needs a new map (replacing one goes
             // through the outer map, which waits for a kernel RCU grace period).
             let want = len + len / 4 + 1024;
             let chunks = want.div_ceil(CHUNK_SLOTS).min(u32::MAX as usize) as u32;
-            let map = crate::store::mapped::create_array("bpfipt_image", CHUNK_SLOTS as u32 * 8, chunks, libbpf_sys::BPF_F_INNER_MAP)
+            created = crate::store::mapped::create_array("bpfipt_image", CHUNK_SLOTS as u32 * 8, chunks, libbpf_sys::BPF_F_INNER_MAP)
                 .context("creating the classifier image map")?;
-            let fd = map.as_fd().as_raw_fd() as u32;
+            let fd = created.as_raw_fd() as u32;
             tables
                 .update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
                 .context("installing a classifier image map")?;
-            map
+            created.as_fd()
         }
     };
     // No packet reads this slot (wait_unused) until the flip below.
-    let mut mapping = ImageMapping::new(&map, len, true)?;
+    let mut mapping = ImageMapping::new(map, len, true)?;
     let slots = mapping.slots_mut();
     fill(slots);
     // The programs read no slot past the image: chunk 0 holds all of it when it is that small
@@ -590,7 +591,7 @@ const BUSY: u64 = skel::types::bpfipt_const::BPFIPT_IMG_BUSY.0 as u64;
 struct ImageMapping(MapMemory);
 
 impl ImageMapping {
-    fn new(map: &MapHandle, len: usize, writable: bool) -> Result<ImageMapping> {
+    fn new(map: impl AsFd, len: usize, writable: bool) -> Result<ImageMapping> {
         Ok(ImageMapping(MapMemory::new(map, len * 8, writable).context("mapping the classifier image")?))
     }
 

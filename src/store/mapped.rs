@@ -2,19 +2,53 @@
 //! (`pins.rs`) and the classifier image (`datapath`) are read and written, without a syscall
 //! and two kernel copies per value.
 
+use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
-use libbpf_rs::{libbpf_sys, MapHandle, MapType};
+use libbpf_rs::libbpf_sys;
+
+/// The bpf syscall for command `cmd`, which returns a new fd, with `attr` its part of `union
+/// bpf_attr`. For map creation and program loading that would go through libbpf otherwise:
+/// `bpf_map_create` and `bpf_prog_load` first load probe programs (whether the kernel charges
+/// BPF memory to cgroups, whether objects take names), a fifth of a millisecond of every
+/// command that stores a ruleset; every kernel that runs our programs does both.
+pub fn bpf_new_fd<T>(cmd: u32, attr: &T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is the layout of `cmd`'s part of the attribute union (the caller's
+    // contract), read for its size; the kernel returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
 
 /// A new mmapable array map (`flags` added to BPF_F_MMAPABLE), to be mapped with `MapMemory`.
-pub fn create_array(name: &str, value_size: u32, entries: u32, flags: u32) -> libbpf_rs::Result<MapHandle> {
-    let opts = libbpf_sys::bpf_map_create_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-        map_flags: libbpf_sys::BPF_F_MMAPABLE | flags,
-        ..Default::default()
-    };
-    MapHandle::create(MapType::Array, Some(name), 4, value_size, entries, &opts)
+pub fn create_array(name: &str, value_size: u32, entries: u32, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integers and a char array: all zeroes is a valid value.
+    let mut attr: libbpf_sys::bpf_attr__bindgen_ty_1 = unsafe { std::mem::zeroed() };
+    attr.map_type = libbpf_sys::BPF_MAP_TYPE_ARRAY;
+    attr.key_size = 4;
+    attr.value_size = value_size;
+    attr.max_entries = entries;
+    attr.map_flags = libbpf_sys::BPF_F_MMAPABLE | flags;
+    // the kernel takes up to 15 bytes and a NUL
+    for (dst, &b) in attr.map_name.iter_mut().zip(name.as_bytes().iter().take(15)) {
+        *dst = b as libc::c_char;
+    }
+    bpf_new_fd(libbpf_sys::BPF_MAP_CREATE, &attr)
+}
+
+/// Pins the map `fd` at `path` (on a bpf filesystem).
+pub fn pin(fd: impl AsFd, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid fd and a NUL-terminated path.
+    if unsafe { libbpf_sys::bpf_obj_pin(fd.as_fd().as_raw_fd(), c.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The first `len` bytes of an mmapable array map, mapped shared and populated at once
@@ -27,7 +61,7 @@ pub struct MapMemory {
 impl MapMemory {
     /// Maps the first `len` bytes of `map`, which must be an mmapable array of at least that
     /// many bytes (the kernel refuses the mapping otherwise).
-    pub fn new(map: &MapHandle, len: usize, writable: bool) -> io::Result<MapMemory> {
+    pub fn new(map: impl AsFd, len: usize, writable: bool) -> io::Result<MapMemory> {
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: a fresh mapping of the map's fd; the kernel checks the length against the
         // map's size.

@@ -283,12 +283,12 @@ impl Pins {
         let path = self.dir.join(blob_name(gen));
         // a killed commit's, never live
         remove_pin(&path)?;
-        let mut map = super::mapped::create_array("bpfipt_blob", BLOB_PAGE as u32, pages as u32, 0).context("creating a map for the ruleset")?;
+        let map = super::mapped::create_array("bpfipt_blob", BLOB_PAGE as u32, pages as u32, 0).context("creating a map for the ruleset")?;
         let mut mem = MapMemory::new(&map, len, true).context("mapping the ruleset's new map")?;
         bincode::serialize_into(mem.bytes_mut(), outline).context("encoding the ruleset")?;
         let hash = fnv1a(mem.bytes());
         drop(mem);
-        map.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        super::mapped::pin(&map, &path).with_context(|| format!("pinning {}", path.display()))?;
         let meta = bpfipt_meta { blob_gen: gen, blob_pages: pages as u32, blob_len: len as u64, blob_hash: hash, ..old };
         Ok(Written { old, meta })
     }
