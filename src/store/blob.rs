@@ -1,14 +1,18 @@
-//! The stored form of the ruleset model (what the `bpfipt_blob` chunks hold, bincode): the
-//! model's tables and chains, each chain's rules as one opaque block of encoded rules with
-//! their ids and ends alongside. `-A` to a built-in chain reads the outline (chains,
-//! policies, ids) and appends the new rules' encoding to one block, `-I` at its head puts them
-//! before it, and `-D` in it finds the rule by its encoding and cuts it out, never decoding or
-//! re-encoding the rules already stored; everything else decodes the whole model.
+//! The stored form of the ruleset model (what the `bpfipt_blob` chunks hold): the model's
+//! tables and chains (bincode), each chain's rules as one opaque block of encoded rules with
+//! their ids and ends alongside, the blocks' bytes after all of that. A loaded outline reads
+//! the blocks where they are, in the blob's mapping. `-A` to a built-in chain reads the
+//! outline (chains, policies, ids) and appends the new rules' encoding to one block, `-I` at
+//! its head puts them before it, and `-D` in it finds the rule by its encoding and cuts it
+//! out, never decoding, re-encoding or copying the rules already stored (but into the new
+//! blob); everything else decodes the whole model.
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::rc::Rc;
 
 use anyhow::Context;
-use serde::de::{Deserializer, Visitor};
+use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::model::{Chain, Counters, Policy, Rule, Ruleset, Table, TableKind};
@@ -62,33 +66,126 @@ fn spec_bytes(encoded: &[u8]) -> &[u8] {
     &encoded[4..encoded.len() - 16]
 }
 
-/// Bytes encoded as one length and the raw bytes (serde's default for `Vec<u8>` goes element
-/// by element, which costs a millisecond per megabyte).
-#[derive(Debug, Clone, Default)]
-struct Bytes(Vec<u8>);
+/// The memory a stored outline was loaded from (the blob's mapping).
+pub type Blob = Rc<dyn AsRef<[u8]>>;
+
+/// A chain's rule encodings, one after another, in pieces: a loaded block stays where it is
+/// in its blob (10 000 rules are ~800 KB: a copy, and the page faults of the memory it goes
+/// to, were half a millisecond of every `-A`), a change adds pieces of its own. No rule spans
+/// two pieces. Stored as its length only: the bytes follow the outline (`Outline::to_blob`).
+#[derive(Clone, Default)]
+struct Bytes(Vec<Piece>);
+
+#[derive(Clone)]
+enum Piece {
+    /// Part of the blob the outline was loaded from.
+    Stored(Blob, Range<usize>),
+    Owned(Vec<u8>),
+    /// Just deserialized: this many bytes, not yet found in the blob (`Outline::load`).
+    Unplaced(usize),
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Stored(blob, r) => &(**blob).as_ref()[r.clone()],
+            Piece::Owned(v) => v,
+            Piece::Unplaced(_) => &[],
+        }
+    }
+
+    /// Its bytes `r` (relative to its start) as a piece of their own.
+    fn part(&self, r: Range<usize>) -> Piece {
+        match self {
+            Piece::Stored(blob, whole) => Piece::Stored(blob.clone(), whole.start + r.start..whole.start + r.end),
+            _ => Piece::Owned(self.bytes()[r].to_vec()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} in {} pieces)", self.len(), self.0.len())
+    }
+}
+
+impl Bytes {
+    fn len(&self) -> usize {
+        self.0.iter().map(|p| p.bytes().len()).sum()
+    }
+
+    /// Where to encode more at the end.
+    fn end_mut(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.0.last(), Some(Piece::Owned(_))) {
+            self.0.push(Piece::Owned(Vec::new()));
+        }
+        match self.0.last_mut() {
+            Some(Piece::Owned(v)) => v,
+            _ => unreachable!("an owned piece was just put last"),
+        }
+    }
+
+    /// Bytes `r`, which lie in one piece (a rule's encoding does).
+    fn get(&self, r: Range<usize>) -> Option<&[u8]> {
+        let mut start = 0;
+        for p in &self.0 {
+            let b = p.bytes();
+            if r.end <= start + b.len() {
+                return b.get(r.start.checked_sub(start)?..r.end - start);
+            }
+            start += b.len();
+        }
+        None
+    }
+
+    /// Puts `new` in place of bytes `r` (rule boundaries): the pieces around them are kept,
+    /// cut where `r` starts and ends.
+    fn splice(&mut self, r: Range<usize>, new: Bytes) {
+        let mut new = Some(new.0.into_iter().filter(|p| !p.bytes().is_empty()));
+        let mut out = Vec::with_capacity(self.0.len() + 3);
+        let mut start = 0;
+        for p in std::mem::take(&mut self.0) {
+            let end = start + p.bytes().len();
+            if end <= r.start {
+                out.push(p);
+            } else {
+                if start < r.start {
+                    out.push(p.part(0..r.start - start));
+                }
+                out.extend(new.take().into_iter().flatten());
+                if start >= r.end {
+                    out.push(p);
+                } else if end > r.end {
+                    out.push(p.part(r.end - start..end - start));
+                }
+            }
+            start = end;
+        }
+        out.extend(new.take().into_iter().flatten());
+        self.0 = out;
+    }
+
+    /// The bytes in one slice (copied only when they are in several pieces).
+    fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.0.as_slice() {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [p] => std::borrow::Cow::Borrowed(p.bytes()),
+            ps => std::borrow::Cow::Owned(ps.iter().flat_map(|p| p.bytes()).copied().collect()),
+        }
+    }
+}
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        s.serialize_u64(self.len() as u64)
     }
 }
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
-            }
-        }
-        d.deserialize_byte_buf(V)
+        let len = u64::deserialize(d)?;
+        let len = usize::try_from(len).map_err(serde::de::Error::custom)?;
+        Ok(Bytes(vec![Piece::Unplaced(len)]))
     }
 }
 
@@ -97,50 +194,46 @@ impl RuleBlock {
         if self.first_end.is_none() && r.ends_walk() {
             self.first_end = Some(self.ids.len() as u32);
         }
-        bincode::serialize_into(&mut self.bytes.0, r)?;
+        bincode::serialize_into(self.bytes.end_mut(), r)?;
         self.ids.push(r.id);
-        self.ends.push(self.bytes.0.len() as u32);
+        self.ends.push(self.bytes.len() as u32);
         Ok(())
     }
 
-    /// The encoding of rule i.
-    fn encoded(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.bytes.0[start..self.ends[i] as usize]
+    /// Where rule i's encoding starts (rule `ids.len()`: the end).
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] as usize
+        }
     }
 
-    /// Removes the rules at `at` (distinct indices), returning them decoded; None (nothing
-    /// changed) when an index is out of range.
+    /// The encoding of rule i.
+    fn encoded(&self, i: usize) -> bincode::Result<&[u8]> {
+        self.bytes.get(self.start(i)..self.ends[i] as usize).ok_or_else(|| bad_block("a rule's encoding is not where its block says"))
+    }
+
+    /// Removes the rules at `at` (distinct indices), returning them decoded (in `at`'s order);
+    /// None (nothing changed) when an index is out of range.
     fn remove(&mut self, at: &[usize]) -> bincode::Result<Option<Vec<Rule>>> {
         if at.iter().any(|&i| i >= self.ids.len()) {
             return Ok(None);
         }
-        let removed = at.iter().map(|&i| bincode::deserialize(self.encoded(i))).collect::<bincode::Result<Vec<Rule>>>()?;
-        let mut gone = at.to_vec();
-        gone.sort_unstable();
-        let mut kept = RuleBlock { ids: Vec::with_capacity(self.ids.len()), ends: Vec::with_capacity(self.ids.len()), ..Default::default() };
-        kept.bytes.0.reserve(self.bytes.0.len());
-        for i in (0..self.ids.len()).filter(|i| gone.binary_search(i).is_err()) {
-            kept.bytes.0.extend_from_slice(self.encoded(i));
-            kept.ids.push(self.ids[i]);
-            kept.ends.push(kept.bytes.0.len() as u32);
+        let mut order: Vec<usize> = (0..at.len()).collect();
+        order.sort_unstable_by_key(|&k| std::cmp::Reverse(at[k]));
+        let mut removed: Vec<Option<Rule>> = vec![None; at.len()];
+        // from the last up, so that the indices still to go stay where they are
+        for k in order {
+            removed[k] = self.splice(at[k], 1, &[])?.and_then(|mut r| r.pop());
         }
-        // where rule i of the block is in the kept one
-        let moved = |i: usize| i - gone.iter().filter(|&&g| g < i).count();
-        kept.first_end = match self.first_end {
-            // the walk's end went: the next rule that ends it, if any
-            Some(e) if gone.binary_search(&(e as usize)).is_ok() => kept.first_end_from(moved(e as usize))?,
-            Some(e) => Some(moved(e as usize) as u32),
-            None => None,
-        };
-        *self = kept;
-        Ok(Some(removed))
+        Ok(removed.into_iter().collect())
     }
 
     /// The first rule from index `from` on that always ends the chain's walk (decoding them).
     fn first_end_from(&self, from: usize) -> bincode::Result<Option<u32>> {
         for i in from..self.ids.len() {
-            if bincode::deserialize::<Rule>(self.encoded(i))?.ends_walk() {
+            if bincode::deserialize::<Rule>(self.encoded(i)?)?.ends_walk() {
                 return Ok(Some(i as u32));
             }
         }
@@ -154,20 +247,19 @@ impl RuleBlock {
         if at + n > self.ids.len() {
             return Ok(None);
         }
-        let removed = (at..at + n).map(|i| bincode::deserialize(self.encoded(i))).collect::<bincode::Result<Vec<Rule>>>()?;
+        let removed = (at..at + n).map(|i| bincode::deserialize(self.encoded(i)?)).collect::<bincode::Result<Vec<Rule>>>()?;
         let mut new = RuleBlock::default();
         for r in rules {
             new.push(r)?;
         }
-        let start = |b: &RuleBlock, i: usize| if i == 0 { 0 } else { b.ends[i - 1] };
-        let (from, to) = (start(self, at), start(self, at + n));
-        let shift = new.bytes.0.len() as i64 - (to - from) as i64;
+        let (from, to) = (self.start(at), self.start(at + n));
+        let shift = new.bytes.len() as i64 - (to - from) as i64;
         for e in &mut self.ends[at + n..] {
             *e = (*e as i64 + shift) as u32;
         }
-        self.ends.splice(at..at + n, new.ends.iter().map(|e| e + from));
+        self.ends.splice(at..at + n, new.ends.iter().map(|e| e + from as u32));
         self.ids.splice(at..at + n, new.ids);
-        self.bytes.0.splice(from as usize..to as usize, new.bytes.0);
+        self.bytes.splice(from..to, new.bytes);
         let k = rules.len();
         self.first_end = match (self.first_end, new.first_end) {
             (Some(e), _) if (e as usize) < at => Some(e),
@@ -181,17 +273,26 @@ impl RuleBlock {
     }
 
     fn decode(&self) -> bincode::Result<Vec<Rule>> {
-        let mut rest = &self.bytes.0[..];
         // (collecting a Result would lose the size and grow the vector by copies)
         let mut rules = Vec::with_capacity(self.ids.len());
-        for _ in &self.ids {
-            rules.push(bincode::deserialize_from(&mut rest)?);
+        for piece in &self.bytes.0 {
+            let mut rest = piece.bytes();
+            while !rest.is_empty() && rules.len() < self.ids.len() {
+                rules.push(bincode::deserialize_from(&mut rest)?);
+            }
+            if !rest.is_empty() {
+                return Err(bad_block("trailing bytes after a chain's rules"));
+            }
         }
-        if !rest.is_empty() {
-            return Err(Box::new(bincode::ErrorKind::Custom("trailing bytes after a chain's rules".into())));
+        if rules.len() != self.ids.len() {
+            return Err(bad_block("fewer rules than ids in a chain's block"));
         }
         Ok(rules)
     }
+}
+
+fn bad_block(why: &str) -> bincode::Error {
+    Box::new(bincode::ErrorKind::Custom(why.into()))
 }
 
 impl StoredTable {
@@ -229,6 +330,59 @@ impl Outline {
             tables.push(StoredTable { kind: t.kind, chains });
         }
         Ok(Outline { tables, next_rule_id: rs.next_rule_id })
+    }
+
+    /// The outline stored in `blob` (as `write_to` wrote it), its rules left there.
+    pub fn load(blob: Blob) -> bincode::Result<Outline> {
+        let all = (*blob).as_ref();
+        let mut rest = all;
+        let mut o: Outline = bincode::deserialize_from(&mut rest)?;
+        let mut at = all.len() - rest.len();
+        for piece in o.tables.iter_mut().flat_map(|t| &mut t.chains).flat_map(|c| &mut c.rules.bytes.0) {
+            if let Piece::Unplaced(len) = *piece {
+                let end = at.checked_add(len).filter(|&e| e <= all.len());
+                let end = end.ok_or_else(|| bad_block("a chain's rules run past the stored ruleset"))?;
+                *piece = Piece::Stored(blob.clone(), at..end);
+                at = end;
+            }
+        }
+        if at != all.len() {
+            return Err(bad_block("trailing bytes after the stored ruleset"));
+        }
+        Ok(o)
+    }
+
+    /// Bytes `write_to` writes: the outline (bincode, each block as its length), then every
+    /// block's bytes in the same order.
+    pub fn stored_len(&self) -> bincode::Result<usize> {
+        Ok(bincode::serialized_size(self)? as usize + self.blocks().map(Bytes::len).sum::<usize>())
+    }
+
+    /// Writes the outline's stored form into `out`, `stored_len` bytes long.
+    pub fn write_to(&self, out: &mut [u8]) -> bincode::Result<()> {
+        let head = bincode::serialized_size(self)? as usize;
+        if out.len() != self.stored_len()? {
+            return Err(bad_block("the stored ruleset's buffer is not its size"));
+        }
+        let (head_out, mut rest) = out.split_at_mut(head);
+        bincode::serialize_into(head_out, self)?;
+        for piece in self.blocks().flat_map(|b| &b.0) {
+            let (dst, after) = std::mem::take(&mut rest).split_at_mut(piece.bytes().len());
+            dst.copy_from_slice(piece.bytes());
+            rest = after;
+        }
+        Ok(())
+    }
+
+    /// The stored form in a vector of its own (`write_to`).
+    pub fn to_blob(&self) -> bincode::Result<Vec<u8>> {
+        let mut out = vec![0; self.stored_len()?];
+        self.write_to(&mut out)?;
+        Ok(out)
+    }
+
+    fn blocks(&self) -> impl Iterator<Item = &Bytes> {
+        self.tables.iter().flat_map(|t| &t.chains).map(|c| &c.rules.bytes)
     }
 
     /// The whole model, every chain's rules decoded.
@@ -274,7 +428,7 @@ impl Outline {
         let mut policies = false;
         for name in reachable {
             match (old.get(name), new.get(name)) {
-                (Some(a), Some(b)) if a.rules.ids == b.rules.ids && a.rules.bytes.0 == b.rules.bytes.0 => {
+                (Some(a), Some(b)) if a.rules.ids == b.rules.ids && a.rules.bytes.contiguous() == b.rules.bytes.contiguous() => {
                     policies |= a.policy != b.policy;
                 }
                 _ => return FilterChange::Rules,
@@ -339,7 +493,12 @@ impl Outline {
         let Some(c) = self.chain(kind, chain) else { return Ok(None) };
         let wanted = bincode::serialize(rule)?;
         let wanted = spec_bytes(&wanted);
-        Ok((0..c.rules.ids.len()).find(|i| !skip.contains(i) && spec_bytes(c.rules.encoded(*i)) == wanted))
+        for i in (0..c.rules.ids.len()).filter(|i| !skip.contains(i)) {
+            if spec_bytes(c.rules.encoded(i)?) == wanted {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
     }
 
     /// Removes the rules at indices `at` (distinct) of chain `chain` of table `kind`,
@@ -383,6 +542,11 @@ mod tests {
         o.splice(TableKind::Filter, chain, len, 0, rules).expect("encodes").map(|(reached, _)| reached)
     }
     use crate::model::{Inv, IpHeader, Ipv4Mask, Target};
+
+    /// `o` stored and loaded again.
+    fn reload(o: &Outline) -> Outline {
+        Outline::load(Rc::new(o.to_blob().expect("stores"))).expect("loads")
+    }
 
     fn rule(id: u32, src: u32, target: Target) -> Rule {
         let ip = IpHeader { src: Some(Inv::new(Ipv4Mask::new(src, u32::MAX), false)), ..Default::default() };
@@ -437,8 +601,7 @@ mod tests {
         }
         t.chain_mut("FORWARD").expect("FORWARD").policy = Some(Policy::Drop);
         rs.next_rule_id = 3;
-        let bytes = bincode::serialize(&Outline::encode(&rs).expect("encodes")).expect("serializes");
-        let mut o: Outline = bincode::deserialize(&bytes).expect("deserializes");
+        let mut o = reload(&Outline::encode(&rs).expect("encodes"));
         assert_eq!(o.decode().expect("decodes"), rs);
         assert_eq!(o.rule_ids(), vec![0, 2, 1]);
         assert!(!o.is_pass_all());
@@ -512,45 +675,50 @@ mod tests {
         let mut rs = Ruleset::default();
         let rules: Vec<Rule> = (0..6).map(|i| if i == 3 { all(3) } else { rule(i, i + 1, Target::Drop) }).collect();
         rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = rules;
-        let mut o = Outline::encode(&rs).expect("encodes");
-        let mut model = rs.table(TableKind::Filter).expect("filter").chain("INPUT").expect("INPUT").rules.clone();
-        let check = |o: &mut Outline, model: &[Rule]| {
-            assert_eq!(o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), model);
-            let end = model.iter().position(Rule::ends_walk);
-            assert_eq!(append(o, "INPUT", &[]), Some(end.is_none()), "{end:?}");
-            let block = &o.chain(TableKind::Filter, "INPUT").expect("INPUT").rules;
-            assert_eq!(block.first_end, end.map(|e| e as u32));
-        };
-        let splice = |o: &mut Outline, at, n, rules: &[Rule]| o.splice(TableKind::Filter, "INPUT", at, n, rules).expect("encodes");
+        // encoded (one piece of its own), and loaded (the rules are a piece of the stored form,
+        // the new ones pieces of their own)
+        let encoded = Outline::encode(&rs).expect("encodes");
+        for mut o in [encoded.clone(), reload(&encoded)] {
+            let mut model = rs.table(TableKind::Filter).expect("filter").chain("INPUT").expect("INPUT").rules.clone();
+            let check = |o: &mut Outline, model: &[Rule]| {
+                assert_eq!(o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), model);
+                assert_eq!(reload(o).rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), model);
+                let end = model.iter().position(Rule::ends_walk);
+                assert_eq!(append(o, "INPUT", &[]), Some(end.is_none()), "{end:?}");
+                let block = &o.chain(TableKind::Filter, "INPUT").expect("INPUT").rules;
+                assert_eq!(block.first_end, end.map(|e| e as u32));
+            };
+            let splice = |o: &mut Outline, at, n, rules: &[Rule]| o.splice(TableKind::Filter, "INPUT", at, n, rules).expect("encodes");
 
-        // before the walk's end: reached, the end moves down
-        assert_eq!(splice(&mut o, 2, 0, &[rule(10, 10, Target::Drop), rule(11, 11, Target::Drop)]), Some((true, vec![])));
-        model.splice(2..2, [rule(10, 10, Target::Drop), rule(11, 11, Target::Drop)]);
-        check(&mut o, &model);
-        // past it: not reached
-        assert_eq!(splice(&mut o, 7, 0, &[rule(12, 12, Target::Drop)]), Some((false, vec![])));
-        model.insert(7, rule(12, 12, Target::Drop));
-        check(&mut o, &model);
-        // the end replaced by a rule that does not end it: the next one that does, if any
-        assert_eq!(splice(&mut o, 5, 1, &[rule(13, 13, Target::Drop)]), Some((true, vec![all(3)])));
-        model[5] = rule(13, 13, Target::Drop);
-        check(&mut o, &model);
-        // a new end, then one further up
-        assert_eq!(splice(&mut o, 6, 1, &[all(14)]).map(|r| r.1.len()), Some(1));
-        model[6] = all(14);
-        check(&mut o, &model);
-        assert_eq!(splice(&mut o, 0, 1, &[all(15)]).map(|r| r.1.len()), Some(1));
-        model[0] = all(15);
-        check(&mut o, &model);
-        // at the end; past it nothing changes
-        assert_eq!(splice(&mut o, model.len(), 0, &[rule(16, 16, Target::Drop)]), Some((false, vec![])));
-        model.push(rule(16, 16, Target::Drop));
-        check(&mut o, &model);
-        assert_eq!(splice(&mut o, model.len(), 1, &[]), None);
-        assert_eq!(splice(&mut o, model.len() + 1, 0, &[]), None);
-        check(&mut o, &model);
-        assert_eq!(o.rule_id(TableKind::Filter, "INPUT", 1), Some(model[1].id));
-        assert_eq!(o.chain_len(TableKind::Filter, "INPUT"), Some(model.len()));
+            // before the walk's end: reached, the end moves down
+            assert_eq!(splice(&mut o, 2, 0, &[rule(10, 10, Target::Drop), rule(11, 11, Target::Drop)]), Some((true, vec![])));
+            model.splice(2..2, [rule(10, 10, Target::Drop), rule(11, 11, Target::Drop)]);
+            check(&mut o, &model);
+            // past it: not reached
+            assert_eq!(splice(&mut o, 7, 0, &[rule(12, 12, Target::Drop)]), Some((false, vec![])));
+            model.insert(7, rule(12, 12, Target::Drop));
+            check(&mut o, &model);
+            // the end replaced by a rule that does not end it: the next one that does, if any
+            assert_eq!(splice(&mut o, 5, 1, &[rule(13, 13, Target::Drop)]), Some((true, vec![all(3)])));
+            model[5] = rule(13, 13, Target::Drop);
+            check(&mut o, &model);
+            // a new end, then one further up
+            assert_eq!(splice(&mut o, 6, 1, &[all(14)]).map(|r| r.1.len()), Some(1));
+            model[6] = all(14);
+            check(&mut o, &model);
+            assert_eq!(splice(&mut o, 0, 1, &[all(15)]).map(|r| r.1.len()), Some(1));
+            model[0] = all(15);
+            check(&mut o, &model);
+            // at the end; past it nothing changes
+            assert_eq!(splice(&mut o, model.len(), 0, &[rule(16, 16, Target::Drop)]), Some((false, vec![])));
+            model.push(rule(16, 16, Target::Drop));
+            check(&mut o, &model);
+            assert_eq!(splice(&mut o, model.len(), 1, &[]), None);
+            assert_eq!(splice(&mut o, model.len() + 1, 0, &[]), None);
+            check(&mut o, &model);
+            assert_eq!(o.rule_id(TableKind::Filter, "INPUT", 1), Some(model[1].id));
+            assert_eq!(o.chain_len(TableKind::Filter, "INPUT"), Some(model.len()));
+        }
     }
 
     /// Rules cut out of a chain by index: the rest decodes as before, ends and all, and the
@@ -563,7 +731,7 @@ mod tests {
         rules[6] = Rule { id: 6, ..all.clone() };
         let mut rs = Ruleset::default();
         rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = rules.clone();
-        let mut o = Outline::encode(&rs).expect("encodes");
+        let mut o = reload(&Outline::encode(&rs).expect("encodes"));
         let walk_end = |o: &mut Outline| append(o, "INPUT", &[]);
         assert_eq!(walk_end(&mut o), Some(false));
 
@@ -588,9 +756,67 @@ mod tests {
         append(&mut o, "INPUT", std::slice::from_ref(&new));
         rules.push(new);
         assert_eq!(input(&o), rules);
-        let bytes = bincode::serialize(&o).expect("serializes");
-        let back: Outline = bincode::deserialize(&bytes).expect("deserializes");
+        let back = reload(&o);
         assert_eq!(back.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), rules);
+    }
+
+    /// A loaded block is read where it is stored: appending adds a piece, it copies nothing;
+    /// a blob cut short, or with bytes to spare, is refused.
+    #[test]
+    fn loaded_rules_stay_in_the_blob() {
+        let mut rs = Ruleset::default();
+        rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = (0..50).map(|i| rule(i, i + 1, Target::Drop)).collect();
+        let stored = Outline::encode(&rs).expect("encodes").to_blob().expect("stores");
+        let mut o = Outline::load(Rc::new(stored.clone())).expect("loads");
+        append(&mut o, "INPUT", &[rule(50, 51, Target::Accept)]);
+        let block = &o.chain(TableKind::Filter, "INPUT").expect("INPUT").rules.bytes;
+        assert!(matches!(block.0.as_slice(), [Piece::Stored(..), Piece::Owned(_)]), "{block:?}");
+        assert_eq!(o.rule_ids(), (0..51).collect::<Vec<u32>>());
+
+        assert!(Outline::load(Rc::new(stored[..stored.len() - 1].to_vec())).is_err());
+        let mut longer = stored.clone();
+        longer.push(0);
+        assert!(Outline::load(Rc::new(longer)).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any sequence of splices and removals, on a block encoded or loaded, and stored and
+        /// loaded again between them (pieces of pieces), does to the rules what it does to a
+        /// vector of them.
+        #[test]
+        fn edits_in_pieces_are_edits_of_the_rules(
+            loaded: bool,
+            ops in proptest::collection::vec((0usize..20, 0usize..3, 0usize..3, proptest::bool::ANY, proptest::bool::ANY), 1..12),
+        ) {
+            let mut rs = Ruleset::default();
+            let mut model: Vec<Rule> = (0..8).map(|i| rule(i, i + 1, Target::Drop)).collect();
+            rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = model.clone();
+            let mut o = Outline::encode(&rs).expect("encodes");
+            if loaded {
+                o = reload(&o);
+            }
+            let mut next = 100;
+            for (at, n, k, remove, store) in ops {
+                let at = at % (model.len() + 1);
+                if remove && at < model.len() {
+                    let gone = o.remove(TableKind::Filter, "INPUT", &[at]).expect("decodes").expect("in range");
+                    proptest::prop_assert_eq!(gone, vec![model.remove(at)]);
+                } else {
+                    let n = n.min(model.len() - at);
+                    let new: Vec<Rule> = (0..k as u32).map(|j| rule(next + j, next + j, Target::Accept)).collect();
+                    next += k as u32;
+                    let (_, out) = o.splice(TableKind::Filter, "INPUT", at, n, &new).expect("encodes").expect("in range");
+                    let was: Vec<Rule> = model.splice(at..at + n, new).collect();
+                    proptest::prop_assert_eq!(out, was);
+                }
+                if store {
+                    o = reload(&o);
+                }
+                proptest::prop_assert_eq!(o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), model.clone());
+                let ids: Vec<u32> = model.iter().map(|r| r.id).collect();
+                proptest::prop_assert_eq!(o.rule_ids(), ids);
+            }
+        }
     }
 
     /// Encodings compared without id and counters say what `Rule::same_spec` says.

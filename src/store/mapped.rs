@@ -98,6 +98,12 @@ impl MapMemory {
     }
 }
 
+impl AsRef<[u8]> for MapMemory {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl Drop for MapMemory {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped (munmap rounds to whole pages, as mmap

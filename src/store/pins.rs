@@ -11,7 +11,7 @@
 //! `SO_NETNS_COOKIE`. Unlike an inode number it is never reused during a boot, so a new namespace
 //! can never inherit a dead one's rules.
 //!
-//! The model: serialized with bincode into an mmapable array map of its own size, pinned as
+//! The model: stored (`blob.rs`) in an mmapable array map of its own size, pinned as
 //! `bpfipt_blob0` or `bpfipt_blob1` (its generation). A commit writes the other generation
 //! into a new map and pins it, then flips `blob_gen` in `bpfipt_meta` with one map update and
 //! unpins the old one: a killed commit leaves the old generation live (and a stale pin the
@@ -119,7 +119,7 @@ impl Pins {
             if fnv1a(mem.bytes()) != m.blob_hash {
                 return Err(Error::Other(anyhow!("the stored ruleset in {} is corrupt (hash mismatch)", self.dir.display())));
             }
-            bincode::deserialize(mem.bytes()).context("decoding the stored ruleset")?
+            Outline::load(std::rc::Rc::new(mem)).context("decoding the stored ruleset")?
         };
         self.live_ids = Some(o.rule_ids());
         self.live_pass_all = Some(o.is_pass_all());
@@ -273,7 +273,7 @@ impl Pins {
 
     /// Writes `outline` as the other generation of the blob (not yet live: see `flip`).
     fn write_blob(&mut self, outline: &Outline) -> Result<Written> {
-        let len = bincode::serialized_size(outline).context("encoding the ruleset")? as usize;
+        let len = outline.stored_len().context("encoding the ruleset")?;
         let pages = len.div_ceil(BLOB_PAGE).max(1);
         if pages > BLOB_MAX_PAGES as usize {
             return Err(Error::Other(anyhow!("ruleset too large to store ({len} bytes)")));
@@ -285,7 +285,7 @@ impl Pins {
         remove_pin(&path)?;
         let map = super::mapped::create_array("bpfipt_blob", BLOB_PAGE as u32, pages as u32, 0).context("creating a map for the ruleset")?;
         let mut mem = MapMemory::new(&map, len, true).context("mapping the ruleset's new map")?;
-        bincode::serialize_into(mem.bytes_mut(), outline).context("encoding the ruleset")?;
+        outline.write_to(mem.bytes_mut()).context("encoding the ruleset")?;
         let hash = fnv1a(mem.bytes());
         drop(mem);
         super::mapped::pin(&map, &path).with_context(|| format!("pinning {}", path.display()))?;
