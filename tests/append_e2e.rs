@@ -6,6 +6,7 @@
 
 mod common;
 
+use bpf_iptables::compile::tables::Hook;
 use common::topo::PaddedFirewall;
 
 const FILLER: u32 = 3000;
@@ -16,7 +17,7 @@ fn appended_rules_are_enforced_listed_and_counted() {
         return;
     }
     // 3 000 rules: big enough for FORWARD to take two appended rules in place.
-    let fw = PaddedFirewall::new("append", FILLER, "-A FORWARD -p tcp -m tcp --dport 82 -j RETURN\nCOMMIT\n", &[80, 81, 82, 83, 84, 85]);
+    let fw = PaddedFirewall::new("append", FILLER, "-A FORWARD -p tcp -m tcp --dport 82 -j RETURN\nCOMMIT\n", &[80, 81, 82, 83, 84, 85, 86]);
     let (t, run) = (&fw.t, |args: &[&str]| fw.ok(args));
     for port in [80, 81, 82, 83, 84] {
         assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", port), "open", "port {port} before the appends");
@@ -72,4 +73,22 @@ fn appended_rules_are_enforced_listed_and_counted() {
     run(&["-A", "FORWARD", "-p", "tcp", "--dport", "85", "-j", "DROP"]);
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 85), "timeout", "appended after --detach");
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 81), "timeout", "attached again");
+
+    // A rule appended and deleted again, over and over, in place: each deletion gives back
+    // the room its append took (FORWARD has room for two), so the image is never rebuilt
+    // (which would compile the last one into the vectors, to stay there as a no-op).
+    let out = t.exec(&t.f, &[env!("CARGO_BIN_EXE_bpf-iptables"), "--pin-dir"]);
+    let pin_dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
+    let before = compiled();
+    let rule = ["FORWARD", "-p", "tcp", "--dport", "86", "-j", "DROP"];
+    for round in 0..3 {
+        run(&[&["-A"], &rule[..]].concat());
+        assert_eq!(compiled(), before + 1, "round {round}: appended in place");
+        assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 86), "timeout", "round {round}: appended DROP");
+        run(&[&["-D"], &rule[..]].concat());
+        assert_eq!(compiled(), before, "round {round}: its room back");
+        assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 86), "open", "round {round}: deleted");
+    }
+    assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 81), "timeout", "the rules before stay");
 }

@@ -609,6 +609,7 @@ pub fn delete(img: &[u64], ids: &[u32]) -> Result<Option<Patch>> {
     let mut patch = Patch::new(img[SLOT_LEN] as usize);
     for hook in Hook::ALL {
         let Some(p) = delete_in_hook(img, hook, ids)? else { return Ok(None) };
+        patch.writes.extend(trimmed(img, hook, &p.writes));
         patch.writes.extend(p.writes);
     }
     Ok(Some(patch))
@@ -633,12 +634,36 @@ fn delete_in_hook(img: &[u64], hook: Hook, ids: &[u32]) -> Result<Option<Patch>>
         if img[a] as u32 == bpfipt_action::BPFIPT_A_ENTER.0 {
             return Ok(None);
         }
-        writes.push((a, pack(bpfipt_action::BPFIPT_A_CONTINUE.0, NO_RULE)));
+        writes.push((a, NOOP));
         writes.push((a + 1, 0));
         writes.push((a + 2, 0)); // no checks: nothing to evaluate, no limit or nth state to spend
     }
     Ok(Some(Patch { keep: used, extra: Vec::new(), writes }))
 }
+
+/// After `writes` (deletions in `hook`): appended rules that are no-ops at the end of the hook
+/// give their room back, so that rules appended and deleted again (`-A`, then `-D`) do not use
+/// it up and force a rebuild. Not while rules are inserted (their places are indices of
+/// these) or an appended rule inlines a chain (a block whose end is an index).
+fn trimmed(img: &[u64], hook: Hook, writes: &[(usize, u64)]) -> Option<(usize, u64)> {
+    let hs = HOOK0 + hook as usize * HOOK_SLOTS;
+    let n = img[hs] as u32 as usize;
+    let (actions, lbvs) = unpack(img[hs + 1]);
+    let action = |r: usize| img.get(actions + r * ACTION_SLOTS).copied();
+    let noop = |r: usize| action(r) == Some(NOOP) || writes.contains(&(actions + r * ACTION_SLOTS, NOOP));
+    if inserted(img, hook).next().is_some() || (lbvs..n).any(|r| action(r).is_some_and(|a| a as u32 == bpfipt_action::BPFIPT_A_ENTER.0)) {
+        return None;
+    }
+    let mut kept = n;
+    while kept > lbvs && noop(kept - 1) {
+        kept -= 1;
+    }
+    // the slot's high half is the policy
+    (kept < n).then(|| (hs, pack(kept as u32, (img[hs] >> 32) as u32)))
+}
+
+/// A compiled rule that does nothing (a rule deleted in place).
+const NOOP: u64 = bpfipt_action::BPFIPT_A_CONTINUE.0 as u64 | (NO_RULE as u64) << 32;
 
 /// Sets the policies of hooks in image `img` (true: accept): one slot each. `None` when the
 /// image is not whole.
@@ -1168,4 +1193,48 @@ mod tests {
         let (hooks, key) = flow_header(&mut patched);
         assert_eq!((hooks, key.tcp_flags), (Hook::ALL.to_vec(), !0));
     }
+
+    /// An appended rule deleted again gives its room back: appending and deleting in turn
+    /// never runs out of it (a hook of TAIL_PER rules has room for one); a deleted rule of
+    /// the vectors stays, a no-op.
+    #[test]
+    fn deleting_appended_rules_gives_their_room_back() {
+        use crate::model::*;
+        let rule = |id: u32, src: u32| Rule {
+            id,
+            ip: IpHeader { src: Some(Inv::new(Ipv4Mask::new(src, u32::MAX), false)), ..Default::default() },
+            matches: vec![],
+            target: Target::Drop,
+            counters: Counters::default(),
+        };
+        let mut rs = Ruleset::default();
+        let forward = (0..TAIL_PER as u32).map(|i| rule(i, 0x0a00_0000 + i)).collect();
+        rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD").rules = forward;
+        let table = rs.table(TableKind::Filter).expect("filter");
+        let mut img = build(&crate::compile::compile(&rs).expect("compiles"), &[]).expect("image");
+        let lbvs = hook_rules(&img, Hook::Forward).expect("rules");
+        let policy = |img: &[u64]| img[HOOK0 + Hook::Forward as usize * HOOK_SLOTS] >> 32;
+        assert_eq!(policy(&img), 1, "ACCEPT");
+        let patched = |img: &[u64], patch: Patch| {
+            let mut out = vec![0; patch.len()];
+            patch.write(img, &mut out);
+            out
+        };
+        let add = |img: &[u64], id: u32| {
+            let base = hook_rules(img, Hook::Forward).expect("rules");
+            let tail = crate::compile::compile_tail(table, Hook::Forward, &[rule(id, 0xc0a8_0000 + id)], true, base);
+            append(img, Hook::Forward, &tail.expect("compiles").expect("appendable"), &[]).expect("append")
+        };
+        for id in 10_000..10_003 {
+            img = patched(&img, add(&img, id).expect("room"));
+            assert_eq!(hook_rules(&img, Hook::Forward).expect("rules"), lbvs + 1);
+            assert!(add(&img, id + 100).is_none(), "room for one");
+            img = patched(&img, delete(&img, &[id]).expect("delete").expect("in place"));
+            assert_eq!(hook_rules(&img, Hook::Forward).expect("rules"), lbvs, "its room back");
+            assert_eq!(policy(&img), 1, "the policy kept");
+        }
+        img = patched(&img, delete(&img, &[5]).expect("delete").expect("in place"));
+        assert_eq!(hook_rules(&img, Hook::Forward).expect("rules"), lbvs);
+    }
+
 }
