@@ -256,7 +256,8 @@ fn in_process_config() -> Config {
 fn parse_layer_never_panics_on_command_lines() {
     let mut runner = TestRunner::new(in_process_config());
     let result = runner.run(&argv(), |args| {
-        let _ = cmdline::parse(&args, false);
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = cmdline::parse(&words, false);
         Ok(())
     });
     if let Err(e) = result {
@@ -277,8 +278,8 @@ fn parse_restore_text(text: &str) {
             }
             Ok(restore::Line::Rule { rest, .. }) => {
                 if let Ok(words) = restore::split_args(rest) {
-                    let mut args = vec!["-t".to_string(), "filter".to_string()];
-                    args.extend(words);
+                    let mut args = vec!["-t", "filter"];
+                    args.extend(words.iter().map(|w| w.as_ref()));
                     let _ = cmdline::parse(&args, true);
                 }
             }

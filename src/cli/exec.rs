@@ -377,7 +377,7 @@ mod tests {
     use crate::parse::cmdline::{parse, Parsed};
 
     fn run(t: &mut Table, line: &str) -> Result<Effects> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        let args: Vec<&str> = line.split_whitespace().collect();
         let Ok(Parsed::Run(inv)) = parse(&args, false) else { panic!("{line}") };
         let fx = apply(t, &inv)?;
         validate(t)?;

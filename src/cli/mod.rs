@@ -189,7 +189,8 @@ fn unenforced_table_arg(args: &[String]) -> Option<TableKind> {
 fn iptables_main(args: &[String]) -> Result<i32> {
     // A rule for a table we do not enforce often uses that table's targets (`-j MASQUERADE`,
     // `-j DNAT --to-destination`); say what is really wrong rather than "unknown option".
-    let parsed = cmdline::parse(args, false).map_err(|e| match unenforced_table_arg(args) {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let parsed = cmdline::parse(&words, false).map_err(|e| match unenforced_table_arg(args) {
         Some(k) if matches!(e, Error::Param(_) | Error::ParamBare(_)) => unsupported_table(k),
         _ => e,
     })?;

@@ -98,16 +98,16 @@ pub fn main(args: &[String]) -> Result<i32> {
             'T' => flags.table = v,
             'w' => {
                 // The same parser as `iptables -w`, so the forms and messages agree.
-                let mut a = vec!["-L".to_string(), "-w".to_string()];
-                a.extend(v);
+                let mut a = vec!["-L", "-w"];
+                a.extend(v.as_deref());
                 if let Parsed::Run(inv) = cmdline::parse(&a, false)? {
                     flags.wait = inv.wait;
                 }
                 wait_set = true;
             }
             'W' => {
-                let mut a = vec!["-L".to_string(), "-w".to_string(), "-W".to_string()];
-                a.extend(v);
+                let mut a = vec!["-L", "-w", "-W"];
+                a.extend(v.as_deref());
                 cmdline::parse(&a, false)?;
                 interval_set = true;
             }
@@ -244,14 +244,15 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
             }
             Line::Rule { counters, rest } => {
                 let Some(sec) = &section else { continue };
-                let mut argv = vec!["-t".to_string(), curtable.clone()];
+                let words = split_args(rest).map_err(|e| Failure::at(e, lineno))?;
+                let mut argv = vec!["-t", curtable.as_str()];
                 if !flags.noflush {
-                    argv.extend((0..flags.verbose).map(|_| "-v".to_string()));
+                    argv.extend((0..flags.verbose).map(|_| "-v"));
                 }
                 if let (true, Some((p, b))) = (flags.counters, counters) {
-                    argv.extend(["--set-counters".to_string(), p.to_string(), b.to_string()]);
+                    argv.extend(["--set-counters", p, b]);
                 }
-                argv.extend(split_args(rest).map_err(|e| Failure::at(e, lineno))?);
+                argv.extend(words.iter().map(|w| w.as_ref()));
                 // Rules for a table we do not enforce: refused whatever their targets are.
                 let refuse = || Failure::at(unsupported_table(sec.kind), lineno);
                 let parsed = cmdline::parse(&argv, true);

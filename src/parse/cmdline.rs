@@ -171,7 +171,7 @@ fn ext_arg(a: Arg) -> HasArg {
 
 /// The walker's state: `iptables_command_state` + `xtables_args` + `xt_cmd_parse`.
 struct Walker<'a> {
-    args: &'a [String],
+    args: &'a [&'a str],
     /// Index of the next argv word (getopt's `optind`).
     optind: usize,
     restore: bool,
@@ -210,7 +210,7 @@ struct Walker<'a> {
 
 /// Parses one iptables argv (without the program name). `restore`: the words of one
 /// iptables-restore line, prefixed with `-t TABLE` by the caller.
-pub fn parse(args: &[String], restore: bool) -> Result<Parsed> {
+pub fn parse(args: &[&str], restore: bool) -> Result<Parsed> {
     let w = Walker {
         args,
         optind: 0,
@@ -253,7 +253,7 @@ impl<'a> Walker<'a> {
     fn next_arg(&mut self) -> Option<String> {
         if self.has_arg() {
             self.optind += 1;
-            Some(self.args[self.optind - 1].clone())
+            Some(self.args[self.optind - 1].to_string())
         } else {
             None
         }
@@ -312,7 +312,7 @@ impl<'a> Walker<'a> {
         let mut invert = false;
         let args = self.args;
         while self.optind < args.len() {
-            let word = args[self.optind].as_str();
+            let word = args[self.optind];
             self.optind += 1;
             if word == "--" {
                 break;
@@ -348,7 +348,7 @@ impl<'a> Walker<'a> {
                                 return Err(self.missing_arg(word));
                             }
                             self.optind += 1;
-                            Some(self.args[self.optind - 1].clone())
+                            Some(self.args[self.optind - 1].to_string())
                         }
                     },
                     HasArg::Optional => match (found.owner, inline) {
@@ -366,7 +366,7 @@ impl<'a> Walker<'a> {
                     Owner::Base(_) => None,
                 };
                 let next = if ext_opt.is_some_and(|o| o.arg == Arg::Two) {
-                    let n = self.args.get(self.optind).cloned();
+                    let n = self.args.get(self.optind).map(|w| w.to_string());
                     self.optind += 1;
                     n
                 } else {
@@ -423,7 +423,7 @@ impl<'a> Walker<'a> {
                                 Some(rest.to_string())
                             } else if self.optind < self.args.len() {
                                 self.optind += 1;
-                                Some(self.args[self.optind - 1].clone())
+                                Some(self.args[self.optind - 1].to_string())
                             } else {
                                 return Err(self.missing_arg(&format!("-{c}")));
                             }
@@ -550,7 +550,7 @@ impl<'a> Walker<'a> {
         let arg = || optarg.clone().unwrap_or_default();
         // iptables reads `-p -s -d -i -o -j` values as `argv[optind - 1]`, not getopt's optarg,
         // so the attached forms (`-s1.2.3.4`, `--source=1.2.3.4`) pass the whole word on.
-        let word = self.args.get(self.optind.wrapping_sub(1)).cloned().unwrap_or_default();
+        let word = self.args.get(self.optind.wrapping_sub(1)).copied().unwrap_or_default();
         match c {
             'A' => {
                 self.add_command(CMD_APPEND, 0, invert)?;
@@ -638,12 +638,12 @@ impl<'a> Walker<'a> {
             }
             's' => {
                 self.set_option(OPT_SOURCE, invert)?;
-                self.src_text = Some(word);
+                self.src_text = Some(word.to_string());
                 self.src_invert = invert;
             }
             'd' => {
                 self.set_option(OPT_DESTINATION, invert)?;
-                self.dst_text = Some(word);
+                self.dst_text = Some(word.to_string());
                 self.dst_invert = invert;
             }
             'g' => {
@@ -655,13 +655,13 @@ impl<'a> Walker<'a> {
             'j' => {
                 self.set_option(OPT_JUMP, invert)?;
                 let name = word;
-                check_target_name(&name)?;
-                self.jump = Some(match name.as_str() {
+                check_target_name(name)?;
+                self.jump = Some(match name {
                     "ACCEPT" => TargetSpec::Final(Target::Accept),
                     "DROP" => TargetSpec::Final(Target::Drop),
                     "RETURN" => TargetSpec::Final(Target::Return),
                     "QUEUE" => return Err(param("target `QUEUE' is not supported by bpf-iptables")),
-                    _ => match ext::find_target(&name) {
+                    _ => match ext::find_target(name) {
                         Some(def) => {
                             let t = (def.new)();
                             self.target = Some((def, t.clone()));
@@ -669,7 +669,7 @@ impl<'a> Walker<'a> {
                             self.loaded.push(Owner::Target);
                             TargetSpec::Final(t)
                         }
-                        None => TargetSpec::Chain(name),
+                        None => TargetSpec::Chain(name.to_string()),
                     },
                 });
             }
@@ -980,7 +980,7 @@ mod tests {
     use super::*;
 
     fn run(line: &str) -> Result<Parsed> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        let args: Vec<&str> = line.split_whitespace().collect();
         parse(&args, false)
     }
 

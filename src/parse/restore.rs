@@ -4,6 +4,8 @@
 //! (`add_param_to_argv`: double quotes group and may contain `\x` escapes, single quotes are
 //! ordinary characters). Applying the lines to a ruleset is the CLI's job.
 
+use std::borrow::Cow;
+
 use crate::error::{param, Result};
 use crate::model::Counters;
 
@@ -80,14 +82,14 @@ pub fn parse_counters(word: &str) -> Option<Counters> {
 const MAX_PARAM: usize = 1024;
 const TOO_LONG: &str = "Parameter too long!";
 
-/// Words of a rule line, split like iptables-restore's `add_param_to_argv`.
-pub fn split_args(text: &str) -> Result<Vec<String>> {
-    // Most lines quote nothing: their words are slices of the line.
+/// Words of a rule line, split like iptables-restore's `add_param_to_argv`: slices of the line
+/// unless it quotes.
+pub fn split_args(text: &str) -> Result<Vec<Cow<'_, str>>> {
     if !text.contains('"') {
         return text
             .split([' ', '\t', '\n'])
             .filter(|w| !w.is_empty())
-            .map(|w| if w.len() >= MAX_PARAM { Err(param(TOO_LONG)) } else { Ok(w.to_string()) })
+            .map(|w| if w.len() >= MAX_PARAM { Err(param(TOO_LONG)) } else { Ok(Cow::Borrowed(w)) })
             .collect();
     }
     let mut out = Vec::new();
@@ -129,11 +131,11 @@ pub fn split_args(text: &str) -> Result<Vec<String>> {
                 continue;
             }
         }
-        out.push(String::from_utf8_lossy(&param_buf).into_owned());
+        out.push(Cow::Owned(String::from_utf8_lossy(&param_buf).into_owned()));
         param_buf.clear();
     }
     if !param_buf.is_empty() {
-        out.push(String::from_utf8_lossy(&param_buf).into_owned());
+        out.push(Cow::Owned(String::from_utf8_lossy(&param_buf).into_owned()));
     }
     Ok(out)
 }
@@ -144,14 +146,16 @@ mod tests {
 
     #[test]
     fn tokenizer() {
-        let w = |s: &str| split_args(s).unwrap_or_default();
+        fn w(s: &str) -> Vec<Cow<'_, str>> {
+            split_args(s).unwrap_or_default()
+        }
         assert_eq!(w("-A INPUT  -j ACCEPT"), ["-A", "INPUT", "-j", "ACCEPT"]);
         assert_eq!(w("--comment \"ssh access\" -j X"), ["--comment", "ssh access", "-j", "X"]);
         assert_eq!(w("--comment 'single quoted'"), ["--comment", "'single", "quoted'"]);
         assert_eq!(w(r#"--comment "double \"escaped\" quotes""#), ["--comment", "double \"escaped\" quotes"]);
         assert_eq!(w(r#"a "" b"#), ["a", "", "b"]);
         assert_eq!(w(r#""ab"cd"#), ["ab", "cd"]);
-        assert_eq!(w("   "), Vec::<String>::new());
+        assert!(w("   ").is_empty());
         assert_eq!(w(" -A\tINPUT\n"), ["-A", "INPUT"]);
         // A word of 1024 bytes or more is refused, quoted line or not.
         let long = "a".repeat(1024);
