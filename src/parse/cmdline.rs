@@ -680,7 +680,7 @@ impl<'a> Walker<'a> {
                 }
                 let opt = if c == 'i' { OPT_VIANAMEIN } else { OPT_VIANAMEOUT };
                 self.set_option(opt, invert)?;
-                let iface = Some(Inv::new(parse_iface(&word)?, invert));
+                let iface = Some(Inv::new(parse_iface(word)?, invert));
                 if c == 'i' {
                     self.ip.in_iface = iface;
                 } else {
