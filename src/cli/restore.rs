@@ -138,7 +138,11 @@ pub fn main(args: &[String]) -> Result<i32> {
         eprintln!("Option --wait-interval requires option --wait");
         return Ok(1);
     }
-    let input = String::from_utf8_lossy(&input);
+    // (validating is faster than the lossy conversion's walk, which only invalid input needs)
+    let input = match String::from_utf8(input) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
     match restore(&input, &flags) {
         Ok(()) => Ok(0),
         Err(f) => {

@@ -86,11 +86,24 @@ const TOO_LONG: &str = "Parameter too long!";
 /// unless it quotes.
 pub fn split_args(text: &str) -> Result<Vec<Cow<'_, str>>> {
     if !text.contains('"') {
-        return text
-            .split([' ', '\t', '\n'])
-            .filter(|w| !w.is_empty())
-            .map(|w| if w.len() >= MAX_PARAM { Err(param(TOO_LONG)) } else { Ok(Cow::Borrowed(w)) })
-            .collect();
+        // bytewise: the separators are ASCII, so the slices are whole characters
+        let mut out = Vec::with_capacity(16);
+        let mut start = None;
+        for (i, &c) in text.as_bytes().iter().chain([b' '].iter()).enumerate() {
+            match (c, start) {
+                (b' ' | b'\t' | b'\n', Some(s)) => {
+                    if i - s >= MAX_PARAM {
+                        return Err(param(TOO_LONG));
+                    }
+                    out.push(Cow::Borrowed(&text[s..i]));
+                    start = None;
+                }
+                (b' ' | b'\t' | b'\n', None) => {}
+                (_, None) => start = Some(i),
+                (_, Some(_)) => {}
+            }
+        }
+        return Ok(out);
     }
     let mut out = Vec::new();
     let mut param_buf: Vec<u8> = Vec::new();
