@@ -208,8 +208,8 @@ fn attached_on(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<bool> {
 }
 
 /// Compiled rules of `hook` in the installed image, deleted ones included (None: no image).
-/// For diagnostics and tests: a rule deleted in place leaves its compiled rule behind, a
-/// rebuild does not.
+/// For diagnostics and tests: a rule deleted in place leaves its compiled rule behind, unless
+/// it was appended in place and is the hook's last; a rebuild leaves none.
 pub fn installed_rules(pin_dir: &Path, hook: Hook) -> Result<Option<u32>> {
     let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(None) };
     Ok(Some(image::hook_rules(img.slots(), hook)?))

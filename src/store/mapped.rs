@@ -1,6 +1,7 @@
 //! An array map created with BPF_F_MMAPABLE, mapped into our memory: how the stored ruleset
 //! (`pins.rs`) and the classifier image (`datapath`) are read and written, without a syscall
-//! and two kernel copies per value.
+//! and two kernel copies per value. Such maps (and the datapath's barrier program) are made
+//! with the bpf syscall itself (`bpf_new_fd`).
 
 use std::ffi::CString;
 use std::io;
