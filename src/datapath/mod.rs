@@ -266,7 +266,7 @@ fn obj_get(p: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn obj_pin(fd: RawFd, p: &Path) -> Result<()> {
+pub(crate) fn obj_pin(fd: RawFd, p: &Path) -> Result<()> {
     let c = cpath(p)?;
     // SAFETY: valid fd and NUL-terminated path.
     let rc = unsafe { libbpf_sys::bpf_obj_pin(fd, c.as_ptr()) };

@@ -90,17 +90,17 @@ pub fn split_args(text: &str) -> Result<Vec<Cow<'_, str>>> {
         let mut out = Vec::with_capacity(16);
         let mut start = None;
         for (i, &c) in text.as_bytes().iter().chain([b' '].iter()).enumerate() {
-            match (c, start) {
-                (b' ' | b'\t' | b'\n', Some(s)) => {
+            let separator = matches!(c, b' ' | b'\t' | b'\n');
+            match start {
+                Some(s) if separator => {
                     if i - s >= MAX_PARAM {
                         return Err(param(TOO_LONG));
                     }
                     out.push(Cow::Borrowed(&text[s..i]));
                     start = None;
                 }
-                (b' ' | b'\t' | b'\n', None) => {}
-                (_, None) => start = Some(i),
-                (_, Some(_)) => {}
+                None if !separator => start = Some(i),
+                _ => {}
             }
         }
         return Ok(out);

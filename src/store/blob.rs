@@ -72,7 +72,7 @@ pub type Blob = Rc<dyn AsRef<[u8]>>;
 /// A chain's rule encodings, one after another, in pieces: a loaded block stays where it is
 /// in its blob (10 000 rules are ~800 KB: a copy, and the page faults of the memory it goes
 /// to, were half a millisecond of every `-A`), a change adds pieces of its own. No rule spans
-/// two pieces. Stored as its length only: the bytes follow the outline (`Outline::to_blob`).
+/// two pieces. Stored as its length only: the bytes follow the outline (`Outline::write_to`).
 #[derive(Clone, Default)]
 struct Bytes(Vec<Piece>);
 
@@ -361,7 +361,7 @@ impl Outline {
     /// Writes the outline's stored form into `out`, `stored_len` bytes long.
     pub fn write_to(&self, out: &mut [u8]) -> bincode::Result<()> {
         let head = bincode::serialized_size(self)? as usize;
-        if out.len() != self.stored_len()? {
+        if out.len() != head + self.blocks().map(Bytes::len).sum::<usize>() {
             return Err(bad_block("the stored ruleset's buffer is not its size"));
         }
         let (head_out, mut rest) = out.split_at_mut(head);

@@ -3,10 +3,8 @@
 //! and two kernel copies per value. Such maps (and the datapath's barrier program) are made
 //! with the bpf syscall itself (`bpf_new_fd`).
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 
 use libbpf_rs::libbpf_sys;
 
@@ -40,16 +38,6 @@ pub fn create_array(name: &str, value_size: u32, entries: u32, flags: u32) -> io
         *dst = b as libc::c_char;
     }
     bpf_new_fd(libbpf_sys::BPF_MAP_CREATE, &attr)
-}
-
-/// Pins the map `fd` at `path` (on a bpf filesystem).
-pub fn pin(fd: impl AsFd, path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid fd and a NUL-terminated path.
-    if unsafe { libbpf_sys::bpf_obj_pin(fd.as_fd().as_raw_fd(), c.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The first `len` bytes of an mmapable array map, mapped shared and populated at once

@@ -288,7 +288,7 @@ impl Pins {
         outline.write_to(mem.bytes_mut()).context("encoding the ruleset")?;
         let hash = fnv1a(mem.bytes());
         drop(mem);
-        super::mapped::pin(&map, &path).with_context(|| format!("pinning {}", path.display()))?;
+        crate::datapath::obj_pin(map.as_raw_fd(), &path)?;
         let meta = bpfipt_meta { blob_gen: gen, blob_pages: pages as u32, blob_len: len as u64, blob_hash: hash, ..old };
         Ok(Written { old, meta })
     }
