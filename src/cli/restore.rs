@@ -249,7 +249,8 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
             Line::Rule { counters, rest } => {
                 let Some(sec) = &section else { continue };
                 let words = split_args(rest).map_err(|e| Failure::at(e, lineno))?;
-                let mut argv = vec!["-t", curtable.as_str()];
+                let mut argv = Vec::with_capacity(words.len() + 8);
+                argv.extend(["-t", curtable.as_str()]);
                 if !flags.noflush {
                     argv.extend((0..flags.verbose).map(|_| "-v"));
                 }

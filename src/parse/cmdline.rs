@@ -5,6 +5,8 @@
 //! the end-of-parse checks in iptables' order (extension checks, leftover `!`, addresses,
 //! the option/command legality table, `-i`/`-o` vs the chain).
 
+use std::borrow::Cow;
+
 use crate::error::{param, Error, Result};
 use crate::ext::{self, Arg, MatchDef, ParseCtx, TargetDef};
 use crate::model::{Counters, Inv, IpHeader, Match, Target, MAX_CHAIN_NAME_LEN};
@@ -143,6 +145,14 @@ fn short_opt(c: char) -> Option<HasArg> {
     })
 }
 
+/// The options that end parsing early (`Parsed` but `Run`, whose size every option's result
+/// would otherwise carry).
+enum Early {
+    Help,
+    Version { inverted: bool },
+    Ignored,
+}
+
 /// Who owns an option found by the option lookup.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -177,11 +187,11 @@ struct Walker<'a> {
     restore: bool,
 
     command: u32,
-    chain: Option<String>,
+    chain: Option<&'a str>,
     rulenum: Option<u32>,
-    newname: Option<String>,
-    policy: Option<String>,
-    table: String,
+    newname: Option<&'a str>,
+    policy: Option<&'a str>,
+    table: &'a str,
     table_set: bool,
 
     options: u32,
@@ -190,14 +200,16 @@ struct Walker<'a> {
     wait_interval_set: bool,
 
     ip: IpHeader,
-    src_text: Option<String>,
-    dst_text: Option<String>,
+    src_text: Option<&'a str>,
+    dst_text: Option<&'a str>,
     src_invert: bool,
     dst_invert: bool,
     /// `-p` text, lower-cased, for implicit match loading.
-    protocol: Option<String>,
+    protocol: Option<Cow<'a, str>>,
     proto_used: bool,
-    matches: Vec<(&'static MatchDef, Match)>,
+    /// The loaded matches' definitions, and their values (same index).
+    match_defs: Vec<&'static MatchDef>,
+    matches: Vec<Match>,
     /// Options already given to each entry of `matches` (same index), for `ParseCtx::seen`.
     match_seen: Vec<Vec<&'static str>>,
     target: Option<(&'static TargetDef, Target)>,
@@ -220,7 +232,7 @@ pub fn parse(args: &[&str], restore: bool) -> Result<Parsed> {
         rulenum: None,
         newname: None,
         policy: None,
-        table: "filter".to_string(),
+        table: "filter",
         table_set: false,
         options: 0,
         verbose: 0,
@@ -233,6 +245,7 @@ pub fn parse(args: &[&str], restore: bool) -> Result<Parsed> {
         dst_invert: false,
         protocol: None,
         proto_used: false,
+        match_defs: Vec::new(),
         matches: Vec::new(),
         match_seen: Vec::new(),
         target: None,
@@ -250,10 +263,10 @@ impl<'a> Walker<'a> {
         self.args.get(self.optind).is_some_and(|a| !a.starts_with('-') && !a.starts_with('!'))
     }
 
-    fn next_arg(&mut self) -> Option<String> {
+    fn next_arg(&mut self) -> Option<&'a str> {
         if self.has_arg() {
             self.optind += 1;
-            Some(self.args[self.optind - 1].to_string())
+            Some(self.args[self.optind - 1])
         } else {
             None
         }
@@ -268,11 +281,11 @@ impl<'a> Walker<'a> {
         let extensions = self.loaded.iter().rev().flat_map(move |&owner| {
             let options = match owner {
                 Owner::Match(i) => {
-                    let name = self.matches[i].0.name;
-                    if self.matches[i + 1..].iter().any(|(d, _)| d.name == name) {
+                    let name = self.match_defs[i].name;
+                    if self.match_defs[i + 1..].iter().any(|d| d.name == name) {
                         &[][..]
                     } else {
-                        self.matches[i].0.options
+                        self.match_defs[i].options
                     }
                 }
                 Owner::Target => self.target.as_ref().map_or(&[][..], |(def, _)| def.options),
@@ -319,7 +332,7 @@ impl<'a> Walker<'a> {
             }
             if let Some(long) = word.strip_prefix("--") {
                 let (name, inline) = match long.split_once('=') {
-                    Some((n, v)) => (n, Some(v.to_string())),
+                    Some((n, v)) => (n, Some(v)),
                     None => (long, None),
                 };
                 let found = match self.lookup_long(name) {
@@ -348,7 +361,7 @@ impl<'a> Walker<'a> {
                                 return Err(self.missing_arg(word));
                             }
                             self.optind += 1;
-                            Some(self.args[self.optind - 1].to_string())
+                            Some(self.args[self.optind - 1])
                         }
                     },
                     HasArg::Optional => match (found.owner, inline) {
@@ -361,22 +374,22 @@ impl<'a> Walker<'a> {
                 };
                 // `Arg::Two` options (`--tcp-flags mask comp`) also consume the following word.
                 let ext_opt = match found.owner {
-                    Owner::Match(i) => self.matches[i].0.options.iter().find(|o| o.name == found.name),
+                    Owner::Match(i) => self.match_defs[i].options.iter().find(|o| o.name == found.name),
                     Owner::Target => self.target.as_ref().and_then(|(d, _)| d.options.iter().find(|o| o.name == found.name)),
                     Owner::Base(_) => None,
                 };
                 let next = if ext_opt.is_some_and(|o| o.arg == Arg::Two) {
-                    let n = self.args.get(self.optind).map(|w| w.to_string());
+                    let n = self.args.get(self.optind).copied();
                     self.optind += 1;
                     n
                 } else {
                     None
                 };
-                let chain = self.chain.as_deref().unwrap_or_default();
+                let chain = self.chain.unwrap_or_default();
                 match found.owner {
                     Owner::Base(c) => {
-                        if let Some(p) = self.base_option(c, optarg, invert)? {
-                            return Ok(p);
+                        if let Some(early) = self.base_option(c, optarg, invert)? {
+                            return Ok(self.early(early));
                         }
                     }
                     Owner::Match(i) => {
@@ -384,11 +397,10 @@ impl<'a> Walker<'a> {
                             ip: &self.ip,
                             restore: self.restore,
                             seen: &self.match_seen[i],
-                            next: next.as_deref(),
+                            next,
                             chain,
                         };
-                        let (def, m) = &mut self.matches[i];
-                        (def.parse)(m, found.name, optarg.as_deref(), invert, &ctx)?;
+                        (self.match_defs[i].parse)(&mut self.matches[i], found.name, optarg, invert, &ctx)?;
                         self.match_seen[i].push(found.name);
                     }
                     Owner::Target => {
@@ -396,11 +408,11 @@ impl<'a> Walker<'a> {
                             ip: &self.ip,
                             restore: self.restore,
                             seen: &self.target_seen,
-                            next: next.as_deref(),
+                            next,
                             chain,
                         };
                         if let Some((def, t)) = &mut self.target {
-                            (def.parse)(t, found.name, optarg.as_deref(), invert, &ctx)?;
+                            (def.parse)(t, found.name, optarg, invert, &ctx)?;
                         }
                         self.target_seen.push(found.name);
                     }
@@ -420,21 +432,21 @@ impl<'a> Walker<'a> {
                         HasArg::Required => {
                             letters = "".chars();
                             if !rest.is_empty() {
-                                Some(rest.to_string())
+                                Some(rest)
                             } else if self.optind < self.args.len() {
                                 self.optind += 1;
-                                Some(self.args[self.optind - 1].to_string())
+                                Some(self.args[self.optind - 1])
                             } else {
                                 return Err(self.missing_arg(&format!("-{c}")));
                             }
                         }
                         HasArg::Optional => {
                             letters = "".chars();
-                            (!rest.is_empty()).then(|| rest.to_string())
+                            (!rest.is_empty()).then_some(rest)
                         }
                     };
-                    if let Some(p) = self.base_option(c, optarg, invert)? {
-                        return Ok(p);
+                    if let Some(early) = self.base_option(c, optarg, invert)? {
+                        return Ok(self.early(early));
                     }
                     invert = false;
                 }
@@ -459,12 +471,12 @@ impl<'a> Walker<'a> {
         let Some(proto) = self.protocol.as_deref() else { return false };
         let name = match strtoul(proto, 0, 255) {
             Some(n) => match proto_to_name(n as u8, self.options & OPT_NUMERIC != 0) {
-                Some(name) => name.to_string(),
+                Some(name) => name,
                 None => return false,
             },
-            None => proto.to_string(),
+            None => proto,
         };
-        let Some(def) = ext::find_match(&name) else { return false };
+        let Some(def) = ext::find_match(name) else { return false };
         if !def.options.iter().any(|o| o.name.starts_with(option)) {
             return false;
         }
@@ -489,13 +501,14 @@ impl<'a> Walker<'a> {
                 out.push(def.name);
             }
         }
-        out.extend(self.matches.iter().map(|(def, _)| def.name));
+        out.extend(self.match_defs.iter().map(|def| def.name));
         out
     }
 
     fn push_match(&mut self, def: &'static MatchDef) {
         self.loaded.push(Owner::Match(self.matches.len()));
-        self.matches.push((def, (def.new)()));
+        self.match_defs.push(def);
+        self.matches.push((def.new)());
         self.match_seen.push(Vec::new());
     }
 
@@ -526,7 +539,7 @@ impl<'a> Walker<'a> {
     }
 
     /// An optional chain argument: attached (`-Lfoo`, `--list=foo`) or the next non-option word.
-    fn optional_chain(&mut self, optarg: Option<String>) {
+    fn optional_chain(&mut self, optarg: Option<&'a str>) {
         if let Some(c) = optarg {
             self.chain = Some(c);
         } else if let Some(c) = self.next_arg() {
@@ -544,10 +557,19 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// What an option that ends parsing early makes of the walk.
+    fn early(&self, early: Early) -> Parsed {
+        match early {
+            Early::Help => Parsed::Help(self.help_extensions()),
+            Early::Version { inverted } => Parsed::Version { inverted },
+            Early::Ignored => Parsed::Ignored,
+        }
+    }
+
     /// One base option (iptables' `switch (cs->c)`). Returns `Some` for options that end
     /// parsing (`-h`, `-V`, `-6` in restore).
-    fn base_option(&mut self, c: char, optarg: Option<String>, invert: bool) -> Result<Option<Parsed>> {
-        let arg = || optarg.clone().unwrap_or_default();
+    fn base_option(&mut self, c: char, optarg: Option<&'a str>, invert: bool) -> Result<Option<Early>> {
+        let arg = optarg.unwrap_or_default();
         // iptables reads `-p -s -d -i -o -j` values as `argv[optind - 1]`, not getopt's optarg,
         // so the attached forms (`-s1.2.3.4`, `--source=1.2.3.4`) pass the whole word on.
         let word = self.args.get(self.optind.wrapping_sub(1)).copied().unwrap_or_default();
@@ -599,8 +621,8 @@ impl<'a> Walker<'a> {
                 }
             }
             'N' => {
-                let name = arg();
-                assert_valid_chain_name(&name)?;
+                let name = arg;
+                assert_valid_chain_name(name)?;
                 self.add_command(CMD_NEW_CHAIN, 0, invert)?;
                 self.chain = Some(name);
             }
@@ -624,11 +646,15 @@ impl<'a> Walker<'a> {
                     None => return Err(param("-P requires a chain and a policy")),
                 }
             }
-            'h' => return Ok(Some(Parsed::Help(self.help_extensions()))),
-            'V' => return Ok(Some(Parsed::Version { inverted: invert })),
+            'h' => return Ok(Some(Early::Help)),
+            'V' => return Ok(Some(Early::Version { inverted: invert })),
             'p' => {
                 self.set_option(OPT_PROTOCOL, invert)?;
-                let text = word.to_lowercase();
+                // (borrowed unless there is something to lower)
+                let text = match word.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+                    true => Cow::Borrowed(word),
+                    false => Cow::Owned(word.to_lowercase()),
+                };
                 let proto = parse_protocol(&text)?;
                 if proto == 0 && invert {
                     return Err(param("rule would never match protocol"));
@@ -638,19 +664,19 @@ impl<'a> Walker<'a> {
             }
             's' => {
                 self.set_option(OPT_SOURCE, invert)?;
-                self.src_text = Some(word.to_string());
+                self.src_text = Some(word);
                 self.src_invert = invert;
             }
             'd' => {
                 self.set_option(OPT_DESTINATION, invert)?;
-                self.dst_text = Some(word.to_string());
+                self.dst_text = Some(word);
                 self.dst_invert = invert;
             }
             'g' => {
                 self.set_option(OPT_JUMP, invert)?;
-                let name = arg();
-                check_target_name(&name)?;
-                self.jump = Some(TargetSpec::Goto(name));
+                let name = arg;
+                check_target_name(name)?;
+                self.jump = Some(TargetSpec::Goto(name.to_string()));
             }
             'j' => {
                 self.set_option(OPT_JUMP, invert)?;
@@ -674,7 +700,7 @@ impl<'a> Walker<'a> {
                 });
             }
             'i' | 'o' => {
-                let a = arg();
+                let a = arg;
                 if a.is_empty() {
                     return Err(param("Empty interface is likely to be undesired"));
                 }
@@ -701,8 +727,8 @@ impl<'a> Walker<'a> {
                 if invert {
                     return Err(param("unexpected ! flag before --match"));
                 }
-                let name = arg();
-                let def = ext::find_match(&name)
+                let name = arg;
+                let def = ext::find_match(name)
                     .ok_or_else(|| param(format!("Couldn't load match `{name}':No such file or directory\n")))?;
                 self.push_match(def);
             }
@@ -714,7 +740,7 @@ impl<'a> Walker<'a> {
                 if self.restore && self.table_set {
                     return Err(param("The -t option cannot be used in iptables-restore.\n"));
                 }
-                self.table = arg();
+                self.table = arg;
                 self.table_set = true;
             }
             'x' => self.set_option(OPT_EXPANDED, invert)?,
@@ -735,23 +761,23 @@ impl<'a> Walker<'a> {
             'M' => {}
             'c' => {
                 self.set_option(OPT_COUNTERS, invert)?;
-                let pcnt = arg();
+                let pcnt = arg;
                 // "-c P,B" or "-c P B".
                 let bcnt = match pcnt.get(1..).and_then(|s| s.find(',')) {
-                    Some(i) => Some(pcnt[i + 2..].to_string()),
+                    Some(i) => Some(&pcnt[i + 2..]),
                     None => self.next_arg(),
                 };
                 let Some(bcnt) = bcnt else {
                     return Err(param("-c requires packet and byte counter"));
                 };
-                let packets = scan_u64(&pcnt).ok_or_else(|| param("-c packet counter not numeric"))?;
-                let bytes = scan_u64(&bcnt).ok_or_else(|| param("-c byte counter not numeric"))?;
+                let packets = scan_u64(pcnt).ok_or_else(|| param("-c packet counter not numeric"))?;
+                let bytes = scan_u64(bcnt).ok_or_else(|| param("-c byte counter not numeric"))?;
                 self.counters = Some(Counters { packets, bytes });
             }
             '4' => {}
             '6' => {
                 if self.restore {
-                    return Ok(Some(Parsed::Ignored));
+                    return Ok(Some(Early::Ignored));
                 }
                 return Err(param("IPv6 (-6) is not supported by bpf-iptables"));
             }
@@ -761,9 +787,9 @@ impl<'a> Walker<'a> {
     }
 
     /// The checks after the last word, in iptables' order.
-    fn finish(mut self, invert: bool, leftover: bool) -> Result<Parsed> {
+    fn finish(self, invert: bool, leftover: bool) -> Result<Parsed> {
         if self.table == "nat"
-            && (self.policy.as_deref() == Some("DROP") || self.jump == Some(TargetSpec::Final(Target::Drop)))
+            && (self.policy == Some("DROP") || self.jump == Some(TargetSpec::Final(Target::Drop)))
         {
             return Err(param(
                 "\nThe \"nat\" table is not intended for filtering, the use of DROP is therefore inhibited.\n\n",
@@ -773,9 +799,9 @@ impl<'a> Walker<'a> {
             return Err(param("--wait-interval only makes sense with --wait\n"));
         }
         {
-            let chain = self.chain.clone().unwrap_or_default();
-            let ctx = |seen| ParseCtx { ip: &self.ip, restore: self.restore, seen, next: None, chain: &chain };
-            for ((def, m), seen) in self.matches.iter().zip(&self.match_seen) {
+            let chain = self.chain.unwrap_or_default();
+            let ctx = |seen| ParseCtx { ip: &self.ip, restore: self.restore, seen, next: None, chain };
+            for ((def, m), seen) in self.match_defs.iter().zip(&self.matches).zip(&self.match_seen) {
                 (def.check)(m, &ctx(seen))?;
             }
             if let Some((def, t)) = &self.target {
@@ -793,11 +819,9 @@ impl<'a> Walker<'a> {
         }
 
         let rule_cmd = self.command & (CMD_REPLACE | CMD_INSERT | CMD_DELETE | CMD_APPEND | CMD_CHECK) != 0;
-        let any = || "0.0.0.0/0".to_string();
-        let src_text = self.src_text.take().or_else(|| rule_cmd.then(any));
-        let dst_text = self.dst_text.take().or_else(|| rule_cmd.then(any));
-        let srcs = src_text.as_deref().map(parse_ipv4_multiple).transpose()?.unwrap_or_default();
-        let dsts = dst_text.as_deref().map(parse_ipv4_multiple).transpose()?.unwrap_or_default();
+        let any = rule_cmd.then_some("0.0.0.0/0");
+        let srcs = self.src_text.or(any).map(parse_ipv4_multiple).transpose()?.unwrap_or_default();
+        let dsts = self.dst_text.or(any).map(parse_ipv4_multiple).transpose()?.unwrap_or_default();
         if (srcs.len() > 1 || dsts.len() > 1) && (self.src_invert || self.dst_invert) {
             return Err(param("! not allowed with multiple source or destination IP addresses"));
         }
@@ -807,12 +831,13 @@ impl<'a> Walker<'a> {
 
         self.generic_opt_check()?;
 
-        if let Some(chain) = &self.chain {
+        if let Some(chain) = self.chain {
             if chain.len() > MAX_CHAIN_NAME_LEN {
                 return Err(param(format!("chain name `{chain}' too long (must be under 29 chars)")));
             }
         }
-        let chain = self.chain.clone().unwrap_or_default();
+        let given = self.chain;
+        let chain = given.unwrap_or_default();
         if rule_cmd || self.command == CMD_DELETE_NUM {
             if (chain == "PREROUTING" || chain == "INPUT") && self.options & OPT_VIANAMEOUT != 0 {
                 return Err(param(format!("Can't use -o with {chain}\n")));
@@ -828,7 +853,7 @@ impl<'a> Walker<'a> {
             dst_invert: self.dst_invert,
             srcs,
             dsts,
-            matches: self.matches.into_iter().map(|(_, m)| m).collect(),
+            matches: self.matches,
             target: match (self.jump, self.target) {
                 // The extension's parsed value, not the fresh one stored at `-j`.
                 (Some(TargetSpec::Final(_)), Some((_, t))) => TargetSpec::Final(t),
@@ -837,46 +862,49 @@ impl<'a> Walker<'a> {
             },
             counters: self.counters,
         };
+        // (each command takes the chain one way: the name is copied once)
+        let named = || given.map(str::to_string);
+        let chain = || chain.to_string();
         let num = self.rulenum.unwrap_or(0);
         let c = self.command;
         let command = if c == CMD_APPEND {
-            Command::Append { chain, rule }
+            Command::Append { chain: chain(), rule }
         } else if c == CMD_CHECK {
-            Command::Check { chain, rule }
+            Command::Check { chain: chain(), rule }
         } else if c == CMD_DELETE {
-            Command::Delete { chain, rule }
+            Command::Delete { chain: chain(), rule }
         } else if c == CMD_DELETE_NUM {
-            Command::DeleteNum { chain, num }
+            Command::DeleteNum { chain: chain(), num }
         } else if c == CMD_INSERT {
-            Command::Insert { chain, num, rule }
+            Command::Insert { chain: chain(), num, rule }
         } else if c == CMD_REPLACE {
-            Command::Replace { chain, num, rule }
+            Command::Replace { chain: chain(), num, rule }
         } else if c & (CMD_LIST | CMD_LIST_RULES) != 0 {
             Command::List {
                 rules_format: c & CMD_LIST_RULES != 0,
-                chain: self.chain,
+                chain: named(),
                 num: self.rulenum,
                 zero: c & (CMD_ZERO | CMD_ZERO_NUM) != 0,
             }
         } else if c == CMD_FLUSH {
-            Command::Flush { chain: self.chain }
+            Command::Flush { chain: named() }
         } else if c == CMD_ZERO || c == CMD_ZERO_NUM {
-            Command::Zero { chain: self.chain, num: self.rulenum }
+            Command::Zero { chain: named(), num: self.rulenum }
         } else if c == CMD_NEW_CHAIN {
-            Command::NewChain { chain }
+            Command::NewChain { chain: chain() }
         } else if c == CMD_DELETE_CHAIN {
-            Command::DeleteChain { chain: self.chain }
+            Command::DeleteChain { chain: named() }
         } else if c == CMD_RENAME_CHAIN {
-            Command::Rename { old: chain, new: self.newname.unwrap_or_default() }
+            Command::Rename { old: chain(), new: self.newname.unwrap_or_default().to_string() }
         } else {
-            Command::Policy { chain, policy: self.policy.unwrap_or_default(), counters: self.counters }
+            Command::Policy { chain: chain(), policy: self.policy.unwrap_or_default().to_string(), counters: self.counters }
         };
         let wait = match self.wait {
             Some(secs) if secs > 0 => LockWait::Timeout(std::time::Duration::from_secs(secs as u64)),
             _ => LockWait::Block,
         };
         Ok(Parsed::Run(Invocation {
-            table: self.table,
+            table: self.table.to_string(),
             command,
             verbose: self.verbose,
             numeric: self.options & OPT_NUMERIC != 0,
@@ -920,18 +948,18 @@ fn opt_char(opt: u32) -> char {
 }
 
 /// `-w [N]`, `-wN`, `--wait[=N]`: seconds, or `-1` for "wait forever".
-fn parse_wait_time(optarg: Option<String>, next: impl FnOnce() -> Option<String>) -> Result<i64> {
+fn parse_wait_time<'a>(optarg: Option<&'a str>, next: impl FnOnce() -> Option<&'a str>) -> Result<i64> {
     match optarg.or_else(next) {
-        Some(a) => scan_int(&a).ok_or_else(|| param("wait seconds not numeric")),
+        Some(a) => scan_int(a).ok_or_else(|| param("wait seconds not numeric")),
         None => Ok(-1),
     }
 }
 
 /// `-W N`: accepted and ignored, with 1.8.9's notice.
-fn parse_wait_interval(optarg: Option<String>, next: impl FnOnce() -> Option<String>) -> Result<()> {
+fn parse_wait_interval<'a>(optarg: Option<&'a str>, next: impl FnOnce() -> Option<&'a str>) -> Result<()> {
     let a = optarg.or_else(next).ok_or_else(|| param("wait interval value required"))?;
     // sscanf("%u") also takes a sign; a negative value wraps and is then "too long".
-    match scan_u64(&a) {
+    match scan_u64(a) {
         Some(u) => {
             let u = u as u32;
             if u > 999_999 {
