@@ -249,6 +249,7 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
             Line::Rule { counters, rest } => {
                 let Some(sec) = &section else { continue };
                 let words = split_args(rest).map_err(|e| Failure::at(e, lineno))?;
+                // (room for the words and what goes before them: -t TABLE, -v..., --set-counters P B)
                 let mut argv = Vec::with_capacity(words.len() + 8);
                 argv.extend(["-t", curtable.as_str()]);
                 if !flags.noflush {

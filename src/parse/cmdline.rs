@@ -550,7 +550,7 @@ impl<'a> Walker<'a> {
     fn optional_rulenum(&mut self) -> Result<bool> {
         match self.next_arg() {
             Some(n) => {
-                self.rulenum = Some(parse_rulenum(&n)?);
+                self.rulenum = Some(parse_rulenum(n)?);
                 Ok(true)
             }
             None => Ok(false),
@@ -621,10 +621,9 @@ impl<'a> Walker<'a> {
                 }
             }
             'N' => {
-                let name = arg;
-                assert_valid_chain_name(name)?;
+                assert_valid_chain_name(arg)?;
                 self.add_command(CMD_NEW_CHAIN, 0, invert)?;
-                self.chain = Some(name);
+                self.chain = Some(arg);
             }
             'X' => {
                 self.add_command(CMD_DELETE_CHAIN, 0, invert)?;
@@ -674,9 +673,8 @@ impl<'a> Walker<'a> {
             }
             'g' => {
                 self.set_option(OPT_JUMP, invert)?;
-                let name = arg;
-                check_target_name(name)?;
-                self.jump = Some(TargetSpec::Goto(name.to_string()));
+                check_target_name(arg)?;
+                self.jump = Some(TargetSpec::Goto(arg.to_string()));
             }
             'j' => {
                 self.set_option(OPT_JUMP, invert)?;
@@ -700,8 +698,7 @@ impl<'a> Walker<'a> {
                 });
             }
             'i' | 'o' => {
-                let a = arg;
-                if a.is_empty() {
+                if arg.is_empty() {
                     return Err(param("Empty interface is likely to be undesired"));
                 }
                 let opt = if c == 'i' { OPT_VIANAMEIN } else { OPT_VIANAMEOUT };
@@ -727,9 +724,8 @@ impl<'a> Walker<'a> {
                 if invert {
                     return Err(param("unexpected ! flag before --match"));
                 }
-                let name = arg;
-                let def = ext::find_match(name)
-                    .ok_or_else(|| param(format!("Couldn't load match `{name}':No such file or directory\n")))?;
+                let def = ext::find_match(arg)
+                    .ok_or_else(|| param(format!("Couldn't load match `{arg}':No such file or directory\n")))?;
                 self.push_match(def);
             }
             'n' => self.set_option(OPT_NUMERIC, invert)?,
