@@ -167,6 +167,8 @@ struct Found {
     /// The option's full long name (extension options are passed to the extension by name).
     name: &'static str,
     arg: HasArg,
+    /// An `Arg::Two` option (`--tcp-flags mask comp`): the word after its argument is its too.
+    two: bool,
 }
 
 fn ext_arg(a: Arg) -> HasArg {
@@ -277,7 +279,7 @@ impl<'a> Walker<'a> {
     /// after the base ones, so the newest extension wins a name clash; an older instance of a
     /// match loaded again is "completed" and gets no more options.
     fn long_options(&self) -> impl Iterator<Item = Found> + Clone + '_ {
-        let base = LONG_OPTS.iter().map(|&(n, a, c)| Found { owner: Owner::Base(c), name: n, arg: a });
+        let base = LONG_OPTS.iter().map(|&(n, a, c)| Found { owner: Owner::Base(c), name: n, arg: a, two: false });
         let extensions = self.loaded.iter().rev().flat_map(move |&owner| {
             let options = match owner {
                 Owner::Match(i) => {
@@ -291,7 +293,7 @@ impl<'a> Walker<'a> {
                 Owner::Target => self.target.as_ref().map_or(&[][..], |(def, _)| def.options),
                 Owner::Base(_) => &[][..],
             };
-            options.iter().map(move |o| Found { owner, name: o.name, arg: ext_arg(o.arg) })
+            options.iter().map(move |o| Found { owner, name: o.name, arg: ext_arg(o.arg), two: o.arg == Arg::Two })
         });
         base.chain(extensions)
     }
@@ -372,13 +374,7 @@ impl<'a> Walker<'a> {
                         (Owner::Base(_), None) => None,
                     },
                 };
-                // `Arg::Two` options (`--tcp-flags mask comp`) also consume the following word.
-                let ext_opt = match found.owner {
-                    Owner::Match(i) => self.match_defs[i].options.iter().find(|o| o.name == found.name),
-                    Owner::Target => self.target.as_ref().and_then(|(d, _)| d.options.iter().find(|o| o.name == found.name)),
-                    Owner::Base(_) => None,
-                };
-                let next = if ext_opt.is_some_and(|o| o.arg == Arg::Two) {
+                let next = if found.two {
                     let n = self.args.get(self.optind).copied();
                     self.optind += 1;
                     n

@@ -360,12 +360,15 @@ impl Outline {
 
     /// Writes the outline's stored form into `out`, `stored_len` bytes long.
     pub fn write_to(&self, out: &mut [u8]) -> bincode::Result<()> {
-        let head = bincode::serialized_size(self)? as usize;
-        if out.len() != head + self.blocks().map(Bytes::len).sum::<usize>() {
-            return Err(bad_block("the stored ruleset's buffer is not its size"));
-        }
+        // (the outline fills what the blocks leave: not sized a second time)
+        let not_its_size = || bad_block("the stored ruleset's buffer is not its size");
+        let head = out.len().checked_sub(self.blocks().map(Bytes::len).sum()).ok_or_else(not_its_size)?;
         let (head_out, mut rest) = out.split_at_mut(head);
-        bincode::serialize_into(head_out, self)?;
+        let mut left = &mut head_out[..];
+        bincode::serialize_into(&mut left, self)?;
+        if !left.is_empty() {
+            return Err(not_its_size());
+        }
         for piece in self.blocks().flat_map(|b| &b.0) {
             let (dst, after) = std::mem::take(&mut rest).split_at_mut(piece.bytes().len());
             dst.copy_from_slice(piece.bytes());
@@ -777,6 +780,19 @@ mod tests {
         let mut longer = stored.clone();
         longer.push(0);
         assert!(Outline::load(Rc::new(longer)).is_err());
+    }
+
+    /// The stored form is written only into a buffer of its size.
+    #[test]
+    fn written_only_into_its_size() {
+        let mut rs = Ruleset::default();
+        rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = (0..5).map(|i| rule(i, i + 1, Target::Drop)).collect();
+        let o = Outline::encode(&rs).expect("encodes");
+        let n = o.stored_len().expect("sizes");
+        for wrong in [n - 1, n + 1, 3] {
+            assert!(o.write_to(&mut vec![0; wrong]).is_err(), "{wrong} of {n} bytes");
+        }
+        assert_eq!(reload(&o).rule_ids(), (0..5).collect::<Vec<u32>>());
     }
 
     proptest::proptest! {
