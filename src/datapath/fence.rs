@@ -16,25 +16,38 @@
 //! BPF_F_TEST_RUN_ON_CPU, which runs it on the given CPU through smp_call_function_single()
 //! (on the caller's own CPU, in place: no packet can be halfway there while this task runs).
 //! Where that is refused, membarrier(MEMBARRIER_CMD_GLOBAL) does (a kernel RCU grace period:
-//! slower, milliseconds, but a barrier on every CPU as well).
+//! slower, milliseconds, but a barrier on every CPU as well). The program stays pinned in the
+//! namespace's directory: loading it took a tenth of a millisecond of every change.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::libbpf_sys;
 
-/// Makes every online CPU execute a full memory barrier before returning.
-pub fn all_cpus() -> Result<()> {
-    match interrupt_each_cpu() {
+/// Makes every online CPU execute a full memory barrier before returning; the program that
+/// does it is kept pinned at `pinned`.
+pub fn all_cpus(pinned: &Path) -> Result<()> {
+    match barrier_program(pinned).and_then(|prog| interrupt_each_cpu(&prog)) {
         Ok(()) => Ok(()),
         Err(e) => membarrier_global().with_context(|| format!("{e:#}, and membarrier(2) failed too")),
     }
 }
 
-/// Runs a no-op program on each online CPU, by interrupting it.
-fn interrupt_each_cpu() -> Result<()> {
+/// The program pinned at `pinned`, loaded and pinned there first if it is not.
+fn barrier_program(pinned: &Path) -> Result<OwnedFd> {
+    if let Ok(fd) = super::obj_get(pinned) {
+        return Ok(fd);
+    }
     let prog = noop_raw_tp()?;
+    // (not pinned, the next change loads it again: no reason to fail this one)
+    let _ = super::obj_pin(prog.as_raw_fd(), pinned);
+    Ok(prog)
+}
+
+/// Runs the no-op program `prog` on each online CPU, by interrupting it.
+fn interrupt_each_cpu(prog: &OwnedFd) -> Result<()> {
     // SAFETY: plain getter.
     let n = unsafe { libbpf_sys::libbpf_num_possible_cpus() };
     if n <= 0 {
@@ -99,7 +112,24 @@ mod tests {
             return;
         }
         // the fast way works here, not only the membarrier fallback
-        interrupt_each_cpu().expect("a barrier on each CPU");
-        all_cpus().expect("all_cpus");
+        interrupt_each_cpu(&noop_raw_tp().expect("the barrier program")).expect("a barrier on each CPU");
+    }
+
+    #[test]
+    fn the_program_stays_pinned() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("the_program_stays_pinned: needs root (skipped)");
+            return;
+        }
+        let pinned = crate::store::pin_root().expect("bpffs").join(format!("fence-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&pinned);
+        all_cpus(&pinned).expect("loaded and pinned");
+        let id = |fd: &OwnedFd| super::super::prog_id(fd.as_raw_fd()).expect("program id");
+        let first = id(&super::super::obj_get(&pinned).expect("pinned"));
+        all_cpus(&pinned).expect("from the pin");
+        let again = id(&barrier_program(&pinned).expect("the pinned program"));
+        std::fs::remove_file(&pinned).expect("unpinned");
+        assert_eq!(first, again, "the pinned program is used, not a new one");
     }
 }

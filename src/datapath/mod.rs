@@ -541,7 +541,7 @@ fn install_image_with(pin_dir: &Path, len: usize, fill: impl FnOnce(&mut [u64]))
     let next = gen_now.wrapping_add(1) & GEN_MASK;
     let next = if next == 0 { 2 } else { next }; // 0 means "no image"; keep the slot parity
     let slot = next & 1;
-    wait_unused(&inuse, slot)?;
+    wait_unused(pin_dir, &inuse, slot)?;
 
     let cur = inner_map(&tables, slot)?;
     let created;
@@ -646,8 +646,8 @@ fn inner_map(tables: &MapHandle, slot: u32) -> Result<Option<(MapHandle, u32)>> 
 /// Waits until no CPU runs a packet against the image in `slot` (bpfipt_inuse), the flip
 /// away from it done: after a barrier on every CPU, a packet still on that slot shows its mark
 /// (see fence.rs).
-fn wait_unused(inuse: &MapHandle, slot: u32) -> Result<()> {
-    fence::all_cpus().context("ordering the datapath's announcements before reading them")?;
+fn wait_unused(pin_dir: &Path, inuse: &MapHandle, slot: u32) -> Result<()> {
+    fence::all_cpus(&pin_dir.join("barrier")).context("ordering the datapath's announcements before reading them")?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         let marks = inuse
