@@ -245,30 +245,26 @@ pub(super) fn hook_table(hook: Hook, pre: Vec<PreRule>, blocks: &[Block], policy
     let mut gathered: Vec<Gathered> = Field::ALL.iter().map(|_| Gathered::default()).collect();
     for (r, p) in pre.iter().enumerate() {
         let r = r as u32;
-        for f in Field::ALL {
-            let g = &mut gathered[f as usize];
-            match f {
-                Field::InIface | Field::OutIface => {
-                    let assigns = iface_assignments(&p.cond.ifaces[(f == Field::OutIface) as usize]).unwrap_or_default();
-                    if assigns.is_empty() {
-                        continue;
-                    }
-                    g.constrained.push(r);
-                    g.ifaces.extend(assigns.into_iter().map(|(key, on)| (key, r, on)));
+        for (f, s) in p.cond.sets.iter().filter(|(f, s)| !s.is_full(field_max(*f))) {
+            let g = &mut gathered[*f as usize];
+            g.constrained.push(r);
+            if matches!(f, Field::Src | Field::Dst) {
+                if g.prefixes.is_empty() {
+                    g.prefixes.reserve(pre.len() - r as usize);
                 }
-                _ => {
-                    let Some(s) = p.cond.sets[f as usize].as_ref().filter(|s| !s.is_full(field_max(f))) else { continue };
-                    g.constrained.push(r);
-                    if matches!(f, Field::Src | Field::Dst) {
-                        if g.prefixes.is_empty() {
-                            g.prefixes.reserve(pre.len() - r as usize);
-                        }
-                        g.prefixes.extend(s.prefix_assignments().into_iter().map(|(k, on)| (k, r, on)));
-                    } else {
-                        g.sets.push((r, s.ranges()));
-                    }
-                }
+                g.prefixes.extend(s.prefix_assignments().into_iter().map(|(k, on)| (k, r, on)));
+            } else {
+                g.sets.push((r, s.ranges()));
             }
+        }
+        for (f, lits) in [(Field::InIface, &p.cond.ifaces[0]), (Field::OutIface, &p.cond.ifaces[1])] {
+            let assigns = iface_assignments(lits).unwrap_or_default();
+            if assigns.is_empty() {
+                continue;
+            }
+            let g = &mut gathered[f as usize];
+            g.constrained.push(r);
+            g.ifaces.extend(assigns.into_iter().map(|(key, on)| (key, r, on)));
         }
     }
     let mut fields = Vec::new();

@@ -43,7 +43,8 @@ use crate::model::{
 };
 use crate::model::{ct_state, Chain, Policy, Ruleset};
 use sets::Set;
-use tables::{ActionKind, Check, Compiled, Field, Hook, NR_FIELDS};
+use smallvec::SmallVec;
+use tables::{ActionKind, Check, Compiled, Field, Hook};
 
 /// Most compiled rules one hook may have (inlining can multiply rules).
 pub const MAX_RULES_PER_HOOK: usize = 262_144;
@@ -66,8 +67,10 @@ fn field_max(f: Field) -> u32 {
 /// interface literals.
 #[derive(Debug, Clone, Default)]
 struct Cond {
-    /// Indexed by `Field as usize`; `None` = unconstrained. Unused for the interface fields.
-    sets: [Option<Set>; NR_FIELDS],
+    /// The constrained fields' sets, in `Field` order (a field not listed is unconstrained;
+    /// never the interface fields). A sparse list: a rule constrains few of the ten fields,
+    /// and every compiled rule has one (a slot per field doubled the memory a compile writes).
+    sets: SmallVec<[(Field, Set); 4]>,
     /// `(pattern, inverted)` literals on the input (`[0]`) and output (`[1]`) interface.
     ifaces: [Vec<(Iface, bool)>; 2],
     /// Known to match nothing.
@@ -76,26 +79,24 @@ struct Cond {
 
 impl Cond {
     fn and_set(&mut self, f: Field, s: Set) {
-        let new = match self.sets[f as usize].take() {
-            Some(old) => old.intersect(&s),
-            None => s,
-        };
-        self.never |= new.is_empty();
-        self.sets[f as usize] = Some(new);
+        let at = self.sets.iter().position(|(g, _)| *g >= f).unwrap_or(self.sets.len());
+        match self.sets.get_mut(at) {
+            Some((g, old)) if *g == f => *old = old.intersect(&s),
+            _ => self.sets.insert(at, (f, s)),
+        }
+        self.never |= self.sets[at].1.is_empty();
     }
 
     /// Whether it constrains nothing (the conditions of a built-in chain's own rules).
     fn is_true(&self) -> bool {
-        !self.never && self.sets.iter().all(Option::is_none) && self.ifaces.iter().all(Vec::is_empty)
+        !self.never && self.sets.is_empty() && self.ifaces.iter().all(Vec::is_empty)
     }
 
     fn and(&self, other: &Cond) -> Cond {
         let mut c = self.clone();
         c.never |= other.never;
-        for (i, s) in other.sets.iter().enumerate() {
-            if let Some(s) = s {
-                c.and_set(Field::ALL[i], s.clone());
-            }
+        for (f, s) in &other.sets {
+            c.and_set(*f, s.clone());
         }
         for k in 0..2 {
             c.ifaces[k].extend(other.ifaces[k].iter().cloned());
@@ -333,10 +334,8 @@ impl<'a, 's> Flattener<'a, 's> {
         }
         let mut out = Vec::with_capacity(self.out.len());
         for p in self.out {
-            let fields = p.cond.sets.iter().zip(Field::ALL).filter_map(|(s, f)| {
-                let s = s.as_ref().filter(|s| !s.is_full(field_max(f)))?;
-                Some(Check::FieldIn { field: f, ranges: s.ranges().to_vec() })
-            });
+            let fields = p.cond.sets.iter().filter(|(f, s)| !s.is_full(field_max(*f)));
+            let fields = fields.map(|(f, s)| Check::FieldIn { field: *f, ranges: s.ranges().to_vec() });
             let [inp, outp] = p.cond.ifaces;
             let ifaces = [(false, inp), (true, outp)].into_iter().filter(|(_, l)| !l.is_empty());
             let ifaces = ifaces.map(|(out, lits)| Check::Ifaces { out, lits });
