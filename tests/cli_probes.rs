@@ -269,6 +269,31 @@ fn harness_parses_results() {
 /// set by `-P ... -c` survive later changes, and `iptables-save` without `-t` always shows the
 /// filter table while legacy shows only tables the kernel has loaded).
 const DIFFERENTIAL: &[&[&str]] = &[
+    // -C: found by the stored rules' encoding unless -v (or no such chain); which message
+    // a missing rule gets depends on its target; -v echoes a rule before it fails
+    &[
+        "IPT -N u; IPT -A INPUT -s 1.2.3.4,5.6.7.8 -p tcp --dport 22 -j ACCEPT; IPT -A INPUT -j u; IPT -A u -m comment --comment c",
+        "IPT -C INPUT -s 1.2.3.4 -p tcp --dport 22 -j ACCEPT; echo $?",
+        "IPT -C INPUT -s 5.6.7.8,1.2.3.4 -p tcp -m tcp --dport 22 -j ACCEPT; echo $?",
+        "IPT -C INPUT -s 1.2.3.4,9.9.9.9 -p tcp --dport 22 -j ACCEPT",
+        "IPT -C INPUT -s 1.2.3.4 -p tcp --dport 23 -j ACCEPT",
+        "IPT -C INPUT -s 1.2.3.4 -p tcp --dport 22",
+        "IPT -C INPUT -j u; IPT -C INPUT -g u",
+        "IPT -C INPUT -j nosuch",
+        "IPT -C INPUT -j DROP; IPT -C INPUT -j RETURN; IPT -D INPUT -j ACCEPT",
+        "IPT -C INPUT -j REJECT; IPT -C INPUT -j LOG; IPT -D INPUT -j MARK --set-mark 1",
+        "IPT -C INPUT -s 1.2.3.4 -j u; IPT -D INPUT -s 1.2.3.4 -g u; IPT -C nosuch -j u",
+        "IPT -C u -m comment --comment c; IPT -C u -m comment --comment d",
+        "IPT -C nosuch -j ACCEPT",
+        "IPT -C OUTPUT -j ACCEPT",
+        "IPT -v -C INPUT -s 1.2.3.4 -p tcp --dport 22 -j ACCEPT",
+        "IPT -v -C INPUT -s 1.2.3.4 -p tcp --dport 23 -j ACCEPT",
+        "IPT -v -D INPUT -s 1.2.3.4,5.6.7.8 -p tcp --dport 23 -j ACCEPT",
+        "IPT -v -A nosuch -s 1.2.3.4,5.6.7.8 -j ACCEPT",
+        "IPT -v -I INPUT 9 -s 1.2.3.4,5.6.7.8 -j ACCEPT",
+        "IPT -v -R INPUT 9 -j ACCEPT",
+        "IPT -S",
+    ],
     &[
         "IPT -N a; IPT -N b; IPT -A a -j b; IPT -A b -j a",
         "IPT -A INPUT -j a",
@@ -384,6 +409,7 @@ const DIFFERENTIAL: &[&[&str]] = &[
 
 /// Restore inputs run against both, each followed by `iptables-save -c -t filter`.
 const RESTORE_DIFFERENTIAL: &[&str] = &[
+    "*filter\n-A INPUT -v -j ACCEPT\n-I INPUT 5 -v -s 1.2.3.4,5.6.7.8 -j DROP\nCOMMIT\n",
     "*filter\n:INPUT DROP [3:4]\n:FOO - [0:0]\n:FOO - [0:0]\nCOMMIT\n",
     "*filter\n:INPUT BLAH [3:4]\nCOMMIT\n",
     "*filter\n:FOO ACCEPT [3:4]\nCOMMIT\n",

@@ -114,6 +114,18 @@ pub fn expand(table: &Table, spec: &RuleSpec) -> Result<Vec<Rule>> {
     Ok(out)
 }
 
+/// `-C`'s (and `-D`'s) answer when chain `chain_exists` has no rule like one with `target`:
+/// iptables-legacy 1.8.9 (libiptc) says "Bad rule" for a rule with a standard verdict or no
+/// target, or when there is no such chain, but "No chain/target/match by that name" for a
+/// rule with an extension target or a jump (measured).
+pub fn no_such_rule(chain_exists: bool, target: &Target) -> Error {
+    match target {
+        Target::None | Target::Accept | Target::Drop | Target::Return => state(BAD_RULE),
+        _ if !chain_exists => state(BAD_RULE),
+        _ => state(NO_CHAIN),
+    }
+}
+
 fn chain_index(table: &Table, name: &str, missing: &str) -> Result<usize> {
     find_chain(table, name).ok_or_else(|| state(missing))
 }
@@ -122,6 +134,20 @@ fn echo(fx: &mut Effects, verbose: bool, rule: &Rule) {
     if verbose {
         list::rule_line(&mut fx.stdout, rule, 0, &Format::PRINT_RULE);
     }
+}
+
+/// Tries `step` on each of `rules` (a spec's expansion) in turn, each echoed first (`-v`):
+/// like iptables, one that fails does not keep the others from being echoed and tried; the
+/// first error comes back once all were.
+fn each_rule(fx: &mut Effects, verbose: bool, rules: Vec<Rule>, mut step: impl FnMut(Rule) -> Result<()>) -> Result<()> {
+    let mut failed = None;
+    for r in rules {
+        echo(fx, verbose, &r);
+        if let Err(e) = step(r) {
+            failed.get_or_insert(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 fn zero_chain(fx: &mut Effects, c: &Chain, verbose: bool) {
@@ -138,62 +164,70 @@ fn zero_chain(fx: &mut Effects, c: &Chain, verbose: bool) {
 /// caller); the others edit it and set `changed`.
 pub fn apply(table: &mut Table, inv: &Invocation) -> Result<Effects> {
     let mut fx = Effects::default();
+    apply_to(table, inv, &mut fx)?;
+    Ok(fx)
+}
+
+/// `apply` into `fx`, which keeps what was echoed (`-v`) when it fails: like iptables, a
+/// rule is echoed before it is added, checked or deleted, and then the chain or index it
+/// names may turn out not to exist (the caller prints both).
+pub fn apply_to(table: &mut Table, inv: &Invocation, fx: &mut Effects) -> Result<()> {
     let verbose = inv.verbose > 0;
     match &inv.command {
         Command::Append { chain, rule } => {
             let rules = expand(table, rule)?;
-            let ci = chain_index(table, chain, NO_CHAIN)?;
             fx.appended = Some((chain.clone(), rules.len()));
-            for r in rules {
-                echo(&mut fx, verbose, &r);
+            each_rule(fx, verbose, rules, |r| {
+                let ci = chain_index(table, chain, NO_CHAIN)?;
                 table.chains[ci].rules.push(r);
-            }
+                Ok(())
+            })?;
             fx.changed = true;
         }
         Command::Insert { chain, num, rule } => {
             let rules = expand(table, rule)?;
-            let ci = chain_index(table, chain, NO_CHAIN)?;
             let pos = *num as usize - 1;
-            if pos > table.chains[ci].rules.len() {
-                return Err(state("Index of insertion too big."));
-            }
             // Each rule goes in at the same position, so the last expanded ends up first,
             // as with iptables.
-            for r in rules {
-                echo(&mut fx, verbose, &r);
+            each_rule(fx, verbose, rules, |r| {
+                let ci = chain_index(table, chain, NO_CHAIN)?;
+                if pos > table.chains[ci].rules.len() {
+                    return Err(state("Index of insertion too big."));
+                }
                 table.chains[ci].rules.insert(pos, r);
-            }
+                Ok(())
+            })?;
             fx.changed = true;
         }
         Command::Replace { chain, num, rule } => {
-            let mut rules = expand(table, rule)?;
-            let ci = chain_index(table, chain, NO_CHAIN)?;
-            let pos = *num as usize - 1;
-            if pos >= table.chains[ci].rules.len() {
-                return Err(state("Index of replacement too big."));
-            }
-            // The walker guarantees exactly one source and one destination.
-            if let Some(r) = rules.pop() {
-                echo(&mut fx, verbose, &r);
+            // (the walker guarantees exactly one source and one destination)
+            let rules = expand(table, rule)?;
+            each_rule(fx, verbose, rules, |r| {
+                let ci = chain_index(table, chain, NO_CHAIN)?;
+                let pos = *num as usize - 1;
+                if pos >= table.chains[ci].rules.len() {
+                    return Err(state("Index of replacement too big."));
+                }
                 table.chains[ci].rules[pos] = r;
-            }
+                Ok(())
+            })?;
             fx.changed = true;
         }
         Command::Check { chain, rule } | Command::Delete { chain, rule } => {
             let rules = expand(table, rule)?;
-            let ci = chain_index(table, chain, BAD_RULE)?;
             let delete = matches!(inv.command, Command::Delete { .. });
-            for r in rules {
-                echo(&mut fx, verbose, &r);
+            each_rule(fx, verbose, rules, |r| {
+                let Some(ci) = find_chain(table, chain) else { return Err(no_such_rule(false, &r.target)) };
                 let c = &mut table.chains[ci];
                 let Some(pos) = c.rules.iter().position(|x| x.same_spec(&r)) else {
-                    return Err(state(BAD_RULE));
+                    return Err(no_such_rule(true, &r.target));
                 };
                 if delete {
                     c.rules.remove(pos);
-                    fx.changed = true;
                 }
-            }
+                Ok(())
+            })?;
+            fx.changed = delete;
         }
         Command::DeleteNum { chain, num } => {
             let ci = chain_index(table, chain, NO_CHAIN)?;
@@ -213,10 +247,10 @@ pub fn apply(table: &mut Table, inv: &Invocation) -> Result<Effects> {
             };
             fx.stdout = text.ok_or_else(|| state(NO_CHAIN))?;
             if *zero {
-                zero_counters(table, &mut fx, chain.as_deref(), *num, verbose)?;
+                zero_counters(table, fx, chain.as_deref(), *num, verbose)?;
             }
         }
-        Command::Zero { chain, num } => zero_counters(table, &mut fx, chain.as_deref(), *num, verbose)?,
+        Command::Zero { chain, num } => zero_counters(table, fx, chain.as_deref(), *num, verbose)?,
         Command::Flush { chain } => {
             let range = match chain {
                 Some(n) => {
@@ -241,7 +275,7 @@ pub fn apply(table: &mut Table, inv: &Invocation) -> Result<Effects> {
             fx.changed = true;
         }
         Command::DeleteChain { chain } => {
-            delete_chains(table, &mut fx, chain.as_deref(), verbose)?;
+            delete_chains(table, fx, chain.as_deref(), verbose)?;
             fx.changed = true;
         }
         Command::Rename { old, new } => {
@@ -284,7 +318,7 @@ pub fn apply(table: &mut Table, inv: &Invocation) -> Result<Effects> {
             fx.changed = true;
         }
     }
-    Ok(fx)
+    Ok(())
 }
 
 fn zero_counters(table: &Table, fx: &mut Effects, chain: Option<&str>, num: Option<u32>, verbose: bool) -> Result<()> {

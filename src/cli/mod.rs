@@ -249,7 +249,11 @@ fn run(inv: &Invocation) -> Result<()> {
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {
         store.load_counters(&mut rs)?;
     }
-    let fx = exec::apply(rs.table_mut(kind), inv)?;
+    let mut fx = exec::Effects::default();
+    if let Err(e) = exec::apply_to(rs.table_mut(kind), inv, &mut fx) {
+        print(&fx.stdout);
+        return Err(e);
+    }
     // Listing output first: `-L -Z` prints, then zeroes.
     if fx.changed {
         exec::validate(rs.table_mut(kind))?;
@@ -317,7 +321,6 @@ fn delete_from_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, 
     if kind != TableKind::Filter || inv.verbose > 0 {
         return Ok(None);
     }
-    let encoding = |e| anyhow::Error::new(e).context("the stored rules");
     let at = match &inv.command {
         Command::DeleteNum { num, .. } if *num > 0 => vec![*num as usize - 1],
         Command::Delete { rule, .. } => {
@@ -337,6 +340,11 @@ fn delete_from_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, 
     let Some(deleted) = outline.remove(TableKind::Filter, chain, &at).map_err(encoding)? else { return Ok(None) };
     store.commit_delete(std::mem::take(outline), &deleted)?;
     Ok(Some(exec::Effects { changed: true, ..Default::default() }))
+}
+
+/// An error of the stored rules' encoding.
+fn encoding(e: bincode::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context("the stored rules")
 }
 
 /// `-N`, or `-P` of a built-in filter chain: changes of the chains alone, applied to the

@@ -284,12 +284,14 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                     }
                     Parsed::Ignored => continue,
                 };
-                let table = rs.table_mut(sec.kind);
-                let fx = exec::apply(table, &inv).map_err(|e| match e {
+                let mut fx = exec::Effects::default();
+                let applied = exec::apply_to(rs.table_mut(sec.kind), &inv, &mut fx);
+                // (what `-v` echoed comes out before the line fails)
+                print(&fx.stdout);
+                applied.map_err(|e| match e {
                     Error::Param(_) | Error::ParamBare(_) | Error::Table(_) => Failure::at(e, lineno),
                     _ => Failure::line_failed(lineno),
                 })?;
-                print(&fx.stdout);
                 if sec.kind.supported() {
                     policy_counters.extend(fx.policy_counters);
                 }
