@@ -239,6 +239,9 @@ fn run(inv: &Invocation) -> Result<()> {
         print(&fx.stdout);
         return Ok(());
     }
+    if check_in_chain(&outline, kind, inv)? {
+        return Ok(());
+    }
     if let Some(fx) = change_chains(&mut store, &mut outline, kind, inv)? {
         print(&fx.stdout);
         apply_counters(&mut store, kind, &fx)?;
@@ -340,6 +343,26 @@ fn delete_from_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, 
     let Some(deleted) = outline.remove(TableKind::Filter, chain, &at).map_err(encoding)? else { return Ok(None) };
     store.commit_delete(std::mem::take(outline), &deleted)?;
     Ok(Some(exec::Effects { changed: true, ..Default::default() }))
+}
+
+/// `-C` in a filter chain (Docker checks for each of its rules before adding it): the rules
+/// are looked for by their encoding, as `-D` finds them, none decoded. False: the general path
+/// answers (`-v`, which echoes; a chain that is not there).
+fn check_in_chain(outline: &Outline, kind: TableKind, inv: &Invocation) -> Result<bool> {
+    let Command::Check { chain, rule } = &inv.command else { return Ok(false) };
+    if kind != TableKind::Filter || inv.verbose > 0 {
+        return Ok(false);
+    }
+    let Some(table) = outline.chains_of(TableKind::Filter) else { return Ok(false) };
+    if table.chain(chain).is_none() {
+        return Ok(false);
+    }
+    for r in exec::expand(&table, rule)? {
+        if outline.find_spec(TableKind::Filter, chain, &r, &[]).map_err(encoding)?.is_none() {
+            return Err(exec::no_such_rule(true, &r.target));
+        }
+    }
+    Ok(true)
 }
 
 /// An error of the stored rules' encoding.
