@@ -16,6 +16,7 @@
 #   delete   deleting the appended rule again by spec (nft: delete rule by handle)
 #   chain    one -N of a new chain, nothing jumping to it (nft: add chain)
 #   user     one -A to USER, which INPUT jumps to (nft: add rule to chain USER)
+#   check    one -C of the last rule, the jump to USER (nft has no such command: -)
 #   save     iptables-save (nft list ruleset)
 #   list     -L -n (nft list table)
 # and for bpf-iptables the bytes of its BPF maps (bpftool's memlock: the pinned maps and the
@@ -94,8 +95,8 @@ check_count() { # impl expected-rules
 }
 
 rule='-A INPUT -s 203.0.113.7/32 -p tcp -m tcp --dport 4242 -j DROP'
-printf '| impl | N | restore ms | append ms | insert ms | mid ms | replace ms | delete ms | chain ms | user ms | save ms | list ms | map bytes |\n'
-printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| impl | N | restore ms | append ms | insert ms | mid ms | replace ms | delete ms | chain ms | user ms | check ms | save ms | list ms | map bytes |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in "${sizes[@]}"; do
   gen_rules "$n" > "$work/rules.$n"
   gen_nft "$n" > "$work/rules.$n.nft"
@@ -109,6 +110,7 @@ for n in "${sizes[@]}"; do
       nft) ;;
     esac
     mem=-
+    ck=-
     k=$((n / 2 + 1))
     if [ "$impl" = nft ]; then
       r=$(median_ms nft -f "$work/rules.$n.nft")
@@ -144,6 +146,8 @@ for n in "${sizes[@]}"; do
       ip netns exec "$ns" $ipt ${rule/-A/-D}
       c=$(median_pair_ms "$ipt -N BENCHX" "$ipt -X BENCHX")
       u=$(median_pair_ms "$ipt ${rule/-A INPUT/-A USER}" "$ipt ${rule/-A INPUT/-D USER}")
+      ip netns exec "$ns" $ipt -C INPUT -j USER || { echo "self-check failed: $impl does not find -j USER" >&2; exit 1; }
+      ck=$(median_ms "$ipt" -C INPUT -j USER)
       check_count "$impl" "$ipt" $((n + 2))
       s=$(median_ms "$save")
       l=$(median_ms "$ipt" -L -n)
@@ -159,6 +163,6 @@ for n in "${sizes[@]}"; do
         fi
       fi
     fi
-    printf '| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$i" "$m" "$p" "$d" "$c" "$u" "$s" "$l" "$mem"
+    printf '| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$impl" "$n" "$r" "$a" "$i" "$m" "$p" "$d" "$c" "$u" "$ck" "$s" "$l" "$mem"
   done
 done

@@ -114,16 +114,13 @@ pub fn expand(table: &Table, spec: &RuleSpec) -> Result<Vec<Rule>> {
     Ok(out)
 }
 
-/// `-C`'s (and `-D`'s) answer when chain `chain_exists` has no rule like one with `target`:
-/// iptables-legacy 1.8.9 (libiptc) says "Bad rule" for a rule with a standard verdict or no
-/// target, or when there is no such chain, but "No chain/target/match by that name" for a
-/// rule with an extension target or a jump (measured).
+/// `-C`'s (and `-D`'s) answer for a rule with `target` that its chain does not hold (or that
+/// has no chain, unless `chain_exists`): iptables-legacy 1.8.9 (libiptc) says "Bad rule" for a
+/// rule with a standard verdict or no target, or when there is no such chain, but "No
+/// chain/target/match by that name" for a rule with an extension target or a jump (measured).
 pub fn no_such_rule(chain_exists: bool, target: &Target) -> Error {
-    match target {
-        Target::None | Target::Accept | Target::Drop | Target::Return => state(BAD_RULE),
-        _ if !chain_exists => state(BAD_RULE),
-        _ => state(NO_CHAIN),
-    }
+    let standard = matches!(target, Target::None | Target::Accept | Target::Drop | Target::Return);
+    state(if chain_exists && !standard { NO_CHAIN } else { BAD_RULE })
 }
 
 fn chain_index(table: &Table, name: &str, missing: &str) -> Result<usize> {
