@@ -200,12 +200,7 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                     // the tables this input replaces are flushed: their rules need no decoding
                     let flushed: Vec<TableKind> = match flags.noflush {
                         true => Vec::new(),
-                        false => input
-                            .lines()
-                            .filter_map(|l| l.strip_prefix('*'))
-                            .filter(|t| !filtered(t))
-                            .filter_map(TableKind::from_name)
-                            .collect(),
+                        false => table_lines(input).filter(|t| !filtered(t)).filter_map(TableKind::from_name).collect(),
                     };
                     rs = s.load_but(&flushed).map_err(|e| Failure::at(e, lineno))?;
                     store = Some(s);
@@ -318,6 +313,16 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What follows the `*` of each line of `input` that starts with one (as `str::lines` reads
+/// lines), found by its star: walking every line of 10 000 rules to look took a millisecond.
+fn table_lines(input: &str) -> impl Iterator<Item = &str> {
+    let at_line_start = |i: usize| i == 0 || input.as_bytes()[i - 1] == b'\n';
+    input.match_indices('*').filter(move |&(i, _)| at_line_start(i)).map(move |(i, _)| {
+        let line = input[i + 1..].split('\n').next().unwrap_or_default();
+        line.strip_suffix('\r').unwrap_or(line)
+    })
+}
+
 /// `:CHAIN POLICY [p:b]`.
 fn declare_chain(
     table: &mut Table,
@@ -370,4 +375,24 @@ fn declare_chain(
         policy_counters.push((name.to_string(), count));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lines_are_the_starred_lines() {
+        let inputs = [
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment *x -j ACCEPT\nCOMMIT\n*nat\nCOMMIT",
+            "# x\n*raw\r\nCOMMIT\r\n*\n**mangle\n",
+            "",
+            "*",
+            "-A INPUT *filter\n",
+        ];
+        for input in inputs {
+            let want: Vec<&str> = input.lines().filter_map(|l| l.strip_prefix('*')).collect();
+            assert_eq!(table_lines(input).collect::<Vec<_>>(), want, "{input:?}");
+        }
+    }
 }
