@@ -294,6 +294,15 @@ const DIFFERENTIAL: &[&[&str]] = &[
         "IPT -v -R INPUT 9 -j ACCEPT",
         "IPT -S",
     ],
+    // -v says what it flushes, zeroes or deletes before trying, also what is not there
+    &[
+        "IPT -v -F nosuch; IPT -v -Z nosuch; IPT -v -X nosuch",
+        "IPT -N a; IPT -A INPUT -j a; IPT -v -X a",
+        "IPT -v -F a; IPT -v -X a; IPT -v -X INPUT",
+        "IPT -N b; IPT -N c; IPT -A b -j ACCEPT; IPT -v -X",
+        "IPT -v -Z INPUT 3; IPT -v -L -Z nosuch; IPT -v -E nosuch x",
+        "IPT -v -Z; IPT -v -F",
+    ],
     &[
         "IPT -N a; IPT -N b; IPT -A a -j b; IPT -A b -j a",
         "IPT -A INPUT -j a",

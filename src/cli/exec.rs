@@ -147,10 +147,16 @@ fn each_rule(fx: &mut Effects, verbose: bool, rules: Vec<Rule>, mut step: impl F
     failed.map_or(Ok(()), Err)
 }
 
-fn zero_chain(fx: &mut Effects, c: &Chain, verbose: bool) {
+/// `-v`'s line for a whole-chain command (`Flushing`, `Zeroing`, `Deleting`): iptables prints
+/// it before it tries, so also when the chain turns out not to be there or not deletable.
+fn echo_chain(fx: &mut Effects, verbose: bool, what: &str, chain: &str) {
     if verbose {
-        fx.stdout.push_str(&format!("Zeroing chain `{}'\n", c.name));
+        fx.stdout.push_str(&format!("{what} chain `{chain}'\n"));
     }
+}
+
+/// Zeroes chain `c`'s counters (echoed before: `echo_chain`).
+fn zero_chain(fx: &mut Effects, c: &Chain) {
     fx.zero_rules.extend(c.rules.iter().map(|r| r.id).filter(|&id| id != Rule::UNASSIGNED));
     if c.is_builtin() {
         fx.policy_counters.push((c.name.clone(), Counters::default()));
@@ -251,15 +257,19 @@ pub fn apply_to(table: &mut Table, inv: &Invocation, fx: &mut Effects) -> Result
         Command::Flush { chain } => {
             let range = match chain {
                 Some(n) => {
+                    // (echoed first, as iptables does, even for a chain that is not there)
+                    echo_chain(fx, verbose, "Flushing", n);
                     let i = chain_index(table, n, NO_CHAIN)?;
                     i..i + 1
                 }
-                None => 0..table.chains.len(),
+                None => {
+                    for c in &table.chains {
+                        echo_chain(fx, verbose, "Flushing", &c.name);
+                    }
+                    0..table.chains.len()
+                }
             };
             for c in &mut table.chains[range] {
-                if verbose {
-                    fx.stdout.push_str(&format!("Flushing chain `{}'\n", c.name));
-                }
                 c.rules.clear();
             }
             fx.changed = true;
@@ -322,13 +332,17 @@ fn zero_counters(table: &Table, fx: &mut Effects, chain: Option<&str>, num: Opti
     match chain {
         None => {
             for c in &table.chains {
-                zero_chain(fx, c, verbose);
+                echo_chain(fx, verbose, "Zeroing", &c.name);
+                zero_chain(fx, c);
             }
         }
         Some(n) => {
+            if num.is_none() {
+                echo_chain(fx, verbose, "Zeroing", n);
+            }
             let c = &table.chains[chain_index(table, n, NO_CHAIN)?];
             match num {
-                None => zero_chain(fx, c, verbose),
+                None => zero_chain(fx, c),
                 Some(k) => {
                     let r = c.rules.get(k as usize - 1).ok_or_else(|| state("Index of counter too big."))?;
                     fx.zero_rules.push(r.id);
@@ -362,19 +376,15 @@ fn delete_chains(table: &mut Table, fx: &mut Effects, chain: Option<&str>, verbo
     };
     match chain {
         Some(n) => {
+            echo_chain(fx, verbose, "Deleting", n);
             let ci = chain_index(table, n, NO_CHAIN)?;
             check(&table.chains[ci])?;
-            if verbose {
-                fx.stdout.push_str(&format!("Deleting chain `{n}'\n"));
-            }
             table.chains.remove(ci);
         }
         None => {
             let mut last_err = None;
             for c in table.user_chains() {
-                if verbose {
-                    fx.stdout.push_str(&format!("Deleting chain `{}'\n", c.name));
-                }
+                echo_chain(fx, verbose, "Deleting", &c.name);
                 if let Err(e) = check(c) {
                     last_err = Some(e);
                 }
