@@ -294,6 +294,13 @@ const DIFFERENTIAL: &[&[&str]] = &[
         "IPT -v -R INPUT 9 -j ACCEPT",
         "IPT -S",
     ],
+    // one chain listed: only its rules decoded (-S, or -L of a built-in chain)
+    &[
+        "IPT -N u; IPT -A INPUT -s 1.2.3.4 -j u -c 3 4; IPT -A u -p tcp --dport 22 -c 5 6; IPT -A OUTPUT -d 9.9.9.9 -j DROP",
+        "IPT -S u; IPT -S u 1 -v; IPT -S INPUT -v; IPT -S OUTPUT 1; IPT -S OUTPUT 2; IPT -S nosuch",
+        "IPT -L INPUT -n -v -x --line-numbers; IPT -L OUTPUT 1 -n; IPT -L u -n -v; IPT -L nosuch",
+        "IPT -P FORWARD DROP -c 7 8; IPT -L FORWARD -v -n; IPT -S FORWARD -v",
+    ],
     // -v says what it flushes, zeroes or deletes before trying, also what is not there
     &[
         "IPT -v -F nosuch; IPT -v -Z nosuch; IPT -v -X nosuch",

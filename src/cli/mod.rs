@@ -242,6 +242,10 @@ fn run(inv: &Invocation) -> Result<()> {
     if check_in_chain(&outline, kind, inv)? {
         return Ok(());
     }
+    if let Some(fx) = list_chain(&store, &outline, kind, inv)? {
+        print(&fx.stdout);
+        return Ok(());
+    }
     if let Some(fx) = change_chains(&mut store, &mut outline, kind, inv)? {
         print(&fx.stdout);
         apply_counters(&mut store, kind, &fx)?;
@@ -363,6 +367,26 @@ fn check_in_chain(outline: &Outline, kind: TableKind, inv: &Invocation) -> Resul
         }
     }
     Ok(true)
+}
+
+/// `-S CHAIN`, or `-L CHAIN` of a built-in chain, in the filter table: only that chain's
+/// rules are decoded (`iptables -S DOCKER-USER` beside 10 000 rules in INPUT). None: the
+/// general path lists (`-L` of a user chain, whose header counts the rules that jump to it in
+/// every chain; `-Z`; a chain that is not there).
+fn list_chain(store: &Store, outline: &Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+    let Command::List { rules_format, chain: Some(chain), zero: false, .. } = &inv.command else { return Ok(None) };
+    if kind != TableKind::Filter {
+        return Ok(None);
+    }
+    let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
+    let Some(c) = table.chain_mut(chain).filter(|c| *rules_format || c.is_builtin()) else { return Ok(None) };
+    let Some(rules) = outline.rules_of(TableKind::Filter, chain) else { return Ok(None) };
+    c.rules = rules?;
+    let mut rs = Ruleset { tables: vec![table], ..Ruleset::default() };
+    if inv.verbose > 0 {
+        store.load_counters(&mut rs)?;
+    }
+    Ok(Some(exec::apply(rs.table_mut(TableKind::Filter), inv)?))
 }
 
 /// An error of the stored rules' encoding.
