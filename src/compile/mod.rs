@@ -616,9 +616,7 @@ impl Conds {
         }
         if next.is_empty() {
             // Keep one impossible alternative so the rule is known to match nothing.
-            let mut never = Cond::default();
-            never.never = true;
-            next.push(never);
+            next.push(Cond { never: true, ..Cond::default() });
         }
         self.alts = next;
     }
