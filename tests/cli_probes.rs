@@ -294,12 +294,15 @@ const DIFFERENTIAL: &[&[&str]] = &[
         "IPT -v -R INPUT 9 -j ACCEPT",
         "IPT -S",
     ],
-    // one chain listed: only its rules decoded (-S, or -L of a built-in chain)
+    // one chain listed: only its rules decoded, and for -L of a user chain the rules that
+    // name it (a comment, a longer chain's name) and are jumps to it
     &[
         "IPT -N u; IPT -A INPUT -s 1.2.3.4 -j u -c 3 4; IPT -A u -p tcp --dport 22 -c 5 6; IPT -A OUTPUT -d 9.9.9.9 -j DROP",
         "IPT -S u; IPT -S u 1 -v; IPT -S INPUT -v; IPT -S OUTPUT 1; IPT -S OUTPUT 2; IPT -S nosuch",
         "IPT -L INPUT -n -v -x --line-numbers; IPT -L OUTPUT 1 -n; IPT -L u -n -v; IPT -L nosuch",
         "IPT -P FORWARD DROP -c 7 8; IPT -L FORWARD -v -n; IPT -S FORWARD -v",
+        "IPT -N uu; IPT -A FORWARD -g u; IPT -A OUTPUT -m comment --comment u -j uu; IPT -A uu -j u",
+        "IPT -L u -n; IPT -L uu -n -v; IPT -nL u; IPT -L u 1 -n --line-numbers; IPT -N e; IPT -L e",
     ],
     // -v says what it flushes, zeroes or deletes before trying, also what is not there
     &[

@@ -369,19 +369,27 @@ fn check_in_chain(outline: &Outline, kind: TableKind, inv: &Invocation) -> Resul
     Ok(true)
 }
 
-/// `-S CHAIN`, or `-L CHAIN` of a built-in chain, in the filter table: only that chain's
-/// rules are decoded (`iptables -S DOCKER-USER` beside 10 000 rules in INPUT). None: the
-/// general path lists (`-L` of a user chain, whose header counts the rules that jump to it in
-/// every chain; `-Z`; a chain that is not there).
+/// `-S CHAIN` or `-L CHAIN` in the filter table: only that chain's rules are decoded
+/// (`iptables -S DOCKER-USER` beside 10 000 rules in INPUT; Docker asks `-nL CHAIN` whether
+/// a chain exists), and for `-L` of a user chain, whose header counts the rules that jump to
+/// it, those rules (`Outline::jumps_to`). None: the general path lists (`-Z`; a chain that is
+/// not there).
 fn list_chain(store: &Store, outline: &Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     let Command::List { rules_format, chain: Some(chain), zero: false, .. } = &inv.command else { return Ok(None) };
     if kind != TableKind::Filter {
         return Ok(None);
     }
     let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
-    let Some(c) = table.chain_mut(chain).filter(|c| *rules_format || c.is_builtin()) else { return Ok(None) };
+    let Some(c) = table.chain_mut(chain) else { return Ok(None) };
     let Some(rules) = outline.rules_of(TableKind::Filter, chain) else { return Ok(None) };
     c.rules = rules?;
+    if !*rules_format && !c.is_builtin() {
+        for (from, rule) in outline.jumps_to(TableKind::Filter, chain, chain).map_err(encoding)? {
+            if let Some(c) = table.chain_mut(&from) {
+                c.rules.push(rule);
+            }
+        }
+    }
     let mut rs = Ruleset { tables: vec![table], ..Ruleset::default() };
     if inv.verbose > 0 {
         store.load_counters(&mut rs)?;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::model::{Chain, Counters, Policy, Rule, Ruleset, Table, TableKind};
+use crate::model::{Chain, Counters, Policy, Rule, Ruleset, Table, TableKind, Target};
 
 /// The stored ruleset with every chain's rules still encoded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -490,6 +490,27 @@ impl Outline {
         Some(c.rules.decode().context("decoding the stored rules").map_err(Into::into))
     }
 
+    /// The rules of table `kind` outside chain `except` that jump or go to chain `target`, with
+    /// their chains' names: found by the name in their encodings, and only the rules that
+    /// hold it decoded (a comment or another chain's name may hold it too).
+    pub fn jumps_to(&self, kind: TableKind, target: &str, except: &str) -> bincode::Result<Vec<(String, Rule)>> {
+        let name = memchr::memmem::Finder::new(target.as_bytes());
+        let mut out = Vec::new();
+        for c in self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).filter(|c| c.name != except) {
+            for i in 0..c.rules.ids.len() {
+                let encoded = c.rules.encoded(i)?;
+                if name.find(spec_bytes(encoded)).is_none() {
+                    continue;
+                }
+                let rule: Rule = bincode::deserialize(encoded)?;
+                if matches!(&rule.target, Target::Jump(n) | Target::Goto(n) if n == target) {
+                    out.push((c.name.clone(), rule));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The index of the first rule of chain `chain` of table `kind` that is `rule`
     /// (`Rule::same_spec`), those at `skip` left out; compared encoded, none decoded. None if
     /// there is none (or no such chain).
@@ -669,6 +690,40 @@ mod tests {
         t.add_user_chain(Chain::user("A"));
         t.chain_mut("OUTPUT").expect("OUTPUT").policy = Some(Policy::Drop);
         assert_eq!(o.decode().expect("decodes"), rs);
+    }
+
+    /// The jumps to a chain, found by its name in the encodings: exactly those of
+    /// `Table::references`, whatever else names it (a comment, a longer chain's name), after
+    /// a reload and an append too.
+    #[test]
+    fn jumps_to_are_the_references() {
+        let mut rs = Ruleset::default();
+        let t = rs.table_mut(TableKind::Filter);
+        for name in ["B", "BB", "C"] {
+            t.add_user_chain(Chain::user(name));
+        }
+        let comment = crate::model::Match::Comment("B".into());
+        let rules = [
+            ("INPUT", rule(0, 1, Target::Jump("B".into()))),
+            ("INPUT", Rule { matches: vec![comment], ..rule(1, 2, Target::Jump("BB".into())) }),
+            ("FORWARD", rule(2, 3, Target::Goto("B".into()))),
+            ("BB", rule(3, 4, Target::Jump("B".into()))),
+            ("B", rule(4, 5, Target::Jump("C".into()))),
+            ("C", rule(5, 6, Target::Drop)),
+        ];
+        for (chain, r) in rules {
+            t.chain_mut(chain).expect("chain").rules.push(r);
+        }
+        let mut o = reload(&Outline::encode(&rs).expect("encodes"));
+        assert_eq!(append(&mut o, "OUTPUT", &[rule(6, 7, Target::Goto("BB".into()))]), Some(true));
+        let t = o.decode().expect("decodes").tables.remove(0);
+        for name in ["B", "BB", "C", "INPUT"] {
+            let found = o.jumps_to(TableKind::Filter, name, name).expect("decodes");
+            assert_eq!(found.len(), t.references(name), "{name}");
+            assert!(found.iter().all(|(c, r)| t.chain(c).is_some_and(|c| c.rules.contains(r))), "{name}");
+        }
+        let found = o.jumps_to(TableKind::Filter, "B", "BB").expect("decodes");
+        assert_eq!(found.iter().map(|(c, r)| (c.as_str(), r.id)).collect::<Vec<_>>(), [("INPUT", 0), ("FORWARD", 2)]);
     }
 
     /// Rules put in the middle of a chain, or in place of one (`-I`, `-R`): the others keep
