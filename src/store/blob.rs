@@ -5,8 +5,8 @@
 //! outline (chains, policies, ids) and appends the new rules' encoding to one block, `-I` at
 //! its head puts them before it, and `-D` in it finds the rule by its encoding and cuts it
 //! out, never decoding, re-encoding or copying the rules already stored (but into the new
-//! blob); `-C` finds the rule as `-D` does, and listing one chain decodes its block alone;
-//! everything else decodes the whole model.
+//! blob); `-C` finds the rule as `-D` does, and listing one chain decodes its block, and the
+//! rules whose encodings name it (the jumps to it); everything else decodes the whole model.
 
 use std::collections::HashMap;
 use std::ops::Range;
