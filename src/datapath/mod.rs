@@ -552,12 +552,20 @@ fn install_image_with(pin_dir: &Path, len: usize, fill: impl FnOnce(&mut [u64]))
             // through the outer map, which waits for a kernel RCU grace period).
             let want = len + len / 4 + 1024;
             let chunks = want.div_ceil(CHUNK_SLOTS).min(u32::MAX as usize) as u32;
-            created = crate::store::mapped::create_array("bpfipt_image", CHUNK_SLOTS as u32 * 8, chunks, libbpf_sys::BPF_F_INNER_MAP)
-                .context("creating the classifier image map")?;
-            let fd = created.as_raw_fd() as u32;
-            tables
-                .update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-                .context("installing a classifier image map")?;
+            let new_map = || {
+                crate::store::mapped::create_array("bpfipt_image", CHUNK_SLOTS as u32 * 8, chunks, libbpf_sys::BPF_F_INNER_MAP)
+                    .context("creating the classifier image map")
+            };
+            created = new_map()?;
+            // A namespace's first image: the other slot gets its map now too, in the same
+            // update (one grace period, where the next change would have waited for another).
+            let other = match inner_map(&tables, slot ^ 1)? {
+                None => Some(new_map()?),
+                Some(_) => None,
+            };
+            let mut slots = vec![(slot, created.as_raw_fd() as u32)];
+            slots.extend(other.as_ref().map(|o| (slot ^ 1, o.as_raw_fd() as u32)));
+            put_inner_maps(&tables, &slots).context("installing a classifier image map")?;
             created.as_fd()
         }
     };
@@ -621,6 +629,20 @@ impl ImageMapping {
     fn slots_mut(&mut self) -> &mut [u64] {
         self.0.words_mut()
     }
+}
+
+/// Puts the image maps `(slot, fd)` in `bpfipt_tables` with one batch update where the kernel
+/// allows it (an update of a map of maps waits for an RCU grace period: a batch waits once).
+fn put_inner_maps(tables: &MapHandle, slots: &[(u32, u32)]) -> Result<()> {
+    let keys: Vec<u8> = slots.iter().flat_map(|(k, _)| k.to_ne_bytes()).collect();
+    let fds: Vec<u8> = slots.iter().flat_map(|(_, fd)| fd.to_ne_bytes()).collect();
+    if slots.len() > 1 && tables.update_batch(&keys, &fds, slots.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
+        return Ok(());
+    }
+    for (k, fd) in slots {
+        tables.update(&k.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)?;
+    }
+    Ok(())
 }
 
 fn active_generation(active: &MapHandle) -> Result<u32> {

@@ -536,6 +536,15 @@ fn an_image_of_another_layout_judges_nothing() {
     assert_eq!(env.xdp(&dns, env.d0).0, XDP_PASS);
     img.slots_mut()[0] = magic;
     assert_eq!(env.xdp(&dns, env.d0).0, XDP_DROP);
+    drop(img);
+    // The first image put both slots' maps in place (one grace period): the next image, in
+    // the other slot, makes none.
+    let ids = || [0, 1].map(|s| inner_map(&tables, s).expect("read").map(|(m, _)| m.info().expect("info").info.id));
+    let first = ids();
+    assert!(first.iter().all(Option::is_some), "both slots have a map: {first:?}");
+    env.apply(&ruleset(&[], vec![("INPUT", rule(proto(6), vec![], Target::Drop))])).expect("apply");
+    assert_ne!(active_generation(&open_map(&env.dir, "bpfipt_active").expect("active")).expect("generation"), gen);
+    assert_eq!(ids(), first, "the maps stay");
 }
 
 fn state(bits: u16) -> Match {
