@@ -405,9 +405,17 @@ pub fn magic() -> u64 {
     pack(bpfipt_const::BPFIPT_IMG_MAGIC.0, bpfipt_const::BPFIPT_IMG_VERSION.0)
 }
 
-/// How many compiled rules a hook of `lbvs` LBVS rules takes appended in place.
+/// How many compiled rules a hook takes appended (or inserted) in place, in an image of
+/// `lbvs` LBVS rules in all: a rebuild recompiles every hook, so what a change saves by going
+/// in place follows the whole image's size, not the hook's (Docker's few FORWARD rules beside
+/// 10 000 in INPUT).
 pub fn tail_room(lbvs: usize) -> usize {
     TAIL_CAP.min(lbvs / TAIL_PER)
+}
+
+/// The LBVS rules of image `img`, all hooks together.
+fn image_lbvs(img: &[u64]) -> usize {
+    Hook::ALL.iter().map(|&h| unpack(img[HOOK0 + h as usize * HOOK_SLOTS + 1]).1).sum()
 }
 
 /// How many compiled rules `hook` has in image `img`.
@@ -470,7 +478,7 @@ pub fn append(img: &[u64], hook: Hook, tail: &[Action], ifaces: &[IfaceName]) ->
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
     let (actions, lbvs) = unpack(img[hs + 1]);
     if used > img.len()
-        || n + tail.len() > lbvs + tail_room(lbvs)
+        || n + tail.len() > lbvs + tail_room(image_lbvs(img))
         || n + tail.len() > MAX_RULES
         || tail.iter().any(|a| a.checks.len() > MAX_CHECKS)
     {
@@ -532,12 +540,12 @@ fn insert_in_hook(
     let n = hook_rules(img, hook)? as usize;
     let used = patch.keep;
     let hs = HOOK0 + hook as usize * HOOK_SLOTS;
-    let (actions, lbvs) = unpack(img[hs + 1]);
+    let (actions, _) = unpack(img[hs + 1]);
     let room = img[hs + 5] as usize;
     let list: Vec<(u32, u32)> = inserted(img, hook).collect();
     let rules = places.iter().flat_map(|p| &p.actions);
     let flows = |a: &Action| matches!(a.kind, ActionKind::SkipTo { .. } | ActionKind::Enter { .. });
-    if list.len() + rules.clone().count() > tail_room(lbvs)
+    if list.len() + rules.clone().count() > tail_room(image_lbvs(img))
         || n >= MAX_RULES
         || actions + (n.max(room + TAIL_CAP)) * ACTION_SLOTS > used
         || rules.clone().any(|a| a.checks.len() > MAX_CHECKS || flows(a))

@@ -742,7 +742,8 @@ fn addrtype_types_of_addresses() {
 
 /// `-A` to a built-in chain patches the installed image: the appended rules (as field checks
 /// after the LBVS rules) decide packets no earlier rule takes, a RETURN of the built-in chain
-/// still goes to the policy past them, and a hook takes no more in place than its size allows.
+/// still goes to the policy past them, and a hook takes no more in place than the image's
+/// size allows (all hooks' rules count: a rebuild recompiles them all).
 #[test]
 fn appended_rules_patch_the_installed_image() {
     let Some(env) = Env::new("append") else { return };
@@ -784,17 +785,18 @@ fn appended_rules_patch_the_installed_image() {
     assert_eq!(env.rule(first_new + 2), Counters { packets: 1, bytes: 40 });
     assert_eq!(env.policy(Hook::Input), Counters { packets: 2, bytes: 40 + 29 });
 
-    // One appended compiled rule in place per BPFIPT_IMG_TAIL_PER LBVS rules, at most
-    // BPFIPT_IMG_TAIL_CAP; past that a rebuild is due.
+    // One appended compiled rule in place per BPFIPT_IMG_TAIL_PER LBVS rules of the image, at
+    // most BPFIPT_IMG_TAIL_CAP per hook; past that a rebuild is due. FORWARD's 2 * per rules
+    // beside INPUT's 3 * per + 2: room for 5.
     let cap = skel::types::bpfipt_const::BPFIPT_IMG_TAIL_CAP.0 as usize;
     assert_eq!([0, per as usize - 1, per as usize, 100 * per as usize].map(image::tail_room), [0, 0, 1, cap]);
     let forward = rs.table_mut(TableKind::Filter).chain_mut("FORWARD").expect("FORWARD");
-    for id in 0..3 {
+    for id in 0..6 {
         forward.rules.push(Rule { id: first_new + 3 + id, ..rule(proto(6), vec![dport(1000 + id as u16, false)], Target::Drop) });
     }
     let fits = |n: usize| append_rules(&env.dir, Hook::Forward, |base| Ok(Some(compile_tail_n(&rs, n, base)))).expect("append");
-    assert!(!fits(3));
-    assert!(fits(2));
+    assert!(!fits(6));
+    assert!(fits(5));
     assert!(!fits(1));
 }
 
