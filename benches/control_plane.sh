@@ -28,21 +28,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 REPS=${REPS:-7}
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(0 100 1000 10000)
-cargo build --release --quiet
-bin=$PWD/target/release/bpf-iptables
-work=$(mktemp -d)
-ns=bpfipt-bench-$$
-for n in iptables iptables-save iptables-restore; do ln -s "$bin" "$work/$n"; done
-# Removes the namespace and our pinned state of it (pins outlive a namespace otherwise).
-drop_ns() {
-  ip netns exec "$ns" "$bin" --reset >/dev/null 2>&1 || true
-  ip netns del "$ns" 2>/dev/null || true
-}
-cleanup() { drop_ns; rm -rf "$work"; }
-trap cleanup EXIT
-
-# shellcheck source=benches/gen_rules.sh
-source benches/gen_rules.sh
+# shellcheck source=benches/common.sh
+source benches/common.sh
 gen_nft() { # N -> nft -f input
   local n=$1
   python3 - "$n" <<'PY'

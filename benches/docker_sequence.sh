@@ -10,7 +10,7 @@
 #                                            IMPLS="bpf legacy nft-compat" selects rows)
 #
 # For each N and implementation, each repetition gets a fresh network namespace holding N
-# filter INPUT rules (benches/gen_rules.sh), then the sequence runs in it, each command a
+# filter INPUT rules (benches/common.sh), then the sequence runs in it, each command a
 # whole process timed with bash's EPOCHREALTIME inside the namespace. Printed: the medians
 # over REPS of the whole sequence (ms) and of its slowest command, and that command (of the
 # last repetition, without Docker's `--wait -t filter`).
@@ -21,20 +21,9 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 REPS=${REPS:-5}
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(0 1000 10000)
-cargo build --release --quiet
-bin=$PWD/target/release/bpf-iptables
+# shellcheck source=benches/common.sh
+source benches/common.sh
 cmds=$PWD/benches/data/docker-filter-commands.txt
-work=$(mktemp -d)
-ns=bpfipt-docker-$$
-for n in iptables iptables-save iptables-restore; do ln -s "$bin" "$work/$n"; done
-drop_ns() {
-  ip netns exec "$ns" "$bin" --reset >/dev/null 2>&1 || true
-  ip netns del "$ns" 2>/dev/null || true
-}
-cleanup() { drop_ns; rm -rf "$work"; }
-trap cleanup EXIT
-# shellcheck source=benches/gen_rules.sh
-source benches/gen_rules.sh
 
 printf '| impl | N | sequence ms | slowest command ms | slowest command |\n|---|---:|---:|---:|---|\n'
 for n in "${sizes[@]}"; do

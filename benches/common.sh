@@ -1,0 +1,34 @@
+# Sourced by the control-plane benches, from the repository's top directory: builds the
+# release binary and links its personalities into a scratch directory ($work), names the
+# run's network namespace ($ns: drop_ns removes it and our pinned state of it, as the exit
+# does), and gen_rules N prints an iptables-restore input of N filter INPUT rules that match
+# no bench traffic (distinct source/destination /32s and ports), a rule that does (UDP from
+# 198.18.0.2 to port 9), and a jump to the empty user chain USER.
+cargo build --release --quiet
+bin=$PWD/target/release/bpf-iptables
+work=$(mktemp -d)
+ns=bpfipt-bench-$$
+for n in iptables iptables-save iptables-restore; do ln -s "$bin" "$work/$n"; done
+# (pins outlive a namespace otherwise)
+drop_ns() {
+  ip netns exec "$ns" "$bin" --reset >/dev/null 2>&1 || true
+  ip netns del "$ns" 2>/dev/null || true
+}
+cleanup() { drop_ns; rm -rf "$work"; }
+trap cleanup EXIT
+
+gen_rules() { # N -> iptables-restore input
+  local n=$1
+  python3 - "$n" <<'PY'
+import sys
+n = int(sys.argv[1])
+print("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:USER - [0:0]")
+for i in range(n):
+    a, b = divmod(i, 250)
+    print(f"-A INPUT -s 10.{a // 250}.{a % 250}.{b + 1}/32 -d 172.16.{a % 250}.{b + 1}/32 "
+          f"-p tcp -m tcp --dport {1 + i % 60000} -j DROP")
+print("-A INPUT -s 198.18.0.2/32 -p udp -m udp --dport 9 -j ACCEPT")
+print("-A INPUT -j USER")
+print("COMMIT")
+PY
+}
