@@ -3,7 +3,8 @@
 # run's network namespace ($ns: drop_ns removes it and our pinned state of it, as the exit
 # does), and gen_rules N prints an iptables-restore input of N filter INPUT rules that match
 # no bench traffic (distinct source/destination /32s and ports), a rule that does (UDP from
-# 198.18.0.2 to port 9), and a jump to the empty user chain USER.
+# 198.18.0.2 to port 9), and a jump to the empty user chain USER; gen_nft N the same ruleset
+# as nft -f input (kept beside it: the two must stay the same rules).
 cargo build --release --quiet
 bin=$PWD/target/release/bpf-iptables
 work=$(mktemp -d)
@@ -30,5 +31,17 @@ for i in range(n):
 print("-A INPUT -s 198.18.0.2/32 -p udp -m udp --dport 9 -j ACCEPT")
 print("-A INPUT -j USER")
 print("COMMIT")
+PY
+}
+gen_nft() { # N -> nft -f input
+  local n=$1
+  python3 - "$n" <<'PY'
+import sys
+n = int(sys.argv[1])
+print("flush ruleset\ntable ip filter {\n chain USER {\n }\n chain INPUT { type filter hook input priority 0; policy accept;")
+for i in range(n):
+    a, b = divmod(i, 250)
+    print(f"  ip saddr 10.{a // 250}.{a % 250}.{b + 1} ip daddr 172.16.{a % 250}.{b + 1} tcp dport {1 + i % 60000} drop")
+print("  ip saddr 198.18.0.2 udp dport 9 accept\n  jump USER\n }\n}")
 PY
 }

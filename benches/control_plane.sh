@@ -30,18 +30,6 @@ REPS=${REPS:-7}
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(0 100 1000 10000)
 # shellcheck source=benches/common.sh
 source benches/common.sh
-gen_nft() { # N -> nft -f input
-  local n=$1
-  python3 - "$n" <<'PY'
-import sys
-n = int(sys.argv[1])
-print("flush ruleset\ntable ip filter {\n chain USER {\n }\n chain INPUT { type filter hook input priority 0; policy accept;")
-for i in range(n):
-    a, b = divmod(i, 250)
-    print(f"  ip saddr 10.{a // 250}.{a % 250}.{b + 1} ip daddr 172.16.{a % 250}.{b + 1} tcp dport {1 + i % 60000} drop")
-print("  ip saddr 198.18.0.2 udp dport 9 accept\n  jump USER\n }\n}")
-PY
-}
 
 # Timing runs inside the namespace, so `ip netns exec` (a few ms of its own) is not measured,
 # and reads bash's EPOCHREALTIME (µs), not date(1), whose own fork and exec would add ~2 ms.
