@@ -113,7 +113,7 @@
 enum bpfipt_const {
 	/* Bumped whenever a pinned map's layout or meaning changes; the CLI refuses to open pins
 	 * of another version. */
-	BPFIPT_LAYOUT_VERSION = 13,
+	BPFIPT_LAYOUT_VERSION = 14,
 	BPFIPT_MAGIC = 0x62706974, /* "bpit" */
 	/* Per-rule counters are indexed by the rule's stable id. Ids of the live ruleset and of
 	 * the one being written must both fit, so this is twice the largest ruleset we accept. */

@@ -217,7 +217,8 @@ pub struct Inlined {
 /// filter table `table`, add in each place `hook` inlines that chain, for the datapath to
 /// insert them in place (`datapath::image::insert`): they carry the field constraints of
 /// the jumps there. `reached`: no earlier rule of `chain` always ends its walk (else they add
-/// nothing). `None` when they need a rebuild, as for `compile_tail`.
+/// nothing). `None` when they need a rebuild, as for `compile_tail`. Of `table`'s rules only
+/// those a walk reaches that jump or go to a chain are looked at (`Outline::jump_rules`).
 pub fn compile_in_chain(table: &Table, hook: Hook, chain: &str, rules: &[Rule], reached: bool) -> Result<Option<Vec<Inlined>>> {
     if !reached {
         return Ok(Some(Vec::new()));

@@ -1008,7 +1008,8 @@ fn insert_in_input(dir: &std::path::Path, filter: &Table, new: &[Rule], before: 
 /// residual check fails, skips those of the blocks it leaves and no other (a chain's own
 /// appended rules survive the RETURN of a chain it jumps to last, at the same end); a goto's
 /// appended rules run before its chain returns for the caller; a chain inlined twice gets
-/// them twice. And the patched image judges as a rebuild of the same ruleset does.
+/// them twice. Found from the stored jumps alone, the places are those found from every rule.
+/// And the patched image judges as a rebuild of the same ruleset does.
 #[test]
 fn rules_added_to_user_chains_are_inserted_where_the_chains_are_inlined() {
     let Some(env) = Env::new("user-insert") else { return };
@@ -1054,9 +1055,13 @@ fn rules_added_to_user_chains_are_inserted_where_the_chains_are_inlined() {
         let before = replaced.or(rules.get(at + 1).map(|r| r.id));
         let filter = rs.table(TableKind::Filter).expect("filter");
         let new = [rules_of(filter, chain)[at].clone()];
+        // what `-A`/`-I`/`-R` have: the stored rules a walk reaches that jump
+        let stored = crate::store::Outline::encode(rs).expect("encodes");
+        let jumps = stored.jump_rules(TableKind::Filter).expect("decodes").expect("filter");
         let mut places = Vec::new();
         for hook in Hook::ALL {
-            let p = crate::compile::compile_in_chain(filter, hook, chain, &new, true).expect("compiles").expect("insertable");
+            let p = crate::compile::compile_in_chain(&jumps, hook, chain, &new, true).expect("compiles").expect("insertable");
+            assert_eq!(Some(&p), crate::compile::compile_in_chain(filter, hook, chain, &new, true).expect("compiles").as_ref(), "as from every rule");
             if !p.is_empty() {
                 places.push((hook, p));
             }

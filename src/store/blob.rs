@@ -6,7 +6,9 @@
 //! its head puts them before it, and `-D` in it finds the rule by its encoding and cuts it
 //! out, never decoding, re-encoding or copying the rules already stored (but into the new
 //! blob); `-C` finds the rule as `-D` does, and listing one chain decodes its block, and the
-//! rules whose encodings name it (the jumps to it); everything else decodes the whole model.
+//! rules whose encodings name it (the jumps to it); adding to a user chain decodes the jumps
+//! a walk reaches (each block indexes its jumps), to find where the chain is inlined;
+//! everything else decodes the whole model.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -52,12 +54,14 @@ pub enum FilterChange {
 
 /// A chain's rules: `ids[i]` is rule i's id, `bytes` the rules' encodings one after another,
 /// rule i's ending at `ends[i]`, `first_end` the index of the first rule that always ends the
-/// chain's walk, if any.
+/// chain's walk, if any, `jumps` the indices of the rules that jump or go to a chain, in order
+/// (where a chain is inlined follows from those alone: `Outline::jump_rules`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct RuleBlock {
     ids: Vec<u32>,
     ends: Vec<u32>,
     first_end: Option<u32>,
+    jumps: Vec<u32>,
     bytes: Bytes,
 }
 
@@ -195,6 +199,9 @@ impl RuleBlock {
         if self.first_end.is_none() && r.ends_walk() {
             self.first_end = Some(self.ids.len() as u32);
         }
+        if matches!(r.target, Target::Jump(_) | Target::Goto(_)) {
+            self.jumps.push(self.ids.len() as u32);
+        }
         bincode::serialize_into(self.bytes.end_mut(), r)?;
         self.ids.push(r.id);
         self.ends.push(self.bytes.len() as u32);
@@ -262,6 +269,12 @@ impl RuleBlock {
         self.ids.splice(at..at + n, new.ids);
         self.bytes.splice(from..to, new.bytes);
         let k = rules.len();
+        let before = self.jumps.partition_point(|&j| (j as usize) < at);
+        let after = self.jumps.partition_point(|&j| (j as usize) < at + n);
+        let moved: Vec<u32> = self.jumps[after..].iter().map(|&j| (j as usize - n + k) as u32).collect();
+        self.jumps.truncate(before);
+        self.jumps.extend(new.jumps.iter().map(|&j| j + at as u32));
+        self.jumps.extend(moved);
         self.first_end = match (self.first_end, new.first_end) {
             (Some(e), _) if (e as usize) < at => Some(e),
             (_, Some(e)) => Some((at + e as usize) as u32),
@@ -401,9 +414,22 @@ impl Outline {
         Ok(Ruleset { tables, next_rule_id: self.next_rule_id })
     }
 
-    /// Table `kind` with every chain's rules decoded, if it exists.
-    pub fn decode_table(&self, kind: TableKind) -> crate::error::Result<Option<Table>> {
-        self.tables.iter().find(|t| t.kind == kind).map(|t| t.decode(true)).transpose()
+    /// Table `kind`, if it exists, with only the rules of each chain that a walk through it
+    /// reaches (up to the first that always ends it) and that jump or go to a chain, decoded:
+    /// where each chain is inlined depends on those rules alone (`compile::compile_in_chain`),
+    /// so adding to a user chain decodes these, not all 10 000 rules of INPUT.
+    pub fn jump_rules(&self, kind: TableKind) -> crate::error::Result<Option<Table>> {
+        let Some(stored) = self.tables.iter().find(|t| t.kind == kind) else { return Ok(None) };
+        let mut t = stored.chains();
+        for (c, stored) in t.chains.iter_mut().zip(&stored.chains) {
+            let block = &stored.rules;
+            let live = block.jumps.iter().take_while(|&&j| block.first_end.is_none_or(|e| j < e));
+            c.rules = live
+                .map(|&j| bincode::deserialize(block.encoded(j as usize)?))
+                .collect::<bincode::Result<_>>()
+                .context("decoding the stored rules")?;
+        }
+        Ok(Some(t))
     }
 
     /// The ids of every stored rule.
@@ -854,14 +880,20 @@ mod tests {
     proptest::proptest! {
         /// Any sequence of splices and removals, on a block encoded or loaded, and stored and
         /// loaded again between them (pieces of pieces), does to the rules what it does to a
-        /// vector of them.
+        /// vector of them, and the reached jumps are those of the vector.
         #[test]
         fn edits_in_pieces_are_edits_of_the_rules(
             loaded: bool,
             ops in proptest::collection::vec((0usize..20, 0usize..3, 0usize..3, proptest::bool::ANY, proptest::bool::ANY), 1..12),
         ) {
+            // every third rule jumps, every seventh has no match (an ACCEPT one ends the walk)
+            let make = |id: u32| {
+                let target = [Target::Jump("U".into()), Target::Accept, Target::Drop][id as usize % 3].clone();
+                let r = rule(id, id + 1, target);
+                if id % 7 == 0 { Rule { ip: IpHeader::default(), ..r } } else { r }
+            };
             let mut rs = Ruleset::default();
-            let mut model: Vec<Rule> = (0..8).map(|i| rule(i, i + 1, Target::Drop)).collect();
+            let mut model: Vec<Rule> = (0..8).map(make).collect();
             rs.table_mut(TableKind::Filter).chain_mut("INPUT").expect("INPUT").rules = model.clone();
             let mut o = Outline::encode(&rs).expect("encodes");
             if loaded {
@@ -875,7 +907,7 @@ mod tests {
                     proptest::prop_assert_eq!(gone, vec![model.remove(at)]);
                 } else {
                     let n = n.min(model.len() - at);
-                    let new: Vec<Rule> = (0..k as u32).map(|j| rule(next + j, next + j, Target::Accept)).collect();
+                    let new: Vec<Rule> = (0..k as u32).map(|j| make(next + j)).collect();
                     next += k as u32;
                     let (_, out) = o.splice(TableKind::Filter, "INPUT", at, n, &new).expect("encodes").expect("in range");
                     let was: Vec<Rule> = model.splice(at..at + n, new).collect();
@@ -887,6 +919,10 @@ mod tests {
                 proptest::prop_assert_eq!(o.rules_of(TableKind::Filter, "INPUT").expect("INPUT").expect("decodes"), model.clone());
                 let ids: Vec<u32> = model.iter().map(|r| r.id).collect();
                 proptest::prop_assert_eq!(o.rule_ids(), ids);
+                let live = model.iter().position(Rule::ends_walk).map_or(model.len(), |e| e + 1);
+                let jumps: Vec<Rule> = model[..live].iter().filter(|r| matches!(r.target, Target::Jump(_))).cloned().collect();
+                let t = o.jump_rules(TableKind::Filter).expect("decodes").expect("filter");
+                proptest::prop_assert_eq!(&t.chain("INPUT").expect("INPUT").rules, &jumps);
             }
         }
     }

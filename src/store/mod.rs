@@ -193,7 +193,7 @@ fn enforce_added(dir: &std::path::Path, a: &Added, pass_all: bool) -> Result<boo
             vec![(hook, vec![crate::compile::Inlined { path: Vec::new(), goto: false, actions }])]
         }
         None => {
-            let Some(table) = a.stored.map(|o| o.decode_table(TableKind::Filter)).transpose()?.flatten() else { return Ok(false) };
+            let Some(table) = a.stored.map(|o| o.jump_rules(TableKind::Filter)).transpose()?.flatten() else { return Ok(false) };
             let mut places = Vec::new();
             for hook in Hook::ALL {
                 match crate::compile::compile_in_chain(&table, hook, a.chain, a.rules, a.reached)? {
