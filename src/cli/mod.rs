@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod exec;
 pub mod ext_help;
+pub mod heap;
 pub mod help;
 pub mod restore;
 
@@ -251,6 +252,8 @@ fn run(inv: &Invocation) -> Result<()> {
         apply_counters(&mut store, kind, &fx)?;
         return Ok(());
     }
+    // (about what a stored rule becomes decoded, compiled and in the tables built from it)
+    heap::expect(outline.rules() * 1536);
     let mut rs = outline.decode()?;
     // listings print counters only with -v
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {

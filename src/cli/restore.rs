@@ -143,6 +143,9 @@ pub fn main(args: &[String]) -> Result<i32> {
         Ok(text) => text,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     };
+    // (a rule's line, ~75 bytes, becomes ~1.5 KB: the model, the stored form, the compiled
+    // rules and the tables built from them)
+    super::heap::expect(input.len() * 24);
     match restore(&input, &flags) {
         Ok(()) => Ok(0),
         Err(f) => {

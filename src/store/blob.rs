@@ -432,6 +432,11 @@ impl Outline {
         Ok(Some(t))
     }
 
+    /// How many rules are stored.
+    pub fn rules(&self) -> usize {
+        self.tables.iter().flat_map(|t| &t.chains).map(|c| c.rules.ids.len()).sum()
+    }
+
     /// The ids of every stored rule.
     pub fn rule_ids(&self) -> Vec<u32> {
         self.tables.iter().flat_map(|t| &t.chains).flat_map(|c| c.rules.ids.iter().copied()).collect()
