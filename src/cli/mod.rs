@@ -253,7 +253,7 @@ fn run(inv: &Invocation) -> Result<()> {
         return Ok(());
     }
     // (about what a stored rule becomes decoded, compiled and in the tables built from it)
-    heap::expect(outline.rules() * 1536);
+    heap::expect(outline.rule_count() * 1536);
     let mut rs = outline.decode()?;
     // listings print counters only with -v
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {

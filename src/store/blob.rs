@@ -433,7 +433,7 @@ impl Outline {
     }
 
     /// How many rules are stored.
-    pub fn rules(&self) -> usize {
+    pub fn rule_count(&self) -> usize {
         self.tables.iter().flat_map(|t| &t.chains).map(|c| c.rules.ids.len()).sum()
     }
 
