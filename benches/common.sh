@@ -4,7 +4,7 @@
 # does), and gen_rules N prints an iptables-restore input of N filter INPUT rules that match
 # no bench traffic (distinct source/destination /32s and ports), a rule that does (UDP from
 # 198.18.0.2 to port 9), and a jump to the empty user chain USER; gen_nft N the same ruleset
-# as nft -f input (kept beside it: the two must stay the same rules).
+# as nft -f input (both from gen_ruleset, one loop: the two stay the same rules).
 cargo build --release --quiet
 bin=$PWD/target/release/bpf-iptables
 work=$(mktemp -d)
@@ -18,30 +18,29 @@ drop_ns() {
 cleanup() { drop_ns; rm -rf "$work"; }
 trap cleanup EXIT
 
-gen_rules() { # N -> iptables-restore input
-  local n=$1
-  python3 - "$n" <<'PY'
+# N FORMAT (ipt: iptables-restore input, nft: nft -f input): one generator for both, so that
+# the two stay the same rules
+gen_ruleset() {
+  python3 - "$1" "$2" <<'PY'
 import sys
-n = int(sys.argv[1])
-print("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:USER - [0:0]")
+n, fmt = int(sys.argv[1]), sys.argv[2]
+ipt = fmt == "ipt"
+if ipt:
+    print("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:USER - [0:0]")
+else:
+    print("flush ruleset\ntable ip filter {\n chain USER {\n }\n chain INPUT { type filter hook input priority 0; policy accept;")
 for i in range(n):
     a, b = divmod(i, 250)
-    print(f"-A INPUT -s 10.{a // 250}.{a % 250}.{b + 1}/32 -d 172.16.{a % 250}.{b + 1}/32 "
-          f"-p tcp -m tcp --dport {1 + i % 60000} -j DROP")
-print("-A INPUT -s 198.18.0.2/32 -p udp -m udp --dport 9 -j ACCEPT")
-print("-A INPUT -j USER")
-print("COMMIT")
+    src, dst, port = f"10.{a // 250}.{a % 250}.{b + 1}", f"172.16.{a % 250}.{b + 1}", 1 + i % 60000
+    if ipt:
+        print(f"-A INPUT -s {src}/32 -d {dst}/32 -p tcp -m tcp --dport {port} -j DROP")
+    else:
+        print(f"  ip saddr {src} ip daddr {dst} tcp dport {port} drop")
+if ipt:
+    print("-A INPUT -s 198.18.0.2/32 -p udp -m udp --dport 9 -j ACCEPT\n-A INPUT -j USER\nCOMMIT")
+else:
+    print("  ip saddr 198.18.0.2 udp dport 9 accept\n  jump USER\n }\n}")
 PY
 }
-gen_nft() { # N -> nft -f input
-  local n=$1
-  python3 - "$n" <<'PY'
-import sys
-n = int(sys.argv[1])
-print("flush ruleset\ntable ip filter {\n chain USER {\n }\n chain INPUT { type filter hook input priority 0; policy accept;")
-for i in range(n):
-    a, b = divmod(i, 250)
-    print(f"  ip saddr 10.{a // 250}.{a % 250}.{b + 1} ip daddr 172.16.{a % 250}.{b + 1} tcp dport {1 + i % 60000} drop")
-print("  ip saddr 198.18.0.2 udp dport 9 accept\n  jump USER\n }\n}")
-PY
-}
+gen_rules() { gen_ruleset "$1" ipt; } # N -> iptables-restore input
+gen_nft() { gen_ruleset "$1" nft; }   # N -> nft -f input
