@@ -522,14 +522,14 @@ impl Outline {
     }
 
     /// The rules of table `kind` outside chain `except` that jump or go to chain `target`, with
-    /// their chains' names: found by the name in their encodings, and only the rules that
-    /// hold it decoded (a comment or another chain's name may hold it too).
+    /// their chains' names: of the rules that jump (each block's index), those whose encoding
+    /// holds the name are decoded (a comment or another chain's name may hold it too).
     pub fn jumps_to(&self, kind: TableKind, target: &str, except: &str) -> bincode::Result<Vec<(String, Rule)>> {
         let name = memchr::memmem::Finder::new(target.as_bytes());
         let mut out = Vec::new();
         for c in self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).filter(|c| c.name != except) {
-            for i in 0..c.rules.ids.len() {
-                let encoded = c.rules.encoded(i)?;
+            for &i in &c.rules.jumps {
+                let encoded = c.rules.encoded(i as usize)?;
                 if name.find(spec_bytes(encoded)).is_none() {
                     continue;
                 }
