@@ -3,7 +3,7 @@
 //!
 //!   cargo bench --bench dataplane        (as root)
 //!   env: BPFIPT_BENCH_N="0 100 1000 10000 100000"  BPFIPT_BENCH_IMPLS="bpf legacy nft-compat nft"
-//!        BPFIPT_BENCH_VARIANTS="forward input deep established stream flows sources"
+//!        BPFIPT_BENCH_VARIANTS="forward input deep established stream flows sources" (or appended)
 //!        BPFIPT_BENCH_REPS=5
 //!        BPFIPT_BENCH_SECONDS=0.5 (CPU time per repetition)
 //!
@@ -31,8 +31,10 @@
 //! them all as one), `sources` (`forward`'s rules, but each packet from a random source
 //! address of 198.18.128.0/17, which the last rule matches: a new flow almost every packet
 //! that no cache entry can answer, so every packet is classified and routed: the first packet
-//! of a flow). Every other variant sends one flow, whose packets after the first take the
-//! cached verdict.
+//! of a flow), `appended` (`sources`, but bpf-iptables gets its last rules by `-A`, one
+//! command each, as many as its image of N rules takes in place, the matching one last: a
+//! packet walks them in order after the classifier; not in the default list). Every other
+//! variant sends one flow, whose packets after the first take the cached verdict.
 //!
 //! bpf-iptables runs as XDP on f0 (BPF_IPTABLES_INGRESS=xdp). The others get a bare XDP_PASS
 //! program on f0: a veth only takes frames sent by XDP when its peer runs NAPI, which XDP
@@ -56,6 +58,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use bpf_iptables::compile::tables::Hook;
 use libbpf_rs::libbpf_sys;
 
 const XDP_DROP: i32 = 1;
@@ -435,11 +438,20 @@ enum Variant {
     Stream,
     Flows,
     Sources,
+    Appended,
 }
 
 impl Variant {
-    const ALL: [Variant; 7] =
-        [Variant::Forward, Variant::Input, Variant::Deep, Variant::Established, Variant::Stream, Variant::Flows, Variant::Sources];
+    const ALL: [Variant; 8] = [
+        Variant::Forward,
+        Variant::Input,
+        Variant::Deep,
+        Variant::Established,
+        Variant::Stream,
+        Variant::Flows,
+        Variant::Sources,
+        Variant::Appended,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -450,19 +462,20 @@ impl Variant {
             Variant::Stream => "stream",
             Variant::Flows => "flows",
             Variant::Sources => "sources",
+            Variant::Appended => "appended",
         }
     }
     /// Every packet from a random source port, or address: a new flow (almost) each time.
     fn random(self) -> Random {
         match self {
             Variant::Flows => Random::Sport,
-            Variant::Sources => Random::Source,
+            Variant::Sources | Variant::Appended => Random::Source,
             _ => Random::Nothing,
         }
     }
     /// The last rule's source: every source the generator draws.
     fn sources(self) -> &'static str {
-        if self == Variant::Sources {
+        if self.random() == Random::Source {
             "198.18.0.0/16"
         } else {
             "198.18.1.2/32"
@@ -511,13 +524,28 @@ fn last_target(v: Variant) -> (&'static str, &'static str) {
     }
 }
 
+/// For `appended`: how many rules bpf-iptables gets by `-A`, one command each, after the
+/// others are restored, the matching one last: as many as an image of N rules takes in place.
+fn appended(v: Variant, n: u32) -> u32 {
+    if v == Variant::Appended {
+        bpf_iptables::datapath::image::tail_room(n as usize) as u32
+    } else {
+        0
+    }
+}
+
+/// Non-matching rules before the last: N, and the appended ones but the last.
+fn fillers(v: Variant, n: u32) -> u32 {
+    n + appended(v, n).saturating_sub(1)
+}
+
 fn iptables_rules(v: Variant, n: u32) -> String {
     let ch = v.chain();
     let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     if leads_with_established(v) {
         s += &format!("-A {ch} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
     }
-    for i in 0..n {
+    for i in 0..fillers(v, n) {
         s += &format!("-A {ch} {} -j DROP\n", filler(v, i).0);
     }
     s += &format!("-A {ch} -s {} -p udp -m udp --dport 9 -j {}\nCOMMIT\n", v.sources(), last_target(v).0);
@@ -532,7 +560,7 @@ fn nft_rules(v: Variant, n: u32) -> String {
             if leads_with_established(v) {
                 s += "  ct state established,related counter accept\n";
             }
-            for i in 0..n {
+            for i in 0..fillers(v, n) {
                 s += &format!("  {} drop\n", filler(v, i).1);
             }
             s += &format!("  ip saddr {} udp dport 9 counter {}\n", v.sources(), last_target(v).1);
@@ -594,13 +622,14 @@ impl Impl {
     }
 }
 
-/// Our binary under the names iptables-restore / iptables-save, in a temporary directory.
+/// Our binary under the names iptables, iptables-restore and iptables-save, in a temporary
+/// directory.
 struct Links(PathBuf);
 impl Links {
     fn new() -> Links {
         let d = std::env::temp_dir().join(format!("bpfipt-dp-{}", std::process::id()));
         fs::create_dir_all(&d).expect("tmp dir");
-        for n in ["iptables-restore", "iptables-save"] {
+        for n in ["iptables", "iptables-restore", "iptables-save"] {
             let _ = fs::remove_file(d.join(n));
             std::os::unix::fs::symlink(BIN, d.join(n)).expect("symlink");
         }
@@ -643,7 +672,23 @@ impl Bench {
             Impl::Bare => attach(self.drop),
             Impl::FibDrop => attach(self.fib_drop),
             Impl::Bpf => {
-                sh_in(f, &[&self.links.path("iptables-restore")], &iptables_rules(v, n), &[("BPF_IPTABLES_INGRESS", "xdp")]);
+                let env = [("BPF_IPTABLES_INGRESS", "xdp")];
+                let rules = iptables_rules(v, n);
+                let lines: Vec<&str> = rules.lines().collect();
+                let (k, commit) = (appended(v, n) as usize, lines.len() - 1);
+                let restored = [&lines[..commit - k], &lines[commit..]].concat().join("\n") + "\n";
+                sh_in(f, &[&self.links.path("iptables-restore")], &restored, &env);
+                for rule in &lines[commit - k..commit] {
+                    let mut args = vec![self.links.path("iptables")];
+                    args.extend(rule.split_whitespace().map(String::from));
+                    sh_in(f, &args.iter().map(String::as_str).collect::<Vec<_>>(), "", &env);
+                }
+                if k > 0 {
+                    // each appended in place, none folded into the classifier by a rebuild
+                    let pins = PathBuf::from(sh(&["ip", "netns", "exec", f, BIN, "--pin-dir"]).trim());
+                    let walked = bpf_iptables::datapath::appended_rules(&pins, Hook::Forward).expect("image");
+                    assert_eq!(walked, Some(k as u32), "appended in place");
+                }
             }
             Impl::Legacy | Impl::NftCompat => {
                 sh_in(f, &[imp.restore()], &iptables_rules(v, n), &[]);
@@ -810,7 +855,7 @@ fn main() {
         let mut run = Measured::new(&bench, imp, v, n, own_for(v), secs);
         let mut bare = (imp == Impl::Bpf).then(|| Measured::new(&bench, Impl::Bare, v, 0, own_for(v), secs));
         // where every packet is a first one, the floor of any firewall that routes, in turns too
-        let mut fib = (imp == Impl::Bpf && v == Variant::Sources).then(|| Measured::new(&bench, Impl::FibDrop, v, 0, own_for(v), secs));
+        let mut fib = (imp == Impl::Bpf && v.random() == Random::Source).then(|| Measured::new(&bench, Impl::FibDrop, v, 0, own_for(v), secs));
         let mut costs: Vec<f64> = Vec::new();
         let mut bares: Vec<f64> = Vec::new();
         let mut ratios: Vec<f64> = Vec::new();

@@ -426,6 +426,13 @@ pub fn hook_rules(img: &[u64], hook: Hook) -> Result<u32> {
     Ok(img[HOOK0 + hook as usize * HOOK_SLOTS] as u32)
 }
 
+/// How many of `hook`'s compiled rules in image `img` were appended in place (past its LBVS
+/// rules, walked in order).
+pub fn hook_appended(img: &[u64], hook: Hook) -> Result<u32> {
+    let n = hook_rules(img, hook)?;
+    Ok(n.saturating_sub(unpack(img[HOOK0 + hook as usize * HOOK_SLOTS + 1]).1 as u32))
+}
+
 /// An image derived from an installed one (rules appended or deleted in place): the old
 /// image's first `keep` slots, then `extra`, with the slots `writes` changed.
 #[derive(Debug)]
@@ -1200,6 +1207,7 @@ mod tests {
         patch.write(&img, &mut patched);
         let (hooks, key) = flow_header(&mut patched);
         assert_eq!((hooks, key.tcp_flags), (Hook::ALL.to_vec(), !0));
+        assert_eq!((hook_appended(&img, Hook::Forward).expect("rules"), hook_appended(&patched, Hook::Forward).expect("rules")), (0, 1));
     }
 
     /// An appended rule deleted again gives its room back: appending and deleting in turn

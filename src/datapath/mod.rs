@@ -215,6 +215,13 @@ pub fn installed_rules(pin_dir: &Path, hook: Hook) -> Result<Option<u32>> {
     Ok(Some(image::hook_rules(img.slots(), hook)?))
 }
 
+/// Compiled rules of `hook` appended in place since the image was built (None: no image).
+/// For tests and benchmarks: what a packet past the classifier's rules walks in order.
+pub fn appended_rules(pin_dir: &Path, hook: Hook) -> Result<Option<u32>> {
+    let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(None) };
+    Ok(Some(image::hook_appended(img.slots(), hook)?))
+}
+
 /// For interfaces created (or addresses changed) since the last `apply`: refreshes the
 /// interface maps, rewrites the image (interface patterns resolve per interface) and attaches
 /// the programs where they are missing. `compiled` is the live ruleset.
