@@ -142,11 +142,11 @@ enum bpfipt_const {
 	BPFIPT_IMG_HEADER_SLOTS = 28,
 	/* Compiled rules a hook can take by appending, past its LBVS ones, before a full rebuild:
 	 * room for TAIL_CAP, used while they number at most one per TAIL_PER LBVS rules of the
-	 * whole image (each costs a packet that reaches it ~10 ns; a rebuild recompiles every
-	 * hook, so a small image costs little to rebuild, a small hook beside big ones does
-	 * not). The same holds for inserted rules. */
+	 * whole image (a first packet that walks them pays ~25 ns each; a rebuild recompiles
+	 * every hook, so a small image costs little to rebuild, a small hook beside big ones
+	 * does not). The same holds for inserted rules. */
 	BPFIPT_IMG_TAIL_CAP = 16,
-	BPFIPT_IMG_TAIL_PER = 1024,
+	BPFIPT_IMG_TAIL_PER = 64,
 	/* Keys of inserted rules (see "inserted rules" above): the depth of a chain is its low
 	 * bits, the deepest one a rule can be inserted in IMG_INS_MAX_DEPTH. */
 	BPFIPT_IMG_INS_DEPTH_BITS = 8,

@@ -7,16 +7,17 @@
 mod common;
 
 use bpf_iptables::compile::tables::Hook;
+use bpf_iptables::datapath::skel::types::bpfipt_const;
 use common::topo::PaddedFirewall;
 
-const FILLER: u32 = 3000;
+/// Big enough for FORWARD to take two appended rules in place (one per TAIL_PER rules).
+const FILLER: u32 = 2 * bpfipt_const::BPFIPT_IMG_TAIL_PER.0 + 8;
 
 #[test]
 fn appended_rules_are_enforced_listed_and_counted() {
     if !common::root_or_skip("appended_rules_are_enforced_listed_and_counted") {
         return;
     }
-    // 3 000 rules: big enough for FORWARD to take two appended rules in place.
     let fw = PaddedFirewall::new("append", FILLER, "-A FORWARD -p tcp -m tcp --dport 82 -j RETURN\nCOMMIT\n", &[80, 81, 82, 83, 84, 85, 86]);
     let (t, run) = (&fw.t, |args: &[&str]| fw.ok(args));
     for port in [80, 81, 82, 83, 84] {

@@ -12,9 +12,11 @@ mod common;
 use std::path::PathBuf;
 
 use bpf_iptables::compile::tables::Hook;
+use bpf_iptables::datapath::skel::types::bpfipt_const;
 use common::topo::PaddedFirewall;
 
-const FILLER: u32 = 4100;
+/// Big enough for FORWARD to take four rules in place (one per TAIL_PER rules).
+const FILLER: u32 = 4 * bpfipt_const::BPFIPT_IMG_TAIL_PER.0 + 4;
 
 #[test]
 fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {

@@ -857,7 +857,11 @@ fn rules_inserted_further_down_and_replaced_go_where_they_were_put() {
         ("INPUT", rule(proto(6), vec![dport(22, false)], Target::Accept)),
         ("INPUT", rule(proto(17), vec![], Target::Drop)),
     ];
-    let filler = |i: u32| rule(IpHeader { src: net(&std::net::Ipv4Addr::from(ip("10.0.0.0") + i).to_string(), 32), ..proto(6) }, vec![dport(9, false)], Target::Drop);
+    let addr = |i: u32| std::net::Ipv4Addr::from(ip("10.0.0.0") + i).to_string();
+    let filler = |i: u32| rule(IpHeader { src: net(&addr(i), 32), ..proto(6) }, vec![dport(9, false)], Target::Drop);
+    // a filler rule deep in the LBVS rules
+    let deep_i = 3 * per + 1;
+    let (deep_a, deep_next) = (addr(deep_i), addr(deep_i + 1));
     rules.extend((0..5 * per).map(|i| ("INPUT", filler(i))));
     rules.push(("INPUT", rule(proto(6), vec![dport(9, false)], Target::Accept)));
     let mut rs = ruleset(&[("INPUT", Policy::Drop)], rules);
@@ -890,7 +894,7 @@ fn rules_inserted_further_down_and_replaced_go_where_they_were_put() {
     assert_eq!(verdict("198.18.6.9", 6, 22), XDP_PASS);
     assert_eq!(verdict("198.18.7.9", 6, 22), XDP_PASS);
     assert_eq!(verdict("198.18.8.9", 17, 53), XDP_DROP);
-    assert_eq!(verdict("10.0.3.232", 6, 9), XDP_DROP, "filler rule 1000");
+    assert_eq!(verdict(&deep_a, 6, 9), XDP_DROP, "the deep filler rule");
     assert_eq!(verdict("198.18.8.9", 1, 0), XDP_DROP, "policy");
 
     // -I INPUT 1 (before the lead), -I INPUT 3 (after the lead and one more), -I INPUT 5
@@ -905,11 +909,11 @@ fn rules_inserted_further_down_and_replaced_go_where_they_were_put() {
     assert!(ok);
     assert_eq!(verdict("198.18.8.9", 17, 53), XDP_PASS, "before the DROP of UDP");
     assert_eq!(verdict("198.18.8.9", 17, 54), XDP_DROP);
-    // before filler rule 1000, deep in the LBVS rules
-    let (ok, deep) = edit(&mut rs, 3 + 3 + 1000, false, rule(src("10.0.3.232", 32), vec![], Target::Accept));
+    // before the deep filler rule
+    let (ok, deep) = edit(&mut rs, 3 + 3 + deep_i as usize, false, rule(src(&deep_a, 32), vec![], Target::Accept));
     assert!(ok);
-    assert_eq!(verdict("10.0.3.232", 6, 9), XDP_PASS, "before filler rule 1000");
-    assert_eq!(verdict("10.0.3.233", 6, 9), XDP_DROP, "filler rule 1001");
+    assert_eq!(verdict(&deep_a, 6, 9), XDP_PASS, "before the deep filler rule");
+    assert_eq!(verdict(&deep_next, 6, 9), XDP_DROP, "the filler rule after it");
     assert_eq!(verdict("10.0.0.5", 6, 9), XDP_DROP, "filler rule 5, before it");
     assert_eq!(verdict("198.18.8.9", 1, 0), XDP_DROP, "still the policy");
     // -R of the ACCEPT of port 22 (now rule 4): the old rule stops counting
@@ -930,7 +934,7 @@ fn rules_inserted_further_down_and_replaced_go_where_they_were_put() {
     assert!(!edit(&mut rs, n - 1, false, rule(proto(1), vec![], Target::Accept)).0, "no room left");
     // Deleting an inserted rule patches it out too.
     assert!(delete_rules(&env.dir, &[deep]).expect("delete"));
-    assert_eq!(verdict("10.0.3.232", 6, 9), XDP_DROP);
+    assert_eq!(verdict(&deep_a, 6, 9), XDP_DROP);
 }
 
 /// A rule inserted before the chain's last rule is taken by a packet that no LBVS rule
