@@ -28,4 +28,8 @@ fn main() {
         .build_and_generate(out.with_file_name("ct_test.skel.rs"))
         .expect("building bpf/ct_test.bpf.c (needs clang; see README)");
     println!("cargo:rerun-if-changed=bpf");
+    // The unwinder linked into the command itself (libgcc_eh, whole: its definitions win over
+    // libgcc_s's, which --as-needed then drops): loading libgcc_s runs its CPU-feature probe,
+    // a dozen CPUID instructions, each a VM exit on a virtual machine, ~0.1 ms of every command.
+    println!("cargo:rustc-link-arg-bins=-Wl,--whole-archive,-lgcc_eh,--no-whole-archive");
 }
