@@ -175,10 +175,12 @@ fn patch_installed(
 ) -> crate::error::Result<bool> {
     let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
     let devs = netdev::list().context("listing the interfaces of this namespace")?;
+    // the patch first: when it does not fit (an image under 64 rules never has room), the
+    // attachments need no look
+    let Some(new) = patch(img.slots(), &iface_names(&devs))? else { return Ok(false) };
     if !attached_on(pin_dir, &devs)? {
         return Ok(false);
     }
-    let Some(new) = patch(img.slots(), &iface_names(&devs))? else { return Ok(false) };
     install_image_with(pin_dir, new.len(), |dst| new.write(img.slots(), dst))?;
     Ok(true)
 }
