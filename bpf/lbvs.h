@@ -616,15 +616,16 @@ static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r, __
 		}
 		y.a = coff + done * BPFIPT_IMG_CHECK_SLOTS;
 		nck -= done;
-		/* a port match's one check, without a call */
-		if (!y.ok || !nck)
-			;
-		else if (nck == 1 && (slot(img, y.a) & 0xff) == BPFIPT_C_L4HDR)
+		if (!y.ok || !nck) {
+			/* decided inline */
+		} else if (nck == 1 && (slot(img, y.a) & 0xff) == BPFIPT_C_L4HDR) {
+			/* a port match's one check, without a call */
 			y.ok = has_l4(&c->p);
-		else if (nck == 1)
+		} else if (nck == 1) {
 			y.ok = check_one(img, c, y.a);
-		else
+		} else {
 			bpf_loop(nck < BPFIPT_MAX_CHECKS ? nck : BPFIPT_MAX_CHECKS, check_cb, &y, 0);
+		}
 		if (!y.ok) {
 			c->pos = next;
 			if (kind == BPFIPT_A_ENTER) {
