@@ -504,6 +504,12 @@ static __noinline int conntrack_pass(struct img *img, struct cls *c, __u32 off)
 	return bpfipt_ct_match(&c->ctm, &c->ctr);
 }
 
+/* Whether v is in range r (lo << 32 | hi: a value, a prefix, a port range): no search. */
+static __always_inline int in_range(__u64 r, __u32 v)
+{
+	return (__u32)(r >> 32) <= v && v <= (__u32)r;
+}
+
 /* One residual check; 1 = passes. */
 static __noinline int check_one(struct img *img, struct cls *c, __u32 off)
 {
@@ -555,9 +561,7 @@ static __noinline int check_one(struct img *img, struct cls *c, __u32 off)
 		__u32 v = field_value(p, field);
 		if ((__u32)b != 1)
 			return in_ranges(img, a, (__u32)b, v);
-		/* one range (a value, a prefix, a port range): no search */
-		__u64 r = slot(img, a);
-		return (__u32)(r >> 32) <= v && v <= (__u32)r;
+		return in_range(slot(img, a), v);
 	}
 	case BPFIPT_C_PORT_EITHER:
 		r = in_ranges(img, a, (__u32)b, field_value(p, BPFIPT_F_SPORT));
@@ -610,8 +614,7 @@ static __always_inline int take_rule(struct img *img, struct cls *c, __u32 r, __
 			if ((s0 & 0xff) != BPFIPT_C_FIELD_IN || (__u32)slot(img, k + 1) != 1)
 				break;
 			__u64 r = slot(img, s0 >> 32);
-			__u32 v = field_value(&c->p, (s0 >> 16) & 0xff);
-			y.ok = (__u32)(r >> 32) <= v && v <= (__u32)r;
+			y.ok = in_range(r, field_value(&c->p, (s0 >> 16) & 0xff));
 			done++;
 		}
 		y.a = coff + done * BPFIPT_IMG_CHECK_SLOTS;

@@ -413,9 +413,14 @@ pub fn tail_room(lbvs: usize) -> usize {
     TAIL_CAP.min(lbvs / TAIL_PER)
 }
 
+/// The LBVS rules of `hook` in image `img` (its compiled rules past them were added in place).
+fn hook_lbvs(img: &[u64], hook: Hook) -> usize {
+    unpack(img[HOOK0 + hook as usize * HOOK_SLOTS + 1]).1
+}
+
 /// The LBVS rules of image `img`, all hooks together.
 fn image_lbvs(img: &[u64]) -> usize {
-    Hook::ALL.iter().map(|&h| unpack(img[HOOK0 + h as usize * HOOK_SLOTS + 1]).1).sum()
+    Hook::ALL.iter().map(|&h| hook_lbvs(img, h)).sum()
 }
 
 /// How many compiled rules `hook` has in image `img`.
@@ -430,7 +435,7 @@ pub fn hook_rules(img: &[u64], hook: Hook) -> Result<u32> {
 /// rules, walked in order).
 pub fn hook_appended(img: &[u64], hook: Hook) -> Result<u32> {
     let n = hook_rules(img, hook)?;
-    Ok(n.saturating_sub(unpack(img[HOOK0 + hook as usize * HOOK_SLOTS + 1]).1 as u32))
+    Ok(n.saturating_sub(hook_lbvs(img, hook) as u32))
 }
 
 /// An image derived from an installed one (rules appended or deleted in place): the old

@@ -175,8 +175,8 @@ fn patch_installed(
 ) -> crate::error::Result<bool> {
     let Some(img) = ImageMapping::active(pin_dir)? else { return Ok(false) };
     let devs = netdev::list().context("listing the interfaces of this namespace")?;
-    // the patch first: when it does not fit (an image under 64 rules never has room), the
-    // attachments need no look
+    // the patch first: when it does not fit (an image of fewer than BPFIPT_IMG_TAIL_PER
+    // rules never has room), the attachments need no look
     let Some(new) = patch(img.slots(), &iface_names(&devs))? else { return Ok(false) };
     if !attached_on(pin_dir, &devs)? {
         return Ok(false);
