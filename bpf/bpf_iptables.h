@@ -515,27 +515,49 @@ struct bpfipt_local_fast {
 #define BPFIPT_LOCAL_FAST_HASH(a) ((__u32)((a) * (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_LOCAL_FAST_BITS))
 
 /* `bpfipt_routes`, per CPU, kept by the ingress programs alone: the route lookups of arriving
- * packets (which hook judges them, and their output interface), direct-mapped by flow, as the
- * FIB lookup costs a forwarded packet more than the rest of its classification. An entry
- * answers while the namespace's route generation (net->ipv4.rt_genid) is the one it was looked
- * up under: the kernel moves it on every change a lookup could see (routes added, changed or
- * removed once used, policy rules, addresses, links going down or up, the forwarding switch),
- * so a change applies from the next packet on. Keyed by the packet's addresses, input
- * interface and TOS, and by its protocol and ports only while the FIB can see those (policy
- * rules matching them, multipath hashing on them): `keyed` says which. */
+ * packets (which hook judges them, and their output interface), direct-mapped by what the FIB's
+ * answer can depend on, as the FIB lookup costs a forwarded packet more than the rest of its
+ * classification. An entry answers while the namespace's route generation
+ * (net->ipv4.rt_genid) is the one it was looked up under: the kernel moves it on every change
+ * a lookup could see (routes added, changed or removed once used, policy rules, addresses,
+ * links going down or up, the forwarding switch), so a change applies from the next packet
+ * on. Keyed (`keyed`) by the packet's destination, input interface and TOS alone while no
+ * policy rule was ever added and no route has several next hops (`bpfipt_routing`): every
+ * source then gets the same answer, so a host's new clients share one lookup; else by its
+ * addresses too, and by its protocol and ports while the FIB can see those (policy rules
+ * matching them, multipath hashing on them). */
 struct bpfipt_route {
-	__u32 src, dst; /* the lookup's key: addresses in host order, */
+	__u32 src, dst; /* the lookup's key: addresses in host order (src: 0 but BY_ADDRS, BY_FLOW), */
 	__u32 ports;    /* sport << 16 | dport (BPFIPT_ROUTE_BY_FLOW, else 0), */
 	__u32 in_ifindex;
 	__u8 proto, tos; /* (proto: BPFIPT_ROUTE_BY_FLOW, else 0) */
 	__s8 hook;      /* the answer: BPFIPT_HOOK_INPUT/FORWARD, or -1 (not judged) */
-	__u8 keyed;     /* 0 (empty), BPFIPT_ROUTE_BY_FLOW or BPFIPT_ROUTE_BY_ADDRS */
+	__u8 keyed;     /* 0 (empty) or an enum bpfipt_route_keyed */
 	__u32 genid;    /* the route generation it was looked up under */
 	__u32 out_ifindex;
 	__u32 pad;
 };
-#define BPFIPT_ROUTE_BY_FLOW 1
-#define BPFIPT_ROUTE_BY_ADDRS 2
+
+enum bpfipt_route_keyed {
+	BPFIPT_ROUTE_BY_FLOW = 1,
+	BPFIPT_ROUTE_BY_ADDRS = 2,
+	BPFIPT_ROUTE_BY_DST = 3,
+};
+
+/* Entry 0 of `bpfipt_routing`, kept by userspace (a command that installs an image, and the
+ * watcher on every route event): whether every IPv4 route of the namespace had a single next
+ * hop (no multipath route, none by a nexthop object) when the namespace's route generation was
+ * `genid` and its FIB sequence (net->ipv4.fib_seq, moved on every change to a route in use,
+ * including a replacement of one never looked up, which leaves the generation) `fib_seq`.
+ * Both are read by running `bpfipt_route_gen` before the routes are listed, so a change made
+ * since leaves the entry stale: then routes are remembered per source again. */
+struct bpfipt_routing {
+	__u32 genid;
+	__u32 fib_seq;
+	__u32 single_path;
+	__u32 pad;
+};
+
 #define BPFIPT_ROUTE_HASH(src, dst, ports, ifindex) \
 	((__u32)(((src) ^ ((dst) * 0x85ebca6bu) ^ ((ports) * 0xc2b2ae35u) ^ (ifindex)) * \
 		 (__u32)BPFIPT_LOCAL_FAST_MULT) >> (32 - BPFIPT_ROUTE_CACHE_BITS))

@@ -59,6 +59,13 @@ struct {
 	__type(value, struct bpfipt_route);
 } bpfipt_routes SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfipt_routing);
+} bpfipt_routing SEC(".maps");
+
 /* Keeps the struct types in BTF so the skeleton exports them to Rust. */
 struct bpfipt_meta _bpfipt_meta_type = {};
 struct bpfipt_counter _bpfipt_counter_type = {};
@@ -70,6 +77,8 @@ struct bpfipt_local_addr _bpfipt_local_addr_type = {};
 struct bpfipt_local_fast _bpfipt_local_fast_type = {};
 struct bpfipt_flow_key _bpfipt_flow_key_type = {};
 struct bpfipt_flow _bpfipt_flow_type = {};
+struct bpfipt_route _bpfipt_route_type = {};
+struct bpfipt_routing _bpfipt_routing_type = {};
 enum bpfipt_const _bpfipt_const_type = BPFIPT_LAYOUT_VERSION;
 enum bpfipt_hook _bpfipt_hook_type = BPFIPT_HOOK_INPUT;
 enum bpfipt_field _bpfipt_field_type = BPFIPT_F_SRC;
@@ -78,6 +87,7 @@ enum bpfipt_check _bpfipt_check_type = BPFIPT_C_L4HDR;
 enum bpfipt_iface_flags _bpfipt_iface_flags_type = BPFIPT_IFACE_NO_L2;
 enum bpfipt_addrtype_flags _bpfipt_addrtype_flags_type = BPFIPT_AT_INVERT_SRC;
 enum bpfipt_ctm_const _bpfipt_ctm_const_type = BPFIPT_IMG_CTM_SLOTS;
+enum bpfipt_route_keyed _bpfipt_route_keyed_type = BPFIPT_ROUTE_BY_FLOW;
 
 static __always_inline struct cls *scratch(__u32 kind)
 {
@@ -265,6 +275,41 @@ static __always_inline int route_sees_ports(struct net *net)
 	return r;
 }
 
+/* The namespace's FIB sequence (see struct bpfipt_routing). */
+static __always_inline __u32 fib_seq(struct net *net)
+{
+	return BPF_CORE_READ(net, ipv4.fib_seq);
+}
+
+/* Whether the FIB's answer in namespace `net`, at route generation `rt_gen`, is the same for
+ * every source address: no policy rule was ever added (the kernel keeps that), and userspace
+ * found every route with a single next hop since the routes last changed (struct
+ * bpfipt_routing). */
+static __always_inline int route_ignores_source(struct net *net, __u32 rt_gen)
+{
+	if (bpf_core_field_exists(net->ipv4.fib_has_custom_rules) && net->ipv4.fib_has_custom_rules)
+		return 0;
+	__u32 zero = 0;
+	struct bpfipt_routing *r = bpf_map_lookup_elem(&bpfipt_routing, &zero);
+	return r && r->single_path && r->genid == rt_gen && r->fib_seq == fib_seq(net);
+}
+
+/* Run by userspace with BPF_PROG_TEST_RUN in a namespace (whose loopback the frame then comes
+ * in on), never attached: writes the namespace's route generation and FIB sequence into the
+ * frame's first eight bytes, what a listing of the routes made next describes at best (see
+ * struct bpfipt_routing). */
+SEC("xdp")
+int bpfipt_route_gen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	if (data + 2 * sizeof(__u32) > data_end)
+		return XDP_ABORTED;
+	struct net *net = xdp_net(ctx);
+	((__u32 *)data)[0] = route_gen(net);
+	((__u32 *)data)[1] = fib_seq(net);
+	return XDP_PASS;
+}
+
 /* ingress_hook for a destination that is not local: the FIB's answer. */
 static __always_inline int route_lookup(void *ctx, struct cls *c)
 {
@@ -313,27 +358,31 @@ static __always_inline int ingress_hook(void *ctx, struct cls *c, int kind, cons
 	struct pkt *p = &c->p;
 	if ((p->dst >> 28) == 0xe || p->dst == 0xffffffff || is_local(p->dst))
 		return BPFIPT_HOOK_INPUT;
+	struct net *net = ingress_net(ctx, kind);
 	__u32 rt_gen = f->rt_gen;
-	/* a flow's answer serves every flow between the same addresses when the FIB cannot tell
-	 * them apart (the usual case): one lookup for a host's many connections */
 	int by_flow = f->fib_ports;
 	if (f->idx == NONE32) {
-		struct net *net = ingress_net(ctx, kind);
 		rt_gen = route_gen(net);
 		by_flow = route_sees_ports(net);
 	}
+	/* the usual cases: one answer for every source (a host's new clients), or for every flow
+	 * between two addresses (a host's many connections) */
+	__u8 keyed = by_flow			       ? BPFIPT_ROUTE_BY_FLOW :
+		     route_ignores_source(net, rt_gen) ? BPFIPT_ROUTE_BY_DST :
+							 BPFIPT_ROUTE_BY_ADDRS;
+	__u32 src = keyed == BPFIPT_ROUTE_BY_DST ? 0 : p->src;
 	__u32 ports = by_flow ? (__u32)p->sport << 16 | p->dport : 0;
-	__u8 proto = by_flow ? p->proto : 0, keyed = by_flow ? BPFIPT_ROUTE_BY_FLOW : BPFIPT_ROUTE_BY_ADDRS;
-	__u32 k = BPFIPT_ROUTE_HASH(p->src, p->dst, ports, p->in_ifindex);
+	__u8 proto = by_flow ? p->proto : 0;
+	__u32 k = BPFIPT_ROUTE_HASH(src, p->dst, ports, p->in_ifindex);
 	struct bpfipt_route *e = bpf_map_lookup_elem(&bpfipt_routes, &k);
-	if (e && e->keyed == keyed && e->genid == rt_gen && e->dst == p->dst && e->src == p->src && e->ports == ports &&
+	if (e && e->keyed == keyed && e->genid == rt_gen && e->dst == p->dst && e->src == src && e->ports == ports &&
 	    e->in_ifindex == p->in_ifindex && e->proto == proto && e->tos == p->tos) {
 		p->out_ifindex = e->out_ifindex;
 		return e->hook;
 	}
 	int hook = route_lookup(ctx, c);
 	if (e) {
-		e->src = p->src;
+		e->src = src;
 		e->dst = p->dst;
 		e->ports = ports;
 		e->in_ifindex = p->in_ifindex;

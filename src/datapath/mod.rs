@@ -42,7 +42,8 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use crate::compile::tables::{Action, ActionKind, Compiled, Hook};
 use crate::compile::Inlined;
 use crate::store::mapped::MapMemory;
-use skel::types::{bpfipt_iface, bpfipt_local_addr, bpfipt_local_fast};
+use crate::store::pod;
+use skel::types::{bpfipt_iface, bpfipt_local_addr, bpfipt_local_fast, bpfipt_routing};
 use skel::DatapathSkelBuilder;
 
 /// Environment switch for the ingress program: `tc` attaches TC ingress everywhere, `xdp`
@@ -101,7 +102,7 @@ pub fn apply(pin_dir: &Path, compiled: &Compiled, pass_all: bool) -> Result<()> 
     let devs = netdev::list().context("listing the interfaces of this namespace")?;
     let img = image::build(compiled, &iface_names(&devs))?;
     let progs = load_programs(pin_dir)?;
-    refresh_netdev_maps(pin_dir, &devs)?;
+    refresh_namespace_maps(pin_dir, &progs, &devs)?;
     install_image(pin_dir, &img)?;
     attach_all(pin_dir, &progs, &devs, needs_skb_at_ingress(compiled), rejects_at_ingress(compiled))
 }
@@ -314,6 +315,24 @@ fn link_info(fd: RawFd) -> Result<(u32, u32)> {
 /// The loaded programs (fds of the pinned programs of this build).
 pub struct Programs {
     fds: BTreeMap<Prog, OwnedFd>,
+    /// `bpfipt_route_gen`, run (never attached) to read the namespace's route generation.
+    route_gen: OwnedFd,
+}
+
+/// Where a build pins its programs, and the name of the route generation probe there.
+fn progs_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("progs-{OBJ_HASH}"))
+}
+const ROUTE_GEN_PIN: &str = "route_gen";
+
+/// The programs of this build pinned in `pin_dir`, if they are.
+fn open_programs(pin_dir: &Path) -> io::Result<Programs> {
+    let dir = progs_dir(pin_dir);
+    let mut fds = BTreeMap::new();
+    for p in Prog::ALL {
+        fds.insert(p, obj_get(&dir.join(p.pin_name()))?);
+    }
+    Ok(Programs { fds, route_gen: obj_get(&dir.join(ROUTE_GEN_PIN))? })
 }
 
 impl Programs {
@@ -325,15 +344,8 @@ impl Programs {
 /// Loads the programs of this build once per namespace (pinned under `progs-<hash>`), reusing
 /// the pinned maps; later calls just open the pins.
 pub fn load_programs(pin_dir: &Path) -> Result<Programs> {
-    let dir = pin_dir.join(format!("progs-{OBJ_HASH}"));
-    let open_pinned = || -> io::Result<Programs> {
-        let mut fds = BTreeMap::new();
-        for p in Prog::ALL {
-            fds.insert(p, obj_get(&dir.join(p.pin_name()))?);
-        }
-        Ok(Programs { fds })
-    };
-    if let Ok(p) = open_pinned() {
+    let dir = progs_dir(pin_dir);
+    if let Ok(p) = open_programs(pin_dir) {
         return Ok(p);
     }
     let _ = fs::remove_dir_all(&dir);
@@ -357,8 +369,9 @@ pub fn load_programs(pin_dir: &Path) -> Result<Programs> {
     for (p, fd) in fds {
         obj_pin(fd.as_raw_fd(), &dir.join(p.pin_name()))?;
     }
+    obj_pin(progs.bpfipt_route_gen.as_fd().as_raw_fd(), &dir.join(ROUTE_GEN_PIN))?;
     drop(skel);
-    let programs = open_pinned().context("opening the programs just pinned")?;
+    let programs = open_programs(pin_dir).context("opening the programs just pinned")?;
     // Links made by an older build move to these programs now.
     update_links(pin_dir, &programs)?;
     remove_prog_dirs(pin_dir, Some(&dir))?;
@@ -779,6 +792,13 @@ fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
     Ok(())
 }
 
+/// Makes the maps that describe the namespace to the programs current: its interfaces, local
+/// addresses and routes.
+fn refresh_namespace_maps(pin_dir: &Path, progs: &Programs, devs: &[netdev::Netdev]) -> Result<()> {
+    refresh_netdev_maps(pin_dir, devs)?;
+    refresh_routing(pin_dir, progs)
+}
+
 /// Whether `bpfipt_ifaces` and `bpfipt_local` (and so the image's interface resolution, made
 /// with them) still describe `devs`.
 fn netdev_maps_current(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<bool> {
@@ -808,6 +828,51 @@ fn sync_map(map: &MapHandle, want: &MapContent) -> Result<()> {
         map.update(k, v, MapFlags::ANY)?;
     }
     Ok(())
+}
+
+/// The namespace's route generation (net->ipv4.rt_genid) and FIB sequence (fib_seq), which
+/// the kernel moves on changes a route lookup could see: `bpfipt_route_gen` run on a frame
+/// writes them there.
+fn route_generation(progs: &Programs) -> Result<(u32, u32)> {
+    // the least an XDP test run takes: an Ethernet header
+    let frame = [0u8; 14];
+    let mut out = [0u8; 14];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: frame.as_ptr().cast(),
+        data_size_in: frame.len() as u32,
+        data_out: out.as_mut_ptr().cast(),
+        data_size_out: out.len() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: the buffers outlive the call and their sizes are given.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(progs.route_gen.as_raw_fd(), &mut opts) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(-rc)).context("running bpfipt_route_gen");
+    }
+    let word = |i: usize| u32::from_ne_bytes([out[i], out[i + 1], out[i + 2], out[i + 3]]);
+    Ok((word(0), word(4)))
+}
+
+/// Makes `bpfipt_routing` say whether the namespace's routes, as they are now, all have a
+/// single next hop (see struct bpfipt_routing): then the ingress programs remember one route
+/// lookup per destination, for every source. The generation is read before the routes are, so
+/// a change in between leaves the entry stale (lookups per source), never wrong. The routes are
+/// listed only when the generation moved since the entry was written.
+fn refresh_routing(pin_dir: &Path, progs: &Programs) -> Result<()> {
+    let (genid, fib_seq) = route_generation(progs)?;
+    let map = open_map(pin_dir, "bpfipt_routing")?;
+    let bytes = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).context("reading bpfipt_routing")?;
+    let have: bpfipt_routing = pod::from_bytes(&bytes.unwrap_or_default()).context("reading bpfipt_routing")?;
+    // (all zero: never written)
+    let written = have.genid != 0 || have.fib_seq != 0 || have.single_path != 0;
+    if written && (have.genid, have.fib_seq) == (genid, fib_seq) {
+        return Ok(());
+    }
+    let single_path = netdev::routes_single_path().context("listing the routes of this namespace")?;
+    let want = bpfipt_routing { genid, fib_seq, single_path: single_path.into(), ..Default::default() };
+    map.update(&0u32.to_ne_bytes(), pod_bytes(&want), MapFlags::ANY).context("updating bpfipt_routing")
 }
 
 fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
@@ -844,29 +909,12 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// `bpf-iptables --watch`: waits for interfaces and IPv4 addresses to appear or change in this
 /// namespace (rtnetlink link and address groups) and brings the datapath up to date after each
 /// burst of events. `live` returns the live ruleset (None when it is pass-all: nothing to
-/// attach); it is called for every update so that rule changes in between are seen. Runs
+/// attach); it is called for every update so that rule changes in between are seen. A burst of
+/// route and policy-rule events only refreshes `bpfipt_routing` (see refresh_routing). Runs
 /// until an error.
 pub fn watch(pin_dir: &Path, mut live: impl FnMut() -> Result<Option<Compiled>>) -> Result<()> {
-    const RTMGRP_LINK: u32 = 1;
-    const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-    // SAFETY: plain socket(2); owned right away.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening an rtnetlink socket");
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: zeroed sockaddr_nl is valid; fields set below.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as u16;
-    sa.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR;
-    // SAFETY: sa is a properly sized sockaddr_nl.
-    let rc = unsafe {
-        libc::bind(sock.as_raw_fd(), (&sa as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).context("subscribing to interface events");
-    }
+    const GROUPS: u32 = (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV4_RULE) as u32;
+    let sock = netdev::rtnetlink(GROUPS).context("subscribing to interface and route events")?;
     let update = |live: &mut dyn FnMut() -> Result<Option<Compiled>>| -> Result<()> {
         match live()? {
             Some(c) => attach_new_interfaces(pin_dir, &c),
@@ -882,6 +930,10 @@ pub fn watch(pin_dir: &Path, mut live: impl FnMut() -> Result<Option<Compiled>>)
     };
     let mut last_sweep = std::time::Instant::now();
     let mut buf = vec![0u8; 65536];
+    // Whether a datagram says interfaces or addresses changed (else: routes or policy rules).
+    let links = |buf: &[u8]| {
+        netdev::messages(buf).any(|m| matches!(m.kind, libc::RTM_NEWLINK | libc::RTM_DELLINK | libc::RTM_NEWADDR | libc::RTM_DELADDR))
+    };
     loop {
         // SAFETY: buf is writable for its length.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -890,6 +942,7 @@ pub fn watch(pin_dir: &Path, mut live: impl FnMut() -> Result<Option<Compiled>>)
             // No table yet (nothing attached yet) is fine; the next round sweeps it.
             let _ = crate::conntrack::sweep(pin_dir);
         }
+        let mut changed_links = n > 0 && links(&buf[..n as usize]);
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::WouldBlock {
@@ -899,11 +952,24 @@ pub fn watch(pin_dir: &Path, mut live: impl FnMut() -> Result<Option<Compiled>>)
             if e.raw_os_error() != Some(libc::ENOBUFS) && e.kind() != io::ErrorKind::Interrupted {
                 return Err(e).context("reading interface events");
             }
+            changed_links = true;
         }
         // Let a burst (a veth pair with addresses) settle, then drain it.
         std::thread::sleep(std::time::Duration::from_millis(100));
-        // SAFETY: as above, non-blocking drain.
-        while unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) } > 0 {}
-        update(&mut live)?;
+        loop {
+            // SAFETY: as above, non-blocking drain.
+            let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                changed_links |= n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS);
+                break;
+            }
+            changed_links |= links(&buf[..n as usize]);
+        }
+        if changed_links {
+            update(&mut live)?;
+        } else if let Ok(progs) = open_programs(pin_dir) {
+            // (programs not loaded yet: nothing attached to use the entry)
+            refresh_routing(pin_dir, &progs)?;
+        }
     }
 }

@@ -84,7 +84,7 @@ impl Env {
         let devs = netdev::list()?;
         let names: Vec<image::IfaceName> =
             devs.iter().map(|d| image::IfaceName { ifindex: d.ifindex, name: d.name.clone() }).collect();
-        refresh_netdev_maps(&self.dir, &devs)?;
+        refresh_namespace_maps(&self.dir, &self.progs, &devs)?;
         install_image(&self.dir, &image::build(&c, &names)?)
     }
 
@@ -1459,4 +1459,103 @@ fn flows_of_one_client_share_an_entry_unless_the_rules_or_the_fib_look_at_their_
     sh(&["ip", "rule", "del", "ipproto", "udp", "sport", "1001", "table", "100"]);
     assert_eq!(send(&env, &[1001]), [XDP_PASS]);
     assert_eq!(env.rule(0).packets - before, 5, "routed again, judged again");
+}
+
+/// The output interface the kernel routes a datagram from `src` to `dst`, arriving on d0, by
+/// (`ip route get`, which hashes a multipath route as a forwarded packet's lookup does).
+fn kernel_route(src: &str, dst: &str) -> String {
+    let o = Command::new("ip").args(["-o", "route", "get", dst, "from", src, "iif", "d0"]).output().expect("ip route get");
+    assert!(o.status.success(), "ip route get {dst} from {src}: {}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "dev").and_then(|_| words.next()).unwrap_or_else(|| panic!("no dev in {text:?}")).to_string()
+}
+
+/// This CPU's `bpfipt_routes` entries for destination `dst` looked up under the namespace's
+/// current routing: (source, how keyed).
+fn route_entries(env: &Env, dst: &str) -> Vec<(u32, u8)> {
+    let (genid, _) = route_generation(&env.progs).expect("route generation");
+    let m = open_map(&env.dir, "bpfipt_routes").expect("routes");
+    let n = 1u32 << skel::types::bpfipt_const::BPFIPT_ROUTE_CACHE_BITS.0;
+    let mut out = Vec::new();
+    for k in 0..n {
+        let vals = m.lookup_percpu(&k.to_ne_bytes(), MapFlags::ANY).expect("lookup").expect("entry");
+        // SAFETY: the value is a struct bpfipt_route (plain integers), read unaligned.
+        let e: skel::types::bpfipt_route = unsafe { std::ptr::read_unaligned(vals[0].as_ptr().cast()) };
+        if e.keyed != 0 && e.genid == genid && e.dst == ip(dst) {
+            out.push((e.src, e.keyed));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn one_route_lookup_serves_every_source_while_the_fib_cannot_tell_sources_apart() {
+    let Some(env) = Env::new("route-sources") else { return };
+    on_one_cpu();
+    sh(&["ip", "link", "add", "d2", "type", "veth", "peer", "name", "p2"]);
+    sh(&["ip", "addr", "add", "198.18.3.1/24", "dev", "d2"]);
+    sh(&["ip", "link", "set", "d2", "up"]);
+    sh(&["ip", "link", "set", "p2", "up"]);
+    sh(&["ip", "route", "add", "198.18.9.0/24", "via", "198.18.2.2", "dev", "d1"]);
+    let out = |dev: &str| rule(IpHeader { out_iface: iface(dev, false, false), ..Default::default() }, vec![], Target::Accept);
+    let rs = ruleset(&[("FORWARD", Policy::Drop)], vec![("FORWARD", out("d1")), ("FORWARD", out("d2"))]);
+    env.apply(&rs).expect("apply");
+    let by_dst = skel::types::bpfipt_route_keyed::BPFIPT_ROUTE_BY_DST.0 as u8;
+    let by_addrs = skel::types::bpfipt_route_keyed::BPFIPT_ROUTE_BY_ADDRS.0 as u8;
+    let sources: Vec<String> = (10..42).map(|i| format!("198.18.1.{i}")).collect();
+    // A datagram from every source to 198.18.9.9: each leaves (as the `-o` rules count it) by
+    // the interface the kernel routes it out of. Returns how many left by d1 and d2.
+    let send_all = |what: &str| -> (u32, u32) {
+        let mut by = (0, 0);
+        for s in &sources {
+            let before = (env.rule(0).packets, env.rule(1).packets);
+            assert_eq!(env.xdp(&frame(s, "198.18.9.9", 17, &udp(1000, 9, b"x")), env.d0).0, XDP_PASS, "{what}: from {s}");
+            let after = (env.rule(0).packets, env.rule(1).packets);
+            let went = match (after.0 - before.0, after.1 - before.1) {
+                (1, 0) => "d1",
+                (0, 1) => "d2",
+                other => panic!("{what}: from {s}: counted {other:?}"),
+            };
+            assert_eq!(went, kernel_route(s, "198.18.9.9"), "{what}: from {s}");
+            if went == "d1" {
+                by.0 += 1;
+            } else {
+                by.1 += 1;
+            }
+        }
+        by
+    };
+    let per_source = |what: &str| {
+        let e = route_entries(&env, "198.18.9.9");
+        assert!(e.len() > 1 && e.iter().all(|&(src, k)| src != 0 && k == by_addrs), "{what}: {e:?}");
+    };
+
+    assert_eq!(send_all("one next hop"), (32, 0));
+    assert_eq!(route_entries(&env, "198.18.9.9"), [(0, by_dst)], "one lookup for every source");
+
+    // A multipath route hashes the source: from the change on (the routing moved past what
+    // bpfipt_routing describes), lookups per source, before any command runs ...
+    sh(&["ip", "route", "replace", "198.18.9.0/24", "nexthop", "via", "198.18.2.2", "dev", "d1", "nexthop", "via", "198.18.3.2", "dev", "d2"]);
+    let (d1, d2) = send_all("multipath, not refreshed");
+    assert!(d1 > 0 && d2 > 0, "both next hops taken: {d1} {d2}");
+    per_source("multipath, not refreshed");
+    // ... and after one did, which finds the multipath route.
+    env.apply(&rs).expect("apply");
+    send_all("multipath");
+    per_source("multipath");
+
+    // One next hop again.
+    sh(&["ip", "route", "replace", "198.18.9.0/24", "via", "198.18.2.2", "dev", "d1"]);
+    env.apply(&rs).expect("apply");
+    assert_eq!(send_all("one next hop again"), (32, 0));
+    assert_eq!(route_entries(&env, "198.18.9.0"), []);
+    assert_eq!(route_entries(&env, "198.18.9.9"), [(0, by_dst)]);
+
+    // A policy rule on the source: per source at once.
+    sh(&["ip", "route", "add", "198.18.9.0/24", "via", "198.18.3.2", "dev", "d2", "table", "100"]);
+    sh(&["ip", "rule", "add", "from", "198.18.1.11", "table", "100"]);
+    assert_eq!(send_all("a policy rule for one source"), (31, 1));
+    per_source("a policy rule for one source");
 }
