@@ -5,6 +5,7 @@
 //! at all (no route: netfilter never judges it), and whether it goes to INPUT instead
 //! (forwarding off). The programs remember a lookup per addresses, for every flow between
 //! them, unless a policy rule looks at ports (then per flow). Through XDP and TC ingress alike.
+//! And `--watch` keeps what the programs know of the routes' shape (`bpfipt_routing`) current.
 
 mod common;
 
@@ -131,4 +132,52 @@ fn route_changes_apply_from_the_next_packet_through_xdp() {
     if common::root_or_skip("route_changes_apply_from_the_next_packet_through_xdp") {
         route_changes_apply_from_the_next_packet("xdp");
     }
+}
+
+/// A field of entry 0 of the firewall's pinned map `map`, as `bpftool map dump` shows it.
+fn pinned_field(t: &Topo, map: &str, field: &str) -> u64 {
+    let o = t.exec(&t.f, &[env!("CARGO_BIN_EXE_bpf-iptables"), "--pin-dir"]);
+    assert!(o.status.success(), "--pin-dir: {}", String::from_utf8_lossy(&o.stderr));
+    let path = format!("{}/{map}", String::from_utf8_lossy(&o.stdout).trim());
+    let o = common::topo::run(&["bpftool", "-j", "map", "dump", "pinned", &path]);
+    assert!(o.status.success(), "bpftool map dump {path}: {}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let key = format!("\"{field}\":");
+    let at = text.find(&key).unwrap_or_else(|| panic!("{field} in {text}")) + key.len();
+    let digits: String = text[at..].chars().skip_while(|c| c.is_whitespace()).take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("{field} in {text}"))
+}
+
+/// Waits up to 5 s for `cond`.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..50 {
+        if cond() {
+            return;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within 5 s");
+}
+
+/// `bpf-iptables --watch` keeps `bpfipt_routing` (whether the programs may remember one route
+/// lookup for every source) following route changes, without rebuilding the image for them.
+#[test]
+fn the_watcher_follows_route_changes_without_rebuilding() {
+    if !common::root_or_skip("the_watcher_follows_route_changes_without_rebuilding") {
+        return;
+    }
+    let tools = Tools::ours();
+    let t = firewall("route-watch", "xdp", &tools);
+    let single_path = || pinned_field(&t, "bpfipt_routing", "single_path");
+    let generation = || pinned_field(&t, "bpfipt_active", "gen");
+    assert_eq!(single_path(), 1, "the restore listed the routes: one next hop each");
+    let restored = generation();
+    t.spawn_in(&t.f, &[env!("CARGO_BIN_EXE_bpf-iptables"), "--watch"]);
+    eventually("the watcher's first update", || generation() != restored);
+    let watched = generation();
+    in_fw(&t, &["ip", "route", "add", "198.18.8.0/24", "nexthop", "via", "198.18.2.2", "dev", "f1", "nexthop", "dev", "f2"]);
+    eventually("a multipath route seen", || single_path() == 0);
+    in_fw(&t, &["ip", "route", "del", "198.18.8.0/24"]);
+    eventually("its removal seen", || single_path() == 1);
+    assert_eq!(generation(), watched, "route events refresh bpfipt_routing alone");
 }

@@ -20,6 +20,7 @@ pub struct Topo {
     pub s: String,
     pub f: String,
     pub r: String,
+    /// Processes started in the namespaces (servers, a watcher), killed on drop.
     servers: Mutex<Vec<Child>>,
     /// Run in the firewall namespace before it is deleted (e.g. removing our pinned state).
     cleanup: Vec<Vec<String>>,
@@ -107,9 +108,14 @@ for t in ts: t.daemon = True; t.start()
 for t in ts: t.join()
 "#
         );
-        let child = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &script]).spawn().expect("server");
-        self.servers.lock().expect("servers").push(child);
+        self.spawn_in(ns, &["python3", "-c", &script]);
         std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    /// `args` started in namespace `ns`, killed when the topology goes.
+    pub fn spawn_in(&self, ns: &str, args: &[&str]) {
+        let child = Command::new("ip").args(["netns", "exec", ns]).args(args).spawn().expect("spawn in namespace");
+        self.servers.lock().expect("servers").push(child);
     }
 
     /// TCP and UDP echo servers on port 80.
