@@ -6,6 +6,7 @@
 //! Pin directory layout (beside the store's maps, which the programs share):
 //! * `progs-<object hash>/{xdp,tc_in,tc_eg}`: the loaded programs. A build with another BPF
 //!   object loads and pins its own and moves every link over (`bpf_link_update`, no gap).
+//!   Beside them `route_gen`, never attached: run to read the namespace's route generation.
 //! * `links/{xdp,tci,tce}-<ifindex>`: one link per hook per interface.
 //!
 //! Ingress mode per interface: XDP by default; TC ingress on loopback (XDP there is generic
@@ -319,10 +320,12 @@ pub struct Programs {
     route_gen: OwnedFd,
 }
 
-/// Where a build pins its programs, and the name of the route generation probe there.
+/// Where this build pins its programs.
 fn progs_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(format!("progs-{OBJ_HASH}"))
 }
+
+/// The route generation probe's pin in `progs_dir`.
 const ROUTE_GEN_PIN: &str = "route_gen";
 
 /// The programs of this build pinned in `pin_dir`, if they are.
@@ -738,8 +741,8 @@ fn netdev_maps_for(devs: &[netdev::Netdev]) -> (MapContent, MapContent) {
         }
     }
     (
-        want_if.iter().map(|(k, v)| (k.to_ne_bytes().to_vec(), pod_bytes(v).to_vec())).collect(),
-        want_local.iter().map(|(k, v)| (k.to_vec(), pod_bytes(v).to_vec())).collect(),
+        want_if.iter().map(|(k, v)| (k.to_ne_bytes().to_vec(), pod::bytes_of(v).to_vec())).collect(),
+        want_local.iter().map(|(k, v)| (k.to_vec(), pod::bytes_of(v).to_vec())).collect(),
     )
 }
 
@@ -786,9 +789,9 @@ fn refresh_netdev_maps(pin_dir: &Path, devs: &[netdev::Netdev]) -> Result<()> {
             *d = LOCAL_FAST_SHARED;
         }
     }
-    fast.update(&0u32.to_ne_bytes(), pod_bytes(&during), MapFlags::ANY).context("updating bpfipt_local_fast")?;
+    fast.update(&0u32.to_ne_bytes(), pod::bytes_of(&during), MapFlags::ANY).context("updating bpfipt_local_fast")?;
     sync_map(&open_map(pin_dir, "bpfipt_local")?, &want_local).context("updating bpfipt_local")?;
-    fast.update(&0u32.to_ne_bytes(), pod_bytes(&want_fast), MapFlags::ANY).context("updating bpfipt_local_fast")?;
+    fast.update(&0u32.to_ne_bytes(), pod::bytes_of(&want_fast), MapFlags::ANY).context("updating bpfipt_local_fast")?;
     Ok(())
 }
 
@@ -835,24 +838,32 @@ fn sync_map(map: &MapHandle, want: &MapContent) -> Result<()> {
 /// writes them there.
 fn route_generation(progs: &Programs) -> Result<(u32, u32)> {
     // the least an XDP test run takes: an Ethernet header
-    let frame = [0u8; 14];
     let mut out = [0u8; 14];
+    test_run(progs.route_gen.as_raw_fd(), &[0u8; 14], &[], &mut out).context("running bpfipt_route_gen")?;
+    let word = |i: usize| u32::from_ne_bytes([out[i], out[i + 1], out[i + 2], out[i + 3]]);
+    Ok((word(0), word(4)))
+}
+
+/// Runs program `fd` once on `data` (BPF_PROG_TEST_RUN) with context `ctx` (none if empty),
+/// the packet as it left in `out`: its return value and the packet's length.
+fn test_run(fd: RawFd, data: &[u8], ctx: &[u8], out: &mut [u8]) -> io::Result<(u32, usize)> {
     let mut opts = libbpf_sys::bpf_test_run_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
-        data_in: frame.as_ptr().cast(),
-        data_size_in: frame.len() as u32,
+        data_in: data.as_ptr().cast(),
+        data_size_in: data.len() as u32,
         data_out: out.as_mut_ptr().cast(),
         data_size_out: out.len() as u32,
+        ctx_in: if ctx.is_empty() { std::ptr::null() } else { ctx.as_ptr().cast() },
+        ctx_size_in: ctx.len() as u32,
         repeat: 1,
         ..Default::default()
     };
     // SAFETY: the buffers outlive the call and their sizes are given.
-    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(progs.route_gen.as_raw_fd(), &mut opts) };
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(fd, &mut opts) };
     if rc != 0 {
-        return Err(io::Error::from_raw_os_error(-rc)).context("running bpfipt_route_gen");
+        return Err(io::Error::from_raw_os_error(-rc));
     }
-    let word = |i: usize| u32::from_ne_bytes([out[i], out[i + 1], out[i + 2], out[i + 3]]);
-    Ok((word(0), word(4)))
+    Ok((opts.retval, opts.data_size_out as usize))
 }
 
 /// Makes `bpfipt_routing` say whether the namespace's routes, as they are now, all have a
@@ -872,13 +883,9 @@ fn refresh_routing(pin_dir: &Path, progs: &Programs) -> Result<()> {
     }
     let single_path = netdev::routes_single_path().context("listing the routes of this namespace")?;
     let want = bpfipt_routing { genid, fib_seq, single_path: single_path.into(), ..Default::default() };
-    map.update(&0u32.to_ne_bytes(), pod_bytes(&want), MapFlags::ANY).context("updating bpfipt_routing")
+    map.update(&0u32.to_ne_bytes(), pod::bytes_of(&want), MapFlags::ANY).context("updating bpfipt_routing")
 }
 
-fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: T is a plain #[repr(C)] skeleton struct; reading its bytes is always valid.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
 
 /// Datapath statistics summed over CPUs (diagnostics).
 pub fn stats(pin_dir: &Path) -> Result<skel::types::bpfipt_stats> {

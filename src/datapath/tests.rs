@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use libbpf_rs::libbpf_sys;
 use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
 
 use super::*;
@@ -90,22 +89,9 @@ impl Env {
 
     fn run(&self, p: Prog, pkt: &[u8], ctx: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; pkt.len() + 512];
-        let mut opts = libbpf_sys::bpf_test_run_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
-            data_in: pkt.as_ptr().cast(),
-            data_size_in: pkt.len() as u32,
-            data_out: out.as_mut_ptr().cast(),
-            data_size_out: out.len() as u32,
-            ctx_in: if ctx.is_empty() { std::ptr::null() } else { ctx.as_ptr().cast() },
-            ctx_size_in: ctx.len() as u32,
-            repeat: 1,
-            ..Default::default()
-        };
-        // SAFETY: buffers outlive the call and their sizes are given.
-        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.progs.fd(p), &mut opts) };
-        assert_eq!(rc, 0, "test run of {p:?}: {}", io::Error::from_raw_os_error(-rc));
-        out.truncate(opts.data_size_out as usize);
-        (opts.retval, out)
+        let (retval, len) = test_run(self.progs.fd(p), pkt, ctx, &mut out).unwrap_or_else(|e| panic!("test run of {p:?}: {e}"));
+        out.truncate(len);
+        (retval, out)
     }
 
     /// XDP ingress on `ifindex`.
