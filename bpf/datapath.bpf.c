@@ -275,10 +275,11 @@ static __always_inline int route_sees_ports(struct net *net)
 	return r;
 }
 
-/* The namespace's FIB sequence (see struct bpfipt_routing). */
+/* The namespace's FIB sequence (see struct bpfipt_routing): a plain load, as for rt_genid
+ * (`net` is a trusted pointer), not a probe-read helper call per packet. */
 static __always_inline __u32 fib_seq(struct net *net)
 {
-	return BPF_CORE_READ(net, ipv4.fib_seq);
+	return net->ipv4.fib_seq;
 }
 
 /* Whether the FIB's answer in namespace `net`, at route generation `rt_gen`, is the same for

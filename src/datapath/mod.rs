@@ -886,7 +886,6 @@ fn refresh_routing(pin_dir: &Path, progs: &Programs) -> Result<()> {
     map.update(&0u32.to_ne_bytes(), pod::bytes_of(&want), MapFlags::ANY).context("updating bpfipt_routing")
 }
 
-
 /// Datapath statistics summed over CPUs (diagnostics).
 pub fn stats(pin_dir: &Path) -> Result<skel::types::bpfipt_stats> {
     let m = open_map(pin_dir, "bpfipt_stats")?;

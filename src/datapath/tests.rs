@@ -1447,8 +1447,8 @@ fn flows_of_one_client_share_an_entry_unless_the_rules_or_the_fib_look_at_their_
     assert_eq!(env.rule(0).packets - before, 5, "routed again, judged again");
 }
 
-/// The output interface the kernel routes a datagram from `src` to `dst`, arriving on d0, by
-/// (`ip route get`, which hashes a multipath route as a forwarded packet's lookup does).
+/// The output interface the kernel routes a datagram from `src` to `dst` arriving on d0 by,
+/// as `ip route get` says (it hashes a multipath route as a forwarded packet's lookup does).
 fn kernel_route(src: &str, dst: &str) -> String {
     let o = Command::new("ip").args(["-o", "route", "get", dst, "from", src, "iif", "d0"]).output().expect("ip route get");
     assert!(o.status.success(), "ip route get {dst} from {src}: {}", String::from_utf8_lossy(&o.stderr));
@@ -1457,8 +1457,8 @@ fn kernel_route(src: &str, dst: &str) -> String {
     words.find(|w| *w == "dev").and_then(|_| words.next()).unwrap_or_else(|| panic!("no dev in {text:?}")).to_string()
 }
 
-/// This CPU's `bpfipt_routes` entries for destination `dst` looked up under the namespace's
-/// current routing: (source, how keyed).
+/// CPU 0's `bpfipt_routes` entries (the test's CPU, see on_one_cpu) for destination `dst`
+/// looked up under the namespace's current routing: (source, how keyed).
 fn route_entries(env: &Env, dst: &str) -> Vec<(u32, u8)> {
     let (genid, _) = route_generation(&env.progs).expect("route generation");
     let m = open_map(&env.dir, "bpfipt_routes").expect("routes");
