@@ -294,6 +294,8 @@ const DIFFERENTIAL: &[&[&str]] = &[
         "IPT -v -R INPUT 9 -j ACCEPT",
         "IPT -S",
     ],
+    // the input named: a missing file is an error, a directory reads as empty (fgets fails)
+    &["iptables-restore /nonexistent; echo $?", "iptables-restore /; echo $?", "iptables-restore <&-; echo $?", "IPT -S"],
     // one chain listed: only its rules decoded, and for -L of a user chain the rules that
     // name it (a comment, a longer chain's name) and are jumps to it
     &[
