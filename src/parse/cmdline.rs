@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
+
 use crate::error::{param, Error, Result};
 use crate::ext::{self, Arg, MatchDef, ParseCtx, TargetDef};
 use crate::model::{Counters, Inv, IpHeader, Match, Target, MAX_CHAIN_NAME_LEN};
@@ -16,6 +18,10 @@ use crate::ext::util::{parse_ipv4_multiple, parse_protocol, proto_to_name, strto
 
 use super::generic::{parse_iface, parse_rulenum, scan_int, scan_u64};
 use super::{Command, Invocation, RuleSpec, TargetSpec};
+
+/// Options an extension was given so far (few: kept inline, as are the walker's other
+/// per-extension lists, so that a rule line's walk allocates little besides its result).
+type Seen = SmallVec<[&'static str; 4]>;
 
 /// What the argv asked for.
 #[derive(Debug)]
@@ -210,14 +216,14 @@ struct Walker<'a> {
     protocol: Option<Cow<'a, str>>,
     proto_used: bool,
     /// The loaded matches' definitions, and their values (same index).
-    match_defs: Vec<&'static MatchDef>,
+    match_defs: SmallVec<[&'static MatchDef; 4]>,
     matches: Vec<Match>,
     /// Options already given to each entry of `matches` (same index), for `ParseCtx::seen`.
-    match_seen: Vec<Vec<&'static str>>,
+    match_seen: SmallVec<[Seen; 4]>,
     target: Option<(&'static TargetDef, Target)>,
-    target_seen: Vec<&'static str>,
+    target_seen: Seen,
     /// Extensions in the order they were loaded (`-m`, implicit `-p`, `-j`).
-    loaded: Vec<Owner>,
+    loaded: SmallVec<[Owner; 4]>,
     jump: Option<TargetSpec>,
     counters: Option<Counters>,
 }
@@ -247,12 +253,12 @@ pub fn parse(args: &[&str], restore: bool) -> Result<Parsed> {
         dst_invert: false,
         protocol: None,
         proto_used: false,
-        match_defs: Vec::new(),
+        match_defs: SmallVec::new(),
         matches: Vec::new(),
-        match_seen: Vec::new(),
+        match_seen: SmallVec::new(),
         target: None,
-        target_seen: Vec::new(),
-        loaded: Vec::new(),
+        target_seen: Seen::new(),
+        loaded: SmallVec::new(),
         jump: None,
         counters: None,
     };
@@ -505,7 +511,7 @@ impl<'a> Walker<'a> {
         self.loaded.push(Owner::Match(self.matches.len()));
         self.match_defs.push(def);
         self.matches.push((def.new)());
-        self.match_seen.push(Vec::new());
+        self.match_seen.push(Seen::new());
     }
 
     fn add_command(&mut self, new: u32, others: u32, invert: bool) -> Result<()> {

@@ -87,20 +87,23 @@ const TOO_LONG: &str = "Parameter too long!";
 pub fn split_args(text: &str) -> Result<Vec<Cow<'_, str>>> {
     if !text.contains('"') {
         // bytewise: the separators are ASCII, so the slices are whole characters
+        let separator = |c: u8| matches!(c, b' ' | b'\t' | b'\n');
+        let b = text.as_bytes();
         let mut out = Vec::with_capacity(16);
-        let mut start = None;
-        for (i, &c) in text.as_bytes().iter().chain([b' '].iter()).enumerate() {
-            let separator = matches!(c, b' ' | b'\t' | b'\n');
-            match start {
-                Some(s) if separator => {
-                    if i - s >= MAX_PARAM {
-                        return Err(param(TOO_LONG));
-                    }
-                    out.push(Cow::Borrowed(&text[s..i]));
-                    start = None;
+        let mut i = 0;
+        while i < b.len() {
+            while i < b.len() && separator(b[i]) {
+                i += 1;
+            }
+            let start = i;
+            while i < b.len() && !separator(b[i]) {
+                i += 1;
+            }
+            if i > start {
+                if i - start >= MAX_PARAM {
+                    return Err(param(TOO_LONG));
                 }
-                None if !separator => start = Some(i),
-                _ => {}
+                out.push(Cow::Borrowed(&text[start..i]));
             }
         }
         return Ok(out);
