@@ -13,6 +13,7 @@
 //! Vectors are sparse and deduplicated within the hook.
 
 use rustc_hash::FxHashMap as HashMap;
+use smallvec::SmallVec;
 
 use super::tables::{
     Action, ActionKind, FieldMap, FieldTable, Hook, HookTable, IfacePattern, Prefix, VecId, Vector,
@@ -137,7 +138,7 @@ impl Bits {
     }
 
     fn snapshot(&self) -> Vector {
-        Vector { words: self.words.clone() }
+        Vector { words: SmallVec::from_slice(&self.words) }
     }
 }
 
@@ -158,7 +159,7 @@ fn lpm<K: Clone + Eq>(
     keyed.sort_by(|a, b| order(&a.0, &b.0));
     let mut bits = Bits::default();
     // (key, undo log of (rule, previous state)).
-    let mut stack: Vec<(K, Vec<(u32, bool)>)> = Vec::new();
+    let mut stack: Vec<(K, SmallVec<[(u32, bool); 2]>)> = Vec::new();
     let mut out = Vec::new();
     for group in keyed.chunk_by(|a, b| a.0 == b.0) {
         let key = group[0].0.clone();
@@ -170,7 +171,7 @@ fn lpm<K: Clone + Eq>(
                 }
             }
         }
-        let undo: Vec<(u32, bool)> = assigns.map(|(r, on)| (r, bits.set(r, on))).collect();
+        let undo: SmallVec<[(u32, bool); 2]> = assigns.map(|(r, on)| (r, bits.set(r, on))).collect();
         out.push((key.clone(), vectors.intern(bits.snapshot())));
         stack.push((key, undo));
     }
@@ -342,7 +343,7 @@ mod tests {
         let b = [(4u32, 9u32), (20, 255)];
         let out = intervals(&[(0, &a), (1, &b)], 255, &mut v);
         let list = v.list();
-        let spans: Vec<(u32, u32, Vec<(u32, u64)>)> = out.iter().map(|&(lo, hi, id)| (lo, hi, list[id as usize].words.clone())).collect();
+        let spans: Vec<(u32, u32, Vec<(u32, u64)>)> = out.iter().map(|&(lo, hi, id)| (lo, hi, list[id as usize].words.to_vec())).collect();
         assert_eq!(
             spans,
             vec![

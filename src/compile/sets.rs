@@ -146,27 +146,31 @@ impl Set {
     /// such that an address belongs to the set iff the assignment of the longest listed prefix
     /// containing it says `in` (no listed prefix: not in the set). Plain prefixes give one
     /// entry, `! -s P` gives `0/0 in, P out`, `10/8 minus 10.1/16` gives two.
-    pub fn prefix_assignments(&self) -> Vec<(Prefix, bool)> {
-        // The common shapes (`-s P`, `! -s P`) directly: the general search below allocates
-        // at each of up to 32 levels, which dominates compiling many /32 rules.
+    pub fn prefix_assignments(&self) -> Assignments {
+        // The common shapes (`-s P`, `! -s P`) directly, without allocating: the general
+        // search below allocates at each of up to 32 levels, which dominates compiling many
+        // /32 rules.
         match self.iv.as_slice() {
-            [] => return Vec::new(),
+            [] => return Assignments::new(),
             &[(lo, hi)] => {
                 if let Some(p) = cidr(lo, hi) {
-                    return vec![(p, true)];
+                    return smallvec![(p, true)];
                 }
             }
             &[(0, a), (b, u32::MAX)] if a < u32::MAX && b > 0 => {
                 if let Some(p) = cidr(a + 1, b - 1) {
-                    return vec![(Prefix { addr: 0, len: 0 }, true), (p, false)];
+                    return smallvec![(Prefix { addr: 0, len: 0 }, true), (p, false)];
                 }
             }
             _ => {}
         }
         let [out, _] = assign(self, 0, 0);
-        out.1
+        out.1.into()
     }
 }
+
+/// A set's LPM assignments (`Set::prefix_assignments`): one or two for the usual shapes.
+pub type Assignments = SmallVec<[(Prefix, bool); 2]>;
 
 /// `lo..=hi` as one prefix, if it is one.
 fn cidr(lo: u32, hi: u32) -> Option<Prefix> {
@@ -239,17 +243,17 @@ mod tests {
     #[test]
     fn prefix_assignments_are_minimal_and_exact() {
         let ten = Set::range(0x0a000000, 0x0affffff);
-        assert_eq!(ten.prefix_assignments(), vec![(p(0x0a000000, 8), true)]);
-        assert_eq!(ten.complement(u32::MAX).prefix_assignments(), vec![(p(0, 0), true), (p(0x0a000000, 8), false)]);
+        assert_eq!(ten.prefix_assignments().to_vec(), vec![(p(0x0a000000, 8), true)]);
+        assert_eq!(ten.complement(u32::MAX).prefix_assignments().to_vec(), vec![(p(0, 0), true), (p(0x0a000000, 8), false)]);
         let hole = ten.intersect(&Set::range(0x0a010000, 0x0a01ffff).complement(u32::MAX));
-        assert_eq!(hole.prefix_assignments(), vec![(p(0x0a000000, 8), true), (p(0x0a010000, 16), false)]);
-        assert_eq!(Set::full(u32::MAX).prefix_assignments(), vec![(p(0, 0), true)]);
+        assert_eq!(hole.prefix_assignments().to_vec(), vec![(p(0x0a000000, 8), true), (p(0x0a010000, 16), false)]);
+        assert_eq!(Set::full(u32::MAX).prefix_assignments().to_vec(), vec![(p(0, 0), true)]);
         assert!(Set::empty().prefix_assignments().is_empty());
         // The shortcuts agree with the search.
         for set in [Set::range(7, 7), Set::range(0, 0), Set::range(u32::MAX, u32::MAX), ten.clone(), Set::full(u32::MAX)] {
             for s in [set.clone(), set.complement(u32::MAX)] {
                 let [general, _] = assign(&s, 0, 0);
-                assert_eq!(s.prefix_assignments(), general.1, "{s:?}");
+                assert_eq!(s.prefix_assignments().to_vec(), general.1, "{s:?}");
             }
         }
         // An arbitrary range: check membership by the longest assignment.

@@ -18,6 +18,8 @@
 //!
 //! Everything here is plain data; no map layout is implied beyond the meaning of the fields.
 
+use smallvec::SmallVec;
+
 use crate::model::{Iface, LogTarget, RejectWith, TtlOp};
 
 /// The filter hooks, in the order of `HookTable`s in `Compiled::hooks`.
@@ -96,8 +98,9 @@ pub type VecId = u32;
 /// A sparse bitvector over the compiled rules of one hook.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Vector {
-    /// `(word index, bits)`, word index strictly increasing, bits never 0.
-    pub words: Vec<(u32, u64)>,
+    /// `(word index, bits)`, word index strictly increasing, bits never 0. Most vectors of a
+    /// large hook are one word (an address's few rules): kept inline, not allocated.
+    pub words: SmallVec<[(u32, u64); 1]>,
 }
 
 /// An IPv4 prefix (LPM trie key). Host byte order, `addr` masked to `len` bits.
