@@ -385,12 +385,21 @@ fn index_node(los: &[u32], base: u64, shift: u32, budget: &mut usize, img: &mut 
     let off = img.len();
     img.resize(off + 256, 0);
     *budget = budget.saturating_sub(256);
+    // The interval holding a bucket's `lo`, and the end of those starting at or below its
+    // `hi`: both only move forward from bucket to bucket (two searches of every bucket were a
+    // millisecond of a 10 000-rule image).
+    let mut first = los.partition_point(|&l| l as u64 <= base) - 1;
+    let mut end = first + 1;
     for b in 0..256u64 {
         let lo = base + (b << shift);
         let hi = lo + (1u64 << shift) - 1;
-        // the interval holding `lo`, and the end of those starting at or below `hi`
-        let first = los.partition_point(|&l| l as u64 <= lo) - 1;
-        let end = los.partition_point(|&l| l as u64 <= hi);
+        while los.get(first + 1).is_some_and(|&l| l as u64 <= lo) {
+            first += 1;
+        }
+        end = end.max(first + 1);
+        while los.get(end).is_some_and(|&l| l as u64 <= hi) {
+            end += 1;
+        }
         img[off + b as usize] = if end - first > 8 && shift >= 8 && *budget >= 256 {
             INDEX_CHILD | index_node(los, lo, shift - 8, budget, img) as u64
         } else {
