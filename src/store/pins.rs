@@ -172,7 +172,11 @@ impl Pins {
             // Nothing to patch (a restore): the ruleset is compiled on another CPU meanwhile
             // (compiling is pure).
             return std::thread::scope(|s| {
-                let compiling = s.spawn(|| crate::compile::compile(rs));
+                // (named, so that a profile or `top -H` tells its work from this thread's)
+                let compiling = std::thread::Builder::new()
+                    .name("bpfipt-compile".into())
+                    .spawn_scoped(s, || crate::compile::compile(rs))
+                    .context("starting the compiling thread")?;
                 let stored = write(self);
                 let compiled = compiling.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 let (_, written) = stored?;
