@@ -212,3 +212,44 @@ fn the_ruleset_lives_in_one_pinned_map_per_commit_and_a_damaged_one_is_refused()
         assert_eq!(filter_input(&mut st.load().expect("load")).len(), 3);
     });
 }
+
+/// `Store::before_rebuild`: a change meant to patch the datapath's image in place that
+/// rebuilds it instead (decoding and compiling every stored rule) calls the hook first, with
+/// the stored rules' count, so that the command readies its heap; one patched in place does
+/// not.
+#[test]
+fn a_change_that_rebuilds_instead_of_patching_calls_the_rebuild_hook() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use bpf_iptables::model::{Chain, TableKind};
+    static SEEN: AtomicUsize = AtomicUsize::new(usize::MAX);
+    fn record(rules: usize) {
+        SEEN.store(rules, Ordering::SeqCst);
+    }
+    in_fresh_netns(|| {
+        let mut st = Store::open(LockWait::Block).expect("open");
+        let mut rs = st.load().expect("load");
+        let filter = rs.table_mut(TableKind::Filter);
+        filter.chains.push(Chain::user("U"));
+        filter_input(&mut rs).extend((0..3).map(|_| rule(Target::None)));
+        filter_input(&mut rs).push(rule(Target::Jump("U".into())));
+        st.commit(&mut rs, None, None).expect("commit");
+        drop(st);
+
+        let delete = |at: usize| {
+            let mut st = Store::open(LockWait::Block).expect("open");
+            st.before_rebuild(record);
+            let mut outline = st.load_outline().expect("outline");
+            let deleted = outline.remove(TableKind::Filter, "INPUT", &[at]).expect("remove").expect("a rule there");
+            let left = outline.rule_count();
+            st.commit_delete(outline, &deleted).expect("delete");
+            left
+        };
+        // a rule that does not jump: turned into a no-op in the installed image
+        delete(0);
+        assert_eq!(SEEN.load(Ordering::SeqCst), usize::MAX, "a delete patched in place readied the heap");
+        // the jump: its chain is inlined after it, so the image is rebuilt
+        let left = delete(2);
+        assert_eq!(SEEN.load(Ordering::SeqCst), left, "the rebuild did not ready the heap first");
+        assert_eq!(filter_input(&mut Store::open(LockWait::Block).expect("open").load().expect("load")).len(), 2);
+    });
+}

@@ -229,6 +229,7 @@ fn run(inv: &Invocation) -> Result<()> {
             e
         }
     })?;
+    store.before_rebuild(expect_rebuild);
     // Loaded once: `-A`, `-I`, `-R` and `-D` of rules that do not jump may need no more than
     // this outline.
     let mut outline = store.load_outline()?;
@@ -252,8 +253,7 @@ fn run(inv: &Invocation) -> Result<()> {
         apply_counters(&mut store, kind, &fx)?;
         return Ok(());
     }
-    // (about what a stored rule becomes decoded, compiled and in the tables built from it)
-    heap::expect(outline.rule_count() * 1536);
+    expect_rebuild(outline.rule_count());
     let mut rs = outline.decode()?;
     // listings print counters only with -v
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {
@@ -276,6 +276,12 @@ fn run(inv: &Invocation) -> Result<()> {
     print(&fx.stdout);
     apply_counters(&mut store, kind, &fx)?;
     Ok(())
+}
+
+/// Readies the heap for decoding and compiling `rules` stored rules: ~1.5 KB each, about what
+/// a stored rule becomes decoded, compiled and in the tables built from it.
+fn expect_rebuild(rules: usize) {
+    heap::expect(rules.saturating_mul(1536));
 }
 
 /// `-A`, `-I` or `-R` in a filter chain, of rules that do not jump: the common edits of

@@ -38,6 +38,13 @@ impl Store {
         Ok(Store { pins, _lock: lock })
     }
 
+    /// Has `prepare` called with the stored rules' count before a change meant to patch the
+    /// datapath's image (`commit_added`, `commit_delete`, `commit_chains`) rebuilds it instead,
+    /// decoding and compiling every rule: the command can ready its heap for that (`cli::heap`).
+    pub fn before_rebuild(&mut self, prepare: fn(usize)) {
+        self.pins.before_rebuild = Some(prepare);
+    }
+
     /// Detaches the programs of the current network namespace and deletes its pinned state,
     /// whatever layout version wrote it (under the xtables lock, without opening it).
     pub fn reset(wait: LockWait) -> Result<()> {

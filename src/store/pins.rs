@@ -62,6 +62,9 @@ pub struct Pins {
     live_ids: Option<Vec<u32>>,
     /// Whether the live ruleset passes everything, once loaded.
     live_pass_all: Option<bool>,
+    /// Called with the stored rules' count before a change meant to patch the datapath's
+    /// image rebuilds it instead (`Store::before_rebuild`).
+    pub before_rebuild: Option<fn(usize)>,
 }
 
 /// Where the current network namespace's pins live (whether or not they exist yet).
@@ -99,6 +102,7 @@ impl Pins {
             dir,
             live_ids: None,
             live_pass_all: None,
+            before_rebuild: None,
         })
     }
 
@@ -262,6 +266,9 @@ impl Pins {
         let pass_all = outline.is_pass_all();
         let patched = self.patchable() && patch(&self.dir, pass_all)?;
         if !patched {
+            if let Some(prepare) = self.before_rebuild {
+                prepare(outline.rule_count());
+            }
             super::enforce(&self.dir, &outline.decode()?)?;
         }
         self.flip(written, pass_all, outline.rule_ids())
