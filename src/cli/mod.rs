@@ -229,7 +229,7 @@ fn run(inv: &Invocation) -> Result<()> {
             e
         }
     })?;
-    store.before_rebuild(expect_rebuild);
+    store.before_rebuild(ready_heap_for);
     // Loaded once: `-A`, `-I`, `-R` and `-D` of rules that do not jump may need no more than
     // this outline.
     let mut outline = store.load_outline()?;
@@ -253,7 +253,7 @@ fn run(inv: &Invocation) -> Result<()> {
         apply_counters(&mut store, kind, &fx)?;
         return Ok(());
     }
-    expect_rebuild(outline.rule_count());
+    ready_heap_for(outline.rule_count());
     let mut rs = outline.decode()?;
     // listings print counters only with -v
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {
@@ -278,9 +278,9 @@ fn run(inv: &Invocation) -> Result<()> {
     Ok(())
 }
 
-/// Readies the heap for decoding and compiling `rules` stored rules: ~1.5 KB each, about what
+/// Readies the heap for `rules` stored rules decoded (and compiled): ~1.5 KB each, about what
 /// a stored rule becomes decoded, compiled and in the tables built from it.
-fn expect_rebuild(rules: usize) {
+fn ready_heap_for(rules: usize) {
     heap::expect(rules.saturating_mul(1536));
 }
 
@@ -487,7 +487,9 @@ fn save_main(args: &[String]) -> Result<i32> {
             e
         }
     })?;
-    let mut rs = store.load()?;
+    let outline = store.load_outline()?;
+    ready_heap_for(outline.rule_count());
+    let mut rs = outline.decode()?;
     // the chain lines always show policy counters, rules only with -c
     if counters {
         store.load_counters(&mut rs)?;
