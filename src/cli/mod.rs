@@ -390,6 +390,7 @@ fn list_chain(store: &Store, outline: &Outline, kind: TableKind, inv: &Invocatio
     }
     let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
     let Some(c) = table.chain_mut(chain) else { return Ok(None) };
+    ready_heap_for(outline.chain_len(TableKind::Filter, chain).unwrap_or(0));
     let Some(rules) = outline.rules_of(TableKind::Filter, chain) else { return Ok(None) };
     c.rules = rules?;
     if !*rules_format && !c.is_builtin() {
