@@ -64,7 +64,7 @@ pub struct Pins {
     live_pass_all: Option<bool>,
     /// Called with the stored rules' count before a change meant to patch the datapath's
     /// image rebuilds it instead (`Store::before_rebuild`).
-    pub before_rebuild: Option<fn(usize)>,
+    pub(super) before_rebuild: Option<fn(usize)>,
 }
 
 /// Where the current network namespace's pins live (whether or not they exist yet).
