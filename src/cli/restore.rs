@@ -227,7 +227,11 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                         true => Vec::new(),
                         false => table_lines(input).filter(|t| !filtered(t)).filter_map(TableKind::from_name).collect(),
                     };
-                    rs = s.load_but(&flushed).map_err(|e| Failure::at(e, lineno))?;
+                    let outline = s.load_outline().map_err(|e| Failure::at(e, lineno))?;
+                    // the stored rules it keeps are decoded now and compiled again with the
+                    // new ones (a --noflush of a few lines beside thousands, as kube-proxy's)
+                    super::ready_heap_for(outline.rule_count_but(&flushed));
+                    rs = outline.decode_but(&flushed).map_err(|e| Failure::at(e, lineno))?;
                     store = Some(s);
                 }
                 let kind = TableKind::from_name(name).ok_or_else(|| {

@@ -434,7 +434,12 @@ impl Outline {
 
     /// How many rules are stored.
     pub fn rule_count(&self) -> usize {
-        self.tables.iter().flat_map(|t| &t.chains).map(|c| c.rules.ids.len()).sum()
+        self.rule_count_but(&[])
+    }
+
+    /// How many stored rules `decode_but(flushed)` decodes.
+    pub fn rule_count_but(&self, flushed: &[TableKind]) -> usize {
+        self.tables.iter().filter(|t| !flushed.contains(&t.kind)).flat_map(|t| &t.chains).map(|c| c.rules.ids.len()).sum()
     }
 
     /// The ids of every stored rule.

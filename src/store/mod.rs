@@ -91,13 +91,7 @@ impl Store {
 
     /// The stored ruleset (counters not filled in; see `load_counters`).
     pub fn load(&mut self) -> Result<Ruleset> {
-        self.load_but(&[])
-    }
-
-    /// The stored ruleset without the rules of tables `flushed` (their chains stay), which
-    /// a restore is about to replace: they are not decoded.
-    pub fn load_but(&mut self, flushed: &[TableKind]) -> Result<Ruleset> {
-        self.pins.load_outline()?.decode_but(flushed)
+        self.pins.load_outline()?.decode()
     }
 
     /// Fills `Rule::counters` and built-in chains' `Chain::counters` with the live counts.
