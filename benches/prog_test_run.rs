@@ -107,21 +107,8 @@ fn test_run(fd: i32, pkt: &[u8], ifindex: u32, repeat: u32) -> (u32, u32) {
     let md: [u32; 6] = [0, pkt.len() as u32, 0, ifindex, 0, 0];
     let ctx: Vec<u8> = md.iter().flat_map(|x| x.to_ne_bytes()).collect();
     let mut out = vec![0u8; pkt.len() + 256];
-    let mut opts = libbpf_sys::bpf_test_run_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
-        data_in: pkt.as_ptr().cast(),
-        data_size_in: pkt.len() as u32,
-        data_out: out.as_mut_ptr().cast(),
-        data_size_out: out.len() as u32,
-        ctx_in: ctx.as_ptr().cast(),
-        ctx_size_in: ctx.len() as u32,
-        repeat: repeat as i32,
-        ..Default::default()
-    };
-    // SAFETY: buffers outlive the call and their sizes are given.
-    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(fd, &mut opts) };
-    assert_eq!(rc, 0, "test run: {}", io::Error::from_raw_os_error(-rc));
-    (opts.retval, opts.duration)
+    let r = datapath::test_run(fd, pkt, &ctx, &mut out, repeat).unwrap_or_else(|e| panic!("test run: {e}"));
+    (r.retval, r.ns)
 }
 
 /// A bare `return XDP_DROP` program.

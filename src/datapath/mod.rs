@@ -839,14 +839,24 @@ fn sync_map(map: &MapHandle, want: &MapContent) -> Result<()> {
 fn route_generation(progs: &Programs) -> Result<(u32, u32)> {
     // the least an XDP test run takes: an Ethernet header
     let mut out = [0u8; 14];
-    test_run(progs.route_gen.as_raw_fd(), &[0u8; 14], &[], &mut out).context("running bpfipt_route_gen")?;
+    test_run(progs.route_gen.as_raw_fd(), &[0u8; 14], &[], &mut out, 1).context("running bpfipt_route_gen")?;
     let word = |i: usize| u32::from_ne_bytes([out[i], out[i + 1], out[i + 2], out[i + 3]]);
     Ok((word(0), word(4)))
 }
 
-/// Runs program `fd` once on `data` (BPF_PROG_TEST_RUN) with context `ctx` (none if empty),
-/// the packet as it left in `out`: its return value and the packet's length.
-fn test_run(fd: RawFd, data: &[u8], ctx: &[u8], out: &mut [u8]) -> io::Result<(u32, usize)> {
+/// What BPF_PROG_TEST_RUN of a program gave.
+pub struct TestRun {
+    /// The program's return value (of the last run).
+    pub retval: u32,
+    /// The packet's length as it left.
+    pub len: usize,
+    /// Mean nanoseconds a run.
+    pub ns: u32,
+}
+
+/// Runs program `fd` `repeat` times on `data` (BPF_PROG_TEST_RUN) with context `ctx` (none if
+/// empty), the packet as it left in `out`.
+pub fn test_run(fd: RawFd, data: &[u8], ctx: &[u8], out: &mut [u8], repeat: u32) -> io::Result<TestRun> {
     let mut opts = libbpf_sys::bpf_test_run_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
         data_in: data.as_ptr().cast(),
@@ -855,7 +865,7 @@ fn test_run(fd: RawFd, data: &[u8], ctx: &[u8], out: &mut [u8]) -> io::Result<(u
         data_size_out: out.len() as u32,
         ctx_in: if ctx.is_empty() { std::ptr::null() } else { ctx.as_ptr().cast() },
         ctx_size_in: ctx.len() as u32,
-        repeat: 1,
+        repeat: repeat as i32,
         ..Default::default()
     };
     // SAFETY: the buffers outlive the call and their sizes are given.
@@ -863,7 +873,7 @@ fn test_run(fd: RawFd, data: &[u8], ctx: &[u8], out: &mut [u8]) -> io::Result<(u
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(-rc));
     }
-    Ok((opts.retval, opts.data_size_out as usize))
+    Ok(TestRun { retval: opts.retval, len: opts.data_size_out as usize, ns: opts.duration })
 }
 
 /// Makes `bpfipt_routing` say whether the namespace's routes, as they are now, all have a

@@ -89,7 +89,8 @@ impl Env {
 
     fn run(&self, p: Prog, pkt: &[u8], ctx: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; pkt.len() + 512];
-        let (retval, len) = test_run(self.progs.fd(p), pkt, ctx, &mut out).unwrap_or_else(|e| panic!("test run of {p:?}: {e}"));
+        let TestRun { retval, len, .. } =
+            test_run(self.progs.fd(p), pkt, ctx, &mut out, 1).unwrap_or_else(|e| panic!("test run of {p:?}: {e}"));
         out.truncate(len);
         (retval, out)
     }
