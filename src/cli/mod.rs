@@ -63,6 +63,10 @@ pub fn version_line(prog: &str) -> String {
 
 /// Writes to stdout, ignoring a closed pipe (`iptables -L | head`).
 pub fn print(text: &str) {
+    // (a restore prints each line's `-v` echo: mostly nothing, 10 000 times)
+    if text.is_empty() {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
