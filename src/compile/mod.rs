@@ -402,12 +402,15 @@ impl<'a, 's> Flattener<'a, 's> {
         let live = rules.iter().position(Rule::ends_walk).map_or(rules.len(), |p| p + 1);
         let unconditional = outer.is_true();
         for rule in &rules[..live] {
-            let (alts, checks) = self.rule_conds(rule)?;
-            for alt in alts {
+            let (alts, mut rule_checks) = self.rule_conds(rule)?;
+            let copies = alts.len();
+            for (copy, alt) in alts.into_iter().enumerate() {
                 let cond = if unconditional { alt } else { outer.and(&alt) };
                 if cond.never {
                     continue;
                 }
+                // (the last copy takes them: one allocation less per rule)
+                let checks = if copy + 1 == copies { std::mem::take(&mut rule_checks) } else { rule_checks.clone() };
                 let id = Some(rule.id);
                 let fin = |k| PreKind::Final(k);
                 let kind = match &rule.target {
@@ -426,7 +429,7 @@ impl<'a, 's> Flattener<'a, 's> {
                         let outer_block = self.new_block(depth);
                         let x_block = if goto { self.new_block(depth) } else { outer_block };
                         let kind = PreKind::EnterEnd(outer_block);
-                        self.push(PreRule { cond: cond.clone(), checks: checks.clone(), rule_id: id, kind })?;
+                        self.push(PreRule { cond: cond.clone(), checks, rule_id: id, kind })?;
                         self.emit(&inner.rules, &cond, x_block)?;
                         if goto {
                             self.close_block(x_block);
@@ -436,7 +439,7 @@ impl<'a, 's> Flattener<'a, 's> {
                         continue;
                     }
                 };
-                self.push(PreRule { cond, checks: checks.clone(), rule_id: id, kind })?;
+                self.push(PreRule { cond, checks, rule_id: id, kind })?;
             }
         }
         Ok(())
