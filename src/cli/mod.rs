@@ -257,8 +257,7 @@ fn run(inv: &Invocation) -> Result<()> {
         apply_counters(&mut store, kind, &fx)?;
         return Ok(());
     }
-    ready_heap_for(outline.rule_count());
-    let mut rs = outline.decode()?;
+    let mut rs = decode_ready(&outline, &[])?;
     // listings print counters only with -v
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {
         store.load_counters(&mut rs)?;
@@ -286,6 +285,13 @@ fn run(inv: &Invocation) -> Result<()> {
 /// a stored rule becomes decoded, compiled and in the tables built from it.
 fn ready_heap_for(rules: usize) {
     heap::expect(rules.saturating_mul(1536));
+}
+
+/// The stored ruleset, the rules of tables `flushed` left out (`Outline::decode_but`), decoded
+/// into a heap readied for them (and for compiling them again).
+fn decode_ready(outline: &Outline, flushed: &[TableKind]) -> Result<Ruleset> {
+    ready_heap_for(outline.rule_count_but(flushed));
+    outline.decode_but(flushed)
 }
 
 /// `-A`, `-I` or `-R` in a filter chain, of rules that do not jump: the common edits of
@@ -492,9 +498,7 @@ fn save_main(args: &[String]) -> Result<i32> {
             e
         }
     })?;
-    let outline = store.load_outline()?;
-    ready_heap_for(outline.rule_count());
-    let mut rs = outline.decode()?;
+    let mut rs = decode_ready(&store.load_outline()?, &[])?;
     // the chain lines always show policy counters, rules only with -c
     if counters {
         store.load_counters(&mut rs)?;

@@ -230,8 +230,7 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
                     let outline = s.load_outline().map_err(|e| Failure::at(e, lineno))?;
                     // the stored rules it keeps are decoded now and compiled again with the
                     // new ones (a --noflush of a few lines beside thousands, as kube-proxy's)
-                    super::ready_heap_for(outline.rule_count_but(&flushed));
-                    rs = outline.decode_but(&flushed).map_err(|e| Failure::at(e, lineno))?;
+                    rs = super::decode_ready(&outline, &flushed).map_err(|e| Failure::at(e, lineno))?;
                     store = Some(s);
                 }
                 let kind = TableKind::from_name(name).ok_or_else(|| {
