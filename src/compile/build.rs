@@ -216,7 +216,8 @@ fn intervals(sets: &[(u32, &[(u32, u32)])], max: u32, vectors: &mut Vectors) -> 
             }
         }
     }
-    events.sort_unstable();
+    // (stable: its run detection makes the usual input, rules in port order, nearly free)
+    events.sort();
     let mut bits = Bits::default();
     let mut out: Vec<(u32, u32, VecId)> = Vec::new();
     let mut emit = |lo: u32, hi: u32, v: VecId| match out.last_mut() {
