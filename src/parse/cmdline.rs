@@ -90,6 +90,24 @@ const LEGALITY: [&[u8; 12]; 15] = [
     /*CHECK*/ b"x     x  xx ",
 ];
 
+/// Per option (OPT_CHARS' order), the commands (bits in CMD_CHARS' order) whose LEGALITY row
+/// forbids it: the table transposed once, so that a check is a mask test per option given.
+const FORBIDDING: [u32; 12] = {
+    let mut out = [0u32; 12];
+    let mut j = 0;
+    while j < LEGALITY.len() {
+        let mut i = 0;
+        while i < 12 {
+            if LEGALITY[j][i] == b'x' {
+                out[i] |= 1 << j;
+            }
+            i += 1;
+        }
+        j += 1;
+    }
+    out
+};
+
 /// What a base option letter takes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HasArg {
@@ -914,24 +932,14 @@ impl<'a> Walker<'a> {
 
     /// iptables' `generic_opt_check`: an option is legal if any given command allows it.
     fn generic_opt_check(&self) -> Result<()> {
-        for (i, &ch) in OPT_CHARS.iter().enumerate() {
-            if self.options & (1 << i) == 0 {
-                continue;
+        // an option is illegal when every command given forbids it (one allowing it is enough)
+        let mut opts = self.options & ((1 << OPT_CHARS.len()) - 1);
+        while opts != 0 {
+            let i = opts.trailing_zeros() as usize;
+            if self.command != 0 && self.command & !FORBIDDING[i] == 0 {
+                return Err(param(format!("Illegal option `-{}' with this command", OPT_CHARS[i])));
             }
-            let mut legal = 0i8;
-            for (j, row) in LEGALITY.iter().enumerate() {
-                if self.command & (1 << j) == 0 {
-                    continue;
-                }
-                if row[i] != b'x' {
-                    legal = 1;
-                } else if legal == 0 {
-                    legal = -1;
-                }
-            }
-            if legal == -1 {
-                return Err(param(format!("Illegal option `-{ch}' with this command")));
-            }
+            opts &= opts - 1;
         }
         Ok(())
     }
