@@ -272,7 +272,8 @@ pub fn parse_port(s: &str, proto: &str) -> Result<u16> {
 /// `parse_tcp_ports`/`parse_udp_ports`/`parse_multi_ports` range form: `p`, `a:b`, `a:`, `:b`,
 /// `:` (each side through [`parse_port`]). Error for `a > b`: `invalid portrange (min > max)`.
 pub fn parse_port_range(s: &str, proto: &str) -> Result<PortRange> {
-    let Some((lo, hi)) = s.split_once(':') else {
+    // (bytewise: `split_once` by a char costs as much as parsing the port)
+    let Some((lo, hi)) = s.bytes().position(|c| c == b':').map(|i| (&s[..i], &s[i + 1..])) else {
         let p = parse_port(s, proto)?;
         return Ok(PortRange { lo: p, hi: p });
     };
@@ -502,35 +503,65 @@ pub fn parse_ipv4_any(spec: &str) -> Result<Vec<Ipv4Mask>> {
 /// removing duplicates. Error for an element over 255 bytes: `Hostname too long`.
 pub fn parse_ipv4_multiple(spec: &str) -> Result<Vec<Ipv4Mask>> {
     let mut out = Vec::with_capacity(1);
-    for item in spec.split(',') {
+    // (split bytewise: a restore reads two of these a rule, and `str::split` by a char costs
+    // more than parsing the address)
+    let mut rest = spec;
+    loop {
+        let (item, next) = match rest.bytes().position(|c| c == b',') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
         let item = item.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
-        if let Some(m) = plain_ipv4_mask(item) {
+        if let Some(m) = plain_ipv4_mask(item.as_bytes()) {
             out.push(m);
-            continue;
+        } else {
+            if item.len() > 255 {
+                return Err(param("Hostname too long"));
+            }
+            let (host, mask) = split_mask(item)?;
+            out.extend(parse_hostnetwork(host)?.into_iter().map(|a| Ipv4Mask::new(a, mask)));
         }
-        if item.len() > 255 {
-            return Err(param("Hostname too long"));
+        match next {
+            Some(n) => rest = n,
+            None => return Ok(out),
         }
-        let (host, mask) = split_mask(item)?;
-        out.extend(parse_hostnetwork(host)?.into_iter().map(|a| Ipv4Mask::new(a, mask)));
     }
-    Ok(out)
 }
 
 /// The common `a.b.c.d` or `a.b.c.d/len` in its canonical spelling (decimal, no leading
 /// zeros: what `iptables-save` prints), which every other path reads the same way; None for
 /// anything else (short forms, octal, dotted masks, names), left to the general path.
-fn plain_ipv4_mask(item: &str) -> Option<Ipv4Mask> {
-    let (host, len) = match item.split_once('/') {
-        Some((h, l)) => {
-            let b = l.as_bytes();
-            let canonical = matches!(b, [b'0'..=b'9'] | [b'1'..=b'9', b'0'..=b'9']);
-            (h, if canonical { l.parse::<u8>().ok().filter(|&n| n <= 32)? } else { return None })
+fn plain_ipv4_mask(b: &[u8]) -> Option<Ipv4Mask> {
+    let mut addr = 0u32;
+    let mut i = 0;
+    for octet in 0..4 {
+        if octet > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
         }
-        None => (item, 32),
+        let start = i;
+        let mut v = 0u32;
+        while i - start < 3 && i < b.len() && b[i].is_ascii_digit() {
+            v = v * 10 + u32::from(b[i] - b'0');
+            i += 1;
+        }
+        if i == start || v > 255 || (i - start > 1 && b[start] == b'0') {
+            return None;
+        }
+        addr = addr << 8 | v;
+    }
+    let len = match b[i..] {
+        [] => 32,
+        [b'/', d @ b'0'..=b'9'] => d - b'0',
+        [b'/', t @ b'1'..=b'9', u @ b'0'..=b'9'] => (t - b'0') * 10 + (u - b'0'),
+        _ => return None,
     };
-    let addr: std::net::Ipv4Addr = host.parse().ok()?;
-    Some(Ipv4Mask::new(if len == 0 { 0 } else { u32::from(addr) }, prefix_to_mask(len)))
+    if len > 32 {
+        return None;
+    }
+    Some(Ipv4Mask::new(if len == 0 { 0 } else { addr }, prefix_to_mask(len)))
 }
 
 /// `xtables_numeric_to_ipaddr` exposed for single-address options (`--src-range a-b`): full or
@@ -651,10 +682,13 @@ mod tests {
             items.push(a.to_string());
         }
         for item in &items {
-            assert_eq!(plain_ipv4_mask(item).map(|m| vec![m]), Some(general(item)), "{item}");
+            assert_eq!(plain_ipv4_mask(item.as_bytes()).map(|m| vec![m]), Some(general(item)), "{item}");
         }
-        for item in ["01.2.3.4", "1.2.3", "1.2.3.4/032", "1.2.3.4/33", "1.2.3.4/255.0.0.0", "0x1.2.3.4", "1.2.3.4/", "localhost"] {
-            assert_eq!(plain_ipv4_mask(item), None, "{item}");
+        for item in [
+            "01.2.3.4", "1.2.3", "1.2.3.4/032", "1.2.3.4/33", "1.2.3.4/255.0.0.0", "0x1.2.3.4", "1.2.3.4/", "localhost",
+            "1.2.3.4.", "1.2.3.4/1/2", "1234.2.3.4", "1.2.3.256", "1..3.4", "", "1.2.3.4/-1", " 1.2.3.4",
+        ] {
+            assert_eq!(plain_ipv4_mask(item.as_bytes()), None, "{item}");
         }
     }
 
