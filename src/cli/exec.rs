@@ -25,8 +25,8 @@ pub struct Effects {
     pub zero_rules: Vec<u32>,
     /// Built-in chains whose policy counters are to be set.
     pub policy_counters: Vec<(String, Counters)>,
-    /// The edit only appended this many rules to the end of this chain (`-A`).
-    pub appended: Option<(String, usize)>,
+    /// The edit only appended this many rules to the end of its chain (`-A`).
+    pub appended: Option<usize>,
 }
 
 fn state(msg: &str) -> Error {
@@ -179,7 +179,7 @@ pub fn apply_to(table: &mut Table, inv: &Invocation, fx: &mut Effects) -> Result
     match &inv.command {
         Command::Append { chain, rule } => {
             let rules = expand(table, rule)?;
-            fx.appended = Some((chain.clone(), rules.len()));
+            fx.appended = Some(rules.len());
             each_rule(fx, verbose, rules, |r| {
                 let ci = chain_index(table, chain, NO_CHAIN)?;
                 table.chains[ci].rules.push(r);

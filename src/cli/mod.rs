@@ -271,9 +271,12 @@ fn run(inv: &Invocation) -> Result<()> {
     if fx.changed {
         exec::validate(rs.table_mut(kind))?;
         drop_unenforced(&mut rs)?;
-        let appended = fx.appended.as_ref().filter(|_| kind == TableKind::Filter).and_then(|(chain, count)| {
-            Some(store::Appended { hook: Hook::of_chain(chain)?, count: *count })
-        });
+        let appended = match (&inv.command, fx.appended) {
+            (Command::Append { chain, .. }, Some(count)) if kind == TableKind::Filter => {
+                Hook::of_chain(chain).map(|hook| store::Appended { hook, count })
+            }
+            _ => None,
+        };
         store.commit(&mut rs, appended, Some(&outline))?;
     }
     print(&fx.stdout);
