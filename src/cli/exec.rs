@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use smallvec::SmallVec;
+
 use crate::error::{param, Error, Result};
 use crate::model::{Chain, Counters, Inv, Ipv4Mask, Policy, Rule, Table, Target, MAX_CHAIN_NAME_LEN};
 use crate::output::list::{self, Format};
@@ -91,12 +93,12 @@ fn addr(m: Ipv4Mask, invert: bool) -> Option<Inv<Ipv4Mask>> {
 }
 
 /// The rules a spec stands for: one per source x destination, in iptables' order.
-pub fn expand(table: &Table, spec: &RuleSpec) -> Result<Vec<Rule>> {
+pub fn expand(table: &Table, spec: &RuleSpec) -> Result<SmallVec<[Rule; 1]>> {
     let target = resolve_target(table, &spec.target)?;
     let any = [Ipv4Mask::ANY];
     let srcs = if spec.srcs.is_empty() { &any[..] } else { &spec.srcs[..] };
     let dsts = if spec.dsts.is_empty() { &any[..] } else { &spec.dsts[..] };
-    let mut out = Vec::with_capacity(srcs.len() * dsts.len());
+    let mut out = SmallVec::with_capacity(srcs.len() * dsts.len());
     for s in srcs {
         for d in dsts {
             let mut ip = spec.ip.clone();
@@ -136,7 +138,7 @@ fn echo(fx: &mut Effects, verbose: bool, rule: &Rule) {
 /// Tries `step` on each of `rules` (a spec's expansion) in turn, each echoed first (`-v`):
 /// like iptables, one that fails does not keep the others from being echoed and tried; the
 /// first error comes back once all were.
-fn each_rule(fx: &mut Effects, verbose: bool, rules: Vec<Rule>, mut step: impl FnMut(Rule) -> Result<()>) -> Result<()> {
+fn each_rule(fx: &mut Effects, verbose: bool, rules: SmallVec<[Rule; 1]>, mut step: impl FnMut(Rule) -> Result<()>) -> Result<()> {
     let mut failed = None;
     for r in rules {
         echo(fx, verbose, &r);

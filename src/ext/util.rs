@@ -501,8 +501,8 @@ pub fn parse_ipv4_any(spec: &str) -> Result<Vec<Ipv4Mask>> {
 /// `xtables_ipparse_multiple`, what iptables 1.8.9 uses for `-s`/`-d`: a comma-separated list
 /// of [`parse_ipv4_any`] specs (leading white space of each skipped), in order, without
 /// removing duplicates. Error for an element over 255 bytes: `Hostname too long`.
-pub fn parse_ipv4_multiple(spec: &str) -> Result<Vec<Ipv4Mask>> {
-    let mut out = Vec::with_capacity(1);
+pub fn parse_ipv4_multiple(spec: &str) -> Result<crate::parse::Addrs> {
+    let mut out = crate::parse::Addrs::new();
     // (split bytewise: a restore reads two of these a rule, and `str::split` by a char costs
     // more than parsing the address)
     let mut rest = spec;

@@ -26,6 +26,9 @@ pub enum TargetSpec {
     Goto(String),
 }
 
+/// `-s`/`-d` addresses: one, nearly always (kept inline, no allocation).
+pub type Addrs = smallvec::SmallVec<[Ipv4Mask; 1]>;
+
 /// A parsed rule: everything but the addresses, which iptables expands into one rule per
 /// source x destination pair (`-s a,b -d c` makes two rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +38,9 @@ pub struct RuleSpec {
     pub src_invert: bool,
     pub dst_invert: bool,
     /// Source addresses (empty: any).
-    pub srcs: Vec<Ipv4Mask>,
+    pub srcs: Addrs,
     /// Destination addresses (empty: any).
-    pub dsts: Vec<Ipv4Mask>,
+    pub dsts: Addrs,
     pub matches: Vec<Match>,
     pub target: TargetSpec,
     /// `-c P B`.
