@@ -32,6 +32,23 @@ fn sh(args: &[&str]) {
     assert!(st.success(), "{args:?} failed");
 }
 
+/// Waits until each of `devs` is operationally up. A veth's carrier comes up once both ends
+/// are, and the kernel applies it later (linkwatch), moving the route generation then: a
+/// test that records the routing before that (an image install does) sees it stale after.
+fn wait_oper_up(devs: &[&str]) {
+    for dev in devs {
+        let up = || {
+            let out = Command::new("ip").args(["-o", "link", "show", "dev", dev]).output().expect("run ip");
+            String::from_utf8_lossy(&out.stdout).contains(" state UP ")
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !up() {
+            assert!(std::time::Instant::now() < deadline, "{dev} not up after 5 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 fn ifindex(name: &str) -> u32 {
     let c = CString::new(name).expect("name");
     // SAFETY: NUL-terminated name.
@@ -63,6 +80,7 @@ impl Env {
             sh(&["ip", "link", "set", d, "up"]);
             sh(&["ip", "link", "set", peer, "up"]);
         }
+        wait_oper_up(&["d0", "p0", "d1", "p1"]);
         sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let dir = crate::store::pin_root().expect("bpffs").join(format!("bpfipt-test-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -1485,6 +1503,7 @@ fn one_route_lookup_serves_every_source_while_the_fib_cannot_tell_sources_apart(
     sh(&["ip", "addr", "add", "198.18.3.1/24", "dev", "d2"]);
     sh(&["ip", "link", "set", "d2", "up"]);
     sh(&["ip", "link", "set", "p2", "up"]);
+    wait_oper_up(&["d2", "p2"]);
     sh(&["ip", "route", "add", "198.18.9.0/24", "via", "198.18.2.2", "dev", "d1"]);
     let out = |dev: &str| rule(IpHeader { out_iface: iface(dev, false, false), ..Default::default() }, vec![], Target::Accept);
     let rs = ruleset(&[("FORWARD", Policy::Drop)], vec![("FORWARD", out("d1")), ("FORWARD", out("d2"))]);
