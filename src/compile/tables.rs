@@ -133,6 +133,17 @@ pub enum FieldMap {
     Intervals(Vec<(u32, u32, VecId)>),
 }
 
+impl FieldMap {
+    /// How many entries (prefixes, patterns or intervals) it maps.
+    pub fn entries(&self) -> usize {
+        match self {
+            FieldMap::Prefixes(p) => p.len(),
+            FieldMap::Ifaces(p) => p.len(),
+            FieldMap::Intervals(iv) => iv.len(),
+        }
+    }
+}
+
 /// Per-field part of a hook table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldTable {

@@ -130,12 +130,7 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
     }
     // About the image's size, reserved at once: grown a push at a time, 10 000 rules' image
     // was copied ~20 times on its way to 1.2 MB.
-    let entries = |m: &FieldMap| match m {
-        FieldMap::Prefixes(p) => p.len(),
-        FieldMap::Ifaces(p) => p.len(),
-        FieldMap::Intervals(iv) => iv.len(),
-    };
-    let field_entries = |h: &HookTable| h.fields.iter().map(|f| entries(&f.map)).sum::<usize>();
+    let field_entries = |h: &HookTable| h.fields.iter().map(|f| f.map.entries()).sum::<usize>();
     img.reserve(
         all.iter().map(|w| 1 + 2 * w.len()).sum::<usize>()
             + c.hooks.iter().map(|h| (h.actions.len() + 2 * TAIL_CAP) * ACTION_SLOTS + 2 * field_entries(h)).sum::<usize>(),
