@@ -315,6 +315,20 @@ const DIFFERENTIAL: &[&[&str]] = &[
         "IPT -v -Z INPUT 3; IPT -v -L -Z nosuch; IPT -v -E nosuch x",
         "IPT -v -Z; IPT -v -F",
     ],
+    // -E, -F, -X and -Z on the stored chains, none of their rules decoded, where nothing
+    // jumps to the chain (and where something does, the general path)
+    &[
+        "IPT -N a; IPT -A a -s 1.2.3.4 -j ACCEPT -c 1 2; IPT -A a -j a; IPT -N b; IPT -A b -p tcp --dport 22 -j DROP -c 3 4",
+        "IPT -A INPUT -j b -c 5 6; IPT -A OUTPUT -c 7 8; IPT -N e",
+        "IPT -E a c; IPT -E e f; IPT -E f INPUT; IPT -N g; IPT -A g -j ACCEPT -c 1 1; IPT -E g h; IPT -S -v",
+        "IPT -E b d; IPT -S -v",
+        "IPT -v -Z d; IPT -S -v",
+        "IPT -Z OUTPUT 1; IPT -Z INPUT 2; IPT -Z nosuch 1; IPT -S -v",
+        "IPT -v -F c; IPT -S c; IPT -v -X c; IPT -X f; IPT -X d; IPT -X INPUT",
+        "IPT -A OUTPUT -c 9 9; IPT -F d; IPT -X d; IPT -S -v",
+        "IPT -Z -v; IPT -S -v",
+        "IPT -F -v; IPT -X -v; IPT -S",
+    ],
     &[
         "IPT -N a; IPT -N b; IPT -A a -j b; IPT -A b -j a",
         "IPT -A INPUT -j a",

@@ -5,7 +5,9 @@
 //! nor, for `-D`, end the chain; `-D` by spec and by number) or rebuilds it (a jump); a rule
 //! that does not exist gets iptables' error and changes nothing. Changes no packet sees
 //! (chains nothing jumps to) compile nothing, and a policy is patched in. The same edits of
-//! user chains are patched in wherever the chains are inlined.
+//! user chains are patched in wherever the chains are inlined; flushing a chain that is
+//! reached takes its rules out of the datapath, and `-Z` zeroes a chain's or a rule's
+//! counters.
 
 mod common;
 
@@ -207,6 +209,46 @@ fn user_chain_edits_are_patched_in_where_the_chains_are_inlined() {
     assert_eq!(probe(85), "open", "returned before the DROP");
     assert_eq!(probe(83), "timeout", "the rest as it was");
     assert_eq!(probe(80), "open");
+
+    // Counters zeroed by the stored rules' ids, a chain's or one rule's.
+    let counts = |chain: &str| -> Vec<u64> {
+        let listed = ok(&["-L", chain, "-v", "-x", "-n"]);
+        listed.lines().skip(2).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+    };
+    let counted = counts("DOCKER");
+    assert!(counted[0] >= 1 && counted[1] >= 1, "both counted: {counted:?}");
+    ok(&["-Z", "DOCKER", "2"]);
+    assert_eq!(counts("DOCKER"), [counted[0], 0], "the second rule zeroed");
+    assert_eq!(probe(83), "timeout");
+    ok(&["-Z", "DOCKER-USER"]);
+    assert_eq!(counts("DOCKER-USER"), [0, 0, 0]);
+    // Flushing a chain FORWARD jumps to drops its rules from the datapath too (rebuilt); one
+    // nothing jumps to, or one already empty, changes nothing there.
+    ok(&["-F", "DOCKER-USER"]);
+    assert_eq!(probe(83), "open", "DOCKER-USER flushed");
+    let flushed = compiled();
+    ok(&["-N", "SPARE"]);
+    ok(&["-A", "SPARE", "-j", "DROP"]);
+    ok(&["-F", "SPARE"]);
+    ok(&["-F", "DOCKER-USER"]);
+    ok(&["-X", "SPARE"]);
+    assert_eq!(compiled(), flushed, "nothing compiled");
+    ok(&["-F", "FORWARD"]);
+    assert_eq!(probe(81), "open", "FORWARD flushed, its jumps too");
+    assert_eq!(probe(85), "open");
+    assert_eq!(
+        ok(&["-S"]).lines().collect::<Vec<_>>(),
+        [
+            "-P INPUT ACCEPT",
+            "-P FORWARD ACCEPT",
+            "-P OUTPUT ACCEPT",
+            "-N DOCKER",
+            "-N DOCKER-USER",
+            "-N U",
+            "-A DOCKER -p tcp -m tcp --dport 85 -j RETURN",
+            "-A DOCKER -p tcp -m tcp --dport 85 -j DROP",
+        ]
+    );
 }
 
 /// A policy set in an empty ruleset (nothing enforced until then) takes effect: `-P` with

@@ -157,9 +157,9 @@ fn echo_chain(fx: &mut Effects, verbose: bool, what: &str, chain: &str) {
     }
 }
 
-/// Zeroes chain `c`'s counters (echoed before: `echo_chain`).
-fn zero_chain(fx: &mut Effects, c: &Chain) {
-    fx.zero_rules.extend(c.rules.iter().map(|r| r.id).filter(|&id| id != Rule::UNASSIGNED));
+/// Zeroes chain `c`'s counters, its rules' ids `ids` (echoed before: `echo_chain`).
+fn zero_chain(fx: &mut Effects, c: &Chain, ids: &[u32]) {
+    fx.zero_rules.extend(ids.iter().copied().filter(|&id| id != Rule::UNASSIGNED));
     if c.is_builtin() {
         fx.policy_counters.push((c.name.clone(), Counters::default()));
     }
@@ -252,10 +252,10 @@ pub fn apply_to(table: &mut Table, inv: &Invocation, fx: &mut Effects) -> Result
             };
             fx.stdout = text.ok_or_else(|| state(NO_CHAIN))?;
             if *zero {
-                zero_counters(table, fx, chain.as_deref(), *num, verbose)?;
+                zero_counters(table, &decoded_ids, fx, chain.as_deref(), *num, verbose)?;
             }
         }
-        Command::Zero { chain, num } => zero_counters(table, fx, chain.as_deref(), *num, verbose)?,
+        Command::Zero { chain, num } => zero_counters(table, &decoded_ids, fx, chain.as_deref(), *num, verbose)?,
         Command::Flush { chain } => {
             let range = match chain {
                 Some(n) => {
@@ -330,12 +330,26 @@ pub fn apply_to(table: &mut Table, inv: &Invocation, fx: &mut Effects) -> Result
     Ok(())
 }
 
-fn zero_counters(table: &Table, fx: &mut Effects, chain: Option<&str>, num: Option<u32>, verbose: bool) -> Result<()> {
+/// The ids of chain `c`'s rules, decoded in it.
+fn decoded_ids(c: &Chain) -> Vec<u32> {
+    c.rules.iter().map(|r| r.id).collect()
+}
+
+/// `-Z [chain [rulenum]]` on `table`, whose chain `c` has the rules of ids `ids(c)` (decoded
+/// in it, or still stored: `table` then holds the chains alone).
+pub fn zero_counters(
+    table: &Table,
+    ids: &dyn Fn(&Chain) -> Vec<u32>,
+    fx: &mut Effects,
+    chain: Option<&str>,
+    num: Option<u32>,
+    verbose: bool,
+) -> Result<()> {
     match chain {
         None => {
             for c in &table.chains {
                 echo_chain(fx, verbose, "Zeroing", &c.name);
-                zero_chain(fx, c);
+                zero_chain(fx, c, &ids(c));
             }
         }
         Some(n) => {
@@ -343,11 +357,12 @@ fn zero_counters(table: &Table, fx: &mut Effects, chain: Option<&str>, num: Opti
                 echo_chain(fx, verbose, "Zeroing", n);
             }
             let c = &table.chains[chain_index(table, n, NO_CHAIN)?];
+            let ids = ids(c);
             match num {
-                None => zero_chain(fx, c),
+                None => zero_chain(fx, c, &ids),
                 Some(k) => {
-                    let r = c.rules.get(k as usize - 1).ok_or_else(|| state("Index of counter too big."))?;
-                    fx.zero_rules.push(r.id);
+                    let id = ids.get(k as usize - 1).ok_or_else(|| state("Index of counter too big."))?;
+                    fx.zero_rules.push(*id);
                 }
             }
         }

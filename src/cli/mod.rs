@@ -18,7 +18,7 @@ use std::io::Write;
 
 use crate::compile::tables::Hook;
 use crate::error::{param, Error, Result, VARIANT, VERSION};
-use crate::model::{Policy, Ruleset, Table, TableKind};
+use crate::model::{Chain, Policy, Ruleset, Table, TableKind};
 use crate::output::save;
 use crate::parse::cmdline::{self, Parsed};
 use crate::parse::options::{self, OptDef, Value};
@@ -257,6 +257,11 @@ fn run(inv: &Invocation) -> Result<()> {
         apply_counters(&mut store, kind, &fx)?;
         return Ok(());
     }
+    if let Some(fx) = zero_chains(&outline, kind, inv)? {
+        print(&fx.stdout);
+        apply_counters(&mut store, kind, &fx)?;
+        return Ok(());
+    }
     let mut rs = decode_ready(&outline, &[])?;
     // listings print counters only with -v
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {
@@ -407,7 +412,7 @@ fn list_chain(store: &Store, outline: &Outline, kind: TableKind, inv: &Invocatio
     let Some(rules) = outline.rules_of(TableKind::Filter, chain) else { return Ok(None) };
     c.rules = rules?;
     if !*rules_format && !c.is_builtin() {
-        for (from, rule) in outline.jumps_to(TableKind::Filter, chain, chain).map_err(encoding)? {
+        for (from, rule) in outline.jumps_to(TableKind::Filter, chain, Some(chain)).map_err(encoding)? {
             if let Some(c) = table.chain_mut(&from) {
                 c.rules.push(rule);
             }
@@ -425,23 +430,71 @@ fn encoding(e: bincode::Error) -> anyhow::Error {
     anyhow::Error::new(e).context("the stored rules")
 }
 
-/// `-N`, or `-P` of a built-in filter chain: changes of the chains alone, applied to the
-/// stored chains without their rules and stored without decoding any (`Store::commit_chains`).
+/// Changes of the filter chains that need none of their stored rules decoded, applied to the
+/// chains without their rules (`Outline::chains_of`) and stored as they are
+/// (`Store::commit_chains`): `-N`; `-P` of a built-in chain; `-X` of an empty chain nothing
+/// jumps to (libiptc deletes no other: the general path gives its error); `-E` of a chain
+/// nothing jumps to, itself included (its rules then name neither name); `-F`, whose rules go
+/// undecoded, and with them what the datapath enforces unless the chain was empty or is a
+/// user chain nothing jumps to. Nothing is compiled when the datapath's rules stay the same.
 /// `None`, `outline` untouched: the general path applies.
 fn change_chains(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
-    // a new chain is reached by no rule; a policy changes nothing else
-    let change = match &inv.command {
-        Command::NewChain { .. } => store::FilterChange::None,
-        Command::Policy { .. } => store::FilterChange::Policies,
-        _ => return Ok(None),
-    };
+    use store::FilterChange;
     if kind != TableKind::Filter {
         return Ok(None);
     }
     let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
-    let fx = exec::apply(&mut table, inv)?;
+    let referenced = |name: &str| -> Result<bool> {
+        Ok(!outline.jumps_to(TableKind::Filter, name, None).map_err(encoding)?.is_empty())
+    };
+    let empty = |name: &str| outline.chain_len(TableKind::Filter, name).unwrap_or(0) == 0;
+    let change = match &inv.command {
+        // a new chain is reached by no rule; a policy changes nothing else
+        Command::NewChain { .. } => FilterChange::None,
+        Command::Policy { .. } => FilterChange::Policies,
+        Command::DeleteChain { chain: Some(name) } if empty(name) && !referenced(name)? => FilterChange::None,
+        Command::Rename { old, .. } if !referenced(old)? => FilterChange::None,
+        Command::Flush { chain: Some(name) } => {
+            let unreached = table.chain(name).is_some_and(|c| !c.is_builtin()) && !referenced(name)?;
+            if empty(name) || unreached {
+                FilterChange::None
+            } else {
+                FilterChange::Rules
+            }
+        }
+        Command::Flush { chain: None } if outline.rule_count() == 0 => FilterChange::None,
+        Command::Flush { chain: None } => FilterChange::Rules,
+        _ => return Ok(None),
+    };
+    let mut fx = exec::Effects::default();
+    if let Err(e) = exec::apply_to(&mut table, inv, &mut fx) {
+        print(&fx.stdout);
+        return Err(e);
+    }
+    match &inv.command {
+        Command::Rename { old, new } => outline.rename_chain(TableKind::Filter, old, new),
+        Command::Flush { chain } => outline.clear_rules(TableKind::Filter, chain.as_deref()),
+        _ => {}
+    }
     outline.set_chains(TableKind::Filter, &table);
     store.commit_chains(std::mem::take(outline), change, &table)?;
+    Ok(Some(fx))
+}
+
+/// `-Z [chain [rulenum]]` in the filter table: counters alone change, found by the stored
+/// rules' ids, none decoded. None: the general path applies.
+fn zero_chains(outline: &Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
+    let Command::Zero { chain, num } = &inv.command else { return Ok(None) };
+    if kind != TableKind::Filter {
+        return Ok(None);
+    }
+    let Some(table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
+    let ids = |c: &Chain| outline.chain_rule_ids(TableKind::Filter, &c.name).to_vec();
+    let mut fx = exec::Effects::default();
+    if let Err(e) = exec::zero_counters(&table, &ids, &mut fx, chain.as_deref(), *num, inv.verbose > 0) {
+        print(&fx.stdout);
+        return Err(e);
+    }
     Ok(Some(fx))
 }
 

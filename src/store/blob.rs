@@ -489,8 +489,8 @@ impl Outline {
 
     /// Gives table `kind` the chains of `table` (names, policies, counters), in its order: a
     /// chain it had keeps its stored rules, a new one has none, and one `table` lacks is gone
-    /// (with its rules: only for changes of the chains alone, `-N` and `-P`, made on
-    /// `chains_of`).
+    /// (with its rules: for changes of the chains alone made on `chains_of`, see
+    /// `Store::commit_chains`).
     pub fn set_chains(&mut self, kind: TableKind, table: &Table) {
         let Some(t) = self.tables.iter_mut().find(|t| t.kind == kind) else { return };
         let mut old: HashMap<String, StoredChain> = t.chains.drain(..).map(|c| (c.name.clone(), c)).collect();
@@ -526,13 +526,14 @@ impl Outline {
         Some(c.rules.decode().context("decoding the stored rules").map_err(Into::into))
     }
 
-    /// The rules of table `kind` outside chain `except` that jump or go to chain `target`, with
-    /// their chains' names: of the rules that jump (each block's index), those whose encoding
-    /// holds the name are decoded (a comment or another chain's name may hold it too).
-    pub fn jumps_to(&self, kind: TableKind, target: &str, except: &str) -> bincode::Result<Vec<(String, Rule)>> {
+    /// The rules of table `kind` outside chain `except` (None: in any chain) that jump or go to
+    /// chain `target`, with their chains' names: of the rules that jump (each block's index),
+    /// those whose encoding holds the name are decoded (a comment or another chain's name may
+    /// hold it too).
+    pub fn jumps_to(&self, kind: TableKind, target: &str, except: Option<&str>) -> bincode::Result<Vec<(String, Rule)>> {
         let name = memchr::memmem::Finder::new(target.as_bytes());
         let mut out = Vec::new();
-        for c in self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).filter(|c| c.name != except) {
+        for c in self.tables.iter().filter(|t| t.kind == kind).flat_map(|t| &t.chains).filter(|c| Some(c.name.as_str()) != except) {
             for &i in &c.rules.jumps {
                 let encoded = c.rules.encoded(i as usize)?;
                 if name.find(spec_bytes(encoded)).is_none() {
@@ -589,6 +590,28 @@ impl Outline {
     /// How many rules chain `chain` of table `kind` has (None: no such chain).
     pub fn chain_len(&self, kind: TableKind, chain: &str) -> Option<usize> {
         Some(self.chain(kind, chain)?.rules.ids.len())
+    }
+
+    /// The ids of the rules of chain `chain` of table `kind`, in order (none: no such chain).
+    pub fn chain_rule_ids(&self, kind: TableKind, chain: &str) -> &[u32] {
+        self.chain(kind, chain).map_or(&[], |c| &c.rules.ids)
+    }
+
+    /// Renames chain `old` of table `kind` to `new`, its rules as they are stored (none
+    /// mentions the chain's name: callers rename only chains nothing jumps to).
+    pub fn rename_chain(&mut self, kind: TableKind, old: &str, new: &str) {
+        if let Some(c) = self.chain_mut(kind, old) {
+            c.name = new.to_string();
+        }
+    }
+
+    /// Takes out the rules of chain `chain` of table `kind`, or of all its chains (None),
+    /// decoding none.
+    pub fn clear_rules(&mut self, kind: TableKind, chain: Option<&str>) {
+        let chains = self.tables.iter_mut().filter(|t| t.kind == kind).flat_map(|t| &mut t.chains);
+        for c in chains.filter(|c| chain.is_none_or(|n| c.name == n)) {
+            c.rules = RuleBlock::default();
+        }
     }
 
 }
@@ -754,11 +777,11 @@ mod tests {
         assert_eq!(append(&mut o, "OUTPUT", &[rule(6, 7, Target::Goto("BB".into()))]), Some(true));
         let t = o.decode().expect("decodes").tables.remove(0);
         for name in ["B", "BB", "C", "INPUT"] {
-            let found = o.jumps_to(TableKind::Filter, name, name).expect("decodes");
+            let found = o.jumps_to(TableKind::Filter, name, Some(name)).expect("decodes");
             assert_eq!(found.len(), t.references(name), "{name}");
             assert!(found.iter().all(|(c, r)| t.chain(c).is_some_and(|c| c.rules.contains(r))), "{name}");
         }
-        let found = o.jumps_to(TableKind::Filter, "B", "BB").expect("decodes");
+        let found = o.jumps_to(TableKind::Filter, "B", Some("BB")).expect("decodes");
         assert_eq!(found.iter().map(|(c, r)| (c.as_str(), r.id)).collect::<Vec<_>>(), [("INPUT", 0), ("FORWARD", 2)]);
     }
 

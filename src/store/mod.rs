@@ -73,11 +73,12 @@ impl Store {
         self.pins.commit_added(outline, chain, rules, place)
     }
 
-    /// Makes `outline`, loaded and then given the chains of filter table `filter` (`-N` of a
-    /// chain, or `-P`: `Outline::set_chains`), the live ruleset as `commit` would, decoding
-    /// nothing and compiling nothing when the datapath enforces the ruleset before: a new
-    /// chain is reached by no rule (`change` None), a policy is one slot of its image
-    /// (`change` Policies).
+    /// Makes `outline`, loaded and then given the chains of filter table `filter` (`-N`, `-P`,
+    /// `-X`, `-E`, `-F`: `Outline::set_chains`, and for the last two `rename_chain` and
+    /// `clear_rules`), the live ruleset as `commit` would, decoding nothing and compiling
+    /// nothing when the datapath enforces the ruleset before and `change` says its rules
+    /// stay: only chains no packet reaches changed (None), or a policy, one slot of its
+    /// image (Policies). `change` Rules: the new outline is decoded and compiled.
     pub fn commit_chains(&mut self, outline: Outline, change: FilterChange, filter: &Table) -> Result<()> {
         self.pins.commit_chains(outline, change, filter)
     }
