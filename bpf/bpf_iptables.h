@@ -164,6 +164,11 @@ enum bpfipt_const {
 	 * may remember it per flow (`bpfipt_flows`). */
 	BPFIPT_IMG_F_FLOW = 8,
 	BPFIPT_IMG_F_FLOW_HOOKS = 8 * 7, /* F_FLOW of every hook */
+	/* IMG_SLOT_FLAGS, set by the installer: the ruleset has no rule and ACCEPT policies, and
+	 * the programs stay attached (as netfilter keeps its hooks), so every packet passes at
+	 * once: emptying a ruleset and filling it again detaches and attaches nothing, each of
+	 * which waits for an RCU grace period per link. */
+	BPFIPT_IMG_F_PASS_ALL = 64,
 	/* In an interval slot: the field tells no rule apart there (see "intervals" above). */
 	BPFIPT_IMG_IV_ALL = 0x80000000,
 	BPFIPT_IMG_FIELD_SLOTS = 3,

@@ -796,15 +796,21 @@ static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 	return tc_judge(skb, img, c, PROG_TC_EG, mode, &f);
 }
 
+/* Whether the image judges nothing: every packet passes (BPFIPT_IMG_F_PASS_ALL). */
+static __always_inline int passes_all(struct img *img)
+{
+	return image_of_our_layout(img) && (img->c0->slot[BPFIPT_IMG_SLOT_FLAGS] & BPFIPT_IMG_F_PASS_ALL);
+}
+
 /* The programs: each judges a packet against the image it announced (image_enter), and
- * withdraws the announcement on every path. No image: nothing to judge by; an image that
- * could not be announced: dropped. */
+ * withdraws the announcement on every path. No image, or one that passes all: nothing to
+ * judge by; an image that could not be announced: dropped. */
 SEC("xdp")
 int bpfipt_xdp_ingress(struct xdp_md *ctx)
 {
 	struct img img;
 	int entered = image_enter(&img);
-	int v = entered > 0 ? xdp_ingress(ctx, &img) : entered < 0 ? XDP_DROP : XDP_PASS;
+	int v = entered > 0 && !passes_all(&img) ? xdp_ingress(ctx, &img) : entered < 0 ? XDP_DROP : XDP_PASS;
 	image_exit();
 	return v;
 }
@@ -819,7 +825,7 @@ int bpfipt_tc_ingress(struct __sk_buff *skb)
 	}
 	struct img img;
 	int entered = image_enter(&img);
-	int v = entered > 0 ? tc_ingress(skb, &img) : entered < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	int v = entered > 0 && !passes_all(&img) ? tc_ingress(skb, &img) : entered < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	image_exit();
 	return v;
 }
@@ -835,7 +841,7 @@ int bpfipt_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	struct img img;
 	int entered = image_enter(&img);
-	int v = entered > 0 ? tc_egress(skb, &img) : entered < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	int v = entered > 0 && !passes_all(&img) ? tc_egress(skb, &img) : entered < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	image_exit();
 	return v;
 }

@@ -216,8 +216,18 @@ fn input_forward_output_with_real_traffic() {
     assert_eq!(t.probe(&t.s, "udp", "198.18.3.1", 80), "timeout", "new interface filtered");
     assert_eq!(t.probe(&t.s, "udp", "198.18.1.1", 80), "open", "-i f2 only");
 
-    // Pass-all detaches: no links left.
+    // Pass-all keeps the programs attached, passing everything, and the next ruleset is
+    // enforced through the same links; detaching removes them.
+    let links = || fs::read_dir(t.pins.join("links")).map(|d| d.count()).unwrap_or(0);
+    let attached = links();
     t.apply(&Ruleset::default());
-    assert!(fs::read_dir(t.pins.join("links")).map(|d| d.count()).unwrap_or(0) == 0);
+    assert_eq!(t.probe(&t.s, "udp", "198.18.3.1", 80), "open", "passes all");
+    assert_eq!(t.probe(&t.s, "udp", "198.18.1.1", 80), "open");
+    assert_eq!(links(), attached, "still attached");
+    t.apply(&rs3);
+    assert_eq!(t.probe(&t.s, "udp", "198.18.3.1", 80), "timeout", "filtered again");
+    t.apply(&Ruleset::default());
+    t.in_fw(|| datapath::detach(&t.pins)).expect("detach");
+    assert_eq!(links(), 0, "detached");
     assert_eq!(t.probe(&t.s, "udp", "198.18.3.1", 80), "open");
 }

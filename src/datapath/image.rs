@@ -239,6 +239,21 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
 }
 
 const F_CONNTRACK: u64 = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
+const F_PASS_ALL: u64 = bpfipt_const::BPFIPT_IMG_F_PASS_ALL.0 as u64;
+
+/// Makes image `img` pass every packet, judging none (for a ruleset that passes all while the
+/// programs stay attached: see `datapath::apply`).
+pub fn mark_pass_all(img: &mut [u64]) {
+    if let Some(flags) = img.get_mut(SLOT_FLAGS) {
+        *flags |= F_PASS_ALL;
+    }
+}
+
+/// Whether image `img` passes every packet (`mark_pass_all`): it enforces no ruleset with a
+/// rule to patch.
+pub fn passes_all(img: &[u64]) -> bool {
+    img.get(SLOT_FLAGS).is_some_and(|f| f & F_PASS_ALL != 0)
+}
 const F_TCP_OPTIONS: u64 = bpfipt_const::BPFIPT_IMG_F_TCP_OPTIONS.0 as u64;
 const F_FLOW: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW.0 as u64;
 const F_FLOW_HOOKS: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW_HOOKS.0 as u64;

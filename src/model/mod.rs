@@ -340,7 +340,7 @@ impl Ruleset {
     }
 
     /// `true` when nothing would filter: no rules anywhere and every policy ACCEPT. The
-    /// datapath detaches in that state.
+    /// datapath then passes every packet unjudged (`datapath::apply`).
     pub fn is_pass_all(&self) -> bool {
         self.tables.iter().all(|t| {
             t.chains.iter().all(|c| c.rules.is_empty() && c.policy != Some(Policy::Drop))

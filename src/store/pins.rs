@@ -211,7 +211,8 @@ impl Pins {
     }
 
     /// Whether the datapath enforces the loaded ruleset, so that appended rules can be patched
-    /// into it: not so for one that passes everything (the programs are detached then).
+    /// into it: not so for one that passes everything (its image judges nothing, or nothing is
+    /// attached).
     fn patchable(&self) -> bool {
         self.live_pass_all == Some(false)
     }
