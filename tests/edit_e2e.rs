@@ -237,17 +237,9 @@ fn user_chain_edits_are_patched_in_where_the_chains_are_inlined() {
     assert_eq!(probe(81), "open", "FORWARD flushed, its jumps too");
     assert_eq!(probe(85), "open");
     assert_eq!(
-        ok(&["-S"]).lines().collect::<Vec<_>>(),
-        [
-            "-P INPUT ACCEPT",
-            "-P FORWARD ACCEPT",
-            "-P OUTPUT ACCEPT",
-            "-N DOCKER",
-            "-N DOCKER-USER",
-            "-N U",
-            "-A DOCKER -p tcp -m tcp --dport 85 -j RETURN",
-            "-A DOCKER -p tcp -m tcp --dport 85 -j DROP",
-        ]
+        ok(&["-S"]).lines().filter(|l| l.starts_with("-A")).collect::<Vec<_>>(),
+        ["-A DOCKER -p tcp -m tcp --dport 85 -j RETURN", "-A DOCKER -p tcp -m tcp --dport 85 -j DROP"],
+        "the rules left"
     );
 }
 

@@ -240,6 +240,10 @@ pub fn build(c: &Compiled, ifaces: &[IfaceName]) -> Result<Vec<u64>> {
 
 const F_CONNTRACK: u64 = bpfipt_const::BPFIPT_IMG_F_CONNTRACK.0 as u64;
 const F_PASS_ALL: u64 = bpfipt_const::BPFIPT_IMG_F_PASS_ALL.0 as u64;
+const F_TCP_OPTIONS: u64 = bpfipt_const::BPFIPT_IMG_F_TCP_OPTIONS.0 as u64;
+const F_FLOW: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW.0 as u64;
+const F_FLOW_HOOKS: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW_HOOKS.0 as u64;
+const SLOT_FLOW_MASK: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLOW_MASK);
 
 /// Makes image `img` pass every packet, judging none (for a ruleset that passes all while the
 /// programs stay attached: see `datapath::apply`).
@@ -254,10 +258,6 @@ pub fn mark_pass_all(img: &mut [u64]) {
 pub fn passes_all(img: &[u64]) -> bool {
     img.get(SLOT_FLAGS).is_some_and(|f| f & F_PASS_ALL != 0)
 }
-const F_TCP_OPTIONS: u64 = bpfipt_const::BPFIPT_IMG_F_TCP_OPTIONS.0 as u64;
-const F_FLOW: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW.0 as u64;
-const F_FLOW_HOOKS: u64 = bpfipt_const::BPFIPT_IMG_F_FLOW_HOOKS.0 as u64;
-const SLOT_FLOW_MASK: usize = k(bpfipt_const::BPFIPT_IMG_SLOT_FLOW_MASK);
 
 /// Fills in the flow cache's part of image `img` (see `bpfipt_flows` in bpf_iptables.h): which
 /// hooks judge a packet by its flow key alone, and the key's mask, from the rules the image
