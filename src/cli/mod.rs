@@ -267,11 +267,7 @@ fn run(inv: &Invocation) -> Result<()> {
     if matches!(inv.command, Command::List { .. }) && inv.verbose > 0 {
         store.load_counters(&mut rs)?;
     }
-    let mut fx = exec::Effects::default();
-    if let Err(e) = exec::apply_to(rs.table_mut(kind), inv, &mut fx) {
-        print(&fx.stdout);
-        return Err(e);
-    }
+    let fx = echoed(|fx| exec::apply_to(rs.table_mut(kind), inv, fx))?;
     // Listing output first: `-L -Z` prints, then zeroes.
     if fx.changed {
         exec::validate(rs.table_mut(kind))?;
@@ -287,6 +283,17 @@ fn run(inv: &Invocation) -> Result<()> {
     print(&fx.stdout);
     apply_counters(&mut store, kind, &fx)?;
     Ok(())
+}
+
+/// What `apply` (given fresh effects) did, or its error, with what `-v` echoed before it
+/// printed first: iptables echoes a rule or chain before it tries.
+fn echoed(apply: impl FnOnce(&mut exec::Effects) -> Result<()>) -> Result<exec::Effects> {
+    let mut fx = exec::Effects::default();
+    if let Err(e) = apply(&mut fx) {
+        print(&fx.stdout);
+        return Err(e);
+    }
+    Ok(fx)
 }
 
 /// Readies the heap for `rules` stored rules decoded (and compiled): ~1.5 KB each, about what
@@ -436,8 +443,10 @@ fn encoding(e: bincode::Error) -> anyhow::Error {
 /// jumps to (libiptc deletes no other: the general path gives its error); `-E` of a chain
 /// nothing jumps to, itself included (its rules then name neither name); `-F`, whose rules go
 /// undecoded, and with them what the datapath enforces unless the chain was empty or is a
-/// user chain nothing jumps to. Nothing is compiled when the datapath's rules stay the same.
-/// `None`, `outline` untouched: the general path applies.
+/// user chain nothing jumps to, but for a user chain that is jumped to: its rules are taken
+/// out where it is inlined, as `-D` takes a rule out (`Store::commit_delete`). Nothing is
+/// compiled when the datapath's rules stay the same. `None`, `outline` untouched: the general
+/// path applies.
 fn change_chains(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     use store::FilterChange;
     if kind != TableKind::Filter {
@@ -455,9 +464,11 @@ fn change_chains(store: &mut Store, outline: &mut Outline, kind: TableKind, inv:
         Command::DeleteChain { chain: Some(name) } if empty(name) && !referenced(name)? => FilterChange::None,
         Command::Rename { old, .. } if !referenced(old)? => FilterChange::None,
         Command::Flush { chain: Some(name) } => {
-            let unreached = table.chain(name).is_some_and(|c| !c.is_builtin()) && !referenced(name)?;
-            if empty(name) || unreached {
+            let user = table.chain(name).is_some_and(|c| !c.is_builtin());
+            if empty(name) || user && !referenced(name)? {
                 FilterChange::None
+            } else if user {
+                return flush_in_place(store, outline, table, inv, name);
             } else {
                 FilterChange::Rules
             }
@@ -466,11 +477,7 @@ fn change_chains(store: &mut Store, outline: &mut Outline, kind: TableKind, inv:
         Command::Flush { chain: None } => FilterChange::Rules,
         _ => return Ok(None),
     };
-    let mut fx = exec::Effects::default();
-    if let Err(e) = exec::apply_to(&mut table, inv, &mut fx) {
-        print(&fx.stdout);
-        return Err(e);
-    }
+    let fx = echoed(|fx| exec::apply_to(&mut table, inv, fx))?;
     match &inv.command {
         Command::Rename { old, new } => outline.rename_chain(TableKind::Filter, old, new),
         Command::Flush { chain } => outline.clear_rules(TableKind::Filter, chain.as_deref()),
@@ -478,6 +485,16 @@ fn change_chains(store: &mut Store, outline: &mut Outline, kind: TableKind, inv:
     }
     outline.set_chains(TableKind::Filter, &table);
     store.commit_chains(std::mem::take(outline), change, &table)?;
+    Ok(Some(fx))
+}
+
+/// `-F` of user chain `name`, which rules jump to: its rules are taken out as `-D` takes
+/// them out, in place wherever the chain is inlined when none jumps or always ends its walk.
+fn flush_in_place(store: &mut Store, outline: &mut Outline, mut table: Table, inv: &Invocation, name: &str) -> Result<Option<exec::Effects>> {
+    let fx = echoed(|fx| exec::apply_to(&mut table, inv, fx))?;
+    let all: Vec<usize> = (0..outline.chain_len(TableKind::Filter, name).unwrap_or(0)).collect();
+    let Some(deleted) = outline.remove(TableKind::Filter, name, &all).map_err(encoding)? else { return Ok(None) };
+    store.commit_delete(std::mem::take(outline), &deleted)?;
     Ok(Some(fx))
 }
 
@@ -490,12 +507,7 @@ fn zero_chains(outline: &Outline, kind: TableKind, inv: &Invocation) -> Result<O
     }
     let Some(table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
     let ids = |c: &Chain| outline.chain_rule_ids(TableKind::Filter, &c.name).to_vec();
-    let mut fx = exec::Effects::default();
-    if let Err(e) = exec::zero_counters(&table, &ids, &mut fx, chain.as_deref(), *num, inv.verbose > 0) {
-        print(&fx.stdout);
-        return Err(e);
-    }
-    Ok(Some(fx))
+    Ok(Some(echoed(|fx| exec::zero_counters(&table, &ids, fx, chain.as_deref(), *num, inv.verbose > 0))?))
 }
 
 /// `iptables-save [-c] [-t table] [-f file]`.
