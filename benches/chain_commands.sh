@@ -28,20 +28,6 @@ sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(0 10000)
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-# median_pair_ms DO UNDO: median wall-clock ms over REPS runs of the shell command DO inside
-# the namespace (bash's EPOCHREALTIME: no fork of date(1) measured), each followed by the
-# untimed UNDO.
-median_pair_ms() {
-  ip netns exec "$ns" bash -c '
-    do_cmd=$1 undo_cmd=$2 reps=$3 times=()
-    for _ in $(seq "$reps"); do
-      t0=${EPOCHREALTIME/./}; eval "$do_cmd" >/dev/null; t1=${EPOCHREALTIME/./}
-      eval "$undo_cmd" >/dev/null
-      times+=($(( t1 - t0 )))
-    done
-    printf "%s\n" "${times[@]}" | sort -n | awk "{a[NR]=\$1} END {printf \"%.2f\", a[int((NR+1)/2)]/1000}"
-  ' _ "$1" "$2" "$REPS"
-}
 count() { # ipt chain -> its rules
   ip netns exec "$ns" "$1" -S "$2" | grep -c "^-A $2 " || true
 }

@@ -4,7 +4,8 @@
 # does), and gen_rules N prints an iptables-restore input of N filter INPUT rules that match
 # no bench traffic (distinct source/destination /32s and ports), a rule that does (UDP from
 # 198.18.0.2 to port 9), and a jump to the empty user chain USER; gen_nft N the same ruleset
-# as nft -f input (both from gen_ruleset, one loop: the two stay the same rules).
+# as nft -f input (both from gen_ruleset, one loop: the two stay the same rules);
+# median_pair_ms and median_ms time commands in the namespace (REPS runs).
 cargo build --release --quiet
 bin=$PWD/target/release/bpf-iptables
 work=$(mktemp -d)
@@ -44,3 +45,20 @@ PY
 }
 gen_rules() { gen_ruleset "$1" ipt; } # N -> iptables-restore input
 gen_nft() { gen_ruleset "$1" nft; }   # N -> nft -f input
+
+# Timing runs inside the namespace, so `ip netns exec` (a few ms of its own) is not measured,
+# and reads bash's EPOCHREALTIME (µs), not date(1), whose own fork and exec would add ~2 ms.
+# median_pair_ms DO UNDO: median wall-clock ms over REPS runs of the shell command DO, each
+# followed by the untimed UNDO (empty: nothing).
+median_pair_ms() {
+  ip netns exec "$ns" bash -c '
+    do_cmd=$1 undo_cmd=$2 reps=$3 times=()
+    for _ in $(seq "$reps"); do
+      t0=${EPOCHREALTIME/./}; eval "$do_cmd" >/dev/null; t1=${EPOCHREALTIME/./}
+      [ -n "$undo_cmd" ] && eval "$undo_cmd" >/dev/null
+      times+=($(( t1 - t0 )))
+    done
+    printf "%s\n" "${times[@]}" | sort -n | awk "{a[NR]=\$1} END {printf \"%.2f\", a[int((NR+1)/2)]/1000}"
+  ' _ "$1" "$2" "$REPS"
+}
+median_ms() { median_pair_ms "$*" ""; }

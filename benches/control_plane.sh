@@ -31,22 +31,6 @@ sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(0 100 1000 10000)
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-# Timing runs inside the namespace, so `ip netns exec` (a few ms of its own) is not measured,
-# and reads bash's EPOCHREALTIME (µs), not date(1), whose own fork and exec would add ~2 ms.
-# median_pair_ms DO UNDO: median wall-clock ms over REPS runs of the shell command DO, each
-# followed by the untimed UNDO (empty: nothing).
-median_pair_ms() {
-  ip netns exec "$ns" bash -c '
-    do_cmd=$1 undo_cmd=$2 reps=$3 times=()
-    for _ in $(seq "$reps"); do
-      t0=${EPOCHREALTIME/./}; eval "$do_cmd" >/dev/null; t1=${EPOCHREALTIME/./}
-      [ -n "$undo_cmd" ] && eval "$undo_cmd" >/dev/null
-      times+=($(( t1 - t0 )))
-    done
-    printf "%s\n" "${times[@]}" | sort -n | awk "{a[NR]=\$1} END {printf \"%.2f\", a[int((NR+1)/2)]/1000}"
-  ' _ "$1" "$2" "$REPS"
-}
-median_ms() { median_pair_ms "$*" ""; }
 check_count() { # impl expected-rules
   local got
   case $1 in
