@@ -439,14 +439,16 @@ fn encoding(e: bincode::Error) -> anyhow::Error {
 
 /// Changes of the filter chains that need none of their stored rules decoded, applied to the
 /// chains without their rules (`Outline::chains_of`) and stored as they are
-/// (`Store::commit_chains`): `-N`; `-P` of a built-in chain; `-X` of an empty chain nothing
-/// jumps to (libiptc deletes no other: the general path gives its error); `-E` of a chain
-/// nothing jumps to, itself included (its rules then name neither name); `-F`, whose rules go
-/// undecoded, and with them what the datapath enforces unless the chain was empty or is a
-/// user chain nothing jumps to, but for a user chain that is jumped to: its rules are taken
-/// out where it is inlined, as `-D` takes a rule out (`Store::commit_delete`). Nothing is
-/// compiled when the datapath's rules stay the same. `None`, `outline` untouched: the general
-/// path applies.
+/// (`Store::commit_chains`); nothing is compiled when the datapath's rules stay the same:
+/// - `-N`, and `-P` of a built-in chain;
+/// - `-X` of an empty chain nothing jumps to (libiptc deletes no other: the general path
+///   gives its error);
+/// - `-E` of a chain nothing jumps to, itself included (its rules then name neither name);
+/// - `-F`: the rules go undecoded, and what the datapath enforces changes unless the chain
+///   was empty or is a user chain nothing jumps to; a user chain that is jumped to has its
+///   rules taken out where it is inlined, as `-D` takes a rule out (`flush_in_place`).
+///
+/// `None`, `outline` untouched: the general path applies.
 fn change_chains(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     use store::FilterChange;
     if kind != TableKind::Filter {

@@ -512,10 +512,7 @@ pub fn parse_ipv4_multiple(spec: &str) -> Result<crate::parse::Addrs> {
     let mut out = crate::parse::Addrs::new();
     let mut rest = spec;
     loop {
-        let (item, next) = match split_at_byte(rest, b',') {
-            Some((item, next)) => (item, Some(next)),
-            None => (rest, None),
-        };
+        let (item, next) = split_at_byte(rest, b',').map_or((rest, None), |(item, next)| (item, Some(next)));
         let item = item.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
         if let Some(m) = plain_ipv4_mask(item.as_bytes()) {
             out.push(m);
