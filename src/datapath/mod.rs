@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::libbpf_sys;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::compile::tables::{Action, ActionKind, Compiled, Hook};
@@ -68,7 +68,7 @@ pub enum Prog {
 impl Prog {
     const ALL: [Prog; 3] = [Prog::Xdp, Prog::TcIngress, Prog::TcEgress];
 
-    fn pin_name(self) -> &'static str {
+    const fn pin_name(self) -> &'static str {
         match self {
             Prog::Xdp => "xdp",
             Prog::TcIngress => "tc_in",
@@ -355,12 +355,51 @@ impl Programs {
 
 /// Loads the programs of this build once per namespace (pinned under `progs-<hash>`), reusing
 /// the pinned maps; later calls just open the pins.
+///
+/// The kernel's verifier takes seconds for each of the big programs, one after another when
+/// libbpf loads the object: the maps are made (or found pinned) first, then each program is
+/// verified on a thread of its own (the verifier runs in parallel for a privileged loader, so a
+/// namespace's first rule waits for the slowest program rather than for all of them).
 pub fn load_programs(pin_dir: &Path) -> Result<Programs> {
     let dir = progs_dir(pin_dir);
     if let Ok(p) = open_programs(pin_dir) {
         return Ok(p);
     }
     let _ = fs::remove_dir_all(&dir);
+    load_object(pin_dir, &dir, &[])?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::thread::scope(|s| {
+        let loading: Vec<_> = LOAD_GROUPS
+            .iter()
+            .map(|&group| {
+                std::thread::Builder::new()
+                    .name("bpfipt-verify".into())
+                    .spawn_scoped(s, || load_object(pin_dir, &dir, group))
+                    .context("starting a program-loading thread")
+            })
+            .collect();
+        loading.into_iter().try_for_each(|t| t?.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })?;
+    let programs = open_programs(pin_dir).context("opening the programs just pinned")?;
+    // Links made by an older build move to these programs now.
+    update_links(pin_dir, &programs)?;
+    remove_prog_dirs(pin_dir, Some(&dir))?;
+    Ok(programs)
+}
+
+/// The programs loaded together, each group on its own thread, by their names in the BPF
+/// object, with the file each is pinned as in `progs_dir` (the route probe is small: it goes
+/// with a big one).
+const LOAD_GROUPS: [&[(&str, &str)]; 3] = [
+    &[("bpfipt_xdp_ingress", Prog::Xdp.pin_name()), ("bpfipt_route_gen", ROUTE_GEN_PIN)],
+    &[("bpfipt_tc_ingress", Prog::TcIngress.pin_name())],
+    &[("bpfipt_tc_egress", Prog::TcEgress.pin_name())],
+];
+
+/// Opens the BPF object with its maps at their pins in `pin_dir` (made there when missing),
+/// loads only the programs `group` names and pins them in `dir`. With no programs it just
+/// makes the maps.
+fn load_object(pin_dir: &Path, dir: &Path, group: &[(&str, &str)]) -> Result<()> {
     let mut storage = MaybeUninit::uninit();
     let mut open = DatapathSkelBuilder::default().open(&mut storage).context("opening the BPF object")?;
     for mut map in open.open_object_mut().maps_mut() {
@@ -370,24 +409,18 @@ pub fn load_programs(pin_dir: &Path) -> Result<Programs> {
             map.set_pin_path(pin_dir.join(&name))?;
         }
     }
-    let skel = open.load().context("loading the datapath programs (verifier)")?;
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let progs = &skel.progs;
-    let fds = [
-        (Prog::Xdp, progs.bpfipt_xdp_ingress.as_fd()),
-        (Prog::TcIngress, progs.bpfipt_tc_ingress.as_fd()),
-        (Prog::TcEgress, progs.bpfipt_tc_egress.as_fd()),
-    ];
-    for (p, fd) in fds {
-        obj_pin(fd.as_raw_fd(), &dir.join(p.pin_name()))?;
+    for mut prog in open.open_object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        prog.set_autoload(group.iter().any(|&(n, _)| n == name));
     }
-    obj_pin(progs.bpfipt_route_gen.as_fd().as_raw_fd(), &dir.join(ROUTE_GEN_PIN))?;
-    drop(skel);
-    let programs = open_programs(pin_dir).context("opening the programs just pinned")?;
-    // Links made by an older build move to these programs now.
-    update_links(pin_dir, &programs)?;
-    remove_prog_dirs(pin_dir, Some(&dir))?;
-    Ok(programs)
+    let skel = open.load().context("loading the datapath programs (verifier)")?;
+    for prog in skel.object().progs() {
+        let name = prog.name().to_string_lossy();
+        if let Some(&(_, pin)) = group.iter().find(|&&(n, _)| n == name) {
+            obj_pin(prog.as_fd().as_raw_fd(), &dir.join(pin))?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_prog_dirs(pin_dir: &Path, keep: Option<&Path>) -> Result<()> {
