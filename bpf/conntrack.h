@@ -63,11 +63,13 @@
  * the least recently used, so LRU eviction reclaims them first, and the listing skips them.
  *
  * Concurrency: LRU hash values cannot hold a bpf_spin_lock, so updates of an existing entry
- * take one of BPFIPT_CT_LOCKS spin locks (chosen by key hash) in a separate array map; entry
- * creation is an atomic insert (BPF_NOEXIST) and a loser of that race falls back to updating
- * the winner's entry under its lock. Lookup reads an unlocked snapshot: it may see a state
- * another CPU is replacing, which only affects that one packet's classification, as with
- * netfilter where the ct state is computed before the filter runs. An update under a lock
+ * take one of BPFIPT_CT_LOCKS spin locks (chosen by key hash) in a separate array map to
+ * write (the state machine runs before, on a snapshot, and the write happens only if no
+ * other update came in between: see bpfipt_ct_update); entry creation is an atomic insert
+ * (BPF_NOEXIST) and a loser of that race falls back to updating the winner's entry. Lookup
+ * reads an unlocked snapshot: it may see a state another CPU is replacing, which only
+ * affects that one packet's classification, as with netfilter where the ct state is computed
+ * before the filter runs. An update under a lock
  * makes the lock's seq odd while it writes and moves it on after (a seqcount over the
  * entries of that lock), so lookup also learns whether its snapshot was whole, and then
  * whether the packet changes nothing in the entry but its counters (a UDP stream, a
@@ -381,11 +383,19 @@ static __always_inline void ct_count(struct bpfipt_ct_entry *e, const struct bpf
 
 /* nf_ct_refresh_acct: a new deadline, and the packet counted in its direction. */
 static __always_inline void ct_refresh(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
-				       __u32 dir, __u64 now, __u32 timeout, int shared)
+				       __u32 dir, __u64 now, __u32 timeout)
 {
 	e->expires = now + (__u64)timeout * CT_NS_PER_SEC;
-	ct_count(e, p, dir, shared);
+	ct_count(e, p, dir, 0);
 }
+
+/* An entry as 8-byte words, of which the counters are words 2..5. */
+#define CT_ENTRY_WORDS ((int)(sizeof(struct bpfipt_ct_entry) / 8))
+_Static_assert(sizeof(struct bpfipt_ct_entry) % 8 == 0, "entries are 8-byte words");
+_Static_assert(__builtin_offsetof(struct bpfipt_ct_entry, acct) == 16 &&
+		       __builtin_offsetof(struct bpfipt_ct_entry, orig) == 48,
+	       "the counters are words 2..5");
+#define ct_counter_word(i) ((i) >= 2 && (i) < 6)
 
 /* Whether entries a and b are the same but for their counters. */
 static __always_inline int ct_same_but_counters(const struct bpfipt_ct_entry *a, const struct bpfipt_ct_entry *b)
@@ -393,13 +403,9 @@ static __always_inline int ct_same_but_counters(const struct bpfipt_ct_entry *a,
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 	__u64 diff = 0;
 
-	_Static_assert(sizeof(*a) % 8 == 0, "entries are 8-byte words");
-	_Static_assert(__builtin_offsetof(struct bpfipt_ct_entry, acct) == 16 &&
-			       __builtin_offsetof(struct bpfipt_ct_entry, orig) == 48,
-		       "the counters are words 2..5");
 #pragma unroll
-	for (int i = 0; i < (int)(sizeof(*a) / 8); i++)
-		if (i < 2 || i >= 6)
+	for (int i = 0; i < CT_ENTRY_WORDS; i++)
+		if (!ct_counter_word(i))
 			diff |= x[i] ^ y[i];
 	return diff == 0;
 }
@@ -484,7 +490,7 @@ static __always_inline int ct_tcp_window(struct bpfipt_ct_entry *e, const struct
 
 /* nf_conntrack_tcp_packet() (with tcp_error() and tcp_new()). */
 static __always_inline int ct_tcp(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
-				  __u32 dir, __u64 now, int shared)
+				  __u32 dir, __u64 now)
 {
 	__u8 flags = p->tcp_flags;
 	__u32 seq = p->seq;
@@ -619,7 +625,7 @@ in_window:
 	if (!(e->status & BPFIPT_CT_S_SEEN_REPLY)) {
 		if (flags & CT_TCP_RST) {
 			/* the only answer is an RST: no connection */
-			ct_refresh(e, p, dir, now, timeout, shared);
+			ct_refresh(e, p, dir, now, timeout);
 			return CT_V_KILL;
 		}
 		if (index == CT_IDX_SYN && old == sSS)
@@ -629,50 +635,61 @@ in_window:
 	} else if (!(e->status & BPFIPT_CT_S_ASSURED) && (old == sSR || old == sES) && new == sES) {
 		e->status |= BPFIPT_CT_S_ASSURED;
 	}
-	ct_refresh(e, p, dir, now, timeout, shared);
+	ct_refresh(e, p, dir, now, timeout);
 	return CT_V_ACCEPT;
 }
 
 /* nf_conntrack_udp_packet() (UDP and UDPLITE). */
 static __always_inline int ct_udp(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
-				  __u32 dir, __u64 now, int shared)
+				  __u32 dir, __u64 now)
 {
 	/* both directions seen: a stream once it lives longer than 2 s */
 	if ((e->status & BPFIPT_CT_S_SEEN_REPLY) && now - e->created > CT_UDP_STREAM_AFTER_NS) {
-		ct_refresh(e, p, dir, now, CT_TIMEOUT_UDP_STREAM, shared);
+		ct_refresh(e, p, dir, now, CT_TIMEOUT_UDP_STREAM);
 		e->status |= BPFIPT_CT_S_ASSURED;
 		return CT_V_ACCEPT;
 	}
-	ct_refresh(e, p, dir, now, CT_TIMEOUT_UDP, shared);
+	ct_refresh(e, p, dir, now, CT_TIMEOUT_UDP);
 	return CT_V_ACCEPT;
 }
 
-/* Advances entry `e` (the table's under its lock: `shared`, or a copy) with packet `p`
- * travelling in direction `dir`. */
+/* Advances `e`, a copy of an entry, with packet `p` travelling in direction `dir`. */
 static __always_inline int ct_advance(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p,
-				      __u32 dir, __u64 now, int shared)
+				      __u32 dir, __u64 now)
 {
 	switch (e->proto) {
 	case IPPROTO_TCP:
-		return ct_tcp(e, p, dir, now, shared);
+		return ct_tcp(e, p, dir, now);
 	case IPPROTO_UDP:
 	case IPPROTO_UDPLITE:
-		return ct_udp(e, p, dir, now, shared);
+		return ct_udp(e, p, dir, now);
 	case IPPROTO_ICMP:
-		ct_refresh(e, p, dir, now, CT_TIMEOUT_ICMP, shared);
+		ct_refresh(e, p, dir, now, CT_TIMEOUT_ICMP);
 		return CT_V_ACCEPT;
 	case IPPROTO_GRE:
 		if (e->status & BPFIPT_CT_S_SEEN_REPLY) {
-			ct_refresh(e, p, dir, now, CT_TIMEOUT_GRE_STREAM, shared);
+			ct_refresh(e, p, dir, now, CT_TIMEOUT_GRE_STREAM);
 			e->status |= BPFIPT_CT_S_ASSURED;
 		} else {
-			ct_refresh(e, p, dir, now, CT_TIMEOUT_GRE, shared);
+			ct_refresh(e, p, dir, now, CT_TIMEOUT_GRE);
 		}
 		return CT_V_ACCEPT;
 	default:
-		ct_refresh(e, p, dir, now, CT_TIMEOUT_GENERIC, shared);
+		ct_refresh(e, p, dir, now, CT_TIMEOUT_GENERIC);
 		return CT_V_ACCEPT;
 	}
+}
+
+/* ct_advance() as a global function: the verifier checks the state machines once, for any
+ * arguments, instead of along every path to each of the five places that advance an entry
+ * (inlined there, the TCP one made two fifths of every program's verification). It works on
+ * copies: no global function may be called holding a lock (see bpfipt_ct_update). */
+__noinline int bpfipt_ct_advance_copy(struct bpfipt_ct_entry *e, const struct bpfipt_ct_pkt *p, __u32 dir,
+				      __u64 now)
+{
+	if (!e || !p)
+		return CT_V_INVALID;
+	return ct_advance(e, p, dir, now);
 }
 
 /* The lock of the connection between (a0, p0) and (a1, p1): the same whichever end comes
@@ -810,13 +827,13 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	}
 	status_before = snap.status;
 	counted = snap.acct[dir & 1].packets;
-	v = ct_advance(&snap, p, dir, now, 0);
+	v = bpfipt_ct_advance_copy(&snap, p, dir, now);
 	if (v == CT_V_REOPEN) {
 		ct_init(&snap, p, &ti.t, now);
 		dir = BPFIPT_CT_DIR_ORIGINAL;
 		found = 0;
 		status_before = 0;
-		v = ct_advance(&snap, p, dir, now, 0);
+		v = bpfipt_ct_advance_copy(&snap, p, dir, now);
 	}
 	if (v == CT_V_INVALID)
 		return r->state;
@@ -844,63 +861,197 @@ static __always_inline int bpfipt_ct_lookup(const struct bpfipt_ct_pkt *p,
 	return r->state;
 }
 
-/* What ct_apply() leaves for after the lock. */
+/* What ct_apply() did to the copy of an entry, for the table's entry. */
 enum ct_applied {
-	CT_KEPT,
-	CT_KILL,    /* delete the entry */
-	CT_CREATED, /* it holds a new connection now */
+	CT_UNCHANGED, /* nothing to write */
+	CT_ADVANCED,  /* the copy moved on: its words but the counters, and what it counted */
+	CT_REPLACED,  /* the copy is a new connection: all of it */
+	CT_KILL,      /* delete the entry */
 };
 
-/* Under the entry's lock: applies the packet to an entry (reinitialising it when it has
- * expired or the packet reopens it, if `accepted`; `fresh` is scratch space). */
-static __always_inline enum ct_applied ct_apply(struct bpfipt_ct_entry *e, struct bpfipt_ct_entry *fresh,
-						const struct bpfipt_ct_pkt *p,
-						const struct ct_tuple_info *ti, __u64 now, int accepted)
+/* ct_advance(), inline when `in_lock` (a constant: holding the lock, which no global function
+ * may be called with), else the global bpfipt_ct_advance_copy(). */
+static __always_inline int ct_advance_in(struct bpfipt_ct_entry *c, const struct bpfipt_ct_pkt *p, __u32 dir,
+					 __u64 now, const int in_lock)
+{
+	if (in_lock)
+		return ct_advance(c, p, dir, now);
+	return bpfipt_ct_advance_copy(c, p, dir, now);
+}
+
+/* Applies the packet to `c`, a copy of the table's entry (reinitialising it when it has
+ * expired or the packet reopens it, if `accepted`). Sets *created when it holds a new
+ * connection then. `in_lock`: see ct_advance_in(). */
+static __always_inline enum ct_applied ct_apply(struct bpfipt_ct_entry *c, const struct bpfipt_ct_pkt *p,
+						const struct ct_tuple_info *ti, __u64 now, int accepted, int *created,
+						const int in_lock)
 {
 	__u32 dir = BPFIPT_CT_DIR_ORIGINAL;
 	int v = CT_V_REOPEN;
 
-	if (!ct_expired(e, now)) {
-		dir = ct_dir_of(e, ti);
-		v = ct_advance(e, p, dir, now, 1);
+	if (!ct_expired(c, now)) {
+		dir = ct_dir_of(c, ti);
+		v = ct_advance_in(c, p, dir, now, in_lock);
 	}
 	if (v == CT_V_REOPEN) {
+		/* (a packet that reopens changed nothing before saying so) */
 		if (ti->icmp_reply)
-			return CT_KEPT;
+			return CT_UNCHANGED;
 		/* The old connection is over (netfilter kills it before the filter runs, and an
 		 * expired one is gone); a dropped packet starts no new one. */
 		if (!accepted)
 			return CT_KILL;
-		ct_init(fresh, p, &ti->t, now);
-		dir = BPFIPT_CT_DIR_ORIGINAL;
-		v = ct_advance(fresh, p, dir, now, 0);
+		ct_init(c, p, &ti->t, now);
+		v = ct_advance_in(c, p, BPFIPT_CT_DIR_ORIGINAL, now, in_lock);
 		if (v == CT_V_INVALID)
-			return CT_KEPT;
-		*e = *fresh;
-		e->status |= BPFIPT_CT_S_CONFIRMED;
-		return v == CT_V_KILL ? CT_KILL : CT_CREATED;
+			return CT_UNCHANGED;
+		c->status |= BPFIPT_CT_S_CONFIRMED;
+		if (v == CT_V_KILL)
+			return CT_KILL;
+		*created = 1;
+		return CT_REPLACED;
 	}
-	if (v == CT_V_INVALID)
-		return CT_KEPT;
-	if (dir == BPFIPT_CT_DIR_REPLY)
-		e->status |= BPFIPT_CT_S_SEEN_REPLY;
-	e->status |= BPFIPT_CT_S_CONFIRMED;
-	return v == CT_V_KILL ? CT_KILL : CT_KEPT;
+	/* an INVALID packet keeps what the state machine recorded on its way */
+	if (v != CT_V_INVALID) {
+		if (dir == BPFIPT_CT_DIR_REPLY)
+			c->status |= BPFIPT_CT_S_SEEN_REPLY;
+		c->status |= BPFIPT_CT_S_CONFIRMED;
+	}
+	return v == CT_V_KILL ? CT_KILL : CT_ADVANCED;
+}
+
+/* Under the entry's lock: writes copy `c`, advanced from a snapshot whose counters were
+ * `before`, into the table's entry `e`: every word but the counters, which lookups add to
+ * without the lock (see the top), get what the copy counted, atomically. */
+static __always_inline void ct_write_back(struct bpfipt_ct_entry *e, const struct bpfipt_ct_entry *c,
+					  const struct bpfipt_counter *before)
+{
+	__u64 *x = (__u64 *)e;
+	const __u64 *y = (const __u64 *)c;
+#pragma unroll
+	for (int i = 0; i < CT_ENTRY_WORDS; i++)
+		if (!ct_counter_word(i))
+			x[i] = y[i];
+#pragma unroll
+	for (int d = 0; d < 2; d++) {
+		__sync_fetch_and_add(&e->acct[d].packets, c->acct[d].packets - before[d].packets);
+		__sync_fetch_and_add(&e->acct[d].bytes, c->acct[d].bytes - before[d].bytes);
+	}
+}
+
+/* Tries of an update whose snapshot other updates under its lock keep overtaking. */
+#define CT_UPDATE_TRIES 16
+
+/* An update's copy of the entry and its counters as copied: per CPU (programs never nest on a
+ * CPU), off the stack (with it there, the deepest call chain, through the update's tries to
+ * the state machine, passed the verifier's 512 bytes). */
+struct bpfipt_ct_work {
+	struct bpfipt_ct_entry c;
+	struct bpfipt_counter before[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfipt_ct_work);
+} bpfipt_ct_work SEC(".maps");
+
+/* One try of bpfipt_ct_update() on an existing entry (a bpf_loop callback, so that the
+ * verifier checks it once, not once per try). */
+struct ct_update_try {
+	const struct bpfipt_ct_pkt *p;
+	const struct ct_tuple_info *ti;
+	struct bpfipt_ct_entry *e;
+	struct bpfipt_ct_lock *lk;
+	struct bpfipt_ct_work *w;
+	__u64 now;
+	int accepted;
+	int done, killed, created; /* out: whether a try succeeded, what follows the write */
+};
+
+/* Under the lock: writes what ct_apply() made of the copy (`done`) into the entry, the seq odd
+ * meanwhile; what follows the write is left in `x`. */
+static __always_inline void ct_update_write(struct ct_update_try *x, enum ct_applied done, __u32 seq)
+{
+	struct bpfipt_ct_entry *e = x->e;
+
+	*(volatile __u32 *)&x->lk->seq = seq + 1;
+	asm volatile("" ::: "memory");
+	if (done == CT_REPLACED)
+		*e = x->w->c;
+	else if (done == CT_ADVANCED)
+		ct_write_back(e, &x->w->c, x->w->before);
+	asm volatile("" ::: "memory");
+	*(volatile __u32 *)&x->lk->seq = seq + 2;
+	x->killed = done == CT_KILL;
+	x->done = 1;
+}
+
+/* The copy and its counters as the entry has them now. */
+static __always_inline void ct_update_snapshot(struct ct_update_try *x)
+{
+	struct bpfipt_ct_work *w = x->w;
+
+	w->c = *x->e;
+	w->before[0] = w->c.acct[0];
+	w->before[1] = w->c.acct[1];
+	x->created = 0;
+}
+
+/* Returns 1 once the try is done (written, or nothing to write), 0 to try again. */
+static long ct_update_try(__u64 i, struct ct_update_try *x)
+{
+	struct bpfipt_ct_lock *lk = x->lk;
+	enum ct_applied done;
+	__u32 seq = *(volatile __u32 *)&lk->seq;
+
+	if (seq & 1)
+		return 0; /* an update is writing */
+	asm volatile("" ::: "memory");
+	ct_update_snapshot(x);
+	asm volatile("" ::: "memory");
+	if (*(volatile __u32 *)&lk->seq != seq)
+		return 0;
+	done = ct_apply(&x->w->c, x->p, x->ti, x->now, x->accepted, &x->created, 0);
+	if (done == CT_UNCHANGED) {
+		x->done = 1;
+		return 1;
+	}
+	bpf_spin_lock(&lk->lock);
+	if (lk->seq != seq) {
+		bpf_spin_unlock(&lk->lock);
+		return 0;
+	}
+	ct_update_write(x, done, seq);
+	bpf_spin_unlock(&lk->lock);
+	return 1;
 }
 
 /*
  * Called with the `r` of bpfipt_ct_lookup() once packet `p` is judged: advances an existing
  * entry (state, timeout, counters, SEEN_REPLY, ASSURED), and when `accepted` creates the entry
  * of a NEW connection. Nothing to do for INVALID and RELATED packets.
+ *
+ * The state machine runs on a snapshot of the entry, outside the lock (so it is the global
+ * bpfipt_ct_advance_copy() everywhere); the lock is taken to write the result back when no
+ * update under that lock came in between (the seq unchanged), else the update starts again
+ * from a new snapshot. So the updates of one connection still apply one after another, each
+ * to what the one before left, as netfilter's do under its lock; a try is lost only to
+ * another CPU's update that succeeded. After CT_UPDATE_TRIES lost tries in a row (other CPUs
+ * writing under the same lock all the while) the packet is applied as it was before this
+ * scheme, wholly under the lock, with the state machine inline there (one inline copy rather
+ * than one per place that advances an entry).
  */
 static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 					     const struct bpfipt_ct_result *r, int accepted)
 {
 	struct ct_tuple_info ti;
-	struct bpfipt_ct_entry fresh;
-	struct bpfipt_ct_entry *e;
+	struct ct_update_try x;
+	struct bpfipt_ct_work *w;
 	struct bpfipt_ct_lock *lk;
-	enum ct_applied done;
+	struct bpfipt_ct_entry *e;
+	__u32 zero = 0;
 	__u64 now;
 
 	if (r->done || (r->state != BPFIPT_CT_NEW && r->state != BPFIPT_CT_ESTABLISHED))
@@ -914,7 +1065,8 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 		return;
 	now = r->now;
 	lk = ct_lock_of(&r->key);
-	if (!lk)
+	w = bpf_map_lookup_elem(&bpfipt_ct_work, &zero);
+	if (!lk || !w)
 		return;
 	e = bpf_map_lookup_elem(&bpfipt_ct, &r->key);
 	if (!e) {
@@ -924,11 +1076,11 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 		 * been deleted by another CPU meanwhile: its reply must not start a connection). */
 		if (r->state != BPFIPT_CT_NEW || r->dir != BPFIPT_CT_DIR_ORIGINAL || ti.icmp_reply)
 			return;
-		ct_init(&fresh, p, &ti.t, now);
-		if (ct_advance(&fresh, p, BPFIPT_CT_DIR_ORIGINAL, now, 0) == CT_V_INVALID)
+		ct_init(&w->c, p, &ti.t, now);
+		if (bpfipt_ct_advance_copy(&w->c, p, BPFIPT_CT_DIR_ORIGINAL, now) == CT_V_INVALID)
 			return;
-		fresh.status |= BPFIPT_CT_S_CONFIRMED;
-		if (bpf_map_update_elem(&bpfipt_ct, &r->key, &fresh, BPF_NOEXIST) == 0) {
+		w->c.status |= BPFIPT_CT_S_CONFIRMED;
+		if (bpf_map_update_elem(&bpfipt_ct, &r->key, &w->c, BPF_NOEXIST) == 0) {
 			__sync_fetch_and_add(&lk->created, 1);
 			return;
 		}
@@ -937,17 +1089,43 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 		if (!e)
 			return;
 	}
-	bpf_spin_lock(&lk->lock);
-	*(volatile __u32 *)&lk->seq = lk->seq + 1;
-	asm volatile("" ::: "memory");
-	done = ct_apply(e, &fresh, p, &ti, now, accepted);
-	asm volatile("" ::: "memory");
-	*(volatile __u32 *)&lk->seq = lk->seq + 1;
-	bpf_spin_unlock(&lk->lock);
-	if (done == CT_KILL)
+	x.p = p;
+	x.ti = &ti;
+	x.e = e;
+	x.lk = lk;
+	x.w = w;
+	x.now = now;
+	x.accepted = accepted;
+	x.done = 0;
+	x.killed = 0;
+	x.created = 0;
+	bpf_loop(CT_UPDATE_TRIES, ct_update_try, &x, 0);
+	if (!x.done) {
+		bpf_spin_lock(&lk->lock);
+		ct_update_snapshot(&x);
+		ct_update_write(&x, ct_apply(&w->c, p, &ti, now, accepted, &x.created, 1), lk->seq);
+		bpf_spin_unlock(&lk->lock);
+	}
+	if (x.killed)
 		bpf_map_delete_elem(&bpfipt_ct, &r->key);
-	else if (done == CT_CREATED)
+	else if (x.created)
 		__sync_fetch_and_add(&lk->created, 1);
+}
+
+/* Global functions: the verifier checks each once, on its own, instead of along every path
+ * of every caller, and the tracker's stack stays out of the callers' frames. */
+__noinline int bpfipt_dp_ct_lookup(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r, int apply)
+{
+	if (!p || !r)
+		return BPFIPT_CT_INVALID;
+	return bpfipt_ct_lookup(p, r, apply);
+}
+
+__noinline int bpfipt_dp_ct_update(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r, int accepted)
+{
+	if (p && r)
+		bpfipt_ct_update(p, r, accepted);
+	return 0;
 }
 
 /* Ports, or for ICMP type/code/identifier, of a quoted transport header at `l4`; returns 0

@@ -171,23 +171,6 @@ static __always_inline void ct_fill_from(void *ctx, struct cls *c, int kind)
 	}
 }
 
-/* Global functions: the verifier checks each once, on its own, instead of along every path
- * of every caller (the TCP state machine multiplies states), and the tracker's stack stays
- * out of the programs' frames. */
-__noinline int bpfipt_dp_ct_lookup(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r, int apply)
-{
-	if (!p || !r)
-		return BPFIPT_CT_INVALID;
-	return bpfipt_ct_lookup(p, r, apply);
-}
-
-__noinline int bpfipt_dp_ct_update(struct bpfipt_ct_pkt *p, struct bpfipt_ct_result *r, int accepted)
-{
-	if (p && r)
-		bpfipt_ct_update(p, r, accepted);
-	return 0;
-}
-
 /* Classification as a global function: verified once per program however many places judge
  * a packet (the packet itself, then a REJECT reply at OUTPUT), against the image this CPU
  * announced in image_enter(). */
