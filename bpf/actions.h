@@ -44,7 +44,35 @@ static __always_inline __u32 pkt_len(void *ctx, int kind)
 	return ((struct __sk_buff *)ctx)->len;
 }
 
-/* The TCP options, for `--tcp-option` checks (only the header was parsed). */
+/* One step of the options' walk (x: the packet, and the offset reached). */
+struct tcp_opt_walk {
+	struct pkt *p;
+	__u32 i;
+};
+
+/* tcp_find_option of xt_tcpudp, walking every option (EOL included) and noting each kind it
+ * meets instead of stopping at one: a kind is present for the check exactly when the walk
+ * met it. Returns 1 to stop. */
+static long tcp_opt_walk_cb(__u64 n, struct tcp_opt_walk *x)
+{
+	struct pkt *p = x->p;
+	__u32 i = x->i;
+	if (i >= p->tcp_opt_len)
+		return 1;
+	__u8 k = p->tcp_opt[i & 63];
+	p->tcp_opt_kinds[(k >> 6) & 3] |= 1ull << (k & 63);
+	if (k < 2) {
+		x->i = i + 1;
+	} else {
+		__u8 l = i + 1 < p->tcp_opt_len ? p->tcp_opt[(i + 1) & 63] : 0;
+		x->i = i + (l ? l : 1);
+	}
+	return 0;
+}
+
+/* The TCP options, for `--tcp-option` checks (only the header was parsed), and the kinds
+ * among them: walked once here rather than by every check (the walk, a loop, was verified
+ * again at each place a rule's checks run). */
 static __always_inline void load_tcp_options(void *ctx, int kind, struct pkt *p)
 {
 	if (p->proto != IPPROTO_TCP || !p->l4_ok || p->tcp_doff <= 20)
@@ -54,8 +82,12 @@ static __always_inline void load_tcp_options(void *ctx, int kind, struct pkt *p)
 		n = 40;
 	if (p->l4_len < p->tcp_doff)
 		return;
-	if (n > 0 && n <= 40 && !load_bytes(ctx, kind, p->l4_off + 20, p->tcp_opt, n))
+	if (n > 0 && n <= 40 && !load_bytes(ctx, kind, p->l4_off + 20, p->tcp_opt, n)) {
 		p->tcp_opt_len = n;
+		__builtin_memset(p->tcp_opt_kinds, 0, sizeof(p->tcp_opt_kinds));
+		struct tcp_opt_walk x = { .p = p, .i = 0 };
+		bpf_loop(40, tcp_opt_walk_cb, &x, 0);
+	}
 }
 
 /* Emits the LOG events recorded during classification, in order. */

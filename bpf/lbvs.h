@@ -435,32 +435,10 @@ static __noinline int nth_pass(struct img *img, __u32 idx, __u32 every, __u32 pa
 	return n % ((__u64)every + 1) == packet;
 }
 
-static long tcpopt_cb(__u64 n, struct lctx *x)
+/* `--tcp-option kind`: whether the options walked at load (load_tcp_options) met `kind`. */
+static __always_inline int has_tcp_option(const struct pkt *p, __u32 kind)
 {
-	const struct pkt *p = &x->c->p;
-	__u32 i = x->a;
-	if (i >= p->tcp_opt_len)
-		return 1;
-	__u8 k = p->tcp_opt[i & 63];
-	if (k == x->b) {
-		x->ok = 1;
-		return 1;
-	}
-	if (k < 2) {
-		x->a = i + 1;
-	} else {
-		__u8 l = i + 1 < p->tcp_opt_len ? p->tcp_opt[(i + 1) & 63] : 0;
-		x->a = i + (l ? l : 1);
-	}
-	return 0;
-}
-
-/* tcp_find_option of xt_tcpudp: walks every option, EOL included. */
-static __always_inline int has_tcp_option(struct img *img, struct cls *c, __u32 kind)
-{
-	struct lctx y = { .img = img, .c = c, .a = 0, .b = kind, .ok = 0 };
-	bpf_loop(40, tcpopt_cb, &y, 0);
-	return y.ok;
+	return p->tcp_opt_len && ((p->tcp_opt_kinds[(kind >> 6) & 3] >> (kind & 63)) & 1);
 }
 
 /* inet_dev_addr_type() as xt_addrtype calls it: the type of `addr` (host order) in the local
@@ -550,7 +528,7 @@ static __noinline int check_one(struct img *img, struct cls *c, __u32 off)
 		return (m == b) ^ inv;
 	}
 	case BPFIPT_C_TCPOPT:
-		return has_tcp_option(img, c, a) ^ inv;
+		return has_tcp_option(p, a) ^ inv;
 	case BPFIPT_C_LIMIT:
 		return limit_pass(img, c->states_off + a, (__u32)b, b >> 32);
 	case BPFIPT_C_RANDOM:

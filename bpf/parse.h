@@ -35,8 +35,10 @@ struct pkt {
 	__u16 tcp_win;                 /* TCP window, raw */
 	__u8 ct_state;                 /* enum bpfipt_ct_state, when the ruleset tracks */
 	__u8 ihl;                      /* IP header length, bytes */
-	/* last, and not cleared by parse_packet: only its first tcp_opt_len bytes are read */
+	/* last, and not cleared by parse_packet: only read when tcp_opt_len is not 0 (its first
+	 * tcp_opt_len bytes) */
 	__u8 tcp_opt[64];              /* TCP options, 40 bytes at most (loaded after parsing) */
+	__u64 tcp_opt_kinds[4];        /* the kinds among them: bit k % 64 of word k / 64 */
 };
 
 static __always_inline int is_port_proto(__u8 p)
