@@ -959,7 +959,7 @@ struct {
 
 /* One try of bpfipt_ct_update() on an existing entry (a bpf_loop callback, so that the
  * verifier checks it once, not once per try). */
-struct ct_update_try {
+struct ct_update_ctx {
 	const struct bpfipt_ct_pkt *p;
 	const struct ct_tuple_info *ti;
 	struct bpfipt_ct_entry *e;
@@ -972,7 +972,7 @@ struct ct_update_try {
 
 /* Under the lock: writes what ct_apply() made of the copy (`done`) into the entry, the seq odd
  * meanwhile; what follows the write is left in `x`. */
-static __always_inline void ct_update_write(struct ct_update_try *x, enum ct_applied done, __u32 seq)
+static __always_inline void ct_update_write(struct ct_update_ctx *x, enum ct_applied done, __u32 seq)
 {
 	struct bpfipt_ct_entry *e = x->e;
 
@@ -989,7 +989,7 @@ static __always_inline void ct_update_write(struct ct_update_try *x, enum ct_app
 }
 
 /* The copy and its counters as the entry has them now. */
-static __always_inline void ct_update_snapshot(struct ct_update_try *x)
+static __always_inline void ct_update_snapshot(struct ct_update_ctx *x)
 {
 	struct bpfipt_ct_work *w = x->w;
 
@@ -1000,7 +1000,7 @@ static __always_inline void ct_update_snapshot(struct ct_update_try *x)
 }
 
 /* Returns 1 once the try is done (written, or nothing to write), 0 to try again. */
-static long ct_update_try(__u64 i, struct ct_update_try *x)
+static long ct_update_try(__u64 i, struct ct_update_ctx *x)
 {
 	struct bpfipt_ct_lock *lk = x->lk;
 	enum ct_applied done;
@@ -1047,7 +1047,7 @@ static __always_inline void bpfipt_ct_update(const struct bpfipt_ct_pkt *p,
 					     const struct bpfipt_ct_result *r, int accepted)
 {
 	struct ct_tuple_info ti;
-	struct ct_update_try x;
+	struct ct_update_ctx x;
 	struct bpfipt_ct_work *w;
 	struct bpfipt_ct_lock *lk;
 	struct bpfipt_ct_entry *e;

@@ -2,8 +2,8 @@
 /*
  * Test harness for conntrack.h (tests/conntrack*.rs): an XDP program that parses an
  * Ethernet/IPv4 frame into a struct bpfipt_ct_pkt, calls bpfipt_ct_lookup() and, unless the
- * test asked for a drop, bpfipt_ct_update() -- what the datapath does around its filter --
- * and evaluates a `-m conntrack` match (bpfipt_ct_match()) the test sets on the result.
+ * test asked for a probe, bpfipt_ct_update() (through their global functions, as the
+ * datapath does around its filter) and evaluates a `-m conntrack` match (bpfipt_ct_match()) the test sets on the result.
  * Its maps are its own (not pinned), so every test starts from an empty table.
  */
 #include "vmlinux.h"
@@ -17,7 +17,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define CT_TEST_ETH_P_IP 0x0800
 
 /* Set by the test before a run: 0 = the filter accepts the packet, 1 = it drops it (an
- * existing entry still advances; none is created), 2 = a probe (lookup only). */
+ * existing entry still advances; none is created), 2 = a probe (lookup only), 3 = accepted,
+ * with another CPU's update of its entry between its lookup and its update. */
 __u32 ct_test_drop;
 /* Set by the test: the packet is locally generated (egress). */
 __u8 ct_test_from_local;
