@@ -113,7 +113,7 @@ static __always_inline void reject_failed(void)
 /* The TCP options, read only when a rule checks them (a helper call per packet otherwise). */
 static __always_inline void tcp_options_if_used(void *ctx, int kind, struct img *img, struct pkt *p)
 {
-	if (slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_TCP_OPTIONS)
+	if (image_flags(img) & BPFIPT_IMG_F_TCP_OPTIONS)
 		load_tcp_options(ctx, kind, p);
 }
 
@@ -782,7 +782,7 @@ static __always_inline int tc_egress(struct __sk_buff *skb, struct img *img)
 /* Whether the image judges nothing: every packet passes (BPFIPT_IMG_F_PASS_ALL). */
 static __always_inline int passes_all(struct img *img)
 {
-	return image_of_our_layout(img) && (img->c0->slot[BPFIPT_IMG_SLOT_FLAGS] & BPFIPT_IMG_F_PASS_ALL);
+	return image_of_our_layout(img) && (image_flags(img) & BPFIPT_IMG_F_PASS_ALL);
 }
 
 /* The programs: each judges a packet against the image it announced (image_enter), and

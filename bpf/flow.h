@@ -44,7 +44,7 @@ struct {
 /* Whether image `img` caches the verdicts of some hook. */
 static __always_inline int flow_caching(struct img *img)
 {
-	return image_of_our_layout(img) && (slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_FLOW_HOOKS);
+	return image_of_our_layout(img) && (image_flags(img) & BPFIPT_IMG_F_FLOW_HOOKS);
 }
 
 /* The entry (index) for c->p's flow in program `prog`, its key left in c->fk (with
@@ -135,7 +135,7 @@ static __always_inline void flow_store(__u32 idx, struct cls *c, struct img *img
 	if (!e)
 		return;
 	if (hook >= 0) {
-		if (hook >= BPFIPT_NR_HOOKS || !(slot(img, BPFIPT_IMG_SLOT_FLAGS) & (BPFIPT_IMG_F_FLOW << hook)) ||
+		if (hook >= BPFIPT_NR_HOOKS || !(image_flags(img) & (BPFIPT_IMG_F_FLOW << hook)) ||
 		    (v != V_ACCEPT && v != V_DROP) || c->n_counted > BPFIPT_FLOW_COUNTED)
 			return;
 		e->verdict = v;

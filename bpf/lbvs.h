@@ -790,10 +790,16 @@ static __always_inline int image_of_our_layout(struct img *img)
 	return img->c0->slot[0] == ((__u64)BPFIPT_IMG_VERSION << 32 | BPFIPT_IMG_MAGIC);
 }
 
+/* The image's BPFIPT_IMG_F_* flags. */
+static __always_inline __u64 image_flags(struct img *img)
+{
+	return slot(img, BPFIPT_IMG_SLOT_FLAGS);
+}
+
 /* Whether packets judged against `img` are tracked (some rule looks at conntrack state). */
 static __always_inline int tracks(struct img *img)
 {
-	return slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_CONNTRACK;
+	return image_flags(img) & BPFIPT_IMG_F_CONNTRACK;
 }
 
 static __always_inline void image_exit(void)
@@ -851,7 +857,7 @@ static __always_inline __u32 classify(struct img *img, struct cls *c)
 	x.a = (__u32)h2;
 	x.b = (__u32)slot(img, BPFIPT_IMG_SLOT_VECTAB);
 	x.w = NONE32;
-	x.ok = !!(slot(img, BPFIPT_IMG_SLOT_FLAGS) & BPFIPT_IMG_F_ONE_CHUNK);
+	x.ok = !!(image_flags(img) & BPFIPT_IMG_F_ONE_CHUNK);
 	if (h2 >> 32)
 		bpf_loop((h2 >> 32) < MAXF ? (h2 >> 32) : MAXF, setup_field, &x, 0);
 	if (c->n_rules) {
