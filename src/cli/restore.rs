@@ -338,6 +338,9 @@ fn restore(input: &str, flags: &Flags) -> Result<(), Failure> {
     for (chain, c) in policy_counters {
         store.set_policy_counters(&chain, c).map_err(|e| Failure::at(e, lineno))?;
     }
+    // The process ends now: the kernel takes the ruleset's memory back at once, where
+    // dropping it would free each rule's allocations one by one.
+    std::mem::forget(rs);
     Ok(())
 }
 
