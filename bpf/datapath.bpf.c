@@ -294,6 +294,53 @@ int bpfipt_route_gen(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfipt_counter_set);
+} bpfipt_counter_set SEC(".maps");
+
+struct set_counters_ctx {
+	struct bpfipt_counter_set *s;
+	struct bpfipt_counter_set_entry e;
+};
+
+static long set_counter_on_cpu(__u32 cpu, void *ctx)
+{
+	struct set_counters_ctx *x = ctx;
+	struct bpfipt_counter *v = bpf_map_lookup_percpu_elem(&bpfipt_rule_counters, &x->e.id, cpu);
+	if (!v)
+		return 1; /* past the last CPU (or the id past the array) */
+	v->packets = cpu ? 0 : x->e.c.packets;
+	v->bytes = cpu ? 0 : x->e.c.bytes;
+	return 0;
+}
+
+static long set_counter(__u32 i, void *ctx)
+{
+	struct set_counters_ctx *x = ctx;
+	x->e = x->s->e[i & (BPFIPT_COUNTER_SET_MAX - 1)];
+	/* every possible CPU's value: the lookup ends the loop past the last */
+	bpf_loop(1 << 16, set_counter_on_cpu, x, 0);
+	return 0;
+}
+
+/* Run by userspace with BPF_PROG_TEST_RUN, never attached: writes the rule counters listed in
+ * `bpfipt_counter_set` (see there). */
+SEC("xdp")
+int bpfipt_set_counters(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct bpfipt_counter_set *s = bpf_map_lookup_elem(&bpfipt_counter_set, &zero);
+	if (!s)
+		return XDP_ABORTED;
+	struct set_counters_ctx x = { .s = s };
+	__u32 n = s->n;
+	bpf_loop(n < BPFIPT_COUNTER_SET_MAX ? n : BPFIPT_COUNTER_SET_MAX, set_counter, &x, 0);
+	return XDP_PASS;
+}
+
 /* ingress_hook for a destination that is not local: the FIB's answer. */
 static __always_inline int route_lookup(void *ctx, struct cls *c)
 {

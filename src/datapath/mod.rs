@@ -337,6 +337,15 @@ fn progs_dir(pin_dir: &Path) -> PathBuf {
 /// The route generation probe's pin in `progs_dir`.
 const ROUTE_GEN_PIN: &str = "route_gen";
 
+/// `bpfipt_set_counters`'s pin in `progs_dir`.
+const SET_COUNTERS_PIN: &str = "set_counters";
+
+/// `bpfipt_set_counters` of this build, when the namespace's programs are loaded (none
+/// before its first rule): run to write rule counters (`store::counters`).
+pub fn counter_setter(pin_dir: &Path) -> Option<OwnedFd> {
+    obj_get(&progs_dir(pin_dir).join(SET_COUNTERS_PIN)).ok()
+}
+
 /// The programs of this build pinned in `pin_dir`, if they are.
 fn open_programs(pin_dir: &Path) -> io::Result<Programs> {
     let dir = progs_dir(pin_dir);
@@ -391,7 +400,7 @@ pub fn load_programs(pin_dir: &Path) -> Result<Programs> {
 /// object, with the file each is pinned as in `progs_dir` (the route probe is small: it goes
 /// with a big one).
 const LOAD_GROUPS: [&[(&str, &str)]; 3] = [
-    &[("bpfipt_xdp_ingress", Prog::Xdp.pin_name()), ("bpfipt_route_gen", ROUTE_GEN_PIN)],
+    &[("bpfipt_xdp_ingress", Prog::Xdp.pin_name()), ("bpfipt_route_gen", ROUTE_GEN_PIN), ("bpfipt_set_counters", SET_COUNTERS_PIN)],
     &[("bpfipt_tc_ingress", Prog::TcIngress.pin_name())],
     &[("bpfipt_tc_egress", Prog::TcEgress.pin_name())],
 ];

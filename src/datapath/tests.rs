@@ -1565,3 +1565,32 @@ fn one_route_lookup_serves_every_source_while_the_fib_cannot_tell_sources_apart(
     assert_eq!(send_all("a policy rule for one source"), (31, 1));
     per_source("a policy rule for one source");
 }
+
+/// Many rule counters at once (a restore's new rules, `-Z`) are written by
+/// `bpfipt_set_counters`, in chunks of its map: each holds the given counts on the first CPU
+/// and nothing on the others, whatever every CPU had counted; counters not listed keep theirs.
+#[test]
+fn many_rule_counters_are_written_by_the_program() {
+    use crate::store::counters::{PerCpuCounters, Setter};
+    let Some(env) = Env::new("ctrset") else { return };
+    let map = open_map(&env.dir, "bpfipt_rule_counters").expect("counters");
+    let ncpus = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).expect("lookup").expect("entry").len();
+    let chunk = skel::types::bpfipt_const::BPFIPT_COUNTER_SET_MAX.0;
+    let ids: Vec<u32> = (0..chunk + 100).map(|i| 3 * i + 7).collect();
+    let counted: Vec<Vec<u8>> = (0..ncpus).map(|cpu| [cpu as u8 + 1; 16].to_vec()).collect();
+    for id in ids.iter().copied().chain([8]) {
+        map.update_percpu(&id.to_ne_bytes(), &counted, MapFlags::ANY).expect("count on every CPU");
+    }
+    let entries: Vec<(u32, Counters)> = ids.iter().map(|&id| (id, Counters { packets: id as u64, bytes: 2 * id as u64 })).collect();
+    let setter = Setter::open(&env.dir).expect("the program and its map are pinned");
+    let counters = PerCpuCounters::new(open_map(&env.dir, "bpfipt_rule_counters").expect("counters")).expect("counters");
+    counters.with_setter(Some(setter)).write(&entries).expect("write");
+    let per_cpu = |id: u32| map.lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY).expect("lookup").expect("entry");
+    for &(id, c) in &entries {
+        let vals = per_cpu(id);
+        let mut want = vec![[c.packets.to_ne_bytes(), c.bytes.to_ne_bytes()].concat()];
+        want.resize(ncpus, vec![0; 16]);
+        assert_eq!(vals, want, "rule {id}");
+    }
+    assert_eq!(per_cpu(8), counted, "a counter not listed");
+}

@@ -7,7 +7,7 @@
 //! calls: every invocation opens the store, loads, changes, commits.
 
 mod blob;
-mod counters;
+pub(crate) mod counters;
 mod lock;
 pub(crate) mod mapped;
 mod pins;
