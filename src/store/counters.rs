@@ -2,8 +2,9 @@
 //! reading 10 000 rule counters one syscall each would dominate `-L -v` and `-A`. Many rule
 //! counters are written by a program (`bpfipt_set_counters`) once the namespace has it.
 
+use std::cell::OnceCell;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::libbpf_sys;
@@ -20,7 +21,10 @@ const BATCH: u32 = 8192;
 pub struct PerCpuCounters {
     map: MapHandle,
     ncpus: usize,
-    setter: Option<Setter>,
+    /// The pin directory whose `Setter` writes many counters, opened when first needed (most
+    /// commands write none or one).
+    setter_in: Option<PathBuf>,
+    setter: OnceCell<Option<Setter>>,
 }
 
 /// `bpfipt_set_counters` and the map it reads the counters to write from (`struct
@@ -73,12 +77,13 @@ impl PerCpuCounters {
         if n <= 0 {
             bail!("cannot count possible CPUs");
         }
-        Ok(PerCpuCounters { map, ncpus: n as usize, setter: None })
+        Ok(PerCpuCounters { map, ncpus: n as usize, setter_in: None, setter: OnceCell::new() })
     }
 
-    /// Writes through `setter` (`write`), when there is one.
-    pub fn with_setter(self, setter: Option<Setter>) -> Self {
-        PerCpuCounters { setter, ..self }
+    /// Writes many counters at once (`write`) through the `Setter` of pin directory `dir`,
+    /// when it has one.
+    pub fn with_setter_in(self, dir: PathBuf) -> Self {
+        PerCpuCounters { setter_in: Some(dir), ..self }
     }
 
     /// Sums over CPUs of the entries with keys below `limit`, indexed by key. (Reading the whole
@@ -136,8 +141,10 @@ impl PerCpuCounters {
 
     /// Sets each entry to the given counts (on CPU 0; other CPUs zeroed).
     pub fn write(&self, entries: &[(u32, Counters)]) -> Result<()> {
-        if let Some(setter) = self.setter.as_ref().filter(|_| entries.len() >= SETTER_LEAST) {
-            return setter.write(entries);
+        if entries.len() >= SETTER_LEAST {
+            if let Some(setter) = self.setter.get_or_init(|| self.setter_in.as_deref().and_then(Setter::open)) {
+                return setter.write(entries);
+            }
         }
         for part in entries.chunks(BATCH as usize) {
             let keys: Vec<u32> = part.iter().map(|(k, _)| *k).collect();

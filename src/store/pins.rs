@@ -30,7 +30,7 @@ use anyhow::{anyhow, bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use super::counters::{PerCpuCounters, Setter};
+use super::counters::PerCpuCounters;
 use super::mapped::MapMemory;
 use super::pod;
 use crate::datapath::skel::types::{bpfipt_const, bpfipt_meta};
@@ -96,7 +96,7 @@ impl Pins {
             )));
         }
         Ok(Pins {
-            rule_counters: PerCpuCounters::new(open("bpfipt_rule_counters")?)?.with_setter(Setter::open(&dir)),
+            rule_counters: PerCpuCounters::new(open("bpfipt_rule_counters")?)?.with_setter_in(dir.clone()),
             policy_counters: PerCpuCounters::new(open("bpfipt_policy_counters")?)?,
             meta,
             dir,
