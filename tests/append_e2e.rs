@@ -1,7 +1,8 @@
 //! `-A` through the command line with real traffic (root only): rules appended to a built-in
 //! chain of a loaded ruleset take effect at once and are listed and counted like any other,
-//! whether they are patched into the datapath's image (a plain rule), make the datapath
-//! rebuild it (REJECT in FORWARD, `-i`) or go the general way (a jump to a user chain); a
+//! whether they are patched into the datapath's image (a plain rule, a jump to a user chain
+//! with that chain's rules after it) or make the datapath rebuild it (REJECT in FORWARD,
+//! `-i`); a
 //! RETURN of the built-in chain keeps skipping what is appended after it.
 
 mod common;

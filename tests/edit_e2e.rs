@@ -2,7 +2,8 @@
 //! in a built-in chain of a loaded ruleset (at its head or further down), replacing one of
 //! its rules or deleted from it take effect at once, and the rest is listed and counted as
 //! before, whether the change is patched into the datapath's image (rules that neither jump
-//! nor, for `-D`, end the chain; `-D` by spec and by number) or rebuilds it (a jump); a rule
+//! nor, for `-D`, end the chain; `-D` by spec and by number; Docker's jumps) or rebuilds it
+//! (deleting a jump); a rule
 //! that does not exist gets iptables' error and changes nothing. Changes no packet sees
 //! (chains nothing jumps to) compile nothing, and a policy is patched in. The same edits of
 //! user chains are patched in wherever the chains are inlined; flushing a chain that is
@@ -247,6 +248,101 @@ fn user_chain_edits_are_patched_in_where_the_chains_are_inlined() {
     assert_eq!(probe(85), "open");
     let listed = ok(&["-S"]);
     assert!(listed.lines().all(|l| !l.starts_with("-A")) && listed.contains("-N DOCKER\n"), "{listed}");
+}
+
+/// Docker's jumps, inserted at the head of FORWARD: to an empty chain and to one that only
+/// returns, and one with a field match, go in place (nothing compiled), count as netfilter
+/// counts them, and the chain's rules judge there; a jump with a check that is not a field
+/// match (`--dport` needs the TCP header) and rules added to a chain whose jump went in place
+/// rebuild; a jump that would make a loop gets iptables' error and changes nothing.
+#[test]
+fn jumps_are_inserted_in_place() {
+    if !common::root_or_skip("jumps_are_inserted_in_place") {
+        return;
+    }
+    let ours = env!("CARGO_BIN_EXE_bpf-iptables");
+    let rules = ":DOCKER - [0:0]\n\
+                 :ISO - [0:0]\n\
+                 :D - [0:0]\n\
+                 -A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT\n\
+                 -A ISO -j RETURN\n\
+                 -A D -p tcp -m tcp --dport 81 -j DROP\n\
+                 COMMIT\n";
+    // room for the five compiled rules the first three jumps insert
+    let filler = 8 * bpfipt_const::BPFIPT_IMG_TAIL_PER.0 + 4;
+    let fw = PaddedFirewall::new("jumps", filler, rules, &[80, 81, 82, 83, 84]);
+    let (t, ok) = (&fw.t, |args: &[&str]| fw.ok(args));
+    let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
+    let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
+    let probe = |port| t.probe(&t.s, "tcp", "198.18.2.2", port);
+    let counts = |chain: &str| -> Vec<u64> {
+        let listed = ok(&["-L", chain, "-v", "-x", "-n"]);
+        listed.lines().skip(2).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+    };
+    assert_eq!(probe(81), "open");
+    let before = compiled();
+
+    ok(&["-I", "FORWARD", "-o", "f1", "-j", "DOCKER"]);
+    ok(&["-I", "FORWARD", "-j", "ISO"]);
+    ok(&["-I", "FORWARD", "-p", "tcp", "-o", "f1", "-j", "D"]);
+    assert_eq!(compiled(), before, "in place");
+    assert_eq!(probe(81), "timeout", "D's DROP, through the jump");
+    assert_eq!(probe(80), "open", "past ISO's RETURN and the empty DOCKER");
+    // the jumps count the packets they take, as ISO's RETURN does: D those out of f1 (the
+    // probe to 81 dropped there), ISO all the others, DOCKER, after it, those out of f1
+    let forward = counts("FORWARD");
+    let (d, iso, docker) = (forward[0], forward[1], forward[2]);
+    assert!(d >= 1 && docker >= 1 && iso > docker, "jumps counted: {:?}", &forward[..3]);
+    assert_eq!(counts("ISO"), [iso], "the RETURN counts what the jump took");
+
+    // A loop through D, which FORWARD reaches: refused, nothing changed.
+    ok(&["-N", "L"]);
+    ok(&["-A", "L", "-j", "D"]);
+    let o = fw.run(&["-I", "D", "-j", "L"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "iptables: Too many levels of symbolic links.\n");
+    assert_eq!(compiled(), before);
+
+    // `--dport` on the jump is checked once, not with each rule of D: rebuilt.
+    ok(&["-I", "FORWARD", "-p", "tcp", "--dport", "82", "-j", "D"]);
+    let rebuilt = compiled();
+    assert_ne!(rebuilt, before, "rebuilt");
+    assert_eq!(probe(81), "timeout");
+    assert_eq!(probe(82), "open", "D has no rule for 82");
+    // DOCKER is inlined in the rebuilt image: its rule goes in place.
+    ok(&["-A", "DOCKER", "-p", "tcp", "--dport", "83", "-j", "DROP"]);
+    assert_eq!(probe(83), "timeout", "appended to DOCKER");
+    // and a jump appended there, to a chain with a rule, goes in place with that rule
+    ok(&["-N", "E"]);
+    ok(&["-A", "E", "-p", "tcp", "--dport", "84", "-j", "DROP"]);
+    ok(&["-A", "DOCKER", "-j", "E"]);
+    assert_eq!(probe(84), "timeout", "E's DROP, through DOCKER");
+    assert_eq!(compiled(), rebuilt, "in place");
+    assert_eq!(
+        fw.listed_past_filler(),
+        [
+            "-P INPUT ACCEPT",
+            "-P FORWARD ACCEPT",
+            "-P OUTPUT ACCEPT",
+            "-N D",
+            "-N DOCKER",
+            "-N E",
+            "-N ISO",
+            "-N L",
+            "-N U",
+            "-A FORWARD -p tcp -m tcp --dport 82 -j D",
+            "-A FORWARD -o f1 -p tcp -j D",
+            "-A FORWARD -j ISO",
+            "-A FORWARD -o f1 -j DOCKER",
+            "-A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT",
+            "-A D -p tcp -m tcp --dport 81 -j DROP",
+            "-A DOCKER -p tcp -m tcp --dport 83 -j DROP",
+            "-A DOCKER -j E",
+            "-A E -p tcp -m tcp --dport 84 -j DROP",
+            "-A ISO -j RETURN",
+            "-A L -j D",
+        ]
+    );
 }
 
 /// A policy set in an empty ruleset (nothing enforced until then) takes effect: `-P` with

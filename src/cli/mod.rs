@@ -309,11 +309,12 @@ fn decode_ready(outline: &Outline, flushed: &[TableKind]) -> Result<Ruleset> {
     outline.decode_but(flushed)
 }
 
-/// `-A`, `-I` or `-R` in a filter chain, of rules that do not jump: the common edits of
-/// firewall scripts and of Docker. Applied to the stored chains without their rules (all
-/// that resolving and adding looks at) and added to the stored ruleset without re-encoding it
-/// (`Store::commit_added`). `None`, `outline` untouched: the general path applies (it also
-/// gives the errors: an index past the end).
+/// `-A`, `-I` or `-R` in a filter chain: the common edits of firewall scripts and of Docker.
+/// Applied to the stored chains without their rules (all that resolving and adding looks
+/// at) and added to the stored ruleset without re-encoding it (`Store::commit_added`); a
+/// jump (`-A`, `-I`) is checked for loops against the stored rules that jump alone. `None`,
+/// `outline` untouched: the general path applies (it also gives the errors: an index past
+/// the end).
 fn add_to_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: &Invocation) -> Result<Option<exec::Effects>> {
     let (chain, rule, place) = match &inv.command {
         Command::Append { chain, rule } => (chain, rule, Place::End),
@@ -325,12 +326,17 @@ fn add_to_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: 
         return Ok(None);
     }
     let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
-    // A jump needs the loop check on decoded rules; a user chain named like an extension
-    // target (REJECT, LOG, MARK) is a jump too.
-    match &rule.target {
-        TargetSpec::Final(t) if table.chain(crate::output::target_name(t)).is_none() => {}
+    // (a user chain named like an extension target, REJECT, LOG or MARK, is a jump too, with
+    // a warning: the general path's; so is a jump in place of a rule, which may itself jump)
+    let jumps = match &rule.target {
+        TargetSpec::Final(t) if table.chain(crate::output::target_name(t)).is_none() => false,
+        TargetSpec::Chain(n) | TargetSpec::Goto(n)
+            if table.chain(n).is_some_and(|c| !c.is_builtin()) && !matches!(place, Place::Replacing(_)) =>
+        {
+            true
+        }
         _ => return Ok(None),
-    }
+    };
     let Some(len) = outline.chain_len(TableKind::Filter, chain) else { return Ok(None) };
     let at_or_before_end = match place {
         Place::End => true,
@@ -348,8 +354,29 @@ fn add_to_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: 
     }
     let fx = exec::apply(&mut table, &at_head)?;
     let Some(c) = table.chain_mut(chain) else { return Ok(None) };
-    store.commit_added(std::mem::take(outline), chain, std::mem::take(&mut c.rules), place)?;
+    let rules = std::mem::take(&mut c.rules);
+    if jumps {
+        check_jumps(outline, chain, place, &rules)?;
+    }
+    store.commit_added(std::mem::take(outline), chain, rules, place)?;
     Ok(Some(fx))
+}
+
+/// What `exec::validate` says of the stored filter table with `rules` (that jump) added to
+/// `chain` at `place`, looking only at the stored rules that jump and that a walk reaches
+/// (`Outline::jump_rules`): all the loop check follows.
+fn check_jumps(outline: &Outline, chain: &str, place: Place, rules: &[crate::model::Rule]) -> Result<()> {
+    let Some(mut jumps) = outline.jump_rules(TableKind::Filter)? else { return Ok(()) };
+    let at = match place {
+        Place::End => outline.chain_len(TableKind::Filter, chain).unwrap_or(0),
+        Place::Before(i) | Place::Replacing(i) => i,
+    };
+    if outline.reaches(TableKind::Filter, chain, at) {
+        if let Some(c) = jumps.chain_mut(chain) {
+            c.rules.extend(rules.iter().cloned());
+        }
+    }
+    exec::validate(&jumps)
 }
 
 /// `-D` in a filter chain, the other common edit: the rule is found by its encoding (by

@@ -238,6 +238,30 @@ pub fn compile_in_chain(table: &Table, hook: Hook, chain: &str, rules: &[Rule], 
     Ok(Some(out))
 }
 
+/// `actions`, compiled rules to be inserted in place (`compile_tail` or `compile_in_chain`
+/// with no rules before them), as rules that neither jump nor skip, which is all the
+/// datapath's inserted rules may be: `None` when they cannot be. A jump whose checks are all
+/// field checks (`FieldIn`, `Ifaces`) becomes a rule that counts and goes on: the rules of
+/// its block carry its field constraints, so when it is not taken none of them is either,
+/// as if the block were skipped. A skip to the very next rule (RETURN as the last rule of an
+/// inlined chain) counts and goes on too. A jump with another check (conntrack, `-p tcp`'s
+/// header check, a limit: evaluated once, not again for each rule of the block), and any
+/// other skip (RETURN further up, a goto's return), need a rebuild. Docker's jumps, to an
+/// empty chain or one ending in RETURN, insert in place.
+pub fn flat_inserted(actions: Vec<tables::Action>) -> Option<Vec<tables::Action>> {
+    let field_check = |c: &Check| matches!(c, Check::FieldIn { .. } | Check::Ifaces { .. });
+    let mut out = actions;
+    for (i, a) in out.iter_mut().enumerate() {
+        match a.kind {
+            ActionKind::Enter { .. } if a.checks.iter().all(field_check) => a.kind = ActionKind::Continue,
+            ActionKind::SkipTo { to, .. } if to as usize == i + 1 => a.kind = ActionKind::Continue,
+            ActionKind::Enter { .. } | ActionKind::SkipTo { .. } => return None,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
 fn find_chain<'a>(table: &'a Table, name: &str) -> Result<&'a Chain> {
     table.chain(name).ok_or_else(|| Error::Other(anyhow::anyhow!("chain `{name}' is referenced but does not exist")))
 }

@@ -417,3 +417,39 @@ fn large_ruleset_compiles() {
     assert_eq!(t.vectors.iter().filter(|v| v.words.len() > 2).count(), 1);
     agree(&rs, &[Packet { src: 0x0a00_0000 | 777, dport: 777, ..packet(Hook::Input) }, packet(Hook::Input)]);
 }
+
+/// Jumps inserted in place (`flat_inserted`): to an empty chain, or one whose last rule is an
+/// unconditional RETURN, with field matches alone, they are rules that count and go on; a
+/// jump with another check, a RETURN further up, a goto, stay for a rebuild.
+#[test]
+fn inserted_jumps_flatten_when_their_blocks_need_no_skip() {
+    let out = |name: &str| IpHeader { out_iface: Some(Inv::new(Iface { name: name.into(), wildcard: false }, false)), ..Default::default() };
+    let rs = ruleset(
+        &[],
+        &["EMPTY", "ISO", "MID", "D"],
+        vec![
+            ("ISO", rule(IpHeader::default(), vec![], Target::Return)),
+            ("MID", rule(src(net("10.0.0.0", 8), false), vec![], Target::Return)),
+            ("MID", rule(IpHeader::default(), vec![], Target::Drop)),
+            ("D", rule(IpHeader::default(), vec![tcp_dport(81, 81, false)], Target::Drop)),
+        ],
+    );
+    let table = rs.table(TableKind::Filter).expect("filter");
+    let flat = |r: Rule| {
+        let actions = super::compile_tail(table, Hook::Forward, &[Rule { id: 9, ..r }], true, 0).expect("compiles").expect("no rebuild");
+        super::flat_inserted(actions).map(|a| a.into_iter().map(|a| (a.rule_id, a.kind)).collect::<Vec<_>>())
+    };
+    let jump = |ip: IpHeader, m: Vec<Match>, to: &str| rule(ip, m, Target::Jump(to.into()));
+    assert_eq!(flat(jump(out("f1"), vec![], "EMPTY")), Some(vec![(Some(9), ActionKind::Continue)]));
+    assert_eq!(flat(jump(IpHeader::default(), vec![], "ISO")), Some(vec![(Some(9), ActionKind::Continue), (Some(0), ActionKind::Continue)]));
+    assert_eq!(
+        flat(jump(out("f1"), vec![], "D")),
+        Some(vec![(Some(9), ActionKind::Continue), (Some(3), ActionKind::Drop)])
+    );
+    // the TCP header check of `--dport` on the jump, evaluated once: not flat
+    assert_eq!(flat(jump(IpHeader::default(), vec![tcp_dport(82, 82, false)], "D")), None);
+    // a RETURN before the chain's end skips its rest
+    assert_eq!(flat(jump(IpHeader::default(), vec![], "MID")), None);
+    // a goto returns for the calling chain
+    assert_eq!(flat(rule(IpHeader::default(), vec![], Target::Goto("EMPTY".into()))), None);
+}

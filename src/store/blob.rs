@@ -577,9 +577,15 @@ impl Outline {
     /// it) and the rules taken out, decoded; None, nothing changed, when there is no such
     /// chain or rule.
     pub fn splice(&mut self, kind: TableKind, chain: &str, at: usize, n: usize, rules: &[Rule]) -> bincode::Result<Option<(bool, Vec<Rule>)>> {
+        let reached = self.reaches(kind, chain, at);
         let Some(c) = self.chain_mut(kind, chain) else { return Ok(None) };
-        let reached = c.rules.first_end.is_none_or(|e| e as usize >= at);
         Ok(c.rules.splice(at, n, rules)?.map(|removed| (reached, removed)))
+    }
+
+    /// Whether a walk through chain `chain` of table `kind` reaches index `at`: no rule before
+    /// it always ends the chain (false: no such chain).
+    pub fn reaches(&self, kind: TableKind, chain: &str, at: usize) -> bool {
+        self.chain(kind, chain).is_some_and(|c| c.rules.first_end.is_none_or(|e| e as usize >= at))
     }
 
     /// The id of the rule at index `i` of chain `chain` of table `kind`.

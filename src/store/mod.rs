@@ -158,7 +158,8 @@ enum AddedAt {
     Before { id: u32, replaced: Option<Rule> },
 }
 
-/// Rules just added to filter chain `chain` of `table` (for the user chains they jump to);
+/// Rules just added to filter chain `chain` of `table` (its chains, with their rules those
+/// the added rules jump to and the chains these reach: all their compiling inlines);
 /// when `chain` is a user chain, `stored` has every chain's rules (where it is inlined), to
 /// be decoded only for a patch; `reached`: no earlier rule of the chain always ends its walk.
 struct Added<'a> {
@@ -190,18 +191,31 @@ fn enforce_added(dir: &std::path::Path, a: &Added, pass_all: bool) -> Result<boo
             return crate::datapath::append_rules(dir, hook, tail);
         }
         Some(hook) => {
-            // inserted rules never jump, so no compiled index of theirs needs resolving
+            // inserted rules neither jump nor skip (`flat_inserted`): no compiled index of theirs
+            // needs resolving
             let Some(actions) = crate::compile::compile_tail(a.table, hook, a.rules, a.reached, 0)? else { return Ok(false) };
+            let Some(actions) = crate::compile::flat_inserted(actions) else { return Ok(false) };
             vec![(hook, vec![crate::compile::Inlined { path: Vec::new(), goto: false, actions }])]
         }
         None => {
-            let Some(table) = a.stored.map(|o| o.jump_rules(TableKind::Filter)).transpose()?.flatten() else { return Ok(false) };
+            let Some(mut table) = a.stored.map(|o| o.jump_rules(TableKind::Filter)).transpose()?.flatten() else { return Ok(false) };
+            // the chains the added rules jump to are inlined after them whole (`a.table` has
+            // their rules)
+            for c in a.table.chains.iter().filter(|c| !c.rules.is_empty()) {
+                if let Some(t) = table.chain_mut(&c.name) {
+                    t.rules.clone_from(&c.rules);
+                }
+            }
             let mut places = Vec::new();
             for hook in Hook::ALL {
                 match crate::compile::compile_in_chain(&table, hook, a.chain, a.rules, a.reached)? {
                     None => return Ok(false),
                     Some(p) if p.is_empty() => {}
-                    Some(p) => places.push((hook, p)),
+                    Some(p) => {
+                        let flat = p.into_iter().map(|i| Some(crate::compile::Inlined { actions: crate::compile::flat_inserted(i.actions)?, ..i }));
+                        let Some(p) = flat.collect::<Option<Vec<_>>>() else { return Ok(false) };
+                        places.push((hook, p))
+                    }
                 }
             }
             // inlined nowhere (reached by no rule), so none of its rules is compiled

@@ -37,7 +37,7 @@ use crate::datapath::skel::types::{bpfipt_const, bpfipt_meta};
 use crate::datapath::skel::DatapathSkelBuilder;
 use crate::error::{Error, Result};
 use super::blob::Outline;
-use crate::model::{Counters, Rule, Ruleset, Table, TableKind};
+use crate::model::{Counters, Rule, Ruleset, Table, TableKind, Target};
 use super::Place;
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -242,7 +242,7 @@ impl Pins {
             Some(id) => super::AddedAt::Before { id, replaced: removed.pop() },
             None => super::AddedAt::End,
         };
-        let table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
+        let table = chains_inlined_after(&outline, &rules)?;
         let added = super::Added { chain: name, table: &table, stored: Some(&outline), rules: &rules, reached, at };
         self.store_outline(&outline, |dir, pass_all| super::enforce_added(dir, &added, pass_all))
     }
@@ -375,6 +375,38 @@ fn read_meta(meta: &MapHandle) -> Result<bpfipt_meta> {
 
 fn rule_ids(rs: &Ruleset) -> Vec<u32> {
     rs.tables.iter().flat_map(|t| t.rules()).map(|r| r.id).filter(|&id| id != Rule::UNASSIGNED).collect()
+}
+
+/// The filter chains of `outline` (which holds `rules`), with the rules decoded of those that
+/// `rules` jump or go to and of the chains these reach: the ones compiling `rules` inlines
+/// (all the others, chains alone: the added rules are compiled by themselves).
+fn chains_inlined_after(outline: &Outline, rules: &[Rule]) -> Result<Table> {
+    let mut table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
+    let target = |r: &Rule| match &r.target {
+        Target::Jump(x) | Target::Goto(x) => Some(x.clone()),
+        _ => None,
+    };
+    let mut todo: Vec<String> = rules.iter().filter_map(target).collect();
+    if todo.is_empty() {
+        return Ok(table);
+    }
+    // which chains those reach: from the rules that jump alone (`Outline::jump_rules`)
+    let jumps = outline.jump_rules(TableKind::Filter)?.unwrap_or_else(|| Table::new(TableKind::Filter));
+    let mut reached: Vec<String> = Vec::new();
+    while let Some(name) = todo.pop() {
+        if reached.contains(&name) {
+            continue;
+        }
+        todo.extend(jumps.chain(&name).into_iter().flat_map(|c| &c.rules).filter_map(target));
+        reached.push(name);
+    }
+    for name in &reached {
+        let Some(decoded) = outline.rules_of(TableKind::Filter, name) else { continue };
+        if let Some(c) = table.chain_mut(name) {
+            c.rules = decoded?;
+        }
+    }
+    Ok(table)
 }
 
 /// Frees `compiled` on another thread when it is big: freeing the vectors of 10 000 rules one
