@@ -212,10 +212,7 @@ fn user_chain_edits_are_patched_in_where_the_chains_are_inlined() {
     assert_eq!(probe(80), "open");
 
     // Counters zeroed by the stored rules' ids, a chain's or one rule's.
-    let counts = |chain: &str| -> Vec<u64> {
-        let listed = ok(&["-L", chain, "-v", "-x", "-n"]);
-        listed.lines().skip(2).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
-    };
+    let counts = |chain: &str| fw.packet_counts(chain);
     let counted = counts("DOCKER");
     assert!(counted[0] >= 1 && counted[1] >= 1, "both counted: {counted:?}");
     ok(&["-Z", "DOCKER", "2"]);
@@ -275,10 +272,7 @@ fn jumps_are_inserted_in_place() {
     let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
     let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
     let probe = |port| t.probe(&t.s, "tcp", "198.18.2.2", port);
-    let counts = |chain: &str| -> Vec<u64> {
-        let listed = ok(&["-L", chain, "-v", "-x", "-n"]);
-        listed.lines().skip(2).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
-    };
+    let counts = |chain: &str| fw.packet_counts(chain);
     assert_eq!(probe(81), "open");
     let before = compiled();
 

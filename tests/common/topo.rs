@@ -187,6 +187,12 @@ impl PaddedFirewall {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// The packets each rule of `chain` counted, in order (`-L -v -x`).
+    pub fn packet_counts(&self, chain: &str) -> Vec<u64> {
+        let listed = self.ok(&["-L", chain, "-v", "-x", "-n"]);
+        listed.lines().skip(2).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+    }
+
     /// `-S`, the filler rules (all there) left out.
     pub fn listed_past_filler(&self) -> Vec<String> {
         let listed = self.ok(&["-S"]);
