@@ -307,7 +307,7 @@ struct bpfipt_counter_set_entry {
 
 struct bpfipt_counter_set {
 	__u32 n; /* entries in use, at most BPFIPT_COUNTER_SET_MAX */
-	__u32 pad;
+	__u32 ncpus; /* the possible CPUs, 0 to ncpus - 1 (none missing: their values are written) */
 	struct bpfipt_counter_set_entry e[BPFIPT_COUNTER_SET_MAX];
 };
 

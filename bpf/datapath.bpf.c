@@ -311,7 +311,7 @@ static long set_counter_on_cpu(__u32 cpu, void *ctx)
 	struct set_counters_ctx *x = ctx;
 	struct bpfipt_counter *v = bpf_map_lookup_percpu_elem(&bpfipt_rule_counters, &x->e.id, cpu);
 	if (!v)
-		return 1; /* past the last CPU (or the id past the array) */
+		return 1; /* past the last CPU, or the id past the array */
 	v->packets = cpu ? 0 : x->e.c.packets;
 	v->bytes = cpu ? 0 : x->e.c.bytes;
 	return 0;
@@ -321,8 +321,8 @@ static long set_counter(__u32 i, void *ctx)
 {
 	struct set_counters_ctx *x = ctx;
 	x->e = x->s->e[i & (BPFIPT_COUNTER_SET_MAX - 1)];
-	/* every possible CPU's value: the lookup ends the loop past the last */
-	bpf_loop(1 << 16, set_counter_on_cpu, x, 0);
+	__u32 ncpus = x->s->ncpus;
+	bpf_loop(ncpus < 1 << 16 ? ncpus : 1 << 16, set_counter_on_cpu, x, 0);
 	return 0;
 }
 

@@ -35,21 +35,31 @@ pub struct PerCpuCounters {
 pub struct Setter {
     prog: OwnedFd,
     set: MapHandle,
+    /// The possible CPUs, 0 to ncpus - 1: the program writes each one's value.
+    ncpus: u32,
 }
 
 /// Fewer entries than this go in one batch update: the program's map is ~100 KB to fill.
 const SETTER_LEAST: usize = 64;
 
 impl Setter {
-    /// The namespace's setter, if its programs are loaded (they are from its first rule on).
+    /// The namespace's setter, if its programs are loaded (they are from its first rule on)
+    /// and the possible CPUs are numbered without a gap (the program reaches a CPU's value by
+    /// its number, and the kernel has none for a CPU that cannot be: the batch update then).
     pub fn open(pin_dir: &Path) -> Option<Setter> {
+        let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?;
+        let ncpus = match possible.trim().split_once('-') {
+            None if possible.trim() == "0" => 1,
+            Some(("0", last)) => last.parse::<u32>().ok()?.checked_add(1)?,
+            _ => return None,
+        };
         let prog = crate::datapath::counter_setter(pin_dir)?;
         let set = MapHandle::from_pinned_path(pin_dir.join("bpfipt_counter_set")).ok()?;
-        (set.value_size() as usize == std::mem::size_of::<bpfipt_counter_set>()).then_some(Setter { prog, set })
+        (set.value_size() as usize == std::mem::size_of::<bpfipt_counter_set>()).then_some(Setter { prog, set, ncpus })
     }
 
     fn write(&self, entries: &[(u32, Counters)]) -> Result<()> {
-        let mut value = Box::<bpfipt_counter_set>::default();
+        let mut value = Box::new(bpfipt_counter_set { ncpus: self.ncpus, ..Default::default() });
         for part in entries.chunks(bpfipt_const::BPFIPT_COUNTER_SET_MAX.0 as usize) {
             value.n = part.len() as u32;
             for (e, &(id, c)) in value.e.iter_mut().zip(part) {
@@ -59,7 +69,7 @@ impl Setter {
             // (an XDP program's test run needs a frame: an Ethernet header's worth)
             let run = crate::datapath::test_run(self.prog.as_raw_fd(), &[0u8; 14], &[], &mut [0u8; 14], 1)
                 .context("running bpfipt_set_counters")?;
-            if run.retval != libbpf_rs::libbpf_sys::XDP_PASS {
+            if run.retval != libbpf_sys::XDP_PASS {
                 bail!("bpfipt_set_counters found no bpfipt_counter_set");
             }
         }
