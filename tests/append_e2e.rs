@@ -7,7 +7,6 @@
 
 mod common;
 
-use bpf_iptables::compile::tables::Hook;
 use bpf_iptables::datapath::skel::types::bpfipt_const;
 use common::topo::PaddedFirewall;
 
@@ -79,9 +78,7 @@ fn appended_rules_are_enforced_listed_and_counted() {
     // A rule appended and deleted again, over and over, in place: each deletion gives back
     // the room its append took (FORWARD has room for two), so the image is never rebuilt
     // (which would compile the last one into the vectors, to stay there as a no-op).
-    let out = t.exec(&t.f, &[env!("CARGO_BIN_EXE_bpf-iptables"), "--pin-dir"]);
-    let pin_dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
+    let compiled = || fw.compiled_forward();
     let before = compiled();
     let rule = ["FORWARD", "-p", "tcp", "--dport", "86", "-j", "DROP"];
     for round in 0..3 {

@@ -12,9 +12,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use bpf_iptables::compile::tables::Hook;
 use bpf_iptables::datapath::skel::types::bpfipt_const;
 use common::topo::PaddedFirewall;
 
@@ -26,7 +23,6 @@ fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
     if !common::root_or_skip("inserted_and_deleted_rules_take_effect_and_the_rest_stays") {
         return;
     }
-    let ours = env!("CARGO_BIN_EXE_bpf-iptables");
     let rules = "-A FORWARD -p tcp -m tcp --dport 81 -j DROP\n\
                  -A FORWARD -p tcp -m tcp --dport 82 -j DROP\n\
                  -A FORWARD -p tcp -m tcp --dport 83 -j REJECT --reject-with tcp-reset\n\
@@ -36,8 +32,7 @@ fn inserted_and_deleted_rules_take_effect_and_the_rest_stays() {
                  COMMIT\n";
     let fw = PaddedFirewall::new("edit", FILLER, rules, &[80, 81, 82, 83, 84, 85]);
     let (t, run, ok) = (&fw.t, |args: &[&str]| fw.run(args), |args: &[&str]| fw.ok(args));
-    let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
-    let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
+    let compiled = || fw.compiled_forward();
 
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 81), "timeout");
     assert_eq!(t.probe(&t.s, "tcp", "198.18.2.2", 80), "open");
@@ -151,7 +146,6 @@ fn user_chain_edits_are_patched_in_where_the_chains_are_inlined() {
     if !common::root_or_skip("user_chain_edits_are_patched_in_where_the_chains_are_inlined") {
         return;
     }
-    let ours = env!("CARGO_BIN_EXE_bpf-iptables");
     let rules = ":DOCKER - [0:0]\n\
                  :DOCKER-USER - [0:0]\n\
                  -A FORWARD -j DOCKER-USER\n\
@@ -162,8 +156,7 @@ fn user_chain_edits_are_patched_in_where_the_chains_are_inlined() {
                  COMMIT\n";
     let fw = PaddedFirewall::new("user", FILLER, rules, &[80, 81, 82, 83, 84, 85, 86]);
     let (t, ok) = (&fw.t, |args: &[&str]| fw.ok(args));
-    let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
-    let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
+    let compiled = || fw.compiled_forward();
     let probe = |port| t.probe(&t.s, "tcp", "198.18.2.2", port);
     assert_eq!(probe(81), "timeout");
     assert_eq!(probe(82), "open");
@@ -257,7 +250,6 @@ fn jumps_are_inserted_in_place() {
     if !common::root_or_skip("jumps_are_inserted_in_place") {
         return;
     }
-    let ours = env!("CARGO_BIN_EXE_bpf-iptables");
     let rules = ":DOCKER - [0:0]\n\
                  :ISO - [0:0]\n\
                  :D - [0:0]\n\
@@ -269,8 +261,7 @@ fn jumps_are_inserted_in_place() {
     let filler = 8 * bpfipt_const::BPFIPT_IMG_TAIL_PER.0 + 4;
     let fw = PaddedFirewall::new("jumps", filler, rules, &[80, 81, 82, 83, 84]);
     let (t, ok) = (&fw.t, |args: &[&str]| fw.ok(args));
-    let pin_dir = PathBuf::from(String::from_utf8_lossy(&t.exec(&t.f, &[ours, "--pin-dir"]).stdout).trim());
-    let compiled = || bpf_iptables::datapath::installed_rules(&pin_dir, Hook::Forward).expect("image").expect("installed");
+    let compiled = || fw.compiled_forward();
     let probe = |port| t.probe(&t.s, "tcp", "198.18.2.2", port);
     let counts = |chain: &str| fw.packet_counts(chain);
     assert_eq!(probe(81), "open");

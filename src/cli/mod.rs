@@ -326,8 +326,9 @@ fn add_to_chain(store: &mut Store, outline: &mut Outline, kind: TableKind, inv: 
         return Ok(None);
     }
     let Some(mut table) = outline.chains_of(TableKind::Filter) else { return Ok(None) };
-    // (a user chain named like an extension target, REJECT, LOG or MARK, is a jump too, with
-    // a warning: the general path's; so is a jump in place of a rule, which may itself jump)
+    // A jump to a user chain is checked for loops below. The general path takes a user chain
+    // named like an extension target (REJECT, LOG, MARK: a jump, with iptables' warning) and
+    // `-R` with a jump (the rule it replaces may jump too, which the check would still see).
     let jumps = match &rule.target {
         TargetSpec::Final(t) if table.chain(crate::output::target_name(t)).is_none() => false,
         TargetSpec::Chain(n) | TargetSpec::Goto(n)

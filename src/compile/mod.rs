@@ -248,10 +248,9 @@ pub fn compile_in_chain(table: &Table, hook: Hook, chain: &str, rules: &[Rule], 
 /// header check, a limit: evaluated once, not again for each rule of the block), and any
 /// other skip (RETURN further up, a goto's return), need a rebuild. Docker's jumps, to an
 /// empty chain or one ending in RETURN, insert in place.
-pub fn flat_inserted(actions: Vec<tables::Action>) -> Option<Vec<tables::Action>> {
+pub fn flat_inserted(mut actions: Vec<tables::Action>) -> Option<Vec<tables::Action>> {
     let field_check = |c: &Check| matches!(c, Check::FieldIn { .. } | Check::Ifaces { .. });
-    let mut out = actions;
-    for (i, a) in out.iter_mut().enumerate() {
+    for (i, a) in actions.iter_mut().enumerate() {
         match a.kind {
             ActionKind::Enter { .. } if a.checks.iter().all(field_check) => a.kind = ActionKind::Continue,
             ActionKind::SkipTo { to, .. } if to as usize == i + 1 => a.kind = ActionKind::Continue,
@@ -259,7 +258,7 @@ pub fn flat_inserted(actions: Vec<tables::Action>) -> Option<Vec<tables::Action>
             _ => {}
         }
     }
-    Some(out)
+    Some(actions)
 }
 
 fn find_chain<'a>(table: &'a Table, name: &str) -> Result<&'a Chain> {

@@ -888,11 +888,18 @@ fn sync_map(map: &MapHandle, want: &MapContent) -> Result<()> {
 /// the kernel moves on changes a route lookup could see: `bpfipt_route_gen` run on a frame
 /// writes them there.
 fn route_generation(progs: &Programs) -> Result<(u32, u32)> {
-    // the least an XDP test run takes: an Ethernet header
-    let mut out = [0u8; 14];
-    test_run(progs.route_gen.as_raw_fd(), &[0u8; 14], &[], &mut out, 1).context("running bpfipt_route_gen")?;
+    let (_, out) = run_unattached(progs.route_gen.as_raw_fd()).context("running bpfipt_route_gen")?;
     let word = |i: usize| u32::from_ne_bytes([out[i], out[i + 1], out[i + 2], out[i + 3]]);
     Ok((word(0), word(4)))
+}
+
+/// Runs XDP program `fd`, one never attached (`bpfipt_route_gen`, `bpfipt_set_counters`),
+/// once on the least frame a test run takes, an Ethernet header's worth of zeroes: its
+/// return value and the frame as it left.
+pub fn run_unattached(fd: RawFd) -> io::Result<(u32, [u8; 14])> {
+    let mut out = [0u8; 14];
+    let run = test_run(fd, &[0u8; 14], &[], &mut out, 1)?;
+    Ok((run.retval, out))
 }
 
 /// What BPF_PROG_TEST_RUN of a program gave.

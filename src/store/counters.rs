@@ -66,10 +66,8 @@ impl Setter {
                 *e = bpfipt_counter_set_entry { id, c: bpfipt_counter { packets: c.packets, bytes: c.bytes }, ..Default::default() };
             }
             self.set.update(&0u32.to_ne_bytes(), pod::bytes_of(&*value), MapFlags::ANY).context("filling bpfipt_counter_set")?;
-            // (an XDP program's test run needs a frame: an Ethernet header's worth)
-            let run = crate::datapath::test_run(self.prog.as_raw_fd(), &[0u8; 14], &[], &mut [0u8; 14], 1)
-                .context("running bpfipt_set_counters")?;
-            if run.retval != libbpf_sys::XDP_PASS {
+            let (retval, _) = crate::datapath::run_unattached(self.prog.as_raw_fd()).context("running bpfipt_set_counters")?;
+            if retval != libbpf_sys::XDP_PASS {
                 bail!("bpfipt_set_counters found no bpfipt_counter_set");
             }
         }

@@ -187,6 +187,15 @@ impl PaddedFirewall {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// How many compiled rules FORWARD has in the installed image (deleted ones included):
+    /// unchanged by a change patched in place, changed by a rebuild.
+    pub fn compiled_forward(&self) -> u32 {
+        let out = self.t.exec(&self.t.f, &[env!("CARGO_BIN_EXE_bpf-iptables"), "--pin-dir"]);
+        let pin_dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let hook = bpf_iptables::compile::tables::Hook::Forward;
+        bpf_iptables::datapath::installed_rules(&pin_dir, hook).expect("image").expect("installed")
+    }
+
     /// The packets each rule of `chain` counted, in order (`-L -v -x`).
     pub fn packet_counts(&self, chain: &str) -> Vec<u64> {
         let listed = self.ok(&["-L", chain, "-v", "-x", "-n"]);
