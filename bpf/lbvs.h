@@ -283,6 +283,19 @@ static __noinline __u32 seek(struct img *img, __u32 off, __u32 n, __u32 *cur, __
 	return (__u32)slot(img, off + 2 * lo);
 }
 
+/* seek(), its usual answers without the call: the vector is empty, or the cursor is on or
+ * past word w already (a packet's first step, the pivot's one vector it leaves untouched). */
+static __always_inline __u32 seek_inline(struct img *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
+{
+	__u32 c = *cur;
+	if (c >= n)
+		return NONE32;
+	__u32 idx = (__u32)slot(img, off + 2 * c);
+	if (idx >= w)
+		return idx;
+	return seek(img, off, n, cur, w);
+}
+
 /* Word w of a vector (0 when absent), moving its cursor forward. */
 static __always_inline __u64 word_at(struct img *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
 {
@@ -687,8 +700,8 @@ static long lbvs_step(__u64 i, struct lctx *x)
 	if (c->pos >= c->n_lbvs)
 		return 1;
 	__u32 first = c->pos >> 6;
-	__u32 a = seek(img, c->vs[pv], c->vn[pv], &c->vc[pv], first);
-	__u32 b = seek(img, c->ws[pv], c->wn[pv], &c->wc[pv], first);
+	__u32 a = seek_inline(img, c->vs[pv], c->vn[pv], &c->vc[pv], first);
+	__u32 b = seek_inline(img, c->ws[pv], c->wn[pv], &c->wc[pv], first);
 	__u32 w = a < b ? a : b;
 	if (w == NONE32)
 		return 1;
