@@ -9,7 +9,10 @@
 //! Variants per N: `input` (a packet to this host, N rules with distinct source/destination
 //! /32s and ports before the match), `deep` (only the destination port differs), `appended`
 //! (N rules installed, then as many appended by `-A` as the hook takes in place, the matching
-//! one last: the worst case of the appended rules' linear walk; not run by default), and
+//! one last: the worst case of the appended rules' linear walk; not run by default),
+//! `uncached` (`input`'s rules after a `-s 192.0.2.1 -j LOG` that the packet never reaches: a
+//! LOG rule keeps the hook's verdicts out of the flow cache, so every run is classified in
+//! full, the cost of a flow's first packet without its cache misses; not run by default), and
 //! `established` (rule 1 `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`, N rules after
 //! it; the packet belongs to a connection tracked beforehand, so it stops at rule 1).
 //! Each point checks itself: the rule expected to match counted every run.
@@ -207,6 +210,10 @@ fn main() {
                 rules.push(rule(tcp(), vec![tcp_dport(22), ctstate(ct_state::NEW)], Target::Accept));
                 last = 0;
             } else {
+                if variant == "uncached" {
+                    let other = IpHeader { src: host(ip([192, 0, 2, 1])), ..Default::default() };
+                    rules.push(rule(other, vec![], Target::Log(LogTarget::default())));
+                }
                 rules.extend((0..n).map(|i| filler(i, variant == "deep")));
                 if variant == "appended" {
                     let room = datapath::image::tail_room(n as usize) as u32;
