@@ -277,7 +277,10 @@ static __noinline __u32 seek(struct img *img, __u32 off, __u32 n, __u32 *cur, __
 		}
 		hi = p + 1;
 	}
-	__u32 lo = lower_bound(img, off, 2, c + 1, hi, w);
+	/* the next word, most often the one sought, without the loop */
+	__u32 lo = c + 1;
+	if (lo < hi && (__u32)slot(img, off + 2 * lo) < w)
+		lo = lower_bound(img, off, 2, lo + 1, hi, w);
 	*cur = lo;
 	if (lo >= n)
 		return NONE32;
