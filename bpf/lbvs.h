@@ -257,16 +257,13 @@ static __always_inline __u32 lower_bound(struct img *img, __u32 off, __u32 strid
 	return y.a;
 }
 
-/* Moves a vector cursor to the first word whose index is >= w; returns that index, or NONE32
- * when the vector has no such word. */
+/* Moves a vector cursor that is behind word w (on a word below it: the callers look first,
+ * without a call) to the first word whose index is >= w; returns that index, or NONE32 when
+ * the vector has no such word. */
 static __noinline __u32 seek(struct img *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
 {
 	__u32 c = *cur;
-	if (c >= n)
-		return NONE32;
 	__u32 idx = (__u32)slot(img, off + 2 * c);
-	if (idx >= w)
-		return idx;
 	/* Word indices strictly increase, so word w can be no later than position p; there it
 	 * is exactly when the words from the cursor to it are consecutive (dense vectors). */
 	__u32 p = c + (w - idx), hi = n;
@@ -287,8 +284,9 @@ static __noinline __u32 seek(struct img *img, __u32 off, __u32 n, __u32 *cur, __
 	return (__u32)slot(img, off + 2 * lo);
 }
 
-/* seek(), its usual answers without the call: the vector is empty, or the cursor is on or
- * past word w already (a packet's first step, the pivot's one vector it leaves untouched). */
+/* The first word of a vector whose index is >= w (NONE32: none), moving its cursor there;
+ * seek() only when the cursor is behind w (not on a packet's first step, nor for the pivot's
+ * vector that its last step left untouched). */
 static __always_inline __u32 seek_inline(struct img *img, __u32 off, __u32 n, __u32 *cur, __u32 w)
 {
 	__u32 c = *cur;
