@@ -160,12 +160,12 @@ enum AddedAt {
 
 /// Rules just added to filter chain `chain` of `table` (its chains, with their rules those
 /// the added rules jump to and the chains these reach: all their compiling inlines);
-/// when `chain` is a user chain, `stored` has every chain's rules (where it is inlined), to
-/// be decoded only for a patch; `reached`: no earlier rule of the chain always ends its walk.
+/// when `chain` is a user chain, `jumps` has the stored rules that jump (where it is inlined,
+/// `Outline::jump_rules`); `reached`: no earlier rule of the chain always ends its walk.
 struct Added<'a> {
     chain: &'a str,
     table: &'a Table,
-    stored: Option<&'a Outline>,
+    jumps: Option<&'a Table>,
     rules: &'a [Rule],
     reached: bool,
     at: AddedAt,
@@ -198,7 +198,7 @@ fn enforce_added(dir: &std::path::Path, a: &Added, pass_all: bool) -> Result<boo
             vec![(hook, vec![crate::compile::Inlined { path: Vec::new(), goto: false, actions }])]
         }
         None => {
-            let Some(mut table) = a.stored.map(|o| o.jump_rules(TableKind::Filter)).transpose()?.flatten() else { return Ok(false) };
+            let Some(mut table) = a.jumps.cloned() else { return Ok(false) };
             // the chains the added rules jump to are inlined after them whole (`a.table` has
             // their rules)
             for c in a.table.chains.iter().filter(|c| !c.rules.is_empty()) {

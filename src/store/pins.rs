@@ -197,7 +197,7 @@ impl Pins {
             let rules = &table.chain(a.hook.chain_name())?.rules;
             let first = rules.len().checked_sub(a.count)?;
             let reached = !rules[..first].iter().any(Rule::ends_walk);
-            Some(super::Added { chain: a.hook.chain_name(), table, stored: None, rules: &rules[first..], reached, at: super::AddedAt::End })
+            Some(super::Added { chain: a.hook.chain_name(), table, jumps: None, rules: &rules[first..], reached, at: super::AddedAt::End })
         });
         let patched = match (tail, before) {
             (Some(t), _) => super::enforce_added(&self.dir, &t, pass_all)?,
@@ -242,8 +242,12 @@ impl Pins {
             Some(id) => super::AddedAt::Before { id, replaced: removed.pop() },
             None => super::AddedAt::End,
         };
-        let table = chains_inlined_after(&outline, &rules)?;
-        let added = super::Added { chain: name, table: &table, stored: Some(&outline), rules: &rules, reached, at };
+        // the stored rules that jump, decoded once: the chains the new rules reach follow from
+        // them, and so do the places a user chain is inlined
+        let jump = rules.iter().any(|r| jump_target(r).is_some());
+        let jumps = if jump || crate::compile::tables::Hook::of_chain(name).is_none() { outline.jump_rules(TableKind::Filter)? } else { None };
+        let table = chains_inlined_after(&outline, &rules, jumps.as_ref())?;
+        let added = super::Added { chain: name, table: &table, jumps: jumps.as_ref(), rules: &rules, reached, at };
         self.store_outline(&outline, |dir, pass_all| super::enforce_added(dir, &added, pass_all))
     }
 
@@ -377,30 +381,30 @@ fn rule_ids(rs: &Ruleset) -> Vec<u32> {
     rs.tables.iter().flat_map(|t| t.rules()).map(|r| r.id).filter(|&id| id != Rule::UNASSIGNED).collect()
 }
 
-/// The filter chains of `outline` (which holds `rules`), with the rules decoded of those that
-/// `rules` jump or go to and of the chains these reach: the ones compiling `rules` inlines
-/// (all the others, chains alone: the added rules are compiled by themselves).
-fn chains_inlined_after(outline: &Outline, rules: &[Rule]) -> Result<Table> {
-    let mut table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
-    let target = |r: &Rule| match &r.target {
-        Target::Jump(x) | Target::Goto(x) => Some(x.clone()),
+/// The chain rule `r` jumps or goes to, if any.
+fn jump_target(r: &Rule) -> Option<&str> {
+    match &r.target {
+        Target::Jump(x) | Target::Goto(x) => Some(x),
         _ => None,
-    };
-    let mut todo: Vec<String> = rules.iter().filter_map(target).collect();
-    if todo.is_empty() {
-        return Ok(table);
     }
-    // which chains those reach: from the rules that jump alone (`Outline::jump_rules`)
-    let jumps = outline.jump_rules(TableKind::Filter)?.unwrap_or_else(|| Table::new(TableKind::Filter));
-    let mut reached: Vec<String> = Vec::new();
+}
+
+/// The filter chains of `outline` (which holds `rules`), with the rules decoded of those that
+/// `rules` jump or go to and of the chains these reach (through `jumps`, the stored rules that
+/// jump: `Outline::jump_rules`): the ones compiling `rules` inlines (all the others, chains
+/// alone: the added rules are compiled by themselves).
+fn chains_inlined_after(outline: &Outline, rules: &[Rule], jumps: Option<&Table>) -> Result<Table> {
+    let mut table = outline.chains_of(TableKind::Filter).unwrap_or_else(|| Table::new(TableKind::Filter));
+    let mut todo: Vec<&str> = rules.iter().filter_map(jump_target).collect();
+    let mut reached: Vec<&str> = Vec::new();
     while let Some(name) = todo.pop() {
         if reached.contains(&name) {
             continue;
         }
-        todo.extend(jumps.chain(&name).into_iter().flat_map(|c| &c.rules).filter_map(target));
+        todo.extend(jumps.and_then(|j| j.chain(name)).into_iter().flat_map(|c| &c.rules).filter_map(jump_target));
         reached.push(name);
     }
-    for name in &reached {
+    for name in reached {
         let Some(decoded) = outline.rules_of(TableKind::Filter, name) else { continue };
         if let Some(c) = table.chain_mut(name) {
             c.rules = decoded?;
